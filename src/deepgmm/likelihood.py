@@ -1,0 +1,231 @@
+"""The one log-domain Gaussian-mixture likelihood and closed-form M-step of deepgmm.
+
+Everything that evaluates a mixture — EM for the GMM and the SVGMM, the deep losses of
+deepG and deepSVG, prediction — goes through the functions of this module, so that the
+numbers agree to rounding wherever they are computed.
+
+Shapes (leading ``...`` batch dimensions are allowed everywhere):
+
+* ``x``: ``(..., N, C)`` pixels (N of them, C channels),
+* ``resp``: ``(..., N, K)`` soft labels / responsibilities, rows summing to 1 inside the
+  region (rows of pixels outside a region are zero),
+* ``means``: ``(..., K, C)``,
+* ``covariances``: ``(..., K, C)`` variances for ``"diag"``, ``(..., K, C, C)`` for ``"full"``,
+* ``log_weights``: ``(..., K)`` for a GMM, ``(..., N, K)`` for a spatially variant GMM.
+
+Numerics: densities are never leave log space. The diagonal quadratic form uses one
+matrix product on ``[x**2, x]``; callers with data far from the origin should centre it
+first (the estimators do). Full covariances use a Cholesky factor and its inverse, with
+growing jitter if a covariance is not numerically positive definite.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "Gaussians",
+    "log_gaussian",
+    "log_mixture",
+    "mixture_nll",
+    "weighted_moments",
+    "params_from_moments",
+    "m_step",
+    "MStep",
+    "NumericalWarning",
+]
+
+COVARIANCE_TYPES = ("diag", "full")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class NumericalWarning(RuntimeWarning):
+    """A numerical safeguard (variance floor, jitter, frozen component) had to act."""
+
+
+def _cholesky(cov: Tensor) -> Tensor:
+    """Lower Cholesky factor of ``cov`` ``(..., C, C)``, adding growing jitter if needed."""
+    L, info = torch.linalg.cholesky_ex(cov)
+    if not bool((info > 0).any()):
+        return L
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError("covariance matrix contains NaN or Inf; the fit has diverged")
+    C = cov.shape[-1]
+    eye = torch.eye(C, dtype=cov.dtype, device=cov.device)
+    scale = cov.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    jitter = torch.finfo(cov.dtype).eps * 10.0
+    for _ in range(20):
+        L, info = torch.linalg.cholesky_ex(cov + (jitter * scale)[..., None] * eye)
+        if not bool((info > 0).any()):
+            warnings.warn(
+                f"a covariance matrix was not positive definite; added jitter {jitter:.1e} x its largest "
+                "variance (consider a larger reg_covar)",
+                NumericalWarning,
+                stacklevel=3,
+            )
+            return L
+        jitter *= 10.0
+    raise ValueError(
+        "a covariance matrix is singular even with jitter; increase reg_covar or reduce n_components"
+    )
+
+
+class Gaussians:
+    """K Gaussian components with precomputed factors, for repeated log-density evaluation.
+
+    Parameters
+    ----------
+    means : Tensor ``(..., K, C)``
+    covariances : Tensor ``(..., K, C)`` (``"diag"``) or ``(..., K, C, C)`` (``"full"``)
+    covariance_type : ``"diag"`` or ``"full"``
+
+    Differentiable: gradients flow to ``means`` and ``covariances`` (the deep losses use this).
+    """
+
+    def __init__(self, means: Tensor, covariances: Tensor, covariance_type: str) -> None:
+        if covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be 'diag' or 'full', got {covariance_type!r}")
+        self.means = means
+        self.covariances = covariances
+        self.covariance_type = covariance_type
+        C = means.shape[-1]
+        if covariance_type == "diag":
+            prec = 1.0 / covariances  # (..., K, C)
+            # log N = [x^2, x] @ [-prec/2, mu*prec]^T + const, const = -(C log 2pi + sum log var + sum mu^2 prec)/2
+            self._weight = torch.cat([-0.5 * prec, means * prec], dim=-1)  # (..., K, 2C)
+            self._log_norm_const = -0.5 * (C * _LOG_2PI + torch.log(covariances).sum(-1))  # (..., K)
+            self._const = self._log_norm_const - 0.5 * (means * means * prec).sum(-1)  # (..., K)
+        else:
+            L = _cholesky(covariances)  # (..., K, C, C), cov = L L^T
+            eye = torch.eye(C, dtype=means.dtype, device=means.device)
+            L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)  # (..., K, C, C)
+            A = L_inv.transpose(-1, -2)  # y_k = x @ A_k - mu_k @ A_k, |y_k|^2 = Mahalanobis
+            K = means.shape[-2]
+            self._A = A.movedim(-3, -2).reshape(*A.shape[:-3], C, K * C)  # (..., C, K*C)
+            self._b = (means.unsqueeze(-2) @ A).squeeze(-2)  # (..., K, C)
+            self._log_norm_const = -0.5 * C * _LOG_2PI - torch.log(L.diagonal(dim1=-2, dim2=-1)).sum(-1)
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[-2]
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Component log-densities ``log N(x_n | mu_k, Sigma_k)``: ``(..., N, C)`` -> ``(..., N, K)``."""
+        if self.covariance_type == "diag":
+            feats = torch.cat([x * x, x], dim=-1)  # (..., N, 2C)
+            out = feats @ self._weight.transpose(-1, -2) + self._const.unsqueeze(-2)
+            # the quadratic form is >= 0: remove rounding that would push a density above its mode
+            return torch.minimum(out, self._log_norm_const.unsqueeze(-2))
+        K = self.n_components
+        C = x.shape[-1]
+        y = (x @ self._A).unflatten(-1, (K, C)) - self._b.unsqueeze(-3)  # (..., N, K, C)
+        maha = (y * y).sum(-1)  # (..., N, K)
+        return self._log_norm_const.unsqueeze(-2) - 0.5 * maha
+
+
+def log_gaussian(x: Tensor, means: Tensor, covariances: Tensor, covariance_type: str) -> Tensor:
+    """Component log-densities ``(..., N, K)`` of pixels ``x`` ``(..., N, C)``."""
+    return Gaussians(means, covariances, covariance_type).log_prob(x)
+
+
+def _expand_log_weights(log_weights: Tensor, log_dens: Tensor) -> Tensor:
+    if log_weights.ndim == log_dens.ndim - 1:  # GMM: (..., K) -> (..., 1, K)
+        return log_weights.unsqueeze(-2)
+    return log_weights  # SVGMM: (..., N, K)
+
+
+def log_mixture(log_dens: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Mixture log-likelihood and log-posteriors.
+
+    Parameters
+    ----------
+    log_dens : ``(..., N, K)`` component log-densities
+    log_weights : ``(..., K)`` (GMM) or ``(..., N, K)`` (SVGMM) log mixing weights
+
+    Returns
+    -------
+    log_norm : ``(..., N)`` ``log p(x_n) = logsumexp_k(log pi + log N)``
+    log_resp : ``(..., N, K)`` log-posteriors, ``logsumexp_k = 0``
+    """
+    joint = log_dens + _expand_log_weights(log_weights, log_dens)
+    log_norm = torch.logsumexp(joint, dim=-1)
+    return log_norm, joint - log_norm.unsqueeze(-1)
+
+
+def mixture_nll(log_dens: Tensor, log_weights: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean negative log-likelihood over the (masked) pixels.
+
+    ``mask`` ``(..., N)`` of 0/1 (or weights) selects the pixels; the result has the batch
+    shape ``(...)``.
+    """
+    joint = log_dens + _expand_log_weights(log_weights, log_dens)
+    log_norm = torch.logsumexp(joint, dim=-1)  # (..., N)
+    if mask is None:
+        return -log_norm.mean(-1)
+    mask = mask.to(log_norm.dtype)
+    return -(log_norm * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+class MStep(NamedTuple):
+    """Closed-form M-step: soft counts ``nk`` ``(..., K)``, ``means`` ``(..., K, C)``, ``covariances``."""
+
+    nk: Tensor
+    means: Tensor
+    covariances: Tensor
+
+
+def weighted_moments(x: Tensor, resp: Tensor, covariance_type: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Sufficient statistics of soft labels: ``(nk, s1, s2)``.
+
+    ``nk = sum_n r_nk`` ``(..., K)``; ``s1 = r^T x`` ``(..., K, C)``; ``s2 = r^T x^2`` ``(..., K, C)``
+    (diag) or ``sum_n r_nk x_n x_n^T`` ``(..., K, C, C)`` (full). They add up over chunks of
+    pixels, which lets EM stream huge images through a bounded amount of memory.
+    """
+    rt = resp.transpose(-1, -2)  # (..., K, N)
+    nk = resp.sum(-2)
+    s1 = rt @ x
+    if covariance_type == "diag":
+        s2 = rt @ (x * x)
+    else:
+        C = x.shape[-1]
+        outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (..., N, C*C)
+        s2 = (rt @ outer).unflatten(-1, (C, C))
+    return nk, s1, s2
+
+
+def params_from_moments(
+    nk: Tensor, s1: Tensor, s2: Tensor, covariance_type: str, reg_covar: float
+) -> tuple[Tensor, Tensor]:
+    """Means and covariances (with the ``reg_covar`` floor) from :func:`weighted_moments`.
+
+    Empty components are guarded (``nk + 10 eps``) so that nothing divides by zero; the
+    estimators additionally keep such components' previous parameters.
+    """
+    nk_safe = nk + 10.0 * torch.finfo(nk.dtype).eps
+    means = s1 / nk_safe.unsqueeze(-1)
+    if covariance_type == "diag":
+        var = s2 / nk_safe.unsqueeze(-1) - means * means
+        return means, var.clamp_min(0.0) + reg_covar
+    cov = s2 / nk_safe[..., None, None] - means.unsqueeze(-1) * means.unsqueeze(-2)
+    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    return means, cov + reg_covar * eye
+
+
+def m_step(x: Tensor, resp: Tensor, covariance_type: str, reg_covar: float) -> MStep:
+    """Closed-form M-step from soft labels (differentiable in ``resp`` and ``x``).
+
+    ``x`` ``(..., N, C)``, ``resp`` ``(..., N, K)`` (zero rows for pixels outside a region).
+    Returns ``MStep(nk, means, covariances)``; the GMM weights are ``nk / N_region``, the
+    SVGMM weights are ``resp`` itself.
+    """
+    nk, s1, s2 = weighted_moments(x, resp, covariance_type)
+    means, covariances = params_from_moments(nk, s1, s2, covariance_type, reg_covar)
+    return MStep(nk, means, covariances)

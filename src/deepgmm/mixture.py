@@ -1,0 +1,458 @@
+"""EM-fitted mixtures: :class:`GaussianMixture` (Algorithm 1) and :class:`SpatiallyVariantGMM` (Algorithm 2).
+
+Both share one EM loop built on :mod:`deepgmm.likelihood`. The loop streams the pixels in
+chunks: each pass evaluates the NLL at the current parameters and accumulates the
+sufficient statistics of the posteriors, so a GMM never stores an ``(N, K)`` responsibility
+matrix and its peak memory stays a small multiple of the data. The SVGMM keeps its
+per-pixel log-weights ``(N, K)`` (two buffers), which is inherent to the model.
+
+Conventions follow scikit-learn: keyword-only settings stored unchanged by ``__init__``,
+``fit`` returns ``self``, learned attributes end in ``_``. One deliberate difference:
+:meth:`score` returns the mean *negative* log-likelihood (lower is better), the quantity
+the paper minimises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _init
+from ._validation import as_tensor, check_choice, check_float, check_int, resolve_device, resolve_dtype
+from .likelihood import COVARIANCE_TYPES, Gaussians, NumericalWarning, log_mixture, params_from_moments, weighted_moments
+
+__all__ = ["GaussianMixture", "SpatiallyVariantGMM", "INIT_METHODS", "ConvergenceWarning", "EmptyComponentWarning"]
+
+logger = logging.getLogger(__name__)
+
+INIT_METHODS = ("kmeans++", "kmeans", "random", "means")
+
+# A component whose total responsibility falls below this many pixels is "empty".
+EMPTY_COUNT = 1e-6
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the NLL gain fell below ``tol``."""
+
+
+class EmptyComponentWarning(NumericalWarning):
+    """A component lost all its pixels during EM; its parameters were frozen."""
+
+
+def _to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class _EMState:
+    """Parameters during one EM run (all tensors on the fitting device).
+
+    ``log_weights`` is ``(K,)`` for the GMM and ``(N, K)`` for the SVGMM.
+    """
+
+    __slots__ = ("log_weights", "means", "covariances")
+
+    def __init__(self, log_weights: Tensor, means: Tensor, covariances: Tensor) -> None:
+        self.log_weights = log_weights
+        self.means = means
+        self.covariances = covariances
+
+
+class _BaseMixture:
+    """Shared settings, validation, initialisation and EM loop."""
+
+    _spatial = False
+    _init_methods: tuple[str, ...] = INIT_METHODS
+
+    def __init__(
+        self,
+        *,
+        n_components: int = 4,
+        covariance_type: str = "diag",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 200,
+        n_init: int = 1,
+        init: str = "kmeans++",
+        means_init: Any = None,
+        weights_init: Any = None,
+        covariances_init: Any = None,
+        random_state: int | None = None,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype | None = None,
+        chunk_size: int = 262144,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init = init
+        self.means_init = means_init
+        self.weights_init = weights_init
+        self.covariances_init = covariances_init
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.chunk_size = chunk_size
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "_BaseMixture":
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"unknown parameter {key!r} for {type(self).__name__}; valid: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = []
+        for k, v in self.get_params().items():
+            d = defaults.get(k)
+            if isinstance(v, (np.ndarray, Tensor)) or not (v is d or v == d):
+                changed.append(f"{k}={v!r}" if not isinstance(v, (np.ndarray, Tensor)) else f"{k}=<array>")
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    # ------------------------------------------------------------------ validation
+    def _validate_settings(self) -> None:
+        check_int("n_components", self.n_components, minimum=1)
+        check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
+        check_float("tol", self.tol, minimum=0.0)
+        check_float("reg_covar", self.reg_covar, minimum=0.0)
+        check_int("max_iter", self.max_iter, minimum=0)
+        check_int("n_init", self.n_init, minimum=1)
+        check_choice("init", self.init, self._init_methods)
+        check_int("chunk_size", self.chunk_size, minimum=1)
+        if self.random_state is not None:
+            check_int("random_state", self.random_state, minimum=0)
+        if self.init == "means" and self.means_init is None:
+            raise ValueError("init='means' needs means_init, an array of shape (n_components, n_channels)")
+
+    def _prepare(self, X: Any) -> Tensor:
+        self._validate_settings()
+        self._device = resolve_device(self.device)
+        self._dtype = resolve_dtype(self.dtype, X)
+        X = as_tensor(X, name="X", ndim=2, dtype=self._dtype, device=self._device)
+        N, C = X.shape
+        if N < self.n_components:
+            raise ValueError(
+                f"X has {N} sample(s) but n_components={self.n_components}; need at least one sample per component"
+            )
+        if C < 1:
+            raise ValueError("X must have at least one channel (column), got shape (N, 0)")
+        return X
+
+    def _given(self, name: str, value: Any, shape: tuple[int, ...]) -> Tensor:
+        t = as_tensor(value, name=name, ndim=len(shape), dtype=self._dtype, device=self._device)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        return t
+
+    def _check_X_features(self, X: Tensor) -> None:
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} channel(s) but the model was fitted on {self.n_features_in_}"
+            )
+
+    # ------------------------------------------------------------------ initialisation
+    def _initial_params(self, X: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """``(weights (K,), means (K, C), covariances)`` in the centred frame."""
+        K, C = self.n_components, X.shape[1]
+        chunk, cov_type, reg = self.chunk_size, self.covariance_type, self.reg_covar
+        cov_shape = (K, C) if cov_type == "diag" else (K, C, C)
+        given_means = None
+        if self.means_init is not None:
+            given_means = self._given("means_init", self.means_init, (K, C)) - self._shift
+        if self.init == "random":
+            nk, s1, s2 = _init.moments_from_random(X, K, cov_type, chunk, generator)
+            means, covs = params_from_moments(nk, s1, s2, cov_type, reg)
+            weights = nk / X.shape[0]
+        else:
+            if self.init == "means":
+                centers = given_means
+            else:
+                centers = _init.kmeans_plusplus(X, K, generator)
+                if self.init == "kmeans":
+                    centers = _init.kmeans(X, centers, generator)
+            labels = _init.nearest(X, centers, chunk)
+            weights, means, covs = _init.params_from_labels(X, labels, K, cov_type, reg, chunk)
+            empty = weights <= 0
+            if bool(empty.any()):  # a centre that attracted no pixel keeps its position
+                means = torch.where(empty.unsqueeze(1), centers, means)
+                weights = (weights + 1.0 / X.shape[0]) / (1.0 + K / X.shape[0])
+        if given_means is not None:
+            means = given_means
+        if self.weights_init is not None:
+            weights = self._given("weights_init", self.weights_init, (K,))
+            if bool((weights < 0).any()) or abs(float(weights.sum()) - 1.0) > 1e-5:
+                raise ValueError(f"weights_init must be non-negative and sum to 1, got sum {float(weights.sum()):.6g}")
+        if self.covariances_init is not None:
+            covs = self._given("covariances_init", self.covariances_init, cov_shape)
+            if cov_type == "diag" and bool((covs <= 0).any()):
+                raise ValueError("covariances_init must be positive (variances, shape (K, C))")
+        return weights, means, covs
+
+    def _initial_state(self, X: Tensor, generator: torch.Generator) -> _EMState:
+        weights, means, covs = self._initial_params(X, generator)
+        log_w = torch.log(weights.clamp_min(torch.finfo(X.dtype).tiny))
+        if self._spatial:
+            log_w = log_w.expand(X.shape[0], -1).clone()
+        return _EMState(log_w, means, covs)
+
+    # ------------------------------------------------------------------ EM core
+    def _pass(self, X: Tensor, state: _EMState, out_log_resp: Tensor | None = None):
+        """One streamed pass: NLL at ``state`` and the moments of its posteriors.
+
+        For the SVGMM the posteriors (the next per-pixel log-weights) go to ``out_log_resp``.
+        """
+        comps = Gaussians(state.means, state.covariances, self.covariance_type)
+        nll_sum = 0.0
+        total = None
+        chunk = self.chunk_size
+        for s in range(0, X.shape[0], chunk):
+            xb = X[s : s + chunk]
+            lw = state.log_weights[s : s + chunk] if self._spatial else state.log_weights
+            log_norm, log_resp = log_mixture(comps.log_prob(xb), lw)
+            nll_sum -= float(log_norm.sum(dtype=torch.float64))
+            if out_log_resp is not None:
+                out_log_resp[s : s + chunk] = log_resp
+            m = weighted_moments(xb, log_resp.exp(), self.covariance_type)
+            total = m if total is None else tuple(a + b for a, b in zip(total, m))
+        return nll_sum / X.shape[0], total
+
+    def _m_step(self, X: Tensor, state: _EMState, moments, next_log_w: Tensor | None, iteration: int) -> _EMState:
+        nk, s1, s2 = moments
+        means, covs = params_from_moments(nk, s1, s2, self.covariance_type, self.reg_covar)
+        empty = nk < EMPTY_COUNT
+        if bool(empty.any()):
+            idx = torch.nonzero(empty).flatten().tolist()
+            if not set(idx) <= self._warned_empty:
+                self._warned_empty.update(idx)
+                msg = (
+                    f"component(s) {idx} lost all their pixels at EM iteration {iteration} "
+                    f"(total responsibility < {EMPTY_COUNT:g}); their means and covariances are frozen at "
+                    "their previous values and their weight is ~0"
+                )
+                warnings.warn(msg, EmptyComponentWarning, stacklevel=4)
+                logger.warning(msg)
+            means = torch.where(empty.unsqueeze(-1), state.means, means)
+            shape = (-1,) + (1,) * (covs.ndim - 1)
+            covs = torch.where(empty.view(shape), state.covariances, covs)
+        if self._spatial:
+            log_w = next_log_w
+        else:
+            log_w = torch.log((nk / X.shape[0]).clamp_min(torch.finfo(X.dtype).tiny))
+        return _EMState(log_w, means, covs)
+
+    def _run_em(self, X: Tensor, state: _EMState) -> tuple[_EMState, list[float], int, bool]:
+        buffers = None
+        if self._spatial:
+            buffers = [state.log_weights, torch.empty_like(state.log_weights)]
+        nll, moments = self._pass(X, state, buffers[1] if buffers else None)
+        history = [nll]
+        converged = False
+        n_iter = 0
+        for it in range(1, self.max_iter + 1):
+            next_log_w = buffers[1] if buffers else None
+            state = self._m_step(X, state, moments, next_log_w, it)
+            if buffers:
+                buffers.reverse()  # the posterior buffer becomes the weights; the old weights are overwritten next
+            nll, moments = self._pass(X, state, buffers[1] if buffers else None)
+            history.append(nll)
+            n_iter = it
+            if not math.isfinite(nll):
+                raise ValueError(f"EM diverged: the NLL became {nll} at iteration {it}; increase reg_covar")
+            if self.tol > 0 and history[-2] - nll < self.tol:
+                converged = True
+                break
+        return state, history, n_iter, converged
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, X: Any, y: Any = None) -> "_BaseMixture":
+        """Fit the mixture to pixels ``X`` ``(N, C)`` by EM; keep the best of ``n_init`` starts by NLL."""
+        X = self._prepare(X)
+        t0 = time.perf_counter()
+        self.n_features_in_ = X.shape[1]
+        self._shift = X.mean(0)
+        Xc = X - self._shift
+        seed = self.random_state
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        self._warned_empty: set[int] = set()
+        best = None
+        for run in range(self.n_init):
+            state = self._initial_state(Xc, generator)
+            state, history, n_iter, converged = self._run_em(Xc, state)
+            logger.debug("EM start %d/%d: NLL %.6f after %d iterations", run + 1, self.n_init, history[-1], n_iter)
+            if best is None or history[-1] < best[1][-1]:
+                best = (state, history, n_iter, converged)
+        state, history, n_iter, converged = best
+        if not converged and self.max_iter > 0 and self.tol > 0:
+            warnings.warn(
+                f"EM did not converge within max_iter={self.max_iter} iterations (last NLL gain "
+                f"{history[-2] - history[-1]:.3g} >= tol={self.tol}); increase max_iter or tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self._state = state
+        self._log_weights = state.log_weights
+        self.means_ = _to_numpy(state.means + self._shift)
+        self.covariances_ = _to_numpy(state.covariances)
+        self.weights_ = _to_numpy(state.log_weights.exp())
+        self.nll_history_ = history
+        self.nll_ = history[-1]
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.n_samples_fit_ = X.shape[0]
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "_state"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def _as_input(self, X: Any) -> Tensor:
+        self._check_fitted()
+        X = as_tensor(X, name="X", ndim=2, dtype=self._dtype, device=self._device)
+        self._check_X_features(X)
+        return X - self._shift
+
+    def _log_posterior(self, Xc: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log_norm (N,), log_resp (N, K))`` at the fitted parameters, streamed in chunks."""
+        comps = Gaussians(self._state.means, self._state.covariances, self.covariance_type)
+        norms, resps = [], []
+        chunk = self.chunk_size
+        for s in range(0, Xc.shape[0], chunk):
+            lw = self._log_weights[s : s + chunk] if self._spatial else self._log_weights
+            ln, lr = log_mixture(comps.log_prob(Xc[s : s + chunk]), lw)
+            norms.append(ln)
+            resps.append(lr)
+        return torch.cat(norms), torch.cat(resps)
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Per-pixel log-likelihood ``log p(x_n)`` ``(N,)``."""
+        Xc = self._as_input(X)
+        return _to_numpy(self._log_posterior(Xc)[0])
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean negative log-likelihood of ``X`` (lower is better; sklearn's ``score`` is its negative)."""
+        Xc = self._as_input(X)
+        return -float(self._log_posterior(Xc)[0].mean(dtype=torch.float64))
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        return self.fit(X).predict(X)
+
+
+class GaussianMixture(_BaseMixture):
+    """Gaussian mixture fitted by EM (the paper's Algorithm 1), in PyTorch, on CPU or CUDA.
+
+    Parameters
+    ----------
+    n_components : int, default 4
+        Number of classes K (>= 1).
+    covariance_type : {"diag", "full"}, default "diag"
+    tol : float, default 1e-3
+        Stop when the NLL gain of one iteration falls below ``tol``; 0 runs ``max_iter`` iterations.
+    reg_covar : float, default 1e-6
+        Added to every variance (diagonal) after each M-step: the variance floor, in data units.
+    max_iter : int, default 200
+    n_init : int, default 1
+        Number of starts; the fit with the lowest final NLL is kept.
+    init : {"kmeans++", "kmeans", "random", "means"}, default "kmeans++"
+        "kmeans++" seeds by k-means++ and hard-assigns pixels to the nearest seed; "kmeans" adds
+        Lloyd iterations; "random" draws random responsibilities (scikit-learn's "random");
+        "means" starts from ``means_init``.
+    means_init, weights_init, covariances_init : array-like, optional
+        ``(K, C)``, ``(K,)``, ``(K, C)`` or ``(K, C, C)``: override the corresponding initial values.
+    random_state : int, optional
+        Seed; the same seed gives the same result on the same device.
+    device : "cpu", "cuda", "cuda:N" or "auto"
+    dtype : "float32", "float64" or None (float64 input stays float64, otherwise float32)
+    chunk_size : int, default 262144
+        Pixels per streamed block of the E-step (bounds memory for huge images).
+
+    Attributes
+    ----------
+    weights_ : ndarray (K,)
+    means_ : ndarray (K, C)
+    covariances_ : ndarray (K, C) or (K, C, C)
+    nll_history_ : list of float
+        NLL at the initial parameters and after every iteration (never rises).
+    nll_ : float
+        Final mean NLL. ``n_iter_``, ``converged_``, ``fit_seconds_`` likewise.
+    """
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Posterior class probabilities ``(N, K)``."""
+        Xc = self._as_input(X)
+        return _to_numpy(self._log_posterior(Xc)[1].exp())
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class ``(N,)`` (posterior argmax), in 0..K-1."""
+        Xc = self._as_input(X)
+        return _to_numpy(self._log_posterior(Xc)[1].argmax(1))
+
+    def n_parameters(self) -> int:
+        """Number of free parameters (weights, means, covariances)."""
+        self._check_fitted()
+        K, C = self.n_components, self.n_features_in_
+        cov = K * C if self.covariance_type == "diag" else K * C * (C + 1) // 2
+        return (K - 1) + K * C + cov
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on ``X`` (lower is better); helps to choose K."""
+        n = np.asarray(X).shape[0] if not isinstance(X, Tensor) else X.shape[0]
+        return 2.0 * n * self.score(X) + self.n_parameters() * math.log(n)
+
+
+class SpatiallyVariantGMM(_BaseMixture):
+    """Spatially variant GMM (Sanjay-Gopal & Hebert 1998; the paper's Algorithm 2).
+
+    Each pixel n has its own mixing weights ``pi_nk``; the M-step sets them to the posteriors,
+    so they converge towards one-hot labels. Settings as :class:`GaussianMixture`; the initial
+    per-pixel weights are the initial (global) weights on every pixel.
+
+    Attributes
+    ----------
+    weights_ : ndarray (N, K)
+        Per-pixel mixing weights of the fitted pixels; ``predict`` is their argmax.
+    means_, covariances_, nll_history_, nll_, n_iter_, converged_ : as :class:`GaussianMixture`.
+    """
+
+    _spatial = True
+
+    def _check_X_features(self, X: Tensor) -> None:
+        super()._check_X_features(X)
+        if X.shape[0] != self.n_samples_fit_:
+            raise ValueError(
+                f"X has {X.shape[0]} pixel(s) but this SpatiallyVariantGMM was fitted on {self.n_samples_fit_}: "
+                "its weights are per pixel, so it only describes the pixels it was fitted on"
+            )
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The per-pixel label probabilities ``weights_`` ``(N, K)`` (``X`` must be the fitted pixels)."""
+        self._as_input(X)
+        return self.weights_.copy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``argmax_k weights_[n, k]`` ``(N,)`` (``X`` must be the fitted pixels)."""
+        self._as_input(X)
+        return _to_numpy(self._log_weights.argmax(1))
