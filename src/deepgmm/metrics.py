@@ -82,7 +82,7 @@ def dice(pred: Any, truth: Any, labels: Sequence[int] | None = None) -> dict[int
     """
     p, t = _check_pair(pred, truth)
     if labels is None:
-        labels = sorted(set(np.unique(p).tolist()) | set(np.unique(t).tolist()) - {0})
+        labels = sorted((set(np.unique(p).tolist()) | set(np.unique(t).tolist())) - {0})
     m = dice_matrix(p, t, labels, labels)
     return {int(lab): float(m[i, i]) for i, lab in enumerate(labels)}
 

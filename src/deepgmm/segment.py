@@ -114,6 +114,11 @@ def _em_fit(cls_name: str) -> MethodFn:
         from . import mixture
 
         cls = getattr(mixture, cls_name)
+        unknown = sorted(set(settings) - set(cls._param_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for this method; valid: {', '.join(cls._param_names())}"
+            )
         X = image[:, mask].T  # (N, C)
         est = cls(**settings).fit(X)
         proba = est.predict_proba(X)
