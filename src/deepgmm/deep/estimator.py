@@ -1,0 +1,371 @@
+"""Per-image deep mixtures: :class:`DeepG` and :class:`DeepSVG` (the paper's Algorithm 3).
+
+A fresh, seeded U-Net is fitted to one image: every step runs the network, computes the
+closed-form M-step from its soft labels inside the graph and takes one AdamW step on the
+mixture NLL (plus regularisers). Fitting stops when the NLL changes by less than ``tol``
+in a step (after ``min_steps``), or after ``max_steps``.
+
+``init="em"`` first fits the EM mixture of the same kind and distils its posteriors into
+the network for ``pretrain_steps`` steps (soft cross-entropy), so the NLL phase starts in
+the EM solution's basin instead of at random labels.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._validation import check_choice, check_float, check_int, resolve_device
+from ..likelihood import COVARIANCE_TYPES
+from .losses import DeepMixtureLoss
+from .regularizers import MuPrior, Regularizer, make_regularizer
+from .unet import UNet, UNetConfig, network_config
+
+__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "build_regularizers"]
+
+logger = logging.getLogger(__name__)
+
+DEEP_INITS = ("em", "random")
+
+
+def build_regularizers(regularizers: Any, mu_prior: Any, lam: float) -> list[Regularizer]:
+    """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
+    plus the ``mu_prior`` shortcut (``lam * ||mu - mu_prior||^2``)."""
+    out: list[Regularizer] = []
+    for r in regularizers or ():
+        if isinstance(r, Regularizer):
+            out.append(r)
+        elif isinstance(r, str):
+            out.append(make_regularizer(r))
+        elif isinstance(r, dict):
+            r = dict(r)
+            out.append(make_regularizer(r.pop("name", None), r.pop("lam", 1.0), **r))
+        elif isinstance(r, (tuple, list)) and len(r) == 2:
+            out.append(make_regularizer(r[0], r[1]))
+        else:
+            raise ValueError(f"cannot build a regulariser from {r!r}; use a name, (name, lam) or a Regularizer")
+    if mu_prior is not None:
+        out.append(MuPrior(mu_prior, lam))
+    return out
+
+
+class DeepGMM:
+    """Deep Gaussian mixture fitted to one image (use :class:`DeepG` or :class:`DeepSVG`).
+
+    Parameters
+    ----------
+    n_components : number of classes K
+    covariance_type : "diag" or "full"
+    network : "fast" (default), "paper", "tiny", a dict of :class:`UNetConfig` settings or a config
+    lr, weight_decay, grad_clip : AdamW learning rate, weight decay, gradient-norm clip
+    tol, min_steps, max_steps : stop when ``|NLL change| < tol`` after ``min_steps``; at most ``max_steps``
+    reg_covar : variance floor added in the M-step
+    regularizers : extra loss terms (see :mod:`deepgmm.deep.regularizers`)
+    mu_prior, lam : shortcut for the ``mu_prior`` regulariser, ``mu_prior`` of shape ``(K, C)``
+    init : "em" (distil the EM posteriors first) or "random" (the paper)
+    pretrain_steps, pretrain_lr : the distillation phase of ``init="em"``
+    crop_margin : fit on the mask's bounding box grown by this many pixels (None: the whole image).
+        The loss only sees the mask, so this saves time without changing what is modelled.
+    random_state : seed of the network's weights and of the EM start
+    device : "cpu", "cuda" or "auto"
+    progress : show a progress bar (steps, NLL) on stderr
+
+    Attributes
+    ----------
+    network_ : the fitted :class:`UNet`
+    probabilities_ : ndarray ``(K, *spatial)`` soft labels (zero outside the mask)
+    labels_ : ndarray ``(*spatial)`` 0 outside the mask, 1..K inside
+    means_, covariances_ : ``(K, C)``, ``(K, C)`` or ``(K, C, C)``
+    weights_ : ``(K,)`` class proportions over the mask
+    nll_ : final NLL; nll_history_ : NLL at every step; n_iter_, converged_, fit_seconds_
+    """
+
+    _mixture = "svgmm"
+
+    def __init__(
+        self,
+        *,
+        n_components: int = 4,
+        covariance_type: str = "diag",
+        network: str | dict[str, Any] | UNetConfig = "fast",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-3,
+        grad_clip: float = 12.0,
+        tol: float = 1e-3,
+        min_steps: int = 10,
+        max_steps: int = 200,
+        reg_covar: float = 1e-6,
+        regularizers: Sequence[Any] | None = None,
+        mu_prior: Any = None,
+        lam: float = 1.0,
+        init: str = "em",
+        pretrain_steps: int = 30,
+        pretrain_lr: float = 3e-3,
+        crop_margin: int | None = 16,
+        random_state: int | None = 0,
+        device: str | torch.device | None = "cpu",
+        progress: bool = False,
+    ) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.network = network
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.tol = tol
+        self.min_steps = min_steps
+        self.max_steps = max_steps
+        self.reg_covar = reg_covar
+        self.regularizers = regularizers
+        self.mu_prior = mu_prior
+        self.lam = lam
+        self.init = init
+        self.pretrain_steps = pretrain_steps
+        self.pretrain_lr = pretrain_lr
+        self.crop_margin = crop_margin
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params: Any) -> "DeepGMM":
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}; valid: {sorted(valid)}")
+            setattr(self, k, v)
+        return self
+
+    def _validate(self) -> list[Regularizer]:
+        check_int("n_components", self.n_components, minimum=1)
+        check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
+        check_float("lr", self.lr, minimum=0.0, strict=True)
+        check_float("weight_decay", self.weight_decay, minimum=0.0)
+        check_float("grad_clip", self.grad_clip, minimum=0.0, strict=True)
+        check_float("tol", self.tol, minimum=0.0)
+        check_int("min_steps", self.min_steps, minimum=0)
+        check_int("max_steps", self.max_steps, minimum=0)
+        check_float("reg_covar", self.reg_covar, minimum=0.0)
+        check_float("lam", self.lam, minimum=0.0)
+        check_choice("init", self.init, DEEP_INITS)
+        check_int("pretrain_steps", self.pretrain_steps, minimum=0)
+        check_float("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True)
+        if self.crop_margin is not None:
+            check_int("crop_margin", self.crop_margin, minimum=0)
+        if self.random_state is not None:
+            check_int("random_state", self.random_state, minimum=0)
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
+        """Fit to one image ``(C, *spatial)`` (2D or 3D) over ``mask`` ``(*spatial)`` (default: all pixels)."""
+        t0 = time.perf_counter()
+        regs = self._validate()
+        dev = resolve_device(self.device)
+        img = _image_tensor(image)
+        C, spatial = img.shape[0], tuple(img.shape[1:])
+        region = torch.ones(spatial, dtype=torch.bool) if mask is None else _mask_tensor(mask, spatial)
+        n_region = int(region.sum())
+        if n_region < self.n_components:
+            raise ValueError(f"mask selects {n_region} pixel(s), fewer than n_components={self.n_components}")
+        for r in regs:
+            if isinstance(r, MuPrior):
+                r.check(self.n_components, C)
+        full_region = region
+        window = _bounding_box(region, self.crop_margin)
+        img, region = img[(slice(None),) + window], region[window]
+        spatial = tuple(img.shape[1:])
+        cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C, out_channels=self.n_components)
+        seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = UNet(cfg)
+        net.check_input((1, C) + spatial)
+        net = net.to(dev)
+        x = img.to(dev).unsqueeze(0)  # (1, C, *spatial)
+        m = region.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
+        loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type,
+                                  reg_covar=self.reg_covar, regularizers=regs)
+
+        bar = _progress(self.progress, self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__)
+        if self.init == "em":
+            target = self._em_posteriors(img, region, seed).to(dev)  # (1, K, *spatial)
+            self._distil(net, x, m, target, bar)
+
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        history: list[float] = []
+        converged = False
+        n_iter = 0
+        for step in range(1, self.max_steps + 1):
+            out = loss_fn(x, net(x), m)
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            opt.step()
+            nll = float(out.nll.detach()[0])
+            if not math.isfinite(nll):
+                raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
+            history.append(nll)
+            n_iter = step
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(nll=f"{nll:.4f}")
+            if step >= max(self.min_steps, 2) and abs(history[-2] - nll) < self.tol:
+                converged = True
+                break
+        if bar is not None:
+            bar.close()
+
+        with torch.no_grad():
+            logits = net(x)
+            out = loss_fn(x, logits, m)
+        self.network_ = net.eval()
+        self.network_config_ = cfg
+        self._set_results(logits[0], out, region, history, n_iter, converged, regs)
+        if window != tuple(slice(None) for _ in window):
+            probs = np.zeros((self.n_components,) + tuple(full_region.shape), dtype=np.float32)
+            labels = np.zeros(tuple(full_region.shape), dtype=self.labels_.dtype)
+            probs[(slice(None),) + window] = self.probabilities_
+            labels[window] = self.labels_
+            self.probabilities_, self.labels_ = probs, labels
+        self.window_ = window
+        self.fit_seconds_ = time.perf_counter() - t0
+        logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
+        return self
+
+    def _em_posteriors(self, img: Tensor, region: Tensor, seed: int) -> Tensor:
+        """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``)."""
+        from ..segment import EM_IMAGE_DEFAULTS
+        from .. import mixture as em
+
+        method = "svgmm" if self._mixture == "svgmm" else "gmm"
+        settings = dict(EM_IMAGE_DEFAULTS[method])
+        settings.update(n_components=self.n_components, covariance_type=self.covariance_type,
+                        reg_covar=self.reg_covar, random_state=seed)
+        if self.mu_prior is not None:
+            settings.update(init="means", means_init=np.asarray(self.mu_prior, dtype=np.float64), n_init=1)
+        cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
+        X = img[:, region].T.double()
+        est = cls(**settings).fit(X)
+        proba = torch.as_tensor(est.predict_proba(X), dtype=img.dtype)  # (N, K)
+        target = torch.zeros((self.n_components,) + tuple(region.shape), dtype=img.dtype)
+        target[:, region] = proba.T
+        self.em_model_ = est
+        return target.unsqueeze(0)
+
+    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Any) -> None:
+        """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask."""
+        if self.pretrain_steps == 0:
+            return
+        opt = torch.optim.AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
+        denom = m.sum().clamp_min(1.0)
+        for _ in range(self.pretrain_steps):
+            logp = torch.log_softmax(net(x), dim=1)
+            loss = -((target * logp).sum(1) * m).sum() / denom
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            opt.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(distil=f"{float(loss):.4f}")
+
+    def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
+                     converged: bool, regs: list[Regularizer]) -> None:
+        region_dev = region.to(logits.device)
+        probs = torch.softmax(logits, 0) * region_dev  # (K, *spatial)
+        labels = torch.where(region_dev, probs.argmax(0) + 1, torch.zeros((), dtype=torch.long, device=logits.device))
+        self.probabilities_ = probs.cpu().numpy().astype(np.float32)
+        self.labels_ = labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32)
+        fit = out.fit
+        self.means_ = fit.means[0].cpu().numpy()
+        self.covariances_ = fit.covariances[0].cpu().numpy()
+        self.weights_ = (fit.nk[0] / fit.nk[0].sum()).cpu().numpy()
+        self.nll_ = float(out.nll[0])
+        self.loss_ = float(out.total)
+        self.nll_history_ = history
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.regularizers_ = [r.config() for r in regs]
+
+    # ------------------------------------------------------------------ prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "network_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(image, mask) first")
+
+    def predict_proba(self, image: Any = None) -> np.ndarray:
+        """Soft labels ``(K, *spatial)``: of the fitted image (``image=None``) or of the network applied to ``image``."""
+        self._check_fitted()
+        if image is None:
+            return self.probabilities_
+        img = _image_tensor(image)
+        dev = next(self.network_.parameters()).device
+        with torch.no_grad():
+            return torch.softmax(self.network_(img.unsqueeze(0).to(dev))[0], 0).cpu().numpy()
+
+    def predict(self, image: Any = None) -> np.ndarray:
+        """Labels 1..K ``(*spatial)`` (0 outside the mask for the fitted image)."""
+        if image is None:
+            self._check_fitted()
+            return self.labels_
+        return self.predict_proba(image).argmax(0).astype(np.int64) + 1
+
+
+class DeepG(DeepGMM):
+    """deepG: the network's soft labels define a GMM with ``pi_k = mean_n w_nk``."""
+
+    _mixture = "gmm"
+
+
+class DeepSVG(DeepGMM):
+    """deepSVG: the network's soft labels are the per-pixel mixing weights ``pi_nk = w_nk``."""
+
+    _mixture = "svgmm"
+
+
+def _image_tensor(image: Any) -> Tensor:
+    t = image.detach().cpu() if isinstance(image, Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(image)))
+    if t.ndim not in (3, 4):
+        raise ValueError(f"image must have shape (C, H, W) or (C, D, H, W), got shape {tuple(t.shape)}")
+    t = t.to(torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("image contains NaN or Inf values; mask or fix them first")
+    return t
+
+
+def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
+    m = mask.detach().cpu() if isinstance(mask, Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(mask)))
+    if tuple(m.shape) != spatial:
+        raise ValueError(f"mask must have the image's spatial shape {spatial}, got {tuple(m.shape)}")
+    return m != 0
+
+
+def _bounding_box(region: Tensor, margin: int | None) -> tuple[slice, ...]:
+    """Slices of ``region``'s bounding box grown by ``margin`` (clipped); whole axes if ``margin`` is None."""
+    if margin is None:
+        return tuple(slice(None) for _ in region.shape)
+    idx = torch.nonzero(region)
+    lo = (idx.min(0).values - margin).clamp_min(0).tolist()
+    hi = (idx.max(0).values + 1 + margin).tolist()
+    return tuple(slice(a, min(b, n)) for a, b, n in zip(lo, hi, region.shape))
+
+
+def _progress(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,0 +1,142 @@
+"""Deep mixture losses (the paper's Algorithm 3 and 4): NLL after a closed-form M-step from soft labels.
+
+A network gives log soft labels ``log w`` (log-softmax of its logits). Inside the autograd
+graph the M-step of :mod:`deepgmm.likelihood` turns ``w`` into means and covariances; the
+loss is the mixture NLL over the region's pixels computed by the *same* likelihood code
+as EM:
+
+* deepG:   ``pi_k = mean_n w_nk`` (a global GMM),
+* deepSVG: ``pi_nk = w_nk`` (a spatially variant GMM; ``log pi = log_softmax(logits)`` exactly).
+
+Shapes: images ``(B, C, *spatial)``, logits ``(B, K, *spatial)``, masks ``(B, *spatial)``;
+internally pixels ``(B, N, C)`` and soft labels ``(B, N, K)`` with ``N = prod(spatial)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..likelihood import COVARIANCE_TYPES, log_gaussian, m_step, mixture_nll
+from .regularizers import RegContext, Regularizer
+
+__all__ = ["MIXTURES", "MixtureFit", "mixture_fit_from_soft_labels", "DeepMixtureLoss", "LossOutput"]
+
+MIXTURES = ("gmm", "svgmm")
+
+
+@dataclass
+class MixtureFit:
+    """The mixture implied by soft labels (all tensors keep their graph).
+
+    nll ``(B,)``; means ``(B, K, C)`` in the units of the input; covariances ``(B, K, C)`` or
+    ``(B, K, C, C)``; log_weights ``(B, K)`` (gmm) or ``(B, N, K)`` (svgmm); nk ``(B, K)``.
+    """
+
+    nll: Tensor
+    means: Tensor
+    covariances: Tensor
+    log_weights: Tensor
+    nk: Tensor
+
+
+def mixture_fit_from_soft_labels(
+    x: Tensor,
+    log_w: Tensor,
+    mask: Tensor | None = None,
+    *,
+    mixture: str = "svgmm",
+    covariance_type: str = "diag",
+    reg_covar: float = 1e-6,
+) -> MixtureFit:
+    """Closed-form M-step from soft labels, then the NLL of the masked pixels.
+
+    Parameters
+    ----------
+    x : ``(B, N, C)`` pixels
+    log_w : ``(B, N, K)`` log soft labels (``log_softmax`` of logits); rows outside the mask are ignored
+    mask : ``(B, N)`` 0/1, optional (default: all pixels)
+    mixture : "gmm" (deepG) or "svgmm" (deepSVG)
+    """
+    if mixture not in MIXTURES:
+        raise ValueError(f"mixture must be 'gmm' or 'svgmm', got {mixture!r}")
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be 'diag' or 'full', got {covariance_type!r}")
+    if mask is None:
+        mask = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
+    mask = mask.to(x.dtype)
+    n_region = mask.sum(-1).clamp_min(1.0)  # (B,)
+    inside = mask.unsqueeze(-1) > 0
+    x = torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))  # no Inf/NaN can leak in
+    # centre on the region's mean (a constant): the moment-based M-step stays accurate far from 0
+    centre = (x.sum(-2) / n_region.unsqueeze(-1)).detach()  # (B, C)
+    xc = torch.where(inside, x - centre.unsqueeze(-2), torch.zeros((), dtype=x.dtype, device=x.device))
+    w = log_w.exp() * mask.unsqueeze(-1)
+    ms = m_step(xc, w, covariance_type, reg_covar)
+    if mixture == "gmm":
+        log_weights = torch.log(ms.nk / n_region.unsqueeze(-1) + torch.finfo(x.dtype).tiny)
+    else:
+        log_weights = log_w
+    nll = mixture_nll(log_gaussian(xc, ms.means, ms.covariances, covariance_type), log_weights, mask)
+    return MixtureFit(nll, ms.means + centre.unsqueeze(-2), ms.covariances, log_weights, ms.nk)
+
+
+@dataclass
+class LossOutput:
+    """``total`` (scalar, mean over the batch) = mean NLL + regularisers; ``terms`` per regulariser."""
+
+    total: Tensor
+    nll: Tensor  # (B,)
+    fit: MixtureFit
+    terms: dict[str, Tensor] = field(default_factory=dict)  # name -> (B,)
+
+
+class DeepMixtureLoss(nn.Module):
+    """The deepG / deepSVG loss on images: ``loss(image, logits, mask) -> LossOutput``."""
+
+    def __init__(
+        self,
+        *,
+        mixture: str = "svgmm",
+        covariance_type: str = "diag",
+        reg_covar: float = 1e-6,
+        regularizers: Sequence[Regularizer] = (),
+    ) -> None:
+        super().__init__()
+        if mixture not in MIXTURES:
+            raise ValueError(f"mixture must be 'gmm' or 'svgmm', got {mixture!r}")
+        if covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be 'diag' or 'full', got {covariance_type!r}")
+        self.mixture = mixture
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.regularizers = list(regularizers)
+
+    def forward(self, image: Tensor, logits: Tensor, mask: Tensor | None = None) -> LossOutput:
+        """image ``(B, C, *spatial)``, logits ``(B, K, *spatial)``, mask ``(B, *spatial)`` (optional)."""
+        if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
+            raise ValueError(
+                f"image {tuple(image.shape)} and logits {tuple(logits.shape)} must share batch and spatial sizes"
+            )
+        B, C = image.shape[:2]
+        K = logits.shape[1]
+        log_w_img = torch.log_softmax(logits.to(image.dtype), dim=1)  # (B, K, *spatial)
+        x = image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
+        log_w = log_w_img.reshape(B, K, -1).transpose(1, 2)  # (B, N, K)
+        m = None if mask is None else mask.reshape(B, -1)
+        fit = mixture_fit_from_soft_labels(x, log_w, m, mixture=self.mixture,
+                                           covariance_type=self.covariance_type, reg_covar=self.reg_covar)
+        total = fit.nll
+        terms: dict[str, Tensor] = {}
+        if self.regularizers:
+            mask_img = (torch.ones_like(image[:, :1]) if mask is None else mask.unsqueeze(1)).to(image.dtype)
+            ctx = RegContext(image=image, log_probs=log_w_img, mask=mask_img, means=fit.means,
+                             covariances=fit.covariances)
+            for reg in self.regularizers:
+                value = reg(ctx)
+                terms[reg.name] = value
+                total = total + value
+        return LossOutput(total.mean(), fit.nll, fit, terms)

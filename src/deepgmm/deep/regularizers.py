@@ -1,0 +1,137 @@
+"""Regularisers: extra terms of the deep mixture loss, behind one small interface.
+
+A regulariser is called with a :class:`RegContext` and returns one value per image ``(B,)``
+(already multiplied by its weight ``lam``). Build them by name with :func:`make_regularizer`:
+
+* ``"mu_prior"`` — ``lam * ||mu - mu_data||^2`` (deepSVGμ): pulls class k's mean to row k of
+  ``mu_data`` ``(K, C)``, which also fixes the order of the classes.
+* ``"tv"`` — ``lam * mean_n sum_k |grad w_nk|_1``: anisotropic total variation of the soft
+  labels over pairs of neighbouring pixels inside the mask. Favours piecewise-constant label
+  maps (an MRF-like smoothness prior on top of the network's own).
+* ``"entropy"`` — ``lam * mean_n H(w_n)``: pushes soft labels towards one-hot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "REGULARIZERS", "make_regularizer"]
+
+
+@dataclass
+class RegContext:
+    """What a regulariser may look at.
+
+    image ``(B, C, *spatial)``; log_probs ``(B, K, *spatial)`` log soft labels; mask
+    ``(B, 1, *spatial)`` 0/1; means ``(B, K, C)`` (input units); covariances ``(B, K, C[, C])``.
+    """
+
+    image: Tensor
+    log_probs: Tensor
+    mask: Tensor
+    means: Tensor
+    covariances: Tensor
+
+
+class Regularizer:
+    """Base class: ``name``, weight ``lam >= 0``, ``__call__(ctx) -> (B,)``."""
+
+    name = "regularizer"
+
+    def __init__(self, lam: float = 1.0) -> None:
+        lam = float(lam)
+        if not np.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam (weight of the {self.name!r} regulariser) must be >= 0, got {lam}")
+        self.lam = lam
+
+    def __call__(self, ctx: RegContext) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "lam": self.lam}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam})"
+
+
+class MuPrior(Regularizer):
+    """``lam * ||mu - mu_data||_F^2`` with ``mu_data`` ``(K, C)``."""
+
+    name = "mu_prior"
+
+    def __init__(self, mu_data: Any, lam: float = 1.0) -> None:
+        super().__init__(lam)
+        mu = torch.as_tensor(np.asarray(mu_data, dtype=np.float64))
+        if mu.ndim != 2:
+            raise ValueError(f"mu_data must have shape (n_components, n_channels), got shape {tuple(mu.shape)}")
+        if not bool(torch.isfinite(mu).all()):
+            raise ValueError("mu_data contains NaN or Inf")
+        self.mu_data = mu
+
+    def check(self, n_components: int, n_channels: int) -> None:
+        if tuple(self.mu_data.shape) != (n_components, n_channels):
+            raise ValueError(
+                f"mu_data must have shape (n_components, n_channels) = ({n_components}, {n_channels}), "
+                f"got {tuple(self.mu_data.shape)}"
+            )
+
+    def __call__(self, ctx: RegContext) -> Tensor:
+        self.check(ctx.means.shape[-2], ctx.means.shape[-1])
+        mu = self.mu_data.to(ctx.means)
+        return self.lam * ((ctx.means - mu) ** 2).sum((-2, -1))
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "mu_data": self.mu_data.tolist()}
+
+
+class TotalVariation(Regularizer):
+    """Anisotropic TV of the soft labels over neighbour pairs inside the mask, per region pixel."""
+
+    name = "tv"
+
+    def __call__(self, ctx: RegContext) -> Tensor:
+        w = ctx.log_probs.exp()
+        m = ctx.mask
+        total = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        for axis in range(2, w.ndim):  # one term per spatial axis (2 or 3), not per pixel or class
+            n = w.shape[axis]
+            if n < 2:
+                continue
+            dw = (w.narrow(axis, 1, n - 1) - w.narrow(axis, 0, n - 1)).abs().sum(1, keepdim=True)
+            pair = m.narrow(axis, 1, n - 1) * m.narrow(axis, 0, n - 1)
+            total = total + (dw * pair).flatten(1).sum(1)
+        return self.lam * total / m.flatten(1).sum(1).clamp_min(1.0)
+
+
+class Entropy(Regularizer):
+    """Mean Shannon entropy of the soft labels over the mask."""
+
+    name = "entropy"
+
+    def __call__(self, ctx: RegContext) -> Tensor:
+        lp = ctx.log_probs
+        h = -(lp.exp() * lp).sum(1, keepdim=True)
+        m = ctx.mask
+        return self.lam * (h * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {"mu_prior": MuPrior, "tv": TotalVariation, "entropy": Entropy}
+
+
+def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
+    """Build a regulariser by name (``"mu_prior"`` needs ``mu_data=``)."""
+    if name not in REGULARIZERS:
+        raise ValueError(f"unknown regulariser {name!r}; available: {', '.join(map(repr, REGULARIZERS))}")
+    cls = REGULARIZERS[name]
+    if cls is MuPrior:
+        if "mu_data" not in kwargs:
+            raise ValueError("the 'mu_prior' regulariser needs mu_data, an array of shape (n_components, n_channels)")
+        return MuPrior(kwargs.pop("mu_data"), lam)
+    if kwargs:
+        raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser")
+    return cls(lam)

@@ -1,0 +1,205 @@
+"""A configurable U-Net for 2D and 3D images (one ``spatial_dims`` argument).
+
+``UNet(config)`` maps ``(B, C_in, *spatial)`` to logits ``(B, C_out, *spatial)`` for any
+spatial size: each down-sampling step halves every axis that is at least 2 long (max
+pooling, floor), and each up-sampling step resizes back to the exact size of its skip
+connection, so no padding or size multiple is needed.
+
+Shape table (``features=(f0, f1, ..., fd)``, ``depth = d`` down-sampling steps)::
+
+    input              (B, C_in, S)
+    encoder level i    (B, f_i, S / 2^i)      i = 0..d   (two conv-norm-act each)
+    decoder level i    (B, f_i, S / 2^i)      i = d-1..0 (upsample, concat skip, two conv-norm-act)
+    head (1x1 conv)    (B, C_out, S)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["UNetConfig", "UNet", "NETWORKS", "network_config"]
+
+NORMS = ("instance", "batch", "group", "none")
+ACTIVATIONS = ("leakyrelu", "relu", "gelu", "silu")
+UPSAMPLINGS = ("nearest", "linear", "transpose")
+
+
+@dataclass
+class UNetConfig:
+    """U-Net settings; ``features[i]`` channels at level ``i`` (``len(features) - 1`` down-sampling steps)."""
+
+    spatial_dims: int = 2
+    in_channels: int = 3
+    out_channels: int = 4
+    features: tuple[int, ...] = (16, 32, 64, 128)
+    norm: str = "instance"
+    act: str = "leakyrelu"
+    upsample: str = "nearest"
+    convs_per_block: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.features = tuple(int(f) for f in self.features)
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(
+                f"in_channels and out_channels must be >= 1, got {self.in_channels} and {self.out_channels}"
+            )
+        if len(self.features) < 1 or min(self.features) < 1:
+            raise ValueError(f"features must be a non-empty list of positive channel counts, got {self.features}")
+        for name, value, options in (("norm", self.norm, NORMS), ("act", self.act, ACTIVATIONS),
+                                     ("upsample", self.upsample, UPSAMPLINGS)):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+        if self.norm == "group" and any(f % 8 for f in self.features):
+            raise ValueError(f"norm='group' uses 8 groups: every feature count must be a multiple of 8, got {self.features}")
+        if self.convs_per_block < 1:
+            raise ValueError(f"convs_per_block must be >= 1, got {self.convs_per_block}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.features) - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        return d
+
+
+# Named configurations. "paper": Schwab et al. (4 down-sampling steps, 32 filters at the top,
+# instance norm, LeakyReLU, nearest up-sampling). "fast": the default, chosen by
+# benchmarks/bench_deep.py for speed at equal accuracy on MyoPS.
+NETWORKS: dict[str, dict[str, Any]] = {
+    "paper": dict(features=(32, 64, 128, 256, 512), norm="instance", act="leakyrelu", upsample="nearest"),
+    "fast": dict(features=(16, 32, 64, 128), norm="instance", act="leakyrelu", upsample="nearest"),
+    "tiny": dict(features=(8, 16, 32), norm="instance", act="leakyrelu", upsample="nearest"),
+}
+
+
+def network_config(network: str | UNetConfig | dict[str, Any], *, spatial_dims: int, in_channels: int,
+                   out_channels: int) -> UNetConfig:
+    """Resolve a network name, dict or :class:`UNetConfig` for the given input/output sizes."""
+    if isinstance(network, UNetConfig):
+        base = network.to_dict()
+    elif isinstance(network, dict):
+        base = dict(network)
+    elif isinstance(network, str):
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {', '.join(map(repr, NETWORKS))} or a UNetConfig, got {network!r}")
+        base = dict(NETWORKS[network])
+    else:
+        raise ValueError(f"network must be a name, a dict or a UNetConfig, got {type(network).__name__}")
+    base.update(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels)
+    unknown = set(base) - set(UNetConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown network setting(s) {sorted(unknown)}")
+    return UNetConfig(**base)
+
+
+def _norm(kind: str, ch: int, dims: int) -> nn.Module:
+    if kind == "instance":
+        return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(ch, affine=True)
+    if kind == "batch":
+        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(ch)
+    if kind == "group":
+        return nn.GroupNorm(8, ch)
+    return nn.Identity()
+
+
+def _act(kind: str) -> nn.Module:
+    return {"leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True), "relu": lambda: nn.ReLU(inplace=True),
+            "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True)}[kind]()
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int, cfg: UNetConfig) -> None:
+        conv = nn.Conv2d if cfg.spatial_dims == 2 else nn.Conv3d
+        layers: list[nn.Module] = []
+        for i in range(cfg.convs_per_block):
+            layers += [conv(cin if i == 0 else cout, cout, 3, padding=1, bias=cfg.norm == "none"),
+                       _norm(cfg.norm, cout, cfg.spatial_dims), _act(cfg.act)]
+            if cfg.dropout > 0:
+                layers.append((nn.Dropout2d if cfg.spatial_dims == 2 else nn.Dropout3d)(cfg.dropout))
+        super().__init__(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net returning logits ``(B, out_channels, *spatial)`` for input ``(B, in_channels, *spatial)``."""
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        cfg = config if config is not None else UNetConfig(**kwargs)
+        if config is not None and kwargs:
+            raise ValueError("pass either a UNetConfig or keyword settings, not both")
+        self.config = cfg
+        f = cfg.features
+        conv = nn.Conv2d if cfg.spatial_dims == 2 else nn.Conv3d
+        self.encoders = nn.ModuleList(_Block(cfg.in_channels if i == 0 else f[i - 1], f[i], cfg) for i in range(len(f)))
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i in range(cfg.depth - 1, -1, -1):
+            if cfg.upsample == "transpose":
+                tconv = nn.ConvTranspose2d if cfg.spatial_dims == 2 else nn.ConvTranspose3d
+                self.ups.append(tconv(f[i + 1], f[i], 2, stride=2))
+            else:
+                self.ups.append(conv(f[i + 1], f[i], 1))  # channel reduction after resizing
+            self.decoders.append(_Block(2 * f[i], f[i], cfg))
+        self.head = conv(f[0], cfg.out_channels, 1)
+
+    def min_size_ok(self, spatial: tuple[int, ...]) -> bool:
+        """Whether the bottleneck keeps more than one voxel (needed by instance norm)."""
+        sizes = list(spatial)
+        for _ in range(self.config.depth):
+            sizes = [s // 2 if s >= 2 else s for s in sizes]
+        n = 1
+        for s in sizes:
+            n *= s
+        return n > 1 or self.config.norm not in ("instance",)
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        """Raise a clear ``ValueError`` if an input of ``shape`` ``(B, C, *spatial)`` cannot pass."""
+        cfg = self.config
+        if len(shape) != cfg.spatial_dims + 2:
+            raise ValueError(
+                f"the U-Net expects input (B, C, {'H, W' if cfg.spatial_dims == 2 else 'D, H, W'}), got shape {tuple(shape)}"
+            )
+        if shape[1] != cfg.in_channels:
+            raise ValueError(f"the U-Net expects {cfg.in_channels} input channel(s), got {shape[1]}")
+        if not self.min_size_ok(tuple(shape[2:])):
+            need = 2 ** (cfg.depth + 1)
+            raise ValueError(
+                f"image of spatial size {tuple(shape[2:])} is too small for a U-Net with {cfg.depth} down-sampling "
+                f"steps: the bottleneck would hold one pixel; at least one axis needs >= {need} pixels "
+                "(or use a shallower network)"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(tuple(x.shape))
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            if i > 0:
+                kernel = [2 if s >= 2 else 1 for s in x.shape[2:]]
+                x = (F.max_pool2d if x.ndim == 4 else F.max_pool3d)(x, kernel)
+            x = enc(x)
+            skips.append(x)
+        skips.pop()
+        for up, dec in zip(self.ups, self.decoders):
+            skip = skips.pop()
+            if self.config.upsample == "transpose":
+                x = up(x)
+                if x.shape[2:] != skip.shape[2:]:
+                    x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
+            else:
+                mode = "nearest" if self.config.upsample == "nearest" else ("bilinear" if x.ndim == 4 else "trilinear")
+                kw = {} if mode == "nearest" else {"align_corners": False}
+                x = up(F.interpolate(x, size=skip.shape[2:], mode=mode, **kw))
+            x = dec(torch.cat([skip, x], dim=1))
+        return self.head(x)

@@ -1,0 +1,266 @@
+"""Deep mixtures: the loss agrees with EM, gradients stay finite, the U-Net's shapes, regularisers, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from deepgmm import GaussianMixture, SpatiallyVariantGMM, evaluate, segment
+from deepgmm.deep import (
+    DeepG,
+    DeepMixtureLoss,
+    DeepSVG,
+    Entropy,
+    MuPrior,
+    TotalVariation,
+    UNet,
+    UNetConfig,
+    make_regularizer,
+    mixture_fit_from_soft_labels,
+)
+from deepgmm.deep.regularizers import RegContext
+
+TINY = dict(features=(8, 16), norm="instance")
+
+
+def pixels(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.integers(0, 3, n)
+    centers = np.array([[0.0, 0.0], [3.0, 1.0], [-2.0, 3.0]])
+    return centers[z] + rng.normal(0, 0.8, (n, 2))
+
+
+# ---------------------------------------------------------------- the loss is the EM NLL
+@pytest.mark.parametrize("cov_type", ["diag", "full"])
+def test_deep_gmm_loss_equals_em_nll_from_the_same_responsibilities(cov_type):
+    X = pixels()
+    kw = dict(n_components=3, covariance_type=cov_type, random_state=0, dtype="float64", tol=0)
+    t = 4
+    before = GaussianMixture(max_iter=t, **kw).fit(X)
+    resp = torch.as_tensor(before.predict_proba(X))  # posteriors at theta_t
+    after = GaussianMixture(max_iter=t + 1, **kw).fit(X)  # one more EM step from them
+    fit = mixture_fit_from_soft_labels(torch.as_tensor(X)[None], torch.log(resp)[None], mixture="gmm",
+                                       covariance_type=cov_type, reg_covar=1e-6)
+    assert float(fit.nll[0]) == pytest.approx(after.nll_, rel=1e-10)
+    np.testing.assert_allclose(fit.means[0].numpy(), after.means_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cov_type", ["diag", "full"])
+def test_deep_svgmm_loss_equals_em_nll_from_the_same_responsibilities(cov_type):
+    X = pixels(seed=1)
+    em = SpatiallyVariantGMM(n_components=3, covariance_type=cov_type, random_state=0, dtype="float64", tol=0,
+                             max_iter=5).fit(X)
+    # the fitted per-pixel weights are the posteriors of the previous step; the M-step from them gives theta
+    log_w = torch.log(torch.as_tensor(em.weights_))
+    fit = mixture_fit_from_soft_labels(torch.as_tensor(X)[None], log_w[None], mixture="svgmm",
+                                       covariance_type=cov_type, reg_covar=1e-6)
+    assert float(fit.nll[0]) == pytest.approx(em.nll_, rel=1e-10)
+
+
+def test_mask_and_batch_give_the_per_image_values():
+    X = torch.as_tensor(pixels(seed=2))
+    logits = torch.randn(2, 500, 3, dtype=torch.float64)
+    log_w = torch.log_softmax(logits, -1)
+    mask = torch.zeros(2, 500, dtype=torch.float64)
+    mask[0, :300] = 1
+    mask[1, 100:] = 1
+    batched = mixture_fit_from_soft_labels(X.expand(2, -1, -1), log_w, mask)
+    one = mixture_fit_from_soft_labels(X[None, :300], log_w[:1, :300])
+    two = mixture_fit_from_soft_labels(X[None, 100:], log_w[1:, 100:])
+    torch.testing.assert_close(batched.nll, torch.cat([one.nll, two.nll]))
+    # pixels outside the mask may hold anything, even NaN, without leaking into the loss
+    Xbad = X.clone().expand(2, -1, -1).clone()
+    Xbad[0, 400:] = float("nan")
+    torch.testing.assert_close(mixture_fit_from_soft_labels(Xbad, log_w, mask).nll[0], one.nll[0])
+
+
+@pytest.mark.parametrize("mixture", ["gmm", "svgmm"])
+@pytest.mark.parametrize("cov_type", ["diag", "full"])
+def test_gradients_finite_far_from_every_class_float32(mixture, cov_type):
+    torch.manual_seed(0)
+    image = torch.randn(1, 2, 16, 16)
+    image[0, :, 3, 3] = 1e4  # a pixel thousands of standard deviations from every class
+    logits = torch.randn(1, 3, 16, 16, requires_grad=True)
+    loss = DeepMixtureLoss(mixture=mixture, covariance_type=cov_type, regularizers=[TotalVariation(0.1)])
+    out = loss(image, logits)
+    out.total.backward()
+    assert torch.isfinite(out.total) and torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mixture", ["gmm", "svgmm"])
+def test_one_optimiser_step_lowers_the_loss(mixture):
+    torch.manual_seed(0)
+    image = torch.randn(1, 2, 24, 24)
+    image[:, :, :12] += 3
+    net = UNet(UNetConfig(in_channels=2, out_channels=2, **TINY))
+    loss = DeepMixtureLoss(mixture=mixture)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    before = loss(image, net(image)).total
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss(image, net(image)).total
+    assert after < before
+
+
+# ---------------------------------------------------------------- U-Net
+@pytest.mark.parametrize(
+    "dims,features,shape",
+    [
+        (2, (32, 64, 128, 256, 512), (1, 3, 160, 160)),  # the paper's network on a MyoPS slice
+        (2, (16, 32, 64, 128), (2, 3, 37, 50)),  # odd sizes: no padding needed
+        (2, (8, 16), (1, 1, 5, 7)),
+        (3, (8, 16, 32), (1, 2, 5, 40, 36)),  # few slices: the short axis stops halving at 1
+        (3, (8, 16), (2, 3, 8, 8, 8)),
+    ],
+)
+def test_unet_shape_table(dims, features, shape):
+    net = UNet(UNetConfig(spatial_dims=dims, in_channels=shape[1], out_channels=4, features=features))
+    with torch.no_grad():
+        out = net(torch.randn(*shape))
+    assert out.shape == (shape[0], 4) + shape[2:]
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "linear", "transpose"])
+@pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])
+def test_unet_options(upsample, norm):
+    net = UNet(UNetConfig(in_channels=2, out_channels=3, features=(8, 16), norm=norm, upsample=upsample, act="gelu"))
+    assert net(torch.randn(2, 2, 15, 17)).shape == (2, 3, 15, 17)
+
+
+def test_unet_errors():
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        UNetConfig(spatial_dims=1)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        UNetConfig(norm="layer")
+    with pytest.raises(ValueError, match="features must be"):
+        UNetConfig(features=())
+    net = UNet(UNetConfig(features=(32, 64, 128, 256, 512)))
+    with pytest.raises(ValueError, match=r"too small for a U-Net with 4 down-sampling steps.*>= 32 pixels"):
+        net(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="expects 3 input channel"):
+        net(torch.randn(1, 2, 64, 64))
+
+
+# ---------------------------------------------------------------- regularisers
+def test_total_variation_against_a_naive_loop():
+    torch.manual_seed(1)
+    lp = torch.log_softmax(torch.randn(1, 3, 6, 5), 1)
+    mask = (torch.rand(1, 1, 6, 5) > 0.3).float()
+    ctx = RegContext(image=torch.zeros(1, 1, 6, 5), log_probs=lp, mask=mask, means=None, covariances=None)
+    w, m = lp.exp()[0].numpy(), mask[0, 0].numpy()
+    total = 0.0
+    for i in range(6):
+        for j in range(5):
+            if i + 1 < 6 and m[i, j] and m[i + 1, j]:
+                total += np.abs(w[:, i + 1, j] - w[:, i, j]).sum()
+            if j + 1 < 5 and m[i, j] and m[i, j + 1]:
+                total += np.abs(w[:, i, j + 1] - w[:, i, j]).sum()
+    assert float(TotalVariation(2.0)(ctx)[0]) == pytest.approx(2.0 * total / m.sum(), rel=1e-5)
+    const = RegContext(image=None, log_probs=torch.log_softmax(torch.zeros(1, 3, 6, 5), 1), mask=mask, means=None,
+                       covariances=None)
+    assert float(TotalVariation(1.0)(const)[0]) == 0.0
+    assert float(Entropy(1.0)(const)[0]) == pytest.approx(np.log(3), rel=1e-6)
+
+
+def test_mu_prior_value():
+    means = torch.tensor([[[0.0, 1.0], [2.0, 2.0]]])
+    ctx = RegContext(image=None, log_probs=None, mask=None, means=means, covariances=None)
+    assert float(MuPrior([[0.0, 0.0], [2.0, 4.0]], lam=0.5)(ctx)[0]) == pytest.approx(0.5 * (1 + 4))
+
+
+def test_regulariser_errors():
+    with pytest.raises(ValueError, match="unknown regulariser 'smooth'"):
+        make_regularizer("smooth")
+    with pytest.raises(ValueError, match="must be >= 0, got -1.0"):
+        make_regularizer("tv", -1.0)
+    with pytest.raises(ValueError, match="needs mu_data"):
+        make_regularizer("mu_prior")
+    with pytest.raises(ValueError, match=r"mu_data must have shape \(n_components, n_channels\)"):
+        MuPrior(np.zeros(3))
+
+
+# ---------------------------------------------------------------- estimators
+def noisy_rings(size=48, noise=1.6, seed=0):
+    """Two channels, 3 classes in large blobs, heavy noise: per-pixel models struggle, spatial context helps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    truth = np.where(r < size * 0.18, 1, np.where(r < size * 0.32, 2, 3))
+    means = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    img = np.moveaxis(means[truth - 1], -1, 0) + rng.normal(0, noise, (2, size, size))
+    return img.astype(np.float32), truth
+
+
+def test_deepsvg_beats_svgmm_where_spatial_context_matters():
+    img, truth = noisy_rings()
+    em = segment(img, method="svgmm", n_components=3)
+    deep = segment(img, method="deepsvg", n_components=3, network=dict(features=(8, 16, 32)), max_steps=60,
+                   pretrain_steps=20, lr=3e-3)
+    d_em = evaluate(em.labels, truth).mean
+    d_deep = evaluate(deep.labels, truth).mean
+    assert d_deep > d_em + 0.05, (d_deep, d_em)
+
+
+def test_mu_prior_fixes_the_class_order():
+    img, truth = noisy_rings(noise=0.5)
+    mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # order: background(3), inner(1), ring(2)
+    est = DeepSVG(n_components=3, network=TINY, mu_prior=mu, lam=1.0, max_steps=60, pretrain_steps=10, lr=1e-2).fit(img)
+    expected = np.array([0, 2, 3, 1])[truth]  # truth 1 -> prior class 2, 2 -> 3, 3 -> 1
+    agree = np.mean(est.labels_ == expected)
+    assert agree > 0.95
+    np.testing.assert_allclose(est.means_, mu, atol=0.3)
+
+
+@pytest.mark.parametrize("cls", [DeepG, DeepSVG])
+@pytest.mark.parametrize("cov_type", ["diag", "full"])
+def test_estimator_runs_2d_and_3d_and_records_history(cls, cov_type):
+    img, truth = noisy_rings(size=32, noise=0.5)
+    est = cls(n_components=3, covariance_type=cov_type, network=TINY, max_steps=8, min_steps=2, pretrain_steps=3,
+              regularizers=[("tv", 0.1)]).fit(img, truth > 0)
+    assert est.probabilities_.shape == (3, 32, 32) and est.labels_.shape == (32, 32)
+    assert 1 <= est.n_iter_ <= 8 and len(est.nll_history_) == est.n_iter_ and np.isfinite(est.nll_)
+    np.testing.assert_allclose(est.probabilities_.sum(0), 1.0, rtol=1e-5)
+    vol = np.stack([img] * 4, axis=1)  # (C, D, H, W)
+    est3 = cls(n_components=3, covariance_type=cov_type, network=TINY, max_steps=3, pretrain_steps=2).fit(vol)
+    assert est3.labels_.shape == (4, 32, 32)
+
+
+def test_same_seed_same_result():
+    img, _ = noisy_rings(size=24)
+    a = DeepSVG(n_components=3, network=TINY, max_steps=5, pretrain_steps=3, random_state=3).fit(img)
+    b = DeepSVG(n_components=3, network=TINY, max_steps=5, pretrain_steps=3, random_state=3).fit(img)
+    assert a.nll_history_ == b.nll_history_
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
+def test_random_init_without_em():
+    img, truth = noisy_rings(size=32, noise=0.3)
+    est = DeepG(n_components=3, network=TINY, init="random", max_steps=40, lr=1e-2).fit(img)
+    assert est.n_iter_ >= 10 and np.isfinite(est.nll_) and est.nll_history_[-1] < est.nll_history_[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mu_prior=np.zeros((2, 2))), r"mu_data must have shape \(n_components, n_channels\) = \(3, 2\), got \(2, 2\)"),
+        (dict(mu_prior=np.zeros((3, 2)), lam=-1.0), "lam must be >= 0"),
+        (dict(regularizers=["bogus"]), "unknown regulariser 'bogus'"),
+        (dict(network="huge"), "network must be one of"),
+        (dict(network=dict(features=(8, 16, 32, 64, 128, 256))), "too small for a U-Net"),
+        (dict(init="kmeans"), "init must be one of 'em', 'random'"),
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(max_steps=-1), "max_steps must be >= 0"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    img, _ = noisy_rings(size=24)
+    with pytest.raises(ValueError, match=match):
+        DeepSVG(n_components=3, max_steps=2, **kwargs).fit(img)
+
+
+def test_unknown_option_through_segment():
+    img, _ = noisy_rings(size=24)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['n_init'\]"):
+        segment(img, method="deepsvg", n_components=3, n_init=3)
