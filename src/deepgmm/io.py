@@ -1,0 +1,776 @@
+"""Image input/output: NIfTI, PNG, TIFF, JPEG and ``.npy``, with atomic writes.
+
+Reading
+-------
+:func:`load_image` reads one or several files into an :class:`Image` whose ``data`` is
+``(C, *spatial)`` float (spatial 2D or 3D), keeping the NIfTI affine and header so that the
+outputs can be written on the same grid. Several files are stacked as channels in the order
+given; one file may also hold several channels (a 4D NIfTI ``(X, Y, Z, C)``, an RGB image, a
+``(C, *spatial)`` ``.npy``). :func:`load_mask` and :func:`load_labels` read a region mask and
+an integer label map.
+
+Array layout per format (``spatial`` is what ``Image.data[c]`` holds):
+
+============  =======================================  ===================================
+format        on disk                                  ``Image.data``
+============  =======================================  ===================================
+NIfTI         ``(X, Y)``, ``(X, Y, Z)``                ``(1, X, Y)``, ``(1, X, Y, Z)``
+NIfTI         ``(X, Y, 1)``                            ``(1, X, Y)`` (2D; restored on save)
+NIfTI         ``(X, Y, Z, C)`` or ``(X, Y, Z, 1, C)``  ``(C, X, Y, Z)`` (``Z == 1``: 2D)
+PNG/TIFF/JPG  grey ``(H, W)``, RGB(A) ``(H, W, 3|4)``  ``(1, H, W)``, ``(3, H, W)`` (alpha dropped)
+TIFF          ``D`` pages of ``(H, W)``                ``(1, D, H, W)``
+``.npy``      ``(H, W)`` or ``(C, *spatial)``          ``(1, H, W)`` or unchanged
+============  =======================================  ===================================
+
+Writing
+-------
+Every writer is atomic: the file is written under a temporary name in the target's folder,
+flushed to disk and renamed over the target, so a crash never leaves a half-written file
+under the final name. :class:`OutputDir` does the same for a whole output folder.
+
+Errors are one-line :class:`ValueError` (or :class:`FileNotFoundError`) messages naming the
+file, what was expected and what was found; corrupt or truncated files never surface as raw
+nibabel/Pillow tracebacks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable, Sequence, Union
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from PIL import Image as PILImage
+
+__all__ = [
+    "Image",
+    "load_image",
+    "load_mask",
+    "load_labels",
+    "save_labels",
+    "save_probabilities",
+    "save_json",
+    "OutputDir",
+    "IMAGE_KINDS",
+    "READ_EXTENSIONS",
+    "kind_of",
+    "affines_match",
+    "MARKER",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# extension -> kind; ".nii.gz" is matched before the single suffixes
+READ_EXTENSIONS: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".png": "png",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".npy": "npy",
+}
+IMAGE_KINDS = ("nifti", "png", "tiff", "jpeg", "npy")
+
+AFFINE_RTOL = 1e-4  # affines agree when max|A - B| <= AFFINE_RTOL * max(1, max|A|)
+
+_NIFTI_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error, struct.error)
+_PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError, PILImage.DecompressionBombError, zlib.error, struct.error)
+_NPY_MAGIC = b"\x93NUMPY"
+
+_GREY_MODES = {"1", "L", "I", "F"}
+_CONVERT_TO_RGB = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+# ----------------------------------------------------------------------------- data class
+@dataclass
+class Image:
+    """A multi-channel image as read from disk.
+
+    Attributes
+    ----------
+    data : ndarray ``(C, *spatial)`` float, ``spatial`` 2D ``(X, Y)`` or 3D ``(X, Y, Z)``
+    affine : ``(4, 4)`` voxel-to-world matrix of the (first) NIfTI input, or None
+    header : nibabel header of the (first) NIfTI input, or None
+    paths : the files read, in channel order (a file may give several channels)
+    kind : "nifti" when any input is NIfTI (its geometry is kept), else the first file's kind
+    spatial_shape_on_disk : the spatial shape as stored, e.g. ``(X, Y, 1)`` for a NIfTI slice
+        that ``data`` holds as 2D; the writers restore it.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray | None
+    header: Any
+    paths: tuple[Path, ...]
+    kind: str
+    spatial_shape_on_disk: tuple[int, ...]
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return self.data.ndim - 1
+
+
+@dataclass
+class _Raw:
+    """One file as read, before type conversion: ``data`` is ``(C, *spatial)`` in its own dtype."""
+
+    data: np.ndarray
+    affine: np.ndarray | None
+    header: Any
+    kind: str
+    disk_shape: tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _split_ext(path: Path) -> tuple[str, str]:
+    """``("labels", ".nii.gz")`` for ``labels.nii.gz``; the extension keeps its case."""
+    name = path.name
+    if name.lower().endswith(".nii.gz"):
+        return name[: -len(".nii.gz")], name[-len(".nii.gz"):]
+    suffix = path.suffix
+    return (name[: -len(suffix)] if suffix else name), suffix
+
+
+def kind_of(path: PathLike) -> str:
+    """The format of ``path`` from its extension: one of :data:`IMAGE_KINDS`.
+
+    Raises ``ValueError`` naming the file for an unsupported extension.
+    """
+    p = Path(path)
+    ext = _split_ext(p)[1].lower()
+    if ext in READ_EXTENSIONS:
+        return READ_EXTENSIONS[ext]
+    listed = ", ".join(READ_EXTENSIONS)
+    raise ValueError(f"unsupported file type {p} (extension {ext or 'none'!r}); expected one of {listed}")
+
+
+def affines_match(a: np.ndarray, b: np.ndarray, rtol: float = AFFINE_RTOL) -> bool:
+    """True when two ``(4, 4)`` affines agree within ``rtol`` relative to the larger entries of ``a``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    scale = max(1.0, float(np.abs(a).max()))
+    return bool(np.abs(a - b).max() <= rtol * scale)
+
+
+def _fmt_affine(a: np.ndarray) -> str:
+    rows = np.asarray(a, dtype=np.float64)[:3]
+    return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in rows) + "]"
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; expected a file")
+
+
+def _as_path_list(paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    out = [Path(p) for p in paths]
+    if not out:
+        raise ValueError("no image file given; pass at least one path")
+    return out
+
+
+# ----------------------------------------------------------------------------- readers
+def _read_nifti(path: Path) -> _Raw:
+    shape: tuple[int, ...] = ()
+    nbytes = 0
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.header.get_data_shape())
+        nbytes = math.prod(shape) * img.header.get_data_dtype().itemsize
+        if not path.name.lower().endswith(".gz"):
+            have = path.stat().st_size - int(img.header.get_data_offset())
+            if have < nbytes:
+                raise ValueError(f"header says shape {shape} ({nbytes} bytes) but the file holds {max(have, 0)}")
+        arr = np.asanyarray(img.dataobj)
+    except _NIFTI_ERRORS as exc:
+        raise ValueError(f"cannot read NIfTI file {path}: {_one_line(exc)} (corrupt or truncated file?)") from None
+    except MemoryError:
+        raise ValueError(f"cannot read NIfTI file {path}: its header says shape {shape} ({nbytes / 2**30:.1f} GiB), "
+                         "more than the memory available (corrupt header?)") from None
+    arr = np.asarray(arr)
+    if arr.dtype.fields is not None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
+            or np.iscomplexobj(arr):
+        raise ValueError(f"NIfTI file {path} holds data of type {arr.dtype}; expected real numbers")
+    shape = arr.shape
+    expected = "(X, Y), (X, Y, Z), (X, Y, Z, C) or (X, Y, Z, 1, C)"
+    if arr.ndim == 5:
+        if shape[3] != 1:
+            raise ValueError(f"NIfTI file {path} has shape {shape}; expected {expected}")
+        arr = arr.reshape(shape[:3] + (shape[4],))
+    if arr.ndim == 2:
+        disk = tuple(arr.shape)
+        data = arr[None]
+    elif arr.ndim == 3:
+        disk = tuple(arr.shape)
+        data = arr[None]
+    elif arr.ndim == 4:
+        disk = tuple(arr.shape[:3])
+        data = np.moveaxis(arr, -1, 0)
+    else:
+        raise ValueError(f"NIfTI file {path} has shape {shape}; expected {expected}")
+    if len(disk) == 3 and disk[2] == 1:  # a 2D slice stored as (X, Y, 1)
+        data = data.reshape(data.shape[:3])
+    if any(s < 1 for s in data.shape):
+        raise ValueError(f"NIfTI file {path} has an empty axis: shape {shape}")
+    return _Raw(data, np.array(img.affine, dtype=np.float64), img.header.copy(), "nifti", disk)
+
+
+def _pil_frame(im: PILImage.Image, path: Path, palette_as_index: bool) -> np.ndarray:
+    """One frame as ``(C, H, W)``."""
+    mode = im.mode
+    if mode in ("P", "PA") and palette_as_index:
+        arr = np.asarray(im)
+        return (arr[..., 0] if arr.ndim == 3 else arr)[None]
+    if mode in _CONVERT_TO_RGB:
+        im = im.convert("RGB")
+        mode = "RGB"
+    if mode in _GREY_MODES or mode.startswith("I;16"):
+        arr = np.asarray(im)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        return arr[None]
+    if mode == "LA":
+        return np.asarray(im)[..., 0][None]
+    if mode in ("RGB", "RGBA", "RGBX"):
+        arr = np.asarray(im)[..., :3]
+        return np.moveaxis(arr, -1, 0)
+    raise ValueError(f"image file {path} has unsupported pixel mode {mode!r}; expected grey, RGB or RGBA")
+
+
+def _read_pil(path: Path, kind: str, palette_as_index: bool = False) -> _Raw:
+    try:
+        with PILImage.open(path) as im:
+            n_frames = int(getattr(im, "n_frames", 1)) if kind == "tiff" else 1
+            frames = []
+            for i in range(n_frames):  # pages of a multi-page TIFF (I/O, not a pixel loop)
+                im.seek(i)
+                im.load()
+                frames.append(_pil_frame(im, path, palette_as_index))
+    except _PIL_ERRORS as exc:
+        raise ValueError(f"cannot read image file {path}: {_one_line(exc)} (corrupt or truncated file?)") from None
+    if len(frames) == 1:
+        data = frames[0]
+    else:
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1:
+            raise ValueError(f"TIFF file {path} has pages of different shapes {sorted(shapes)}; "
+                             "a 3D stack needs pages of one shape")
+        data = np.stack(frames, axis=1)  # (C, D, H, W)
+    return _Raw(data, None, None, kind, tuple(data.shape[1:]))
+
+
+def _read_npy(path: Path) -> _Raw:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(_NPY_MAGIC))
+        if magic != _NPY_MAGIC:
+            raise ValueError("not a NumPy .npy file (bad magic bytes)")
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"cannot read .npy file {path}: {_one_line(exc)} (corrupt or truncated file?)") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+        raise ValueError(f".npy file {path} holds data of type {arr.dtype}; expected real numbers")
+    if arr.ndim == 2:
+        data = arr[None]
+    elif arr.ndim in (3, 4):
+        data = arr
+    else:
+        raise ValueError(f".npy file {path} has shape {arr.shape}; expected (H, W), (C, H, W) or (C, D, H, W)")
+    if any(s < 1 for s in data.shape):
+        raise ValueError(f".npy file {path} has an empty axis: shape {arr.shape}")
+    return _Raw(data, None, None, "npy", tuple(data.shape[1:]))
+
+
+def _read(path: Path, what: str, palette_as_index: bool = False) -> _Raw:
+    _check_file(path, what)
+    kind = kind_of(path)
+    if kind == "nifti":
+        return _read_nifti(path)
+    if kind == "npy":
+        return _read_npy(path)
+    return _read_pil(path, kind, palette_as_index)
+
+
+def _single_channel(raw: _Raw, path: Path, what: str) -> np.ndarray:
+    """The one channel of ``raw`` ``(*spatial)``; identical channels (grey saved as RGB) count as one."""
+    if raw.data.shape[0] == 1:
+        return raw.data[0]
+    if bool(np.all(raw.data == raw.data[:1])):
+        return raw.data[0]
+    raise ValueError(f"{what} {path} has {raw.data.shape[0]} different channels; expected a single channel")
+
+
+# ----------------------------------------------------------------------------- public readers
+def load_image(paths: PathLike | Sequence[PathLike], *, dtype: Any = np.float32) -> Image:
+    """Read one or several image files as the channels of one :class:`Image`.
+
+    Parameters
+    ----------
+    paths : a path or a sequence of paths (``.nii``, ``.nii.gz``, ``.png``, ``.tif``, ``.tiff``,
+        ``.jpg``, ``.jpeg``, ``.npy``). Their channels are stacked in the order given.
+    dtype : floating dtype of ``Image.data`` (integer images are converted).
+
+    Returns
+    -------
+    Image with ``data`` ``(C, *spatial)``.
+
+    Raises
+    ------
+    FileNotFoundError : a file does not exist.
+    ValueError : unsupported extension, unreadable/corrupt/truncated file, channels of different
+        spatial shapes, or NIfTI channels whose affines differ.
+    """
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a floating type such as float32, got {dt}")
+    path_list = _as_path_list(paths)
+    raws = [(p, _read(p, "image file")) for p in path_list]
+
+    first_path, first = raws[0]
+    ref_nifti = next(((p, r) for p, r in raws if r.kind == "nifti"), None)
+    for p, r in raws[1:]:
+        if r.data.shape[1:] != first.data.shape[1:]:
+            raise ValueError(
+                f"channels have different spatial shapes: {first_path} has {tuple(first.data.shape[1:])} "
+                f"but {p} has {tuple(r.data.shape[1:])}"
+            )
+    if ref_nifti is not None:
+        ref_path, ref = ref_nifti
+        for p, r in raws:
+            if r.kind == "nifti" and r is not ref and not affines_match(ref.affine, r.affine):
+                raise ValueError(
+                    f"NIfTI channels have different affines: {ref_path} has {_fmt_affine(ref.affine)} "
+                    f"but {p} has {_fmt_affine(r.affine)}"
+                )
+    data = np.concatenate([r.data.astype(dt, copy=False) for _, r in raws], axis=0)
+    if ref_nifti is not None:
+        ref = ref_nifti[1]
+        return Image(data, ref.affine, ref.header, tuple(path_list), "nifti", ref.disk_shape)
+    return Image(data, None, None, tuple(path_list), first.kind, first.disk_shape)
+
+
+def load_mask(path: PathLike, spatial_shape: Sequence[int], *, like: Image | None = None) -> np.ndarray:
+    """Read a region mask (non-zero = inside) as a boolean array of shape ``spatial_shape``.
+
+    ``like``: the image the mask belongs to; when both are NIfTI their affines must agree.
+    An all-zero mask, NaN values, or a shape other than ``spatial_shape`` is a ``ValueError``
+    naming the file.
+    """
+    p = Path(path)
+    raw = _read(p, "mask file", palette_as_index=True)
+    m = _single_channel(raw, p, "mask file")
+    expected = tuple(int(s) for s in spatial_shape)
+    if tuple(m.shape) != expected:
+        raise ValueError(f"mask file {p} has shape {tuple(m.shape)} but the image has spatial shape {expected}")
+    if m.dtype.kind == "f" and not bool(np.isfinite(m).all()):
+        raise ValueError(f"mask file {p} contains NaN or Inf values; a mask must be 0 outside and non-zero inside")
+    if raw.kind == "nifti" and like is not None and like.affine is not None \
+            and not affines_match(like.affine, raw.affine):
+        raise ValueError(
+            f"mask file {p} has affine {_fmt_affine(raw.affine)} but the image has {_fmt_affine(like.affine)}"
+        )
+    mask = m != 0
+    if not mask.any():
+        raise ValueError(f"mask file {p} is empty: it has no non-zero pixel")
+    return mask
+
+
+def load_labels(path: PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an integer label map: ``(labels (*spatial) int64, affine (4, 4) or None)``.
+
+    Float files are accepted when every value is an integer; a palette PNG gives its indices.
+    """
+    p = Path(path)
+    raw = _read(p, "label file", palette_as_index=True)
+    lab = _single_channel(raw, p, "label file")
+    if lab.dtype.kind == "f":
+        if not bool(np.isfinite(lab).all()):
+            raise ValueError(f"label file {p} contains NaN or Inf values; expected integer labels")
+        frac = lab != np.round(lab)
+        if bool(frac.any()):
+            example = float(lab[frac].flat[0])
+            raise ValueError(f"label file {p} holds non-integer values (e.g. {example:g}); expected integer labels")
+    return lab.astype(np.int64), raw.affine
+
+
+# ----------------------------------------------------------------------------- atomic writing
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames) to disk where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` for a temporary file beside ``path`` then rename it to ``path``.
+
+    The temporary name keeps the extension (nibabel chooses the format from it).
+    """
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {target}: folder {folder} does not exist")
+    base, ext = _split_ext(target)
+    tmp = folder / f".{base}.{secrets.token_hex(6)}.tmp{ext}"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return target
+
+
+def _output_kind(path: Path, what: str, allowed: Sequence[str]) -> str:
+    ext = _split_ext(path)[1].lower()
+    kind = READ_EXTENSIONS.get(ext)
+    if kind not in allowed:
+        exts = [e for e, k in READ_EXTENSIONS.items() if k in allowed]
+        raise ValueError(f"cannot write {what} to {path}: expected extension {', '.join(exts)}, got {ext or 'none'!r}")
+    return kind
+
+
+def _label_dtype(labels: np.ndarray) -> np.dtype:
+    if labels.size == 0:
+        return np.dtype(np.uint8)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo >= 0 and hi <= 255:
+        return np.dtype(np.uint8)
+    if lo >= -32768 and hi <= 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def _nifti_image(data: np.ndarray, like: Image | None, dtype: np.dtype, intent: str) -> Any:
+    affine = like.affine if like is not None and like.affine is not None else np.eye(4)
+    header = like.header.copy() if like is not None and like.header is not None else None
+    cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    img = cls(data, affine, header)
+    img.set_data_dtype(dtype)
+    hdr = img.header
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"] = 0.0
+    hdr["cal_max"] = 0.0
+    hdr.set_intent(intent)
+    return img
+
+
+def _disk_spatial(like: Image | None, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """The on-disk spatial shape to write ``spatial`` with (restores ``(X, Y, 1)``)."""
+    if like is not None and like.affine is not None and math.prod(like.spatial_shape_on_disk) == math.prod(spatial) \
+            and tuple(s for s in like.spatial_shape_on_disk if s != 1) == tuple(s for s in spatial if s != 1):
+        return tuple(like.spatial_shape_on_disk)
+    return spatial
+
+
+def _check_like_shape(arr_spatial: tuple[int, ...], like: Image | None, what: str) -> None:
+    if like is not None and arr_spatial != like.spatial_shape:
+        raise ValueError(f"{what} has spatial shape {arr_spatial} but the image has {like.spatial_shape}")
+
+
+def save_labels(path: PathLike, labels: Any, like: Image | None = None) -> Path:
+    """Write a label map ``(*spatial)`` atomically; the format follows the extension.
+
+    ``.nii``/``.nii.gz``: uint8 (or int16/int32 when the values need it) with ``like``'s affine
+    and header and its on-disk spatial shape; ``.png``: 2D, values 0..255; ``.npy``: as is.
+    """
+    p = Path(path)
+    kind = _output_kind(p, "labels", ("nifti", "png", "npy"))
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "f":
+        if not bool(np.isfinite(arr).all()) or bool((arr != np.round(arr)).any()):
+            raise ValueError(f"labels to write to {p} must be integers, got non-integer values")
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"labels to write to {p} must be integers, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"labels to write to {p} must be 2D or 3D, got shape {arr.shape}")
+    _check_like_shape(tuple(arr.shape), like, f"labels to write to {p}")
+    dt = _label_dtype(arr)
+    out = arr.astype(dt)
+    if kind == "png":
+        if out.ndim != 2:
+            raise ValueError(f"PNG output {p} needs a 2D label map, got shape {arr.shape}; use .nii.gz or .npy")
+        if dt != np.uint8:
+            raise ValueError(f"PNG output {p} holds labels 0..255, got values in [{arr.min()}, {arr.max()}]; "
+                             "use .nii.gz or .npy")
+
+        def write(tmp: Path) -> None:
+            PILImage.fromarray(out, mode="L").save(tmp, format="PNG")
+    elif kind == "npy":
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, out, allow_pickle=False)
+    else:
+        disk = out.reshape(_disk_spatial(like, tuple(out.shape)))
+
+        def write(tmp: Path) -> None:
+            nib.save(_nifti_image(disk, like, dt, "label"), str(tmp))
+    return _atomic_write(p, write)
+
+
+def save_probabilities(path: PathLike, probabilities: Any, like: Image | None = None) -> Path:
+    """Write class probabilities ``(K, *spatial)`` atomically as float32.
+
+    ``.nii``/``.nii.gz``: a 4D NIfTI ``(*spatial_on_disk, K)`` (a 2D image gets ``(X, Y, 1, K)``)
+    with ``like``'s affine and header; ``.npy``: ``(K, *spatial)``.
+    """
+    p = Path(path)
+    kind = _output_kind(p, "probabilities", ("nifti", "npy"))
+    arr = np.asarray(probabilities, dtype=np.float32)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"probabilities to write to {p} must be (K, *spatial) with 2D or 3D spatial, "
+                         f"got shape {arr.shape}")
+    _check_like_shape(tuple(arr.shape[1:]), like, f"probabilities to write to {p}")
+    if kind == "npy":
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+    else:
+        disk = _disk_spatial(like, tuple(arr.shape[1:]))
+        if len(disk) == 2:
+            disk = disk + (1,)
+        data = np.moveaxis(arr, 0, -1).reshape(disk + (arr.shape[0],))
+
+        def write(tmp: Path) -> None:
+            nib.save(_nifti_image(data, like, np.dtype(np.float32), "none"), str(tmp))
+    return _atomic_write(p, write)
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy values, paths and tuples made JSON-ready and NaN/Inf replaced by None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    raise ValueError(f"cannot write a value of type {type(obj).__name__} to JSON: {obj!r}")
+
+
+def save_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically; NaN and Inf become ``null``."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    return _atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- output folder
+MARKER = ".deepgmm-output"
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the names ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the OS or filesystem cannot do it (the caller then falls back to
+    renaming the old folder aside); other failures raise ``OSError``.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {b} with its new version: {os.strerror(err)}")
+
+
+class OutputDir:
+    """Write a whole output folder all at once, or not at all.
+
+    ``with OutputDir(path, overwrite=...) as d:`` yields a hidden staging folder beside ``path``
+    (same filesystem); write the files into ``d``. On a normal exit the staging folder is moved
+    to ``path``; on any exception (KeyboardInterrupt included) it is removed and ``path`` is
+    left as it was. With ``overwrite=True`` an existing ``path`` is replaced so that a partial
+    folder never appears under the name: on Linux the two folders are swapped atomically
+    (``renameat2(RENAME_EXCHANGE)``), so the complete old or the complete new folder exists
+    at every instant; elsewhere the old folder is renamed aside, the new one renamed in (a
+    moment without either name), then the old one deleted.
+
+    A hidden marker file :data:`MARKER` is written into each output folder. To protect
+    unrelated data, only an empty folder or one carrying the marker may be overwritten.
+    Missing parent folders are created (and removed again on failure).
+    """
+
+    def __init__(self, path: PathLike, *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = bool(overwrite)
+        self.staging: Path | None = None
+        self._created: list[Path] = []
+
+    def check(self) -> None:
+        """Raise the errors :meth:`__enter__` would raise for the target, without creating anything."""
+        target = self.path
+        if target.name in ("", ".", ".."):
+            raise ValueError(f"output folder {str(target)!r} must name a new folder, not {target.name or '/'!r}")
+        if os.path.lexists(target):
+            if target.is_symlink() or not target.is_dir():
+                raise ValueError(f"output path {target} exists and is not a folder")
+            if not self.overwrite:
+                raise ValueError(f"output folder {target} already exists; pass --overwrite to replace it")
+            if any(target.iterdir()) and not (target / MARKER).is_file():
+                raise ValueError(
+                    f"refusing to replace output folder {target}: it is not empty and was not written by deepgmm "
+                    f"(no {MARKER} file); remove it yourself or choose another folder"
+                )
+        parent = self._existing_ancestor()
+        if not parent.is_dir():
+            raise ValueError(f"cannot create output folder {target}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot create output folder {target}: folder {parent} is not writable")
+
+    def _existing_ancestor(self) -> Path:
+        parent = self.path.absolute().parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
+        return parent
+
+    def __enter__(self) -> Path:
+        self.check()
+        parent = self.path.absolute().parent
+        missing = []
+        p = parent
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for folder in reversed(missing):
+            folder.mkdir()
+            self._created.append(folder)
+        while True:
+            staging = parent / f".{self.path.name}.staging-{secrets.token_hex(4)}"
+            try:
+                staging.mkdir()
+                break
+            except FileExistsError:  # pragma: no cover - 32 random bits collided
+                continue
+        self.staging = staging
+        (staging / MARKER).write_text("written by deepgmm\n", encoding="utf-8")
+        return staging
+
+    def _cleanup(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        for folder in reversed(self._created):  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created = []
+
+    def _commit(self) -> None:
+        assert self.staging is not None
+        target = self.path
+        parent = target.absolute().parent
+        if os.path.lexists(target):
+            if not self.overwrite:
+                raise ValueError(f"output folder {target} already exists; pass --overwrite to replace it")
+            if _exchange(self.staging, target):  # the staging name now holds the old folder
+                old, self.staging = self.staging, None
+            else:
+                old = parent / f".{target.name}.old-{secrets.token_hex(4)}"
+                os.rename(target, old)
+                try:
+                    os.rename(self.staging, target)
+                except BaseException:
+                    os.rename(old, target)
+                    raise
+                self.staging = None
+            _fsync_dir(parent)
+            try:
+                shutil.rmtree(old)
+            except OSError as exc:
+                logger.warning("could not delete the previous output folder moved to %s: %s", old, _one_line(exc))
+        else:
+            os.rename(self.staging, target)
+            self.staging = None
+            _fsync_dir(parent)
+        self._created = []
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc_type is not None:
+            self._cleanup()
+            return False
+        try:
+            self._commit()
+        except BaseException:
+            self._cleanup()
+            raise
+        return False
