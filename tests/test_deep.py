@@ -237,7 +237,7 @@ def test_same_seed_same_result():
 
 def test_random_init_without_em():
     img, truth = noisy_rings(size=32, noise=0.3)
-    est = DeepG(n_components=3, network=TINY, init="random", max_steps=40, lr=1e-2).fit(img)
+    est = DeepG(n_components=3, network=TINY, init="random", max_steps=40, lr=1e-2, tv=0.0, reg_covar=1e-6).fit(img)
     assert est.n_iter_ >= 10 and np.isfinite(est.nll_) and est.nll_history_[-1] < est.nll_history_[0]
 
 
@@ -257,10 +257,21 @@ def test_random_init_without_em():
 def test_bad_settings(kwargs, match):
     img, _ = noisy_rings(size=24)
     with pytest.raises(ValueError, match=match):
-        DeepSVG(n_components=3, max_steps=2, **kwargs).fit(img)
+        DeepSVG(n_components=3, **{"max_steps": 2, **kwargs}).fit(img)
 
 
 def test_unknown_option_through_segment():
     img, _ = noisy_rings(size=24)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['n_init'\]"):
         segment(img, method="deepsvg", n_components=3, n_init=3)
+
+
+def test_balance_is_zero_for_equal_classes_and_grows_as_one_vanishes():
+    from deepgmm.deep.regularizers import Balance
+
+    mask = torch.ones(1, 1, 4, 4)
+    equal = torch.log(torch.full((1, 2, 4, 4), 0.5))
+    skew = torch.log(torch.stack([torch.full((4, 4), 0.99), torch.full((4, 4), 0.01)])[None])
+    ctx = lambda lp: RegContext(image=None, log_probs=lp, mask=mask, means=None, covariances=None)  # noqa: E731
+    assert float(Balance(1.0)(ctx(equal))[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(Balance(1.0)(ctx(skew))[0]) > 1.0

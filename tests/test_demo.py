@@ -15,7 +15,7 @@ import deepgmm.demo as demo
 from deepgmm.demo import QUICK_SHAPE, run_demo
 from deepgmm.phantom import make_phantom
 
-seg_mod = importlib.import_module("deepgmm.segment")
+seg_mod = importlib.import_module("deepgmm.segmentation")
 
 CLASSES = ["blood pool", "myocardium", "edema", "scar"]
 # Measured: quick demo, seed 0: GMM 0.595, SVGMM 0.558; over phantom seeds 0-29 at 96x96 the

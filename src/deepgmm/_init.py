@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .likelihood import params_from_moments, weighted_moments
+from .likelihood import AMPLIFICATION_LIMIT, moments_amplification, params_from_moments, weighted_moments
 
 __all__ = ["kmeans_plusplus", "kmeans", "moments_from_labels", "moments_from_random", "nearest"]
 
@@ -82,12 +82,13 @@ def kmeans(X: Tensor, centers: Tensor, generator: torch.Generator, max_iter: int
     return centers
 
 
-def moments_from_labels(X: Tensor, labels: Tensor, K: int, covariance_type: str, chunk: int):
-    """``weighted_moments`` of hard labels ``(N,)``, streamed in chunks."""
+def moments_from_labels(X: Tensor, labels: Tensor, K: int, covariance_type: str, chunk: int,
+                        shift: Tensor | None = None):
+    """``weighted_moments`` of hard labels ``(N,)`` (about ``shift``, optional), streamed in chunks."""
     total = None
     for s in range(0, X.shape[0], chunk):
         r = torch.nn.functional.one_hot(labels[s : s + chunk], K).to(X.dtype)
-        m = weighted_moments(X[s : s + chunk], r, covariance_type)
+        m = weighted_moments(X[s : s + chunk], r, covariance_type, shift)
         total = m if total is None else tuple(a + b for a, b in zip(total, m))
     return total
 
@@ -105,7 +106,14 @@ def moments_from_random(X: Tensor, K: int, covariance_type: str, chunk: int, gen
 
 
 def params_from_labels(X: Tensor, labels: Tensor, K: int, covariance_type: str, reg_covar: float, chunk: int):
-    """Weights ``(K,)``, means and covariances of a hard partition."""
+    """Weights ``(K,)``, means and covariances of a hard partition.
+
+    A second pass about the means replaces raw moments that cancelled catastrophically
+    (a tight class far from the origin).
+    """
     nk, s1, s2 = moments_from_labels(X, labels, K, covariance_type, chunk)
     means, covs = params_from_moments(nk, s1, s2, covariance_type, reg_covar)
+    if not moments_amplification(means, covs, covariance_type) <= AMPLIFICATION_LIMIT:
+        nk, s1, s2 = moments_from_labels(X, labels, K, covariance_type, chunk, shift=means)
+        means, covs = params_from_moments(nk, s1, s2, covariance_type, reg_covar, shift=means)
     return nk / X.shape[0], means, covs

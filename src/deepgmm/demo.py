@@ -2,7 +2,7 @@
 
 :func:`run_demo` makes the default phantom (:func:`deepgmm.phantom.make_phantom`, one
 160x160 slice), segments its left ventricle into K=4 classes with each method of
-:data:`deepgmm.segment.KNOWN_METHODS` that this installation provides (the deep ones only
+:data:`deepgmm.segmentation.KNOWN_METHODS` that this installation provides (the deep ones only
 when their module is present), scores each against the phantom truth (Dice after Hungarian
 matching, :func:`deepgmm.metrics.evaluate`) and writes ``results.json`` and ``demo.png`` to
 an output folder. The folder is written through :class:`deepgmm.io.OutputDir`: built beside
@@ -120,7 +120,7 @@ def run_demo(
         (:data:`QUICK_OPTIONS`), to see the whole pipeline run in seconds.
     seed : seeds the phantom and every method (``random_state``).
     overwrite : replace ``out_dir`` if it exists (otherwise that is an error).
-    methods : methods to run (default: all of :data:`deepgmm.segment.KNOWN_METHODS`, skipping
+    methods : methods to run (default: all of :data:`deepgmm.segmentation.KNOWN_METHODS`, skipping
         those this installation lacks; a method named here that is unavailable is an error).
 
     Returns
@@ -131,7 +131,7 @@ def run_demo(
         ``seconds``, ``nll``, ``iterations`` and ``converged``.
     """
     # the module, not the function that the package re-exports under the same name
-    seg_mod = importlib.import_module(".segment", __package__)
+    seg_mod = importlib.import_module(".segmentation", __package__)
     from .io import OutputDir
     from .metrics import evaluate, relabel
     from .phantom import make_phantom

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gzip
 import json
 import logging
 import math
@@ -205,6 +206,17 @@ def _as_path_list(paths: PathLike | Sequence[PathLike]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- readers
+def _verify_gzip(path: Path) -> None:
+    """Decompress ``path`` to its end so that gzip checks its CRC and length.
+
+    nibabel stops reading after the voxel data, before the gzip trailer, so a corrupted stream
+    can decode into garbage voxels without any error (costs one more decompression, no memory).
+    """
+    with gzip.open(path, "rb") as fh:
+        while fh.read(1 << 24):
+            pass
+
+
 def _read_nifti(path: Path) -> _Raw:
     shape: tuple[int, ...] = ()
     nbytes = 0
@@ -217,6 +229,8 @@ def _read_nifti(path: Path) -> _Raw:
             if have < nbytes:
                 raise ValueError(f"header says shape {shape} ({nbytes} bytes) but the file holds {max(have, 0)}")
         arr = np.asanyarray(img.dataobj)
+        if path.name.lower().endswith(".gz"):
+            _verify_gzip(path)
     except _NIFTI_ERRORS as exc:
         raise ValueError(f"cannot read NIfTI file {path}: {_one_line(exc)} (corrupt or truncated file?)") from None
     except MemoryError:
@@ -676,7 +690,10 @@ class OutputDir:
         if target.name in ("", ".", ".."):
             raise ValueError(f"output folder {str(target)!r} must name a new folder, not {target.name or '/'!r}")
         if os.path.lexists(target):
-            if target.is_symlink() or not target.is_dir():
+            if target.is_symlink():  # replacing it would swap the link itself, not the folder it points to
+                raise ValueError(f"output path {target} is a symbolic link (to {os.readlink(target)}); "
+                                 "give a real folder, not a link")
+            if not target.is_dir():
                 raise ValueError(f"output path {target} exists and is not a folder")
             if not self.overwrite:
                 raise ValueError(f"output folder {target} already exists; pass --overwrite to replace it")

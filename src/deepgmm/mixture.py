@@ -27,7 +27,17 @@ from torch import Tensor
 
 from . import _init
 from ._validation import as_tensor, check_choice, check_float, check_int, resolve_device, resolve_dtype
-from .likelihood import COVARIANCE_TYPES, Gaussians, NumericalWarning, log_mixture, params_from_moments, weighted_moments
+from .likelihood import (
+    AMPLIFICATION_LIMIT,
+    COVARIANCE_TYPES,
+    Gaussians,
+    NumericalWarning,
+    abs_max_per_channel,
+    log_mixture,
+    moments_amplification,
+    params_from_moments,
+    weighted_moments,
+)
 
 __all__ = ["GaussianMixture", "SpatiallyVariantGMM", "INIT_METHODS", "ConvergenceWarning", "EmptyComponentWarning"]
 
@@ -80,7 +90,7 @@ class _BaseMixture:
         reg_covar: float = 1e-6,
         max_iter: int = 200,
         n_init: int = 1,
-        init: str = "kmeans++",
+        init: str = "kmeans",
         means_init: Any = None,
         weights_init: Any = None,
         covariances_init: Any = None,
@@ -221,25 +231,42 @@ class _BaseMixture:
         """One streamed pass: NLL at ``state`` and the moments of its posteriors.
 
         For the SVGMM the posteriors (the next per-pixel log-weights) go to ``out_log_resp``.
+        Returns ``(nll, moments, shift)``: the moments are taken about ``shift`` (None: the
+        origin), the current means when raw moments would cancel catastrophically; if the new
+        parameters show that they still did, the pass is repeated about the new means.
         """
+        cov_type = self.covariance_type
+        shift = None
+        if not moments_amplification(state.means, state.covariances, cov_type) <= AMPLIFICATION_LIMIT:
+            shift = state.means
+        nll, total = self._pass_about(X, state, out_log_resp, shift)
+        means, covs = params_from_moments(*total, cov_type, self.reg_covar, shift)
+        if not moments_amplification(means, covs, cov_type, shift) <= AMPLIFICATION_LIMIT:
+            shift = means
+            nll, total = self._pass_about(X, state, out_log_resp, shift)
+        return nll, total, shift
+
+    def _pass_about(self, X: Tensor, state: _EMState, out_log_resp: Tensor | None, shift: Tensor | None):
         comps = Gaussians(state.means, state.covariances, self.covariance_type)
+        xmax = self._xmax  # bound on |X| per channel, computed once in fit
         nll_sum = 0.0
         total = None
         chunk = self.chunk_size
         for s in range(0, X.shape[0], chunk):
             xb = X[s : s + chunk]
             lw = state.log_weights[s : s + chunk] if self._spatial else state.log_weights
-            log_norm, log_resp = log_mixture(comps.log_prob(xb), lw)
+            log_norm, log_resp = log_mixture(comps.log_prob(xb, xmax), lw)
             nll_sum -= float(log_norm.sum(dtype=torch.float64))
             if out_log_resp is not None:
                 out_log_resp[s : s + chunk] = log_resp
-            m = weighted_moments(xb, log_resp.exp(), self.covariance_type)
+            m = weighted_moments(xb, log_resp.exp(), self.covariance_type, shift)
             total = m if total is None else tuple(a + b for a, b in zip(total, m))
         return nll_sum / X.shape[0], total
 
-    def _m_step(self, X: Tensor, state: _EMState, moments, next_log_w: Tensor | None, iteration: int) -> _EMState:
+    def _m_step(self, X: Tensor, state: _EMState, moments, shift: Tensor | None, next_log_w: Tensor | None,
+                iteration: int) -> _EMState:
         nk, s1, s2 = moments
-        means, covs = params_from_moments(nk, s1, s2, self.covariance_type, self.reg_covar)
+        means, covs = params_from_moments(nk, s1, s2, self.covariance_type, self.reg_covar, shift)
         empty = nk < EMPTY_COUNT
         if bool(empty.any()):
             idx = torch.nonzero(empty).flatten().tolist()
@@ -265,16 +292,18 @@ class _BaseMixture:
         buffers = None
         if self._spatial:
             buffers = [state.log_weights, torch.empty_like(state.log_weights)]
-        nll, moments = self._pass(X, state, buffers[1] if buffers else None)
+        nll, moments, shift = self._pass(X, state, buffers[1] if buffers else None)
+        if not math.isfinite(nll):
+            raise ValueError(f"EM cannot start: the NLL at the initial parameters is {nll}; increase reg_covar")
         history = [nll]
         converged = False
         n_iter = 0
         for it in range(1, self.max_iter + 1):
             next_log_w = buffers[1] if buffers else None
-            state = self._m_step(X, state, moments, next_log_w, it)
+            state = self._m_step(X, state, moments, shift, next_log_w, it)
             if buffers:
                 buffers.reverse()  # the posterior buffer becomes the weights; the old weights are overwritten next
-            nll, moments = self._pass(X, state, buffers[1] if buffers else None)
+            nll, moments, shift = self._pass(X, state, buffers[1] if buffers else None)
             history.append(nll)
             n_iter = it
             if not math.isfinite(nll):
@@ -292,6 +321,15 @@ class _BaseMixture:
         self.n_features_in_ = X.shape[1]
         self._shift = X.mean(0)
         Xc = X - self._shift
+        self._xmax = abs_max_per_channel(Xc)  # (C,), once: the accuracy checks of the E-step use it
+        # sums of squares over the pixels must stay finite in this dtype
+        limit = math.sqrt(torch.finfo(self._dtype).max / X.shape[0]) / 16.0
+        spread = float(self._xmax.max()) if Xc.numel() else 0.0
+        if not spread <= limit:
+            raise ValueError(
+                f"X has values {spread:.3g} away from their mean, too large for {str(self._dtype).split('.')[-1]} "
+                f"(sums of squares overflow beyond ~{limit:.2g}); rescale the data or use dtype='float64'"
+            )
         seed = self.random_state
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -338,11 +376,12 @@ class _BaseMixture:
     def _log_posterior(self, Xc: Tensor) -> tuple[Tensor, Tensor]:
         """``(log_norm (N,), log_resp (N, K))`` at the fitted parameters, streamed in chunks."""
         comps = Gaussians(self._state.means, self._state.covariances, self.covariance_type)
+        xmax = abs_max_per_channel(Xc)
         norms, resps = [], []
         chunk = self.chunk_size
         for s in range(0, Xc.shape[0], chunk):
             lw = self._log_weights[s : s + chunk] if self._spatial else self._log_weights
-            ln, lr = log_mixture(comps.log_prob(Xc[s : s + chunk]), lw)
+            ln, lr = log_mixture(comps.log_prob(Xc[s : s + chunk], xmax), lw)
             norms.append(ln)
             resps.append(lr)
         return torch.cat(norms), torch.cat(resps)
@@ -376,9 +415,10 @@ class GaussianMixture(_BaseMixture):
     max_iter : int, default 200
     n_init : int, default 1
         Number of starts; the fit with the lowest final NLL is kept.
-    init : {"kmeans++", "kmeans", "random", "means"}, default "kmeans++"
-        "kmeans++" seeds by k-means++ and hard-assigns pixels to the nearest seed; "kmeans" adds
-        Lloyd iterations; "random" draws random responsibilities (scikit-learn's "random");
+    init : {"kmeans", "kmeans++", "random", "means"}, default "kmeans"
+        "kmeans" seeds by k-means++, runs Lloyd iterations (on at most 65536 pixels) and starts
+        from the resulting partition (scikit-learn's default too); "kmeans++" uses the seeds alone;
+        "random" draws random responsibilities (scikit-learn's "random");
         "means" starts from ``means_init``.
     means_init, weights_init, covariances_init : array-like, optional
         ``(K, C)``, ``(K,)``, ``(K, C)`` or ``(K, C, C)``: override the corresponding initial values.

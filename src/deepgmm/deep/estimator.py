@@ -35,10 +35,13 @@ logger = logging.getLogger(__name__)
 DEEP_INITS = ("em", "random")
 
 
-def build_regularizers(regularizers: Any, mu_prior: Any, lam: float) -> list[Regularizer]:
+def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0) -> list[Regularizer]:
     """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
-    plus the ``mu_prior`` shortcut (``lam * ||mu - mu_prior||^2``)."""
+    plus the shortcuts ``tv`` (total variation of this weight) and ``mu_prior``
+    (``lam * ||mu - mu_prior||^2``)."""
     out: list[Regularizer] = []
+    if tv:
+        out.append(make_regularizer("tv", tv))
     for r in regularizers or ():
         if isinstance(r, Regularizer):
             out.append(r)
@@ -66,8 +69,9 @@ class DeepGMM:
     network : "fast" (default), "paper", "tiny", a dict of :class:`UNetConfig` settings or a config
     lr, weight_decay, grad_clip : AdamW learning rate, weight decay, gradient-norm clip
     tol, min_steps, max_steps : stop when ``|NLL change| < tol`` after ``min_steps``; at most ``max_steps``
-    reg_covar : variance floor added in the M-step
-    regularizers : extra loss terms (see :mod:`deepgmm.deep.regularizers`)
+    reg_covar : variance floor added in the M-step (default 0.3, in the units of z-scored channels)
+    tv : weight of the total-variation term on the soft labels (default 2; 0 switches it off)
+    regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
     mu_prior, lam : shortcut for the ``mu_prior`` regulariser, ``mu_prior`` of shape ``(K, C)``
     init : "em" (distil the EM posteriors first) or "random" (the paper)
     pretrain_steps, pretrain_lr : the distillation phase of ``init="em"``
@@ -101,7 +105,8 @@ class DeepGMM:
         tol: float = 1e-3,
         min_steps: int = 10,
         max_steps: int = 200,
-        reg_covar: float = 1e-6,
+        reg_covar: float = 0.3,
+        tv: float = 2.0,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
         lam: float = 1.0,
@@ -123,6 +128,7 @@ class DeepGMM:
         self.min_steps = min_steps
         self.max_steps = max_steps
         self.reg_covar = reg_covar
+        self.tv = tv
         self.regularizers = regularizers
         self.mu_prior = mu_prior
         self.lam = lam
@@ -160,6 +166,7 @@ class DeepGMM:
         check_int("max_steps", self.max_steps, minimum=0)
         check_float("reg_covar", self.reg_covar, minimum=0.0)
         check_float("lam", self.lam, minimum=0.0)
+        check_float("tv", self.tv, minimum=0.0)
         check_choice("init", self.init, DEEP_INITS)
         check_int("pretrain_steps", self.pretrain_steps, minimum=0)
         check_float("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True)
@@ -167,7 +174,7 @@ class DeepGMM:
             check_int("crop_margin", self.crop_margin, minimum=0)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
-        return build_regularizers(self.regularizers, self.mu_prior, self.lam)
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam, self.tv)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
@@ -248,7 +255,7 @@ class DeepGMM:
 
     def _em_posteriors(self, img: Tensor, region: Tensor, seed: int) -> Tensor:
         """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``)."""
-        from ..segment import EM_IMAGE_DEFAULTS
+        from ..segmentation import EM_IMAGE_DEFAULTS
         from .. import mixture as em
 
         method = "svgmm" if self._mixture == "svgmm" else "gmm"

@@ -9,6 +9,9 @@ A regulariser is called with a :class:`RegContext` and returns one value per ima
   labels over pairs of neighbouring pixels inside the mask. Favours piecewise-constant label
   maps (an MRF-like smoothness prior on top of the network's own).
 * ``"entropy"`` — ``lam * mean_n H(w_n)``: pushes soft labels towards one-hot.
+* ``"balance"`` — ``lam * (mean_k -log pibar_k - log K)`` with ``pibar_k`` the class proportion
+  over the mask: zero for equal classes, large when a class is about to vanish (a Dirichlet
+  prior on the proportions); guards small classes against collapsing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "REGULARIZERS", "make_regularizer"]
+__all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "Balance", "REGULARIZERS", "make_regularizer"]
 
 
 @dataclass
@@ -120,7 +123,21 @@ class Entropy(Regularizer):
         return self.lam * (h * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
 
-REGULARIZERS: dict[str, type[Regularizer]] = {"mu_prior": MuPrior, "tv": TotalVariation, "entropy": Entropy}
+class Balance(Regularizer):
+    """``mean_k -log pibar_k - log K``: a Dirichlet-like prior keeping every class alive."""
+
+    name = "balance"
+
+    def __call__(self, ctx: RegContext) -> Tensor:
+        w = ctx.log_probs.exp()
+        m = ctx.mask
+        K = w.shape[1]
+        pibar = (w * m).flatten(2).sum(2) / m.flatten(1).sum(1, keepdim=True).clamp_min(1.0)  # (B, K)
+        return self.lam * (-torch.log(pibar + 1e-8).mean(1) - float(np.log(K)))
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {"mu_prior": MuPrior, "tv": TotalVariation, "entropy": Entropy,
+                                              "balance": Balance}
 
 
 def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:

@@ -1,4 +1,4 @@
-"""Registers "deepg" and "deepsvg" with :func:`deepgmm.segment.segment`."""
+"""Registers "deepg" and "deepsvg" with :func:`deepgmm.segment`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..segment import MethodFit, register_method
+from ..segmentation import MethodFit, register_method
 from .estimator import DeepG, DeepGMM, DeepSVG
 
 

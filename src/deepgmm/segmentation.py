@@ -1,5 +1,7 @@
 """``deepgmm.segment``: segment one multi-channel image (2D or 3D) with any method of the package.
 
+(This module is ``deepgmm.segmentation``; the package exports the function as ``deepgmm.segment``.)
+
 The image is ``(C, H, W)`` or ``(C, D, H, W)``; the mixture is fitted to the pixels of the
 region ``mask`` (all pixels by default). Labels come out as 1..K inside the mask and 0
 outside; probabilities as ``(K, *spatial)``, zero outside the mask.
@@ -11,6 +13,8 @@ Methods are registered in :data:`METHODS`; each is a function
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +26,8 @@ import torch
 from ._validation import check_choice, check_int, resolve_device
 from .likelihood import COVARIANCE_TYPES
 
-__all__ = ["segment", "Segmentation", "MethodFit", "METHODS", "KNOWN_METHODS", "NORMALIZATIONS", "normalize_image", "register_method"]
+__all__ = ["segment", "Segmentation", "MethodFit", "METHODS", "KNOWN_METHODS", "NORMALIZATIONS", "normalize_image",
+           "register_method", "estimate_memory", "available_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +137,8 @@ def _em_fit(cls_name: str) -> MethodFn:
 
 # The EM defaults for images, chosen from measurements on MyoPS 2020 (docs/em-initialisation.md).
 EM_IMAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gmm": {},
-    "svgmm": {},
+    "gmm": {"init": "kmeans", "n_init": 1, "tol": 1e-3, "reg_covar": 0.1},
+    "svgmm": {"init": "kmeans", "n_init": 1, "tol": 1e-3, "reg_covar": 0.2},
 }
 
 register_method("gmm")(_em_fit("GaussianMixture"))
@@ -199,6 +204,102 @@ def normalize_image(image: torch.Tensor, region: torch.Tensor) -> tuple[torch.Te
     return out, {"mean": mean.tolist(), "std": std.tolist()}
 
 
+def _count_distinct_rows(X: torch.Tensor, at_least: int) -> int:
+    """Number of distinct rows of ``X`` ``(N, C)``, or any number >= ``at_least`` once that is known.
+
+    A strided sample answers for ordinary images; the full ``unique`` only runs on degenerate
+    data (or for a huge ``at_least``).
+    """
+    step = max(1, X.shape[0] // 16384)
+    n = int(torch.unique(X[::step], dim=0).shape[0])
+    if n >= at_least or step == 1:
+        return n
+    return int(torch.unique(X, dim=0).shape[0])
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use: ``MemAvailable`` (Linux), capped by a cgroup limit.
+
+    None when it cannot be told.
+    """
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        avail = None
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    try:  # cgroup v2 limit of a container
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as fh:
+            used = int(fh.read().strip())
+        if limit != "max":
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def estimate_memory(
+    n_channels: int,
+    spatial_shape: tuple[int, ...],
+    n_pixels: int,
+    n_components: int,
+    method: str,
+    *,
+    itemsize: int = 4,
+) -> int:
+    """Approximate peak bytes :func:`segment` needs beyond the input image.
+
+    Image-sized arrays (a masked and a normalised copy of the image, the probabilities
+    ``(K, *spatial)`` float32, the labels), mask-sized ones (the pixels ``(N, C)`` and their
+    centred copies, posteriors ``(N, K)`` while predicting, the SVGMM's per-pixel weights) and the
+    chunked E-step/initialisation buffers ``(chunk, K, C)``. ``itemsize``: 4 (float32) or 8.
+    On CPU, for images of a few hundred thousand pixels or more, the measured EM peaks lie
+    between about 0.75 and 1.35 times this estimate (docs/robustness.md; small images add a fixed
+    ~15 MB); the deep methods' network activations come on top and are not counted.
+    """
+    P = math.prod(spatial_shape)
+    C, K, N = n_channels, n_components, n_pixels
+    image_part = P * (2 * itemsize * C + 4 * K + 1)
+    pixel_part = N * (4 * itemsize * C + 3 * itemsize * K)
+    if method in ("svgmm", "deepsvg"):
+        pixel_part += N * itemsize * K
+    chunk_part = min(N, 262144) * K * (2 + 2 * C) * itemsize
+    return int(image_part + pixel_part + chunk_part)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def _check_memory(img: torch.Tensor, n_pix: int, n_components: int, method: str) -> None:
+    need = estimate_memory(img.shape[0], tuple(img.shape[1:]), n_pix, n_components, method,
+                           itemsize=img.element_size())
+    have = available_memory()
+    logger.debug("segment: estimated memory %.2f GiB, available %s", need / 2**30,
+                 "unknown" if have is None else f"{have / 2**30:.2f} GiB")
+    if have is not None and need > have:
+        shape = "x".join(str(s) for s in img.shape[1:])
+        raise ValueError(
+            f"segment needs about {_fmt_bytes(need)} of memory for this image ({img.shape[0]} channel(s) of "
+            f"{shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) but only "
+            f"{_fmt_bytes(have)} is available; crop the image, use a smaller mask or fewer classes "
+            "(or pass check_memory=False to try anyway)"
+        )
+
+
 # ----------------------------------------------------------------------------- segment
 def segment(
     image: Any,
@@ -207,10 +308,11 @@ def segment(
     method: str = "gmm",
     n_components: int = 4,
     covariance_type: str = "diag",
-    normalize: str = "none",
+    normalize: str = "mask",
     nan_policy: str = "raise",
     random_state: int | None = 0,
     device: str = "cpu",
+    check_memory: bool = True,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -229,6 +331,8 @@ def segment(
         NaN/Inf pixels are an error, or are left out of the mask (with a warning).
     random_state : seed (default 0, so results repeat); None draws a fresh one.
     device : "cpu", "cuda" or "auto"
+    check_memory : refuse up front (``ValueError`` with the estimate) when :func:`estimate_memory`
+        exceeds :func:`available_memory`.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``).
 
     Returns
@@ -270,11 +374,19 @@ def segment(
         raise ValueError("mask is empty: it selects no pixel of the image")
     if n_pix < n_components:
         raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
+    if check_memory:
+        _check_memory(img, n_pix, n_components, method)
 
     norm_info = None
     if normalize != "none":
         img, norm_info = normalize_image(img, region if normalize == "mask" else torch.ones_like(region))
         norm_info["over"] = normalize
+    n_distinct = _count_distinct_rows(img[:, region].T, n_components)
+    if n_distinct < n_components:
+        raise ValueError(
+            f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s) over {img.shape[0]} channel(s), "
+            f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
+        )
 
     settings = dict(EM_IMAGE_DEFAULTS.get(method, {}))
     settings.update(options)

@@ -1,0 +1,207 @@
+"""The output folder of a table command, which is also its working folder.
+
+A table run takes minutes to hours, so it must lose nothing when it is interrupted. Its
+output folder is therefore written in place (not staged and renamed at the end like
+:class:`deepgmm.io.OutputDir`): every file in it is written atomically (temporary file, fsync,
+rename), ``results.json`` is rewritten after every slice with all records so far, and the
+summary, ``table.md`` and the overview figure are rewritten at the end (also after an
+interruption). So at every instant ``results.json`` is a complete, valid document.
+
+Rules for the folder (checked by :meth:`ResultsFolder.check`, before any work):
+
+* a new (or empty) folder is created; it gets the marker file :data:`deepgmm.io.MARKER`;
+* an existing non-empty folder needs ``resume`` (continue the run stored in it) or
+  ``overwrite`` (start again; only a folder carrying the marker is cleared);
+* one run at a time: a lock (``fcntl.flock`` on ``.lock``) refuses a second run on the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RESULTS_FILE", "TABLE_FILE", "FIGURES_DIR", "PREDICTIONS_DIR", "OVERVIEW_FILE", "FORMAT_VERSION",
+           "ResultsFolder", "record_key", "plain"]
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "table.md"
+FIGURES_DIR = "figures"
+PREDICTIONS_DIR = "predictions"
+OVERVIEW_FILE = "overview.png"
+LOCK_FILE = ".lock"
+FORMAT_VERSION = 1
+"""Version of the ``results.json`` layout."""
+
+RECORD_KEYS = ("method", "case", "slice", "dice", "mean_dice", "nll", "seconds", "iterations", "matching")
+
+
+def record_key(record: Mapping[str, Any]) -> tuple[str, int, int]:
+    """``(method, case, slice)``: what identifies a record."""
+    return str(record["method"]), int(record["case"]), int(record["slice"])
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as plain JSON values (numpy scalars/arrays, tuples and paths converted; other
+    objects by their ``repr``), so that settings compare equal after a round trip through JSON."""
+    import dataclasses
+
+    import numpy as np
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return plain(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return plain(obj.item())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return repr(obj)
+
+
+class ResultsFolder:
+    """The working output folder of one table experiment (``"myops-table1"`` or ``"myops-table2"``)."""
+
+    def __init__(self, path: str | Path, *, experiment: str, resume: bool, overwrite: bool) -> None:
+        self.path = Path(path)
+        self.experiment = experiment
+        self.resume = bool(resume)
+        self.overwrite = bool(overwrite)
+        self.stored: dict[str, Any] | None = None
+        self.doc: dict[str, Any] = {}
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ checks (no writes)
+    def check(self) -> dict[str, Any] | None:
+        """Validate the folder against ``resume``/``overwrite``; return the stored document on resume."""
+        p = self.path
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        if p.name in ("", ".", ".."):
+            raise ValueError(f"output folder {str(p)!r} must name a folder, not {p.name or '/'!r}")
+        exists = os.path.lexists(p)
+        if exists and (p.is_symlink() or not p.is_dir()):
+            raise ValueError(f"output path {p} exists and is not a folder")
+        if self.resume:
+            results = p / RESULTS_FILE
+            if not results.is_file():
+                raise FileNotFoundError(f"cannot resume: no {RESULTS_FILE} in {p}")
+            self.stored = self._read(results)
+            return self.stored
+        from ..io import MARKER
+
+        if exists and any(e.name != LOCK_FILE for e in p.iterdir()):
+            if not self.overwrite:
+                raise ValueError(f"output folder {p} already exists; pass --resume to continue its run or "
+                                 "--overwrite to start again")
+            if not (p / MARKER).is_file():
+                raise ValueError(f"refusing to overwrite {p}: it is not empty and was not written by deepgmm "
+                                 f"(no {MARKER} file); remove it yourself or choose another folder")
+        return None
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot resume: {path} is not valid JSON ({' '.join(str(exc).split())})") from None
+        if not isinstance(doc, dict) or doc.get("experiment") != self.experiment:
+            found = doc.get("experiment") if isinstance(doc, dict) else None
+            raise ValueError(f"cannot resume: {path} holds the results of {found!r}, not {self.experiment!r}")
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"cannot resume: {path} has results format version {doc.get('format_version')!r}; "
+                             f"this deepgmm reads version {FORMAT_VERSION}")
+        records = doc.get("records")
+        if not isinstance(records, list):
+            raise ValueError(f"cannot resume: {path} has no list of records")
+        seen = set()
+        for i, r in enumerate(records):
+            if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
+                raise ValueError(f"cannot resume: record {i} of {path} lacks some of the keys {list(RECORD_KEYS)}")
+            key = record_key(r)
+            if key in seen:
+                raise ValueError(f"cannot resume: {path} holds two records for {key}")
+            seen.add(key)
+        return doc
+
+    # ------------------------------------------------------------------ lifetime
+    def start(self, doc: dict[str, Any]) -> None:
+        """Create (or clear, on overwrite) the folder, take its lock and write the first ``results.json``."""
+        from ..io import MARKER
+
+        p = self.path
+        p.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        if not self.resume and self.overwrite:
+            for entry in p.iterdir():
+                if entry.name == LOCK_FILE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            logger.info("cleared %s (--overwrite)", p)
+        (p / MARKER).write_text("written by deepgmm\n", encoding="utf-8")
+        self.doc = doc
+        self.save()
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ValueError(f"output folder {self.path} is in use by another deepgmm run; wait for it to finish") \
+                from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (the lock file is removed)."""
+        if self._lock_fd is not None:
+            try:
+                os.unlink(self.path / LOCK_FILE)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------ records
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.doc["records"]
+
+    def keys(self) -> set[tuple[str, int, int]]:
+        return {record_key(r) for r in self.records}
+
+    def add(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records (replacing any of the same key); :meth:`save` writes them."""
+        new = {record_key(r): r for r in records}
+        self.doc["records"] = [r for r in self.records if record_key(r) not in new] + list(new.values())
+
+    def save(self) -> None:
+        from ..io import save_json
+
+        save_json(self.path / RESULTS_FILE, self.doc)
+
+    def file(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+
+def sort_records(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Records by method (in the order of ``methods``, others after), then case, then slice."""
+    order = {m: i for i, m in enumerate(methods)}
+    return sorted(records, key=lambda r: (order.get(r["method"], len(order)), r["method"], r["case"], r["slice"]))

@@ -1,0 +1,301 @@
+"""Prediction with a cohort-trained model: ``load_model(dir).predict(image, mask)``.
+
+The image is prepared as the training samples were (z-score per channel over the mask or the
+whole image, per :attr:`TrainConfig.normalize`), cut to a window around the mask's bounding box
+(at least the training window, :attr:`TrainConfig.crop_size`, and at least the box plus a margin,
+so every mask pixel is inside), passed through the network in batches, and pasted back:
+
+* ``probabilities`` ``(K, *spatial)``: the network's soft labels ``softmax(logits)``, zero outside
+  the mask; ``labels`` ``(*spatial)``: their argmax, 1..K inside the mask, 0 outside (the
+  conventions of :class:`deepgmm.deep.DeepGMM`);
+* ``nll``: the mixture NLL of the image's mask pixels, computed by
+  :class:`deepgmm.deep.DeepMixtureLoss` (no regularisers) from those soft labels, in normalised
+  units: the closed-form M-step of the image, then its NLL.
+
+A 2D model applied to a 3D volume ``(C, X, Y, Z)`` segments it slice by slice along the last axis
+(each slice normalised on its own, as in training); its NLL is that of the whole volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_checkpoint
+from .config import TrainConfig, check_format
+from .data import crop, normalize_unit, window_around
+
+__all__ = ["load_model", "TrainedModel", "Prediction", "PREDICT_MARGIN"]
+
+logger = logging.getLogger(__name__)
+
+PREDICT_MARGIN = 8
+"""Pixels of context kept around the mask's bounding box at prediction (at least)."""
+
+
+@dataclass
+class Prediction:
+    """Result of :meth:`TrainedModel.predict`.
+
+    labels ``(*spatial)`` uint8 (0 outside the mask, 1..K); probabilities ``(K, *spatial)``
+    float32 (zero outside the mask); nll (float, normalised units); means ``(K, C)`` and weights
+    ``(K,)`` of the mixture implied by the soft labels; normalization (per sample: mean/std).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    nll: float
+    means: np.ndarray
+    weights: np.ndarray
+    normalization: Any = None
+    windows: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        K = self.probabilities.shape[0]
+        return {"nll": self.nll, "class_means": self.means.tolist(), "class_weights": self.weights.tolist(),
+                "class_pixels": np.bincount(self.labels.ravel().astype(np.int64), minlength=K + 1)[1:].tolist(),
+                "normalization": self.normalization}
+
+
+@dataclass
+class _Unit:
+    image_index: int
+    slice_index: int | None
+    x: np.ndarray  # (C, *w) normalised window
+    m: np.ndarray  # (*w) bool
+    window: tuple[tuple[int, int], ...]
+    norm: Any
+
+
+class TrainedModel:
+    """A trained network with its configuration (see :func:`load_model`).
+
+    Attributes: ``config`` (:class:`TrainConfig`), ``network`` (the :class:`deepgmm.deep.UNet`, in
+    eval mode), ``device``, ``channels``, ``n_components``, ``class_names``, ``source``.
+    """
+
+    def __init__(self, config: TrainConfig, state_dict: dict[str, torch.Tensor], *, device: Any = "cpu",
+                 source: str = "model") -> None:
+        from .._validation import resolve_device
+
+        self.config = config
+        self.source = source
+        self.device = resolve_device(device)
+        net = config.build_network()
+        try:
+            net.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise ValueError(f"{source}: the weights do not fit the network of its configuration: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
+        self.network = net.to(self.device).eval()
+        self.loss = config.build_loss(with_regularizers=False)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.config.channels)
+
+    @property
+    def n_components(self) -> int:
+        return self.config.n_components
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.config.class_names
+
+    def __repr__(self) -> str:
+        return (f"TrainedModel({self.config.method}, K={self.n_components}, channels={','.join(self.channels)}, "
+                f"{self.config.spatial_dims}D, from {self.source})")
+
+    # ------------------------------------------------------------------ checks
+    def check_channels(self, n_channels: int, names: Sequence[str] | None = None) -> None:
+        """Refuse an image whose channel count (or, when known, names and order) differ from training."""
+        expected = self.channels
+        if n_channels != len(expected):
+            raise ValueError(f"the model {self.source} was trained on {len(expected)} channel(s) "
+                             f"({','.join(expected)}) but the image has {n_channels}")
+        if names is not None:
+            names = [str(n) for n in names]
+            if names != expected:
+                what = " in this order" if sorted(names) == sorted(expected) else ""
+                raise ValueError(f"the model {self.source} expects the channels {','.join(expected)}{what}, got "
+                                 f"{','.join(names)}")
+
+    def _as_array(self, image: Any, mask: Any, names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if arr.ndim not in (3, 4):
+            raise ValueError(f"image must have shape (C, H, W) or (C, X, Y, Z), got shape {arr.shape}")
+        self.check_channels(arr.shape[0], names)
+        if arr.ndim - 1 < self.config.spatial_dims:
+            raise ValueError(f"the model {self.source} is 3D but the image is 2D (shape {arr.shape})")
+        arr = arr.astype(np.float32, copy=False)
+        spatial = arr.shape[1:]
+        if mask is None:
+            m = np.ones(spatial, dtype=bool)
+        else:
+            m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+            if m.shape != spatial:
+                raise ValueError(f"mask must have the image's spatial shape {spatial}, got {m.shape}")
+            m = m != 0
+        if not m.any():
+            raise ValueError("mask is empty: it selects no pixel of the image")
+        if not np.isfinite(arr[:, m]).all():
+            raise ValueError("image has NaN or Inf values inside the mask")
+        return arr, m
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, image: Any, mask: Any = None, *, channels: Sequence[str] | None = None) -> Prediction:
+        """Segment one image ``(C, *spatial)`` over ``mask`` ``(*spatial)`` (default: every pixel).
+
+        ``channels``: the image's channel names, checked against the model's (count always).
+        """
+        return self.predict_many([image], None if mask is None else [mask], channels=channels)[0]
+
+    def predict_many(self, images: Sequence[Any], masks: Sequence[Any] | None = None, *,
+                     channels: Sequence[str] | None = None, batch_size: int = 16) -> list[Prediction]:
+        """Segment several images, batching the network's passes over all their samples."""
+        if masks is not None and len(masks) != len(images):
+            raise ValueError(f"got {len(images)} image(s) but {len(masks)} mask(s)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        arrays = [self._as_array(img, None if masks is None else masks[i], channels) for i, img in enumerate(images)]
+        units = self._units(arrays)
+        results = self._run(units, batch_size)
+        parts: list[list[tuple[_Unit, dict[str, Any]]]] = [[] for _ in arrays]
+        for u, r in zip(units, results):
+            parts[u.image_index].append((u, r))
+        return [self._assemble(i, arr, m, parts[i]) for i, (arr, m) in enumerate(arrays)]
+
+    def _units(self, arrays: list[tuple[np.ndarray, np.ndarray]]) -> list[_Unit]:
+        cfg = self.config
+        crop_size = cfg.crop_size if cfg.crop_size is not None else None
+        units: list[_Unit] = []
+        for i, (arr, m) in enumerate(arrays):
+            if arr.ndim - 1 == cfg.spatial_dims:
+                parts = [(None, arr, m)]
+            else:  # a 2D model on a volume: the slices along the last axis that the mask touches
+                zs = np.flatnonzero(m.reshape(-1, m.shape[-1]).any(0))
+                parts = [(int(z), arr[..., z], m[..., z]) for z in zs]
+            for z, a, mm in parts:
+                where = f"image {i}" + ("" if z is None else f" slice {z}")
+                x, norm = normalize_unit(a, mm, cfg.normalize, where)
+                if crop_size is None:
+                    window = tuple((0, n) for n in mm.shape)
+                else:
+                    window = window_around(mm, crop_size, margin=PREDICT_MARGIN, grow=True)
+                units.append(_Unit(i, z, crop(x, window), crop(mm, window, fill=False), window, norm))
+        return units
+
+    @torch.inference_mode()
+    def _run(self, units: list[_Unit], batch_size: int) -> list[dict[str, Any]]:
+        """Per unit: logits and soft labels ``(K, *window)``, labels ``(*window)``, NLL, means, weights.
+
+        Units of one window shape go through the network together; the soft labels, labels and
+        the NLL (one :class:`DeepMixtureLoss` call per batch) are computed on the windows.
+        """
+        out: list[dict[str, Any] | None] = [None] * len(units)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, u in enumerate(units):
+            groups.setdefault(u.x.shape, []).append(k)
+        for shape, ks in groups.items():
+            self.network.check_input((1,) + shape)
+            for s in range(0, len(ks), batch_size):
+                chunk = ks[s:s + batch_size]
+                x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
+                m = torch.from_numpy(np.stack([units[k].m for k in chunk])).to(self.device)
+                logits = self.network(x).float()
+                res = self.loss(x, logits, m)
+                probs = torch.softmax(logits, 1) * m.unsqueeze(1)
+                labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
+                weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
+                logits, probs, labels = logits.cpu(), probs.cpu(), labels.cpu()
+                nll, means, weights = res.nll.cpu(), res.fit.means.cpu(), weights.cpu()
+                for j, k in enumerate(chunk):
+                    out[k] = {"logits": logits[j], "probs": probs[j], "labels": labels[j], "nll": float(nll[j]),
+                              "means": means[j], "weights": weights[j]}
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _assemble(self, i: int, arr: np.ndarray, m: np.ndarray, parts: list[tuple[_Unit, dict[str, Any]]]) -> Prediction:
+        K = self.n_components
+        spatial = m.shape
+        dtype = np.uint8 if K < 255 else np.int32
+        probs = np.zeros((K,) + spatial, dtype=np.float32)
+        labels = np.zeros(spatial, dtype=dtype)
+        if len(parts) == 1 and parts[0][0].slice_index is None:  # one image: everything was computed on its window
+            u, r = parts[0]
+            inner, src = _inner(u.window, spatial), _source(u.window, spatial)
+            probs[(slice(None),) + inner] = r["probs"].numpy()[(slice(None),) + src]
+            labels[inner] = r["labels"].numpy()[src]
+            return Prediction(labels, probs, r["nll"], r["means"].numpy(), r["weights"].numpy(), u.norm,
+                              [u.window])
+        # slices of a volume: paste them, then one loss over the whole (normalised) volume
+        x_full = torch.zeros((arr.shape[0],) + spatial, dtype=torch.float32)
+        logits_full = torch.zeros((K,) + spatial, dtype=torch.float32)
+        for u, r in parts:
+            z = u.slice_index
+            inner, src = _inner(u.window, spatial[:-1]), _source(u.window, spatial[:-1])
+            x_full[(slice(None),) + inner + (z,)] = torch.from_numpy(u.x)[(slice(None),) + src]
+            logits_full[(slice(None),) + inner + (z,)] = r["logits"][(slice(None),) + src]
+            probs[(slice(None),) + inner + (z,)] = r["probs"].numpy()[(slice(None),) + src]
+            labels[inner + (z,)] = r["labels"].numpy()[src]
+        out = self.loss(x_full[None], logits_full[None], torch.from_numpy(m)[None])
+        fit = out.fit
+        return Prediction(labels, probs, float(out.nll[0]), fit.means[0].numpy(),
+                          (fit.nk[0] / fit.nk[0].sum()).numpy(),
+                          {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}, [u.window for u, _ in parts])
+
+
+def _inner(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[slice, ...]:
+    """Slices of the image covered by ``window`` (clipped to the image)."""
+    return tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(window, shape))
+
+
+def _source(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[slice, ...]:
+    """Slices of the window's array that lie inside the image."""
+    return tuple(slice(max(-lo, 0), max(-lo, 0) + min(hi, n) - max(lo, 0)) for (lo, hi), n in zip(window, shape))
+
+
+def load_model(path: str | Path, *, device: Any = "cpu") -> TrainedModel:
+    """Load a trained model from its folder (``model.pt``, else the latest ``checkpoint.pt``) or a file.
+
+    A folder of another format version, a corrupt or truncated file, or weights that do not fit
+    the stored configuration are refused with a one-line ``ValueError`` naming the file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        cfg_file = p / CONFIG_FILE
+        if cfg_file.is_file():
+            import json
+
+            try:
+                raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"cannot read model configuration {cfg_file}: {' '.join(str(exc).split())}") from None
+            if not isinstance(raw, dict):
+                raise ValueError(f"model configuration {cfg_file} is not a JSON object")
+            check_format(raw.get("format_version"), raw.get("deepgmm_version"), f"model folder {p}")
+        if (p / MODEL_FILE).is_file():
+            file = p / MODEL_FILE
+        elif (p / CHECKPOINT_FILE).is_file():
+            file = p / CHECKPOINT_FILE
+            logger.warning("%s has no %s (training unfinished?); using the latest %s", p, MODEL_FILE, CHECKPOINT_FILE)
+        else:
+            raise FileNotFoundError(f"no trained model in {p}: expected {MODEL_FILE} or {CHECKPOINT_FILE}")
+    elif p.is_file():
+        file = p
+    else:
+        raise FileNotFoundError(f"model not found: {p}")
+    state = load_checkpoint(file)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise ValueError(f"{file} holds no model (expected a configuration and weights)")
+    config = TrainConfig.from_dict(state["config"], source=str(file))
+    t0 = time.perf_counter()
+    model = TrainedModel(config, state["model"], device=device, source=str(p))
+    logger.info("loaded %r in %.2f s", model, time.perf_counter() - t0)
+    return model

@@ -1,0 +1,549 @@
+"""The ``deepgmm`` command line: segment/evaluate/demo end to end, option forwarding, and every error path.
+
+Most tests call :func:`deepgmm.cli.main` in-process; a few run ``python -m deepgmm`` in a
+subprocess for exit codes and for ``--help`` not importing torch.
+"""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from deepgmm import cli
+from deepgmm import io as dio
+from deepgmm.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+AFFINE = np.diag([1.25, 1.25, 8.0, 1.0])
+AFFINE[:3, 3] = [-20.0, 15.0, 3.0]
+CODES = (500, 200, 1220)  # ground-truth label values of the 3 classes
+MEANS = {500: (0.0, 0.0), 200: (6.0, 0.0), 1220: (0.0, 6.0)}
+
+
+def make_case(folder: Path, shape=(32, 30), noise=0.5, seed=0):
+    """Two single-channel NIfTI slices ``(X, Y, 1)`` with 3 well-separated classes, truth and mask."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(shape, np.int16)
+    X, Y = shape
+    truth[3:X - 3, 3:Y // 3] = 500
+    truth[3:X - 3, Y // 3:2 * Y // 3] = 200
+    truth[3:X - 3, 2 * Y // 3:Y - 3] = 1220
+    img = rng.normal(0.0, noise, (2,) + shape).astype(np.float32) + 3.0
+    for code, mean in MEANS.items():
+        img[:, truth == code] = np.array(mean, np.float32)[:, None] + rng.normal(0, noise, (2, int((truth == code).sum())))
+    paths = {}
+    for c in range(2):
+        paths[f"ch{c}"] = folder / f"ch{c}.nii.gz"
+        nib.save(nib.Nifti1Image(img[c][..., None], AFFINE), paths[f"ch{c}"])
+    paths["truth"] = folder / "truth.nii.gz"
+    nib.save(nib.Nifti1Image(truth[..., None], AFFINE), paths["truth"])
+    paths["mask"] = folder / "mask.nii.gz"
+    nib.save(nib.Nifti1Image((truth > 0).astype(np.uint8)[..., None], AFFINE), paths["mask"])
+    return paths, img, truth
+
+
+@pytest.fixture
+def case(tmp_path):
+    paths, img, truth = make_case(tmp_path)
+    return tmp_path, paths, img, truth
+
+
+def seg_args(paths, out, *extra, method="gmm", k="3", mask=True):
+    argv = ["segment", str(paths["ch0"]), str(paths["ch1"]), "--method", method, "-k", k, "--out", str(out)]
+    if mask:
+        argv += ["--mask", str(paths["mask"])]
+    return argv + list(extra)
+
+
+def listing(folder: Path):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def check_error(capsys, argv, *fragments, code=2):
+    """Run ``main(argv)``; expect ``code`` and exactly one stderr line containing every fragment."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = err.strip("\n").split("\n")
+    assert rc == code, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("deepgmm: error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("method", ["gmm", "svgmm"])
+def test_segment_then_evaluate_end_to_end(case, capsys, method):
+    folder, paths, img, truth = case
+    out = folder / "out"
+    assert main(seg_args(paths, out, method=method)) == 0
+    printed = capsys.readouterr().out
+    assert method in printed and "labels.nii.gz" in printed
+    assert listing(out) == sorted([dio.MARKER, "labels.nii.gz", "probabilities.nii.gz", "summary.json"])
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+    lab = nib.load(out / "labels.nii.gz")
+    assert lab.shape == (32, 30, 1) and lab.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(lab.affine, AFFINE)
+    labels = np.asanyarray(lab.dataobj)[..., 0]
+    assert set(np.unique(labels[truth == 0])) == {0}  # outside the mask
+    assert set(np.unique(labels[truth > 0])) == {1, 2, 3}
+    prob = nib.load(out / "probabilities.nii.gz")
+    assert prob.shape == (32, 30, 1, 3) and prob.get_data_dtype() == np.float32
+    np.testing.assert_allclose(prob.affine, AFFINE)
+    p = np.asanyarray(prob.dataobj)[:, :, 0, :]
+    np.testing.assert_allclose(p[truth > 0].sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(p[truth == 0], 0.0)
+    np.testing.assert_array_equal(p.argmax(-1)[truth > 0] + 1, labels[truth > 0])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and summary["iterations"] >= 1 and np.isfinite(summary["nll"])
+    assert summary["inputs"]["images"] == [str(paths["ch0"]), str(paths["ch1"])]
+    assert summary["inputs"]["mask"] == str(paths["mask"]) and summary["inputs"]["mask_pixels"] == int((truth > 0).sum())
+    assert np.asarray(summary["class_means"]).shape == (3, 2)
+    assert summary["deepgmm_version"] and summary["settings"]["n_components"] == 3
+    assert summary["options_given"] == {}
+
+    report = folder / "dice.json"
+    argv = ["evaluate", str(out / "labels.nii.gz"), str(paths["truth"]), "--labels", "500,200,1220",
+            "--names", "blood,myocardium,edema", "--json", str(report)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "blood" in table and "edema" in table and "mean" in table and "hungarian" in table
+    ev = json.loads(report.read_text())
+    assert set(ev["dice"]) == {"blood", "myocardium", "edema"}
+    assert min(ev["dice"].values()) > 0.95, ev
+    assert ev["mean_dice"] > 0.95
+    # an independent check of the matched labels: each predicted label sits in one truth class
+    for pred_label, code in ev["mapping"].items():
+        overlap = (labels == int(pred_label)) & (truth == code)
+        assert overlap.sum() > 0.95 * (truth == code).sum()
+
+
+def test_segment_png_input_writes_png_labels(tmp_path, capsys):
+    _, img, truth = make_case(tmp_path)
+    scaled = np.clip((img + 3) * 20, 0, 255).astype(np.uint8)
+    PILImage.fromarray(np.moveaxis(np.stack([scaled[0], scaled[1], scaled[0]]), 0, -1)).save(tmp_path / "rgb.png")
+    PILImage.fromarray(((truth > 0) * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "rgb.png"), "--mask", str(tmp_path / "mask.png"), "--method", "gmm",
+               "-k", "3", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert listing(out) == sorted([dio.MARKER, "labels.png", "probabilities.npy", "summary.json"])
+    labels, _ = dio.load_labels(out / "labels.png")
+    assert labels.shape == truth.shape
+    assert np.load(out / "probabilities.npy").shape == (3,) + truth.shape
+    np.testing.assert_array_equal(labels == 0, truth == 0)
+
+
+def test_segment_format_npy_and_3d_png_refused(case, capsys):
+    folder, paths, img, truth = case
+    out = folder / "npy"
+    assert main(seg_args(paths, out, "--format", "npy")) == 0
+    assert np.load(out / "labels.npy").shape == truth.shape
+    assert np.load(out / "probabilities.npy").shape == (3,) + truth.shape
+    vol = np.random.default_rng(0).normal(size=(2, 6, 7, 5)).astype(np.float32)
+    np.save(folder / "vol.npy", vol)
+    check_error(capsys, ["segment", folder / "vol.npy", "--method", "gmm", "-k", "2", "--format", "png",
+                         "--out", folder / "o3"], "--format png needs a 2D image")
+    assert not (folder / "o3").exists()
+
+
+# ----------------------------------------------------------------------------- option forwarding
+class _Stop(Exception):
+    pass
+
+
+def capture_segment_kwargs(monkeypatch):
+    """Replace deepgmm.segment.segment by a recorder that stops the command."""
+    seg_mod = importlib.import_module("deepgmm.segmentation")  # the module (the package re-exports the function)
+    calls = []
+
+    def fake(image, mask=None, **kwargs):
+        calls.append((image.shape, None if mask is None else mask.shape, kwargs))
+        raise _Stop
+
+    monkeypatch.setattr(seg_mod, "segment", fake)
+    return calls
+
+
+def test_only_given_options_are_forwarded(case, monkeypatch):
+    folder, paths, img, truth = case
+    calls = capture_segment_kwargs(monkeypatch)
+    with pytest.raises(_Stop):
+        main(seg_args(paths, folder / "o1", method="svgmm", k="4", mask=False))
+    assert calls[-1] == ((2, 32, 30), None, {"method": "svgmm", "n_components": 4})
+    with pytest.raises(_Stop):
+        main(seg_args(paths, folder / "o2", "--covariance", "full", "--normalize", "mask", "--nan-policy", "mask",
+                      "--seed", "7", "--device", "cpu", "--max-iter", "5", "--tol", "0.01", "--n-init", "2",
+                      "--init", "random"))
+    assert calls[-1][1] == (32, 30)
+    assert calls[-1][2] == {"method": "gmm", "n_components": 3, "covariance_type": "full", "normalize": "mask",
+                            "nan_policy": "mask", "random_state": 7, "device": "cpu", "max_iter": 5, "tol": 0.01,
+                            "n_init": 2, "init": "random"}
+    assert not (folder / "o1").exists() and not (folder / "o2").exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_extra_segment_option_hook(case, monkeypatch):
+    """A new entry of SEGMENT_OPTIONS becomes a flag forwarded as a keyword."""
+    folder, paths, img, truth = case
+    monkeypatch.setattr(cli, "SEGMENT_OPTIONS", cli.SEGMENT_OPTIONS + [
+        cli.SegmentOption("--momentum", "momentum", float, "momentum", minimum=0.0)])
+    calls = capture_segment_kwargs(monkeypatch)
+    with pytest.raises(_Stop):
+        main(seg_args(paths, folder / "o", "--momentum", "0.001"))
+    assert calls[-1][2]["momentum"] == 0.001
+
+
+def test_cli_choices_match_the_library():
+    from deepgmm import likelihood, metrics, mixture
+
+    segment = importlib.import_module("deepgmm.segmentation")
+    assert cli.METHOD_CHOICES == tuple(segment.KNOWN_METHODS)
+    assert cli.NORMALIZE_CHOICES == tuple(segment.NORMALIZATIONS)
+    assert cli.COVARIANCE_CHOICES == tuple(likelihood.COVARIANCE_TYPES)
+    assert set(cli.INIT_CHOICES) == set(mixture.INIT_METHODS) - {"means"}
+    assert cli.MATCHING_CHOICES == tuple(metrics.MATCHINGS)
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_missing_file(case, capsys):
+    folder, paths, *_ = case
+    argv = seg_args(paths, folder / "out")
+    argv[1] = str(folder / "nope.nii.gz")
+    check_error(capsys, argv, "not found", "nope.nii.gz")
+    assert not (folder / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["junk", "truncated"])
+def test_corrupt_and_truncated_file(case, capsys, kind):
+    folder, paths, *_ = case
+    bad = folder / "bad.nii.gz"
+    if kind == "junk":
+        bad.write_bytes(b"this is not an image" * 10)
+    else:
+        big = np.random.default_rng(1).normal(size=(32, 30, 1)).astype(np.float32)
+        nib.save(nib.Nifti1Image(big, AFFINE), bad)
+        raw = bad.read_bytes()
+        bad.write_bytes(raw[: len(raw) // 2])
+    argv = seg_args(paths, folder / "out")
+    argv[2] = str(bad)
+    check_error(capsys, argv, "bad.nii.gz")
+    assert not (folder / "out").exists()
+
+
+def test_different_shapes(case, capsys):
+    folder, paths, *_ = case
+    nib.save(nib.Nifti1Image(np.zeros((32, 31, 1), np.float32), AFFINE), folder / "other.nii.gz")
+    argv = seg_args(paths, folder / "out")
+    argv[2] = str(folder / "other.nii.gz")
+    check_error(capsys, argv, "ch0.nii.gz", "other.nii.gz", "(32, 30)", "(32, 31)")
+    assert not (folder / "out").exists()
+
+
+def test_different_affines(case, capsys):
+    folder, paths, img, _ = case
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(img[1][..., None], shifted), folder / "moved.nii.gz")
+    argv = seg_args(paths, folder / "out")
+    argv[2] = str(folder / "moved.nii.gz")
+    check_error(capsys, argv, "different affines", "ch0.nii.gz", "moved.nii.gz")
+    assert not (folder / "out").exists()
+
+
+def test_nan_pixels_error_then_nan_policy_mask_runs(case, capsys):
+    folder, paths, img, truth = case
+    bad = img[0].copy()
+    bad[10, 10] = np.nan
+    nib.save(nib.Nifti1Image(bad[..., None], AFFINE), folder / "nan.nii.gz")
+    argv = seg_args(paths, folder / "out")
+    argv[1] = str(folder / "nan.nii.gz")
+    check_error(capsys, argv, "NaN", "nan_policy")
+    assert not (folder / "out").exists()
+    assert main(argv + ["--nan-policy", "mask"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("left out of the mask") == 1  # warned once, not twice (warning + log)
+    labels = np.asanyarray(nib.load(folder / "out" / "labels.nii.gz").dataobj)[..., 0]
+    assert labels[10, 10] == 0 and (labels[truth > 0] > 0).sum() == (truth > 0).sum() - 1
+
+
+def test_empty_mask(case, capsys):
+    folder, paths, *_ = case
+    nib.save(nib.Nifti1Image(np.zeros((32, 30, 1), np.uint8), AFFINE), folder / "empty.nii.gz")
+    argv = seg_args(paths, folder / "out", mask=False) + ["--mask", str(folder / "empty.nii.gz")]
+    check_error(capsys, argv, "empty.nii.gz", "empty")
+    assert not (folder / "out").exists()
+
+
+def test_fewer_masked_pixels_than_classes(case, capsys):
+    folder, paths, *_ = case
+    m = np.zeros((32, 30, 1), np.uint8)
+    m[5, 5] = m[6, 6] = 1
+    nib.save(nib.Nifti1Image(m, AFFINE), folder / "tiny.nii.gz")
+    argv = seg_args(paths, folder / "out", mask=False) + ["--mask", str(folder / "tiny.nii.gz")]
+    check_error(capsys, argv, "2 pixel(s)", "n_components=3")
+    assert not (folder / "out").exists()
+
+
+def test_mask_of_wrong_shape(case, capsys):
+    folder, paths, *_ = case
+    nib.save(nib.Nifti1Image(np.ones((30, 32, 1), np.uint8), AFFINE), folder / "m.nii.gz")
+    argv = seg_args(paths, folder / "out", mask=False) + ["--mask", str(folder / "m.nii.gz")]
+    check_error(capsys, argv, "m.nii.gz", "(30, 32)", "(32, 30)")
+
+
+@pytest.mark.parametrize("normalize", ["mask", "image"])
+def test_constant_channel_with_normalize(case, capsys, normalize):
+    folder, paths, *_ = case
+    nib.save(nib.Nifti1Image(np.full((32, 30, 1), 4.0, np.float32), AFFINE), folder / "flat.nii.gz")
+    argv = seg_args(paths, folder / "out", "--normalize", normalize)
+    argv[2] = str(folder / "flat.nii.gz")
+    check_error(capsys, argv, "constant")
+    assert not (folder / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value, named", [("-k", "0", "-k/--n-components"), ("--max-iter", "-1", "--max-iter"),
+                                                ("--tol", "-0.5", "--tol"), ("--n-init", "0", "--n-init"),
+                                                ("--seed", "-3", "--seed")])
+def test_numeric_options_out_of_range(case, capsys, flag, value, named):
+    folder, paths, *_ = case
+    argv = seg_args(paths, folder / "out")
+    if flag == "-k":
+        argv[argv.index("-k") + 1] = value
+    else:
+        argv += [flag, value]
+    check_error(capsys, argv, named, value)
+    assert not (folder / "out").exists()
+
+
+def test_unknown_init_is_named_by_the_library(case, capsys):
+    folder, paths, *_ = case
+    check_error(capsys, seg_args(paths, folder / "out", "--init", "magic"), "init must be one of", "'magic'")
+    assert not (folder / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--method", "kmeans"), ("--covariance", "spherical"),
+                                         ("--normalize", "zscore"), ("-k", "three")])
+def test_bad_choices_name_the_option(case, capsys, flag, value):
+    folder, paths, *_ = case
+    argv = seg_args(paths, folder / "out")
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err
+    assert not (folder / "out").exists()
+
+
+def test_existing_output_folder(case, capsys):
+    folder, paths, *_ = case
+    out = folder / "out"
+    assert main(seg_args(paths, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "note.txt").write_text("mine")
+    check_error(capsys, seg_args(paths, out, method="svgmm"), f"output folder {out} already exists",
+                "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "note.txt"} == before
+    assert main(seg_args(paths, out, "--overwrite", method="svgmm")) == 0
+    assert json.loads((out / "summary.json").read_text())["method"] == "svgmm"
+    assert not (out / "note.txt").exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("exc, code", [(OSError("disk full"), 2), (KeyboardInterrupt(), 130)])
+@pytest.mark.parametrize("existing", [False, True])
+def test_failure_while_writing_leaves_no_partial_folder(case, capsys, monkeypatch, exc, code, existing):
+    folder, paths, *_ = case
+    out = folder / "out"
+    if existing:
+        assert main(seg_args(paths, out)) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+
+    def broken(path, *args, **kwargs):
+        written.append(path)
+        raise exc
+
+    monkeypatch.setattr(dio, "save_probabilities", broken)  # labels are written first, then this fails
+    argv = seg_args(paths, out, "--overwrite")
+    if code == 2:
+        check_error(capsys, argv, "disk full")
+    else:
+        assert main(argv) == 130
+        assert capsys.readouterr().err.strip() == "deepgmm: error: interrupted"
+    assert written, "the writer was not reached"
+    if existing:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    else:
+        assert not out.exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_debug_shows_the_traceback(case):
+    folder, paths, *_ = case
+    argv = seg_args(paths, folder / "out", "--debug")
+    argv[1] = str(folder / "nope.nii.gz")
+    with pytest.raises(FileNotFoundError):
+        main(argv)
+
+
+def test_verbose_logs_info(case, capsys):
+    folder, paths, *_ = case
+    assert main(["-v"] + seg_args(paths, folder / "out")) == 0
+    err = capsys.readouterr().err
+    assert "deepgmm: info: segment(method=gmm" in err
+    assert main(seg_args(paths, folder / "out2")) == 0
+    assert "info" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- evaluate
+def write_labels(path, arr, affine=AFFINE):
+    nib.save(nib.Nifti1Image(np.asarray(arr)[..., None], affine), path)
+    return path
+
+
+def test_evaluate_greedy_none_and_missing_class(tmp_path, capsys):
+    truth = np.zeros((8, 8), np.int16)
+    truth[:4] = 500
+    truth[4:] = 200
+    pred = np.where(truth == 500, 2, 1).astype(np.int16)
+    write_labels(tmp_path / "t.nii.gz", truth)
+    write_labels(tmp_path / "p.nii.gz", pred)
+    for matching, expected in [("hungarian", 1.0), ("greedy", 1.0), ("none", 0.0)]:
+        assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "t.nii.gz"), "--matching", matching,
+                     "--json", str(tmp_path / "e.json")]) == 0
+        ev = json.loads((tmp_path / "e.json").read_text())
+        assert ev["mean_dice"] == pytest.approx(expected), matching
+        assert ev["matching"] == matching
+    capsys.readouterr()
+    # a class absent from both maps: Dice n/a in the table, null in JSON (valid JSON)
+    assert main(["evaluate", str(tmp_path / "p.nii.gz"), str(tmp_path / "t.nii.gz"), "--labels", "500,200,999",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert "n/a" in capsys.readouterr().out
+    ev = json.loads((tmp_path / "e.json").read_text())
+    assert ev["dice"]["999"] is None and ev["mean_dice"] == pytest.approx(1.0)
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    truth = np.ones((6, 6), np.int16)
+    write_labels(tmp_path / "t.nii.gz", truth)
+    write_labels(tmp_path / "small.nii.gz", np.ones((5, 6), np.int16))
+    write_labels(tmp_path / "frac.nii.gz", np.full((6, 6), 0.5, np.float32))
+    moved = AFFINE.copy()
+    moved[2, 3] = 40.0
+    write_labels(tmp_path / "moved.nii.gz", truth, moved)
+    t = str(tmp_path / "t.nii.gz")
+    check_error(capsys, ["evaluate", tmp_path / "small.nii.gz", t], "small.nii.gz", "t.nii.gz", "(5, 6)", "(6, 6)")
+    check_error(capsys, ["evaluate", tmp_path / "frac.nii.gz", t], "frac.nii.gz", "non-integer")
+    check_error(capsys, ["evaluate", tmp_path / "moved.nii.gz", t], "different NIfTI affines")
+    check_error(capsys, ["evaluate", tmp_path / "nope.nii.gz", t], "nope.nii.gz", "not found")
+    check_error(capsys, ["evaluate", t, t, "--labels", "1,x"], "--labels", "'1,x'")
+    check_error(capsys, ["evaluate", t, t, "--labels", "1", "--names", "a,b"], "--names has 2", "1 label")
+    check_error(capsys, ["evaluate", t, t, "--names", "a,,b"], "--names")
+    assert main(["evaluate", t, t, "--matching", "best"]) == 2
+    assert "--matching" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- demo
+def test_demo_command_wiring(tmp_path, capsys, monkeypatch):
+    """The CLI passes its flags to run_demo and prints the table and the figure (a stand-in demo module)."""
+    import types
+
+    calls = []
+
+    def run_demo(out_dir, *, quick=False, seed=0, overwrite=False):
+        calls.append((out_dir, quick, seed, overwrite))
+        return {"table": "| method | mean |\n| gmm | 0.9 |", "figure": Path(out_dir or "deepgmm-demo") / "demo.png"}
+
+    fake = types.ModuleType("deepgmm.demo")
+    fake.run_demo = run_demo
+    monkeypatch.setitem(sys.modules, "deepgmm.demo", fake)
+    import deepgmm
+
+    monkeypatch.setattr(deepgmm, "demo", fake, raising=False)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--overwrite", "--seed", "3"]) == 0
+    assert calls == [(tmp_path / "d", True, 3, True)]
+    out = capsys.readouterr().out
+    assert "| gmm | 0.9 |" in out and str(tmp_path / "d" / "demo.png") in out
+    assert main(["demo"]) == 0
+    assert calls[-1] == (None, False, 0, False)
+
+
+def test_demo_runs_with_the_em_methods(tmp_path, capsys, monkeypatch):
+    """The real demo module through the CLI, restricted to the EM methods to stay fast."""
+    demo = pytest.importorskip("deepgmm.demo", reason="deepgmm.demo is not written yet")
+    real = demo.run_demo
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: real(*a, methods=["gmm", "svgmm"], **kw))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "gmm" in printed and "svgmm" in printed and str(out / "demo.png") in printed
+    assert (out / "demo.png").is_file()
+    check_error(capsys, ["demo", "--quick", "--out", out], "already exists")
+
+
+@pytest.mark.slow
+def test_demo_runs_every_method(tmp_path, capsys):
+    pytest.importorskip("deepgmm.demo", reason="deepgmm.demo is not written yet")
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert (out / "demo.png").is_file() and "gmm" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- subprocess
+def run_cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "deepgmm", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_subprocess_exit_codes(case):
+    folder, paths, *_ = case
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("deepgmm ")
+    r = run_cli("segment", folder / "nope.nii.gz", "--method", "gmm", "-k", "3", "--out", folder / "out")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"deepgmm: error: image file not found: {folder / 'nope.nii.gz'}"]
+    assert not (folder / "out").exists()
+    r = run_cli("segment", paths["ch0"], "--method", "nope", "-k", "3", "--out", folder / "out")
+    assert r.returncode == 2 and "--method" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_and_no_command(capsys):
+    assert main(["segment", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--method" in out and "--n-init" in out and "--overwrite" in out
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+_NO_TORCH = """
+import sys
+import deepgmm
+eager = 'torch' in sys.modules
+from deepgmm.cli import main
+for argv in (['--help'], ['segment', '--help'], ['evaluate', '--help'], ['demo', '--help']):
+    assert main(argv) == 0
+print(eager, sorted(m for m in ('torch', 'nibabel', 'deepgmm.segmentation', 'deepgmm.io') if m in sys.modules))
+"""
+
+
+def test_help_does_not_import_torch():
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    r = subprocess.run([sys.executable, "-c", _NO_TORCH], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    eager, loaded = r.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert eager == "False"
+    assert loaded == "[]", loaded

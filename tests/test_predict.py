@@ -1,0 +1,225 @@
+"""Prediction with a cohort-trained model: round trip, NLL, channel checks, volumes, CLI, bad model folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from deepgmm.cli import main
+from deepgmm.deep import DeepMixtureLoss
+from deepgmm.training import FolderDataset, TrainConfig, load_model, train
+from deepgmm.training.checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE
+
+MYOPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
+AFFINE = np.diag([1.5, 1.5, 6.0, 1.0])
+AFFINE[:3, 3] = [-10.0, 4.0, 2.0]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def make_cohort(root: Path, n: int = 8, shape=(32, 32), channels=("DE", "T2", "C0"), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    means = np.array([[0.0, 0.0, 0.0], [3.0, 0.5, 1.0], [0.5, 3.0, -1.0]])[:, : len(channels)]
+    for c in range(n):
+        d = root / f"case{c:02d}"
+        d.mkdir(parents=True)
+        X, Y = shape
+        truth = np.zeros(shape, int)
+        truth[3 + c % 3:X - 3, 3:Y // 2] = 1
+        truth[3 + c % 3:X - 3, Y // 2:Y - 3] = 2
+        img = means[truth].transpose(2, 0, 1) + rng.normal(0, 0.5, (len(channels),) + shape)
+        for ch, a in zip(channels, img):
+            nib.save(nib.Nifti1Image(a[..., None].astype(np.float32), AFFINE), d / f"{ch}.nii.gz")
+        nib.save(nib.Nifti1Image((truth > 0).astype(np.uint8)[..., None], AFFINE), d / "mask.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny 3-channel model (DE, T2, C0), trained for 2 epochs, and its data."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict")
+    make_cohort(root / "data")
+    ds = FolderDataset(root / "data", ["DE", "T2", "C0"])
+    cfg = TrainConfig(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=2, batch_size=4)
+    res = train(cfg, ds, root / "model")
+    return root, ds, res
+
+
+def check_error(capsys, argv, *fragments, code=2):
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = err.strip("\n").split("\n")
+    assert rc == code, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("deepgmm: error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def test_loaded_model_predicts_what_the_trained_one_did(trained):
+    root, ds, res = trained
+    model = load_model(root / "model")
+    assert model.channels == ["DE", "T2", "C0"] and model.n_components == 2
+    u = ds.unit(3)
+    pred = model.predict(u.image, u.mask)
+    x = torch.from_numpy(u.image)[None]
+    with torch.no_grad():
+        logits = res.network(x)  # the network as it left training, applied directly
+    m = torch.from_numpy(u.mask)
+    expected = (torch.softmax(logits[0], 0) * m).numpy()
+    np.testing.assert_allclose(pred.probabilities, expected, rtol=0, atol=1e-6)
+    assert np.array_equal(pred.labels, np.where(u.mask, expected.argmax(0) + 1, 0))
+    # the NLL is the deepSVG loss of this image, from the same likelihood code
+    ref = DeepMixtureLoss(mixture="svgmm")(x, logits, m[None].float()).nll[0]
+    assert pred.nll == pytest.approx(float(ref), rel=1e-5)
+    # an independent check of the NLL: M-step from the soft labels, then -mean log p, in numpy
+    w = expected[:, u.mask].T.astype(np.float64)  # (N, K)
+    X = u.image[:, u.mask].T.astype(np.float64)  # (N, C)
+    nk = w.sum(0)
+    mu = (w.T @ X) / nk[:, None]
+    var = (w.T @ X**2) / nk[:, None] - mu**2 + 1e-6
+    logn = -0.5 * (((X[:, None] - mu) ** 2 / var).sum(-1) + np.log(2 * np.pi * var).sum(-1))
+    ll = np.log(np.exp(np.log(np.maximum(w, 1e-300)) + logn).sum(1))
+    assert pred.nll == pytest.approx(-ll.mean(), rel=1e-3)
+    assert pred.labels[~u.mask].max() == 0 and set(np.unique(pred.labels[u.mask])) <= {1, 2}
+    np.testing.assert_allclose(pred.probabilities[:, u.mask].sum(0), 1.0, atol=1e-5)
+
+
+def test_checkpoint_and_model_file_hold_the_same_final_weights(trained):
+    root, ds, _ = trained
+    u = ds.unit(0)
+    a = load_model(root / "model").predict(u.image, u.mask)
+    b = load_model(root / "model" / CHECKPOINT_FILE).predict(u.image, u.mask)
+    assert np.array_equal(a.probabilities, b.probabilities)
+
+
+def test_batched_prediction_equals_one_by_one(trained):
+    root, ds, _ = trained
+    model = load_model(root / "model")
+    units = [ds.unit(i) for i in range(5)]
+    many = model.predict_many([u.image for u in units], [u.mask for u in units], batch_size=3)
+    for u, p in zip(units, many):
+        one = model.predict(u.image, u.mask)
+        np.testing.assert_allclose(p.probabilities, one.probabilities, atol=1e-5)
+        assert p.nll == pytest.approx(one.nll, rel=1e-5)
+
+
+def test_channel_count_and_names_are_checked(trained):
+    root, ds, _ = trained
+    model = load_model(root / "model")
+    u = ds.unit(0)
+    with pytest.raises(ValueError, match=r"trained on 3 channel\(s\) \(DE,T2,C0\) but the image has 2"):
+        model.predict(u.image[:2], u.mask)
+    with pytest.raises(ValueError, match=r"expects the channels DE,T2,C0 in this order, got T2,DE,C0"):
+        model.predict(u.image, u.mask, channels=["T2", "DE", "C0"])
+    with pytest.raises(ValueError, match=r"expects the channels DE,T2,C0, got DE,T2,LGE"):
+        model.predict(u.image, u.mask, channels=["DE", "T2", "LGE"])
+    model.predict(u.image, u.mask, channels=["DE", "T2", "C0"])
+
+
+def test_a_2d_model_segments_a_volume_slice_by_slice(trained):
+    root, ds, _ = trained
+    model = load_model(root / "model")
+    units = [ds.unit(i) for i in range(3)]
+    vol = np.stack([u.image for u in units], axis=-1) * 2.0 + 1.0  # (C, X, Y, 3), each slice re-normalised
+    mask = np.stack([u.mask for u in units] + [np.zeros_like(units[0].mask)], axis=-1)
+    vol = np.concatenate([vol, vol[..., :1]], axis=-1)  # a 4th slice outside the mask
+    pred = model.predict(vol, mask)
+    assert pred.labels.shape == mask.shape and pred.probabilities.shape == (2,) + mask.shape
+    assert pred.labels[..., 3].max() == 0
+    for z, u in enumerate(units):
+        one = model.predict(u.image, u.mask)
+        np.testing.assert_allclose(pred.probabilities[..., z], one.probabilities, atol=1e-5)
+    x = torch.from_numpy(np.stack([u.image for u in units] + [np.zeros_like(units[0].image)], -1))
+    logits = torch.log(torch.from_numpy(pred.probabilities).clamp_min(1e-30))
+    ref = DeepMixtureLoss(mixture="svgmm")(x[None], logits[None], torch.from_numpy(mask)[None].float()).nll[0]
+    assert pred.nll == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_cli_predict_image_and_data_folder(trained, tmp_path, capsys):
+    root, _, _ = trained
+    case = root / "data" / "case02"
+    files = [case / f"{c}.nii.gz" for c in ("DE", "T2", "C0")]
+    assert main(["predict", "--model", str(root / "model"), *map(str, files), "--mask", str(case / "mask.nii.gz"),
+                 "--out", str(tmp_path / "one")]) == 0
+    lab = nib.load(str(tmp_path / "one" / "labels.nii.gz"))
+    np.testing.assert_allclose(lab.affine, AFFINE)
+    assert lab.shape == (32, 32, 1)
+    s = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert np.isfinite(s["nll"]) and s["method"] == "deepsvg"
+    assert main(["predict", "--model", str(root / "model"), "--data", str(root / "data"), "--cases",
+                 "case01,case05", "--out", str(tmp_path / "many")]) == 0
+    out = capsys.readouterr().out
+    assert "2 sample(s)" in out
+    names = sorted(p.name for p in (tmp_path / "many").iterdir() if not p.name.startswith("."))
+    assert names == ["case01", "case05", "summary.csv", "summary.json"]
+    assert (tmp_path / "many" / "case05" / "probabilities.nii.gz").is_file()
+    summary = json.loads((tmp_path / "many" / "summary.json").read_text())
+    assert [r["name"] for r in summary["per_unit"]] == ["case01", "case05"]
+    # channel files given in the wrong order are recognised by their names
+    check_error(capsys, ["predict", "--model", root / "model", files[1], files[0], files[2], "--out", tmp_path / "x"],
+                "expects the channels DE,T2,C0 in this order, got T2,DE,C0")
+    check_error(capsys, ["predict", "--model", root / "model", files[0], files[1], "--out", tmp_path / "x"],
+                "trained on 3 channel(s) (DE,T2,C0) but the image has 2")
+    check_error(capsys, ["predict", "--model", root / "model", "--data", root / "data", "--channels", "T2,DE,C0",
+                         "--out", tmp_path / "x"], "in this order")
+    check_error(capsys, ["predict", "--model", root / "model", "--out", tmp_path / "x"], "give the image file(s)")
+
+
+def test_bad_model_folders(trained, tmp_path, capsys):
+    root, ds, _ = trained
+    import shutil
+
+    bad = tmp_path / "v99"
+    shutil.copytree(root / "model", bad)
+    cfg = json.loads((bad / CONFIG_FILE).read_text())
+    cfg["format_version"] = 99
+    (bad / CONFIG_FILE).write_text(json.dumps(cfg))
+    case = root / "data" / "case00"
+    files = [case / f"{c}.nii.gz" for c in ("DE", "T2", "C0")]
+    check_error(capsys, ["predict", "--model", bad, *files, "--out", tmp_path / "o"], "model format version 99",
+                "reads format version 1")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(root / "model", corrupt)
+    blob = (corrupt / MODEL_FILE).read_bytes()
+    (corrupt / MODEL_FILE).write_bytes(blob[:-10] + b"0123456789")
+    check_error(capsys, ["predict", "--model", corrupt, *files, "--out", tmp_path / "o"], str(corrupt / MODEL_FILE),
+                "corrupt")
+    check_error(capsys, ["predict", "--model", tmp_path / "nothing", *files, "--out", tmp_path / "o"],
+                "model not found")
+    (tmp_path / "empty").mkdir()
+    check_error(capsys, ["predict", "--model", tmp_path / "empty", *files, "--out", tmp_path / "o"],
+                "no trained model in")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="format version 99"):
+        load_model(bad)
+
+
+def test_incompatible_config_json_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['colour'\]"):
+        TrainConfig.from_dict({**TrainConfig(channels=["a"]).finalize().to_dict(), "colour": 1}, source="x.json")
+
+
+@pytest.mark.skipif(not (MYOPS / "train25").is_dir(), reason="MyoPS 2020 data not available")
+def test_myops_dataset_gives_the_paper_slices():
+    from deepgmm.training import MyoPSDataset
+
+    ds = MyoPSDataset(MYOPS, "101", crop_size=[128, 128])
+    assert ds.channels == ["DE", "T2", "C0"] and len(ds) >= 1
+    u = ds.unit(0)
+    assert u.image.shape == (3, 160, 160) and u.labels is not None and np.array_equal(u.mask, u.labels > 0)
+    np.testing.assert_allclose(u.image.reshape(3, -1).mean(1), 0, atol=1e-4)
+    item = ds[0]
+    assert item["image"].shape == (3, 128, 128) and int(item["mask"].sum()) == int(u.mask.sum())
