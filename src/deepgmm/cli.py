@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         if opt.metavar is not None:
             kwargs["metavar"] = opt.metavar
         p.add_argument(opt.flag, *opt.aliases, **kwargs)
+    p.add_argument("--no-memory-check", dest="check_memory", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the up-front check of the memory the image needs")
     p.add_argument("--format", choices=FORMAT_CHOICES,
                    help="output format (default: like the input; PNG/TIFF/JPEG input gives PNG labels for 2D)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to create")
@@ -259,6 +261,8 @@ def _segment_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, opt.dest)
         _check_minimum(opt.flag, value, opt.minimum)
         options[opt.keyword] = value
+    if hasattr(args, "check_memory"):
+        options["check_memory"] = False
     if "mu_prior" in options:
         from .training.config import load_mu_data
 

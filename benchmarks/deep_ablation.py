@@ -1,0 +1,103 @@
+"""What each ingredient of the default deep methods is worth, on a subset of the MyoPS slices.
+
+Runs ``deepgmm.segment`` with a list of settings on every ``--every``-th of the 79 slices of the
+paper's protocol (GUIDE §2; the loader's z-scored slice, ``normalize="none"`` as in Table 1,
+K=4, the left-ventricle mask) and prints mean Dice per class (Hungarian matching), the median
+seconds per slice, the median number of steps and the number of slices whose scar Dice is
+below 0.05 (a collapsed class).
+
+    python benchmarks/deep_ablation.py                       # every 4th slice (20), 2 processes
+    python benchmarks/deep_ablation.py --every 1 --jobs 2    # all 79 slices
+    python benchmarks/deep_ablation.py --only deepsvg        # configurations whose name has this
+
+Each configuration is ``name -> (method, options)``; edit CONFIGS to add one. Slices are
+split over ``--jobs`` processes with one torch thread each; results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "svgmm (default)": ("svgmm", {}),
+    "deepsvg (default)": ("deepsvg", {}),
+    "deepsvg, no TV": ("deepsvg", {"tv": 0.0}),
+    "deepsvg, no variance floor": ("deepsvg", {"reg_covar": 1e-6}),
+    "deepsvg, random start (no EM)": ("deepsvg", {"init": "random"}),
+    "deepsvg, full covariances": ("deepsvg", {"covariance_type": "full"}),
+    "deepsvg, paper settings": ("deepsvg", {"network": "paper", "init": "random", "lr": 1e-4, "tv": 0.0,
+                                            "reg_covar": 1e-6, "crop_margin": None}),
+    "gmm (default)": ("gmm", {}),
+    "deepg (default)": ("deepg", {}),
+    "deepg, no TV": ("deepg", {"tv": 0.0}),
+}
+
+
+def default_data() -> Path:
+    env = os.environ.get("DEEPGMM_MYOPS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
+
+
+def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[tuple[list[float], float, int]]]:
+    data, indices, names = job
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    from deepgmm import evaluate, segment
+    from deepgmm.datasets.myops import paper_slices
+
+    slices = paper_slices(data)
+    out: dict[str, list] = {n: [] for n in names}
+    for i in indices:
+        sl = slices[i]
+        for name in names:
+            method, options = CONFIGS[name]
+            t0 = time.perf_counter()
+            seg = segment(sl.image, sl.mask, method=method, n_components=4, normalize="none", **options)
+            dt = time.perf_counter() - t0
+            ev = evaluate(seg.labels, sl.labels, labels=[1, 2, 3, 4])
+            out[name].append(([ev.dice[k] for k in (1, 2, 3, 4)], dt, seg.n_iter))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=default_data())
+    ap.add_argument("--every", type=int, default=4)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", default=None, help="run the configurations whose name contains this text")
+    args = ap.parse_args()
+    if not (args.data / "train25").is_dir():
+        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+        return 2
+    names = [n for n in CONFIGS if args.only is None or args.only in n]
+    indices = list(range(0, 79, args.every))
+    jobs = [(str(args.data), indices[j :: args.jobs], names) for j in range(args.jobs)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        parts = list(pool.map(_run, jobs))
+    print(f"# {len(indices)} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
+          f"{time.perf_counter() - t0:.0f} s wall\n")
+    print("| configuration | blood | myocardium | edema | scar | mean Dice | s/slice (median) | steps (median) | scar < 0.05 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        rows = [r for p in parts for r in p[name]]
+        d = np.array([r[0] for r in rows])
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in d.mean(0)) + f" | **{d.mean():.3f}** | "
+              f"{statistics.median(r[1] for r in rows):.2f} | {statistics.median(r[2] for r in rows):.0f} | "
+              f"{int((d[:, 3] < 0.05).sum())} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
