@@ -39,9 +39,20 @@ def _reset_peak() -> None:
         pass
 
 
+def _trim() -> None:
+    """Give freed heap memory back to the OS, so that one fit's leftovers do not hide the next one's peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure(fn):
     """Run ``fn`` once; return (seconds, peak RSS added in MiB)."""
     gc.collect()
+    _trim()
     _reset_peak()
     base = _rss_kib("VmRSS")
     t0 = time.perf_counter()

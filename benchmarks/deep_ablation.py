@@ -34,11 +34,12 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepsvg, no variance floor": ("deepsvg", {"reg_covar": 1e-6}),
     "deepsvg, random start (no EM)": ("deepsvg", {"init": "random"}),
     "deepsvg, full covariances": ("deepsvg", {"covariance_type": "full"}),
+    "deepsvg, + balance term (0.1)": ("deepsvg", {"regularizers": [("balance", 0.1)]}),
     "deepsvg, paper settings": ("deepsvg", {"network": "paper", "init": "random", "lr": 1e-4, "tv": 0.0,
                                             "reg_covar": 1e-6, "crop_margin": None}),
     "gmm (default)": ("gmm", {}),
     "deepg (default)": ("deepg", {}),
-    "deepg, no TV": ("deepg", {"tv": 0.0}),
+    "deepg, with TV (weight 2)": ("deepg", {"tv": 2.0}),
 }
 
 

@@ -829,7 +829,8 @@ class _LineFormatter(logging.Formatter):
 def _is_out_of_memory(exc: BaseException) -> bool:
     """torch's OutOfMemoryError (a RuntimeError) and the CPU allocator's failures."""
     text = str(exc).lower()
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "failed to allocate" in text
+    return type(exc).__name__ == "OutOfMemoryError" or any(
+        t in text for t in ("out of memory", "failed to allocate", "can't allocate memory"))
 
 
 def _install_sigterm() -> Any:

@@ -65,6 +65,8 @@ __all__ = [
     "save_labels",
     "save_probabilities",
     "save_json",
+    "atomic_write",
+    "atomic_write_bytes",
     "OutputDir",
     "IMAGE_KINDS",
     "READ_EXTENSIONS",
@@ -457,7 +459,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a temporary file beside ``path`` then rename it to ``path``.
 
     The temporary name keeps the extension (nibabel chooses the format from it).
@@ -484,6 +486,19 @@ def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
         raise
     _fsync_dir(folder)
     return target
+
+
+def atomic_write_bytes(path: PathLike, data: bytes | Callable[[Any], None]) -> Path:
+    """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+
+    return atomic_write(path, write)
 
 
 def _output_kind(path: Path, what: str, allowed: Sequence[str]) -> str:
@@ -570,7 +585,7 @@ def save_labels(path: PathLike, labels: Any, like: Image | None = None) -> Path:
 
         def write(tmp: Path) -> None:
             nib.save(_nifti_image(disk, like, dt, "label"), str(tmp))
-    return _atomic_write(p, write)
+    return atomic_write(p, write)
 
 
 def save_probabilities(path: PathLike, probabilities: Any, like: Image | None = None) -> Path:
@@ -598,7 +613,7 @@ def save_probabilities(path: PathLike, probabilities: Any, like: Image | None = 
 
         def write(tmp: Path) -> None:
             nib.save(_nifti_image(data, like, np.dtype(np.float32), "none"), str(tmp))
-    return _atomic_write(p, write)
+    return atomic_write(p, write)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -628,7 +643,7 @@ def save_json(path: PathLike, obj: Any) -> Path:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- output folder

@@ -70,7 +70,8 @@ class DeepGMM:
     lr, weight_decay, grad_clip : AdamW learning rate, weight decay, gradient-norm clip
     tol, min_steps, max_steps : stop when ``|NLL change| < tol`` after ``min_steps``; at most ``max_steps``
     reg_covar : variance floor added in the M-step (default 0.3, in the units of z-scored channels)
-    tv : weight of the total-variation term on the soft labels (default 2; 0 switches it off)
+    tv : weight of the total-variation term on the soft labels; None: the method's default, 2 for
+        deepSVG and 0 for deepG (docs/deep.md: TV helps deepSVG and hurts deepG on MyoPS)
     regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
     mu_prior, lam : shortcut for the ``mu_prior`` regulariser, ``mu_prior`` of shape ``(K, C)``
     init : "em" (distil the EM posteriors first) or "random" (the paper)
@@ -92,6 +93,7 @@ class DeepGMM:
     """
 
     _mixture = "svgmm"
+    _default_tv = 2.0
 
     def __init__(
         self,
@@ -106,7 +108,7 @@ class DeepGMM:
         min_steps: int = 10,
         max_steps: int = 200,
         reg_covar: float = 0.3,
-        tv: float = 2.0,
+        tv: float | None = None,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
         lam: float = 1.0,
@@ -166,7 +168,8 @@ class DeepGMM:
         check_int("max_steps", self.max_steps, minimum=0)
         check_float("reg_covar", self.reg_covar, minimum=0.0)
         check_float("lam", self.lam, minimum=0.0)
-        check_float("tv", self.tv, minimum=0.0)
+        if self.tv is not None:
+            check_float("tv", self.tv, minimum=0.0)
         check_choice("init", self.init, DEEP_INITS)
         check_int("pretrain_steps", self.pretrain_steps, minimum=0)
         check_float("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True)
@@ -174,7 +177,8 @@ class DeepGMM:
             check_int("crop_margin", self.crop_margin, minimum=0)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
-        return build_regularizers(self.regularizers, self.mu_prior, self.lam, self.tv)
+        tv = self._default_tv if self.tv is None else self.tv
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
@@ -335,6 +339,7 @@ class DeepG(DeepGMM):
     """deepG: the network's soft labels define a GMM with ``pi_k = mean_n w_nk``."""
 
     _mixture = "gmm"
+    _default_tv = 0.0
 
 
 class DeepSVG(DeepGMM):

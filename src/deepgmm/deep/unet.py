@@ -15,7 +15,7 @@ Shape table (``features=(f0, f1, ..., fd)``, ``depth = d`` down-sampling steps):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch

@@ -143,7 +143,7 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes:
 
 # ----------------------------------------------------------------------------- figures
 def _save_png(fig: Any, path: Path) -> None:
-    from ..io import _atomic_write
+    from ..io import atomic_write
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, facecolor="white")
@@ -152,7 +152,7 @@ def _save_png(fig: Any, path: Path) -> None:
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def _zoom(mask: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:

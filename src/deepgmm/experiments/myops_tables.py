@@ -545,9 +545,9 @@ class _Run:
                      f"wall time {doc['wall_seconds']:.0f} s over {len(doc['runs'])} run(s).")
         table = format_table(summary, title=f"{self.title} ({n_slices} slices, {n_cases} patients)",
                              notes=[ln for ln in lines if ln])
-        from ..io import _atomic_write
+        from ..io import atomic_write
 
-        _atomic_write(self.store.file(TABLE_FILE), lambda tmp: tmp.write_text(table, encoding="utf-8"))
+        atomic_write(self.store.file(TABLE_FILE), lambda tmp: tmp.write_text(table, encoding="utf-8"))
         if doc["records"]:
             overview_figure(self.store.file(OVERVIEW_FILE), doc["records"], methods,
                             title=f"{self.title}: Dice over slices")

@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
-import secrets
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..io import atomic_write_bytes
 from .config import FORMAT_VERSION, check_format
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "LOG_FILE",
     "PLOT_FILE",
     "SUMMARY_FILE",
-    "atomic_write_bytes",
     "save_checkpoint",
     "load_checkpoint",
     "rng_state",
@@ -57,46 +55,6 @@ LOG_FILE = "log.csv"
 PLOT_FILE = "nll.png"
 SUMMARY_FILE = "summary.json"
 MODEL_FILES = (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, LOG_FILE, PLOT_FILE, SUMMARY_FILE)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Any], None]) -> Path:
-    """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically:
-    a temporary file in the same folder, ``fsync``, then ``os.replace``."""
-    target = Path(path)
-    folder = target.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {target}: folder {folder} does not exist")
-    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            if callable(data):
-                data(fh)
-            else:
-                fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-    return target
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

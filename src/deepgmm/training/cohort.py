@@ -185,7 +185,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    from .checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 

@@ -40,9 +40,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..io import atomic_write_bytes
 from .augment import augment_batch
 from .checkpoint import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, MODEL_FILE, MODEL_FILES, PLOT_FILE, SUMMARY_FILE,
-                         atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+                         load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .data import CohortDataset
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object

@@ -1,0 +1,81 @@
+"""Milliseconds per deepSVG optimiser step for the named U-Nets, on one MyoPS slice.
+
+One step = network forward, deep mixture loss (diagonal covariances, total variation), backward,
+AdamW update, as in ``DeepSVG.fit``. Timed on the slice cropped to its mask's bounding box plus
+16 pixels (what the default fits) and on the whole 160x160 slice (what the paper's code fits),
+in the contiguous and the ``channels_last`` memory formats. Median of ``--steps`` steps after
+2 warm-up steps.
+
+    python benchmarks/bench_step.py              # torch's default threads
+    python benchmarks/bench_step.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def default_data() -> Path:
+    env = os.environ.get("DEEPGMM_MYOPS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=default_data())
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=15)
+    args = ap.parse_args()
+    if not (args.data / "train25").is_dir():
+        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from deepgmm.datasets.myops import paper_slices
+    from deepgmm.deep import NETWORKS, DeepMixtureLoss, TotalVariation, UNet
+    from deepgmm.deep.estimator import _bounding_box
+    from deepgmm.deep.unet import network_config
+
+    sl = paper_slices(args.data, [101])[0]
+    image, mask = torch.from_numpy(sl.image), torch.from_numpy(sl.mask)
+    window = _bounding_box(mask, 16)
+    inputs = {"crop": (image[(slice(None),) + window], mask[window]), "whole": (image, mask)}
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, slice {sl.case}:{sl.slice_index}, "
+          f"crop {tuple(inputs['crop'][1].shape)}, median of {args.steps} steps")
+    print("| network | input | memory format | ms per step |")
+    print("|---|---|---|---|")
+    loss_fn = DeepMixtureLoss(mixture="svgmm", reg_covar=0.3, regularizers=[TotalVariation(2.0)])
+    for name in NETWORKS:
+        for where, (img, m) in inputs.items():
+            for fmt in ("contiguous", "channels_last"):
+                torch.manual_seed(0)
+                net = UNet(network_config(name, spatial_dims=2, in_channels=3, out_channels=4))
+                x, mm = img[None].contiguous(), m[None].float()
+                if fmt == "channels_last":
+                    net = net.to(memory_format=torch.channels_last)
+                    x = x.contiguous(memory_format=torch.channels_last)
+                opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
+                times = []
+                for i in range(args.steps + 2):
+                    t0 = time.perf_counter()
+                    out = loss_fn(x, net(x), mm)
+                    opt.zero_grad(set_to_none=True)
+                    out.total.backward()
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+                    opt.step()
+                    if i >= 2:
+                        times.append(time.perf_counter() - t0)
+                print(f"| {name} | {where} | {fmt} | {1000 * statistics.median(times):.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
