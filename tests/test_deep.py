@@ -275,3 +275,15 @@ def test_balance_is_zero_for_equal_classes_and_grows_as_one_vanishes():
     ctx = lambda lp: RegContext(image=None, log_probs=lp, mask=mask, means=None, covariances=None)  # noqa: E731
     assert float(Balance(1.0)(ctx(equal))[0]) == pytest.approx(0.0, abs=1e-6)
     assert float(Balance(1.0)(ctx(skew))[0]) > 1.0
+
+
+def test_mu_prior_from_a_file(tmp_path):
+    img, truth = noisy_rings(noise=0.5)
+    mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    path = tmp_path / "mu.txt"
+    np.savetxt(path, mu)
+    a = DeepSVG(n_components=3, network=TINY, mu_prior=mu, max_steps=5, pretrain_steps=3).fit(img)
+    b = DeepSVG(n_components=3, network=TINY, mu_prior=str(path), max_steps=5, pretrain_steps=3).fit(img)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    with pytest.raises(FileNotFoundError, match="mu_data file not found"):
+        DeepSVG(n_components=3, mu_prior=str(tmp_path / "missing.txt")).fit(img)

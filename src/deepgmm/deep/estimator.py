@@ -73,7 +73,7 @@ class DeepGMM:
     tv : weight of the total-variation term on the soft labels; None: the method's default, 2 for
         deepSVG and 0 for deepG (docs/deep.md: TV helps deepSVG and hurts deepG on MyoPS)
     regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
-    mu_prior, lam : shortcut for the ``mu_prior`` regulariser, ``mu_prior`` of shape ``(K, C)``
+    mu_prior, lam : shortcut for the ``mu_prior`` regulariser: ``(K, C)`` class means (array or file)
     init : "em" (distil the EM posteriors first) or "random" (the paper)
     pretrain_steps, pretrain_lr : the distillation phase of ``init="em"``
     crop_margin : fit on the mask's bounding box grown by this many pixels (None: the whole image).
@@ -213,7 +213,8 @@ class DeepGMM:
 
         bar = _progress(self.progress, self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__)
         if self.init == "em":
-            target = self._em_posteriors(img, region, seed).to(dev)  # (1, K, *spatial)
+            prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
+            target = self._em_posteriors(img, region, seed, prior).to(dev)  # (1, K, *spatial)
             self._distil(net, x, m, target, bar)
 
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -257,7 +258,7 @@ class DeepGMM:
         logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
         return self
 
-    def _em_posteriors(self, img: Tensor, region: Tensor, seed: int) -> Tensor:
+    def _em_posteriors(self, img: Tensor, region: Tensor, seed: int, prior: np.ndarray | None) -> Tensor:
         """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``)."""
         from ..segmentation import EM_IMAGE_DEFAULTS
         from .. import mixture as em
@@ -266,8 +267,8 @@ class DeepGMM:
         settings = dict(EM_IMAGE_DEFAULTS[method])
         settings.update(n_components=self.n_components, covariance_type=self.covariance_type,
                         reg_covar=self.reg_covar, random_state=seed)
-        if self.mu_prior is not None:
-            settings.update(init="means", means_init=np.asarray(self.mu_prior, dtype=np.float64), n_init=1)
+        if prior is not None:  # start at the prior's means: the classes come out in its order
+            settings.update(init="means", means_init=prior, n_init=1)
         cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
         X = img[:, region].T.double()
         est = cls(**settings).fit(X)

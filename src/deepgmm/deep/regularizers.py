@@ -16,6 +16,7 @@ A regulariser is called with a :class:`RegContext` and returns one value per ima
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +64,16 @@ class Regularizer:
 
 
 class MuPrior(Regularizer):
-    """``lam * ||mu - mu_data||_F^2`` with ``mu_data`` ``(K, C)``."""
+    """``lam * ||mu - mu_data||_F^2`` with ``mu_data`` ``(K, C)`` (an array, or a ``.npy``/``.json``/text file)."""
 
     name = "mu_prior"
 
     def __init__(self, mu_data: Any, lam: float = 1.0) -> None:
         super().__init__(lam)
+        if isinstance(mu_data, (str, os.PathLike)):  # a .npy, .json or text file of K rows and C columns
+            from ..training.config import load_mu_data
+
+            mu_data = load_mu_data(mu_data)
         mu = torch.as_tensor(np.asarray(mu_data, dtype=np.float64))
         if mu.ndim != 2:
             raise ValueError(f"mu_data must have shape (n_components, n_channels), got shape {tuple(mu.shape)}")
