@@ -31,6 +31,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
     "deepsvg (default)": ("deepsvg", {}),
     "deepsvg, no TV": ("deepsvg", {"tv": 0.0}),
+    "deepsvg, TV weight 1": ("deepsvg", {"tv": 1.0}),
+    "deepsvg, TV weight 4": ("deepsvg", {"tv": 4.0}),
     "deepsvg, no variance floor": ("deepsvg", {"reg_covar": 1e-6}),
     "deepsvg, random start (no EM)": ("deepsvg", {"init": "random"}),
     "deepsvg, full covariances": ("deepsvg", {"covariance_type": "full"}),

@@ -122,6 +122,26 @@ def test_unet_shape_table(dims, features, shape):
     assert out.shape == (shape[0], 4) + shape[2:]
 
 
+
+@pytest.mark.parametrize("dims,shape", [(2, (2, 3, 37, 50)), (3, (1, 2, 5, 40, 36)), (3, (2, 3, 9, 8, 11))])
+def test_unet_inference_pooling_equals_max_pool(dims, shape):
+    """Without autograd the U-Net pools by elementwise maxima: bit-identical to max_pool with it."""
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(spatial_dims=dims, in_channels=shape[1], out_channels=4, features=(8, 16, 32)))
+    x = torch.randn(*shape)
+    with_grad = net(x)
+    with torch.inference_mode():
+        without = net(x)
+    assert torch.equal(with_grad.detach(), without)
+    from deepgmm.deep.unet import _max_pool_2
+
+    y = torch.randn(2, 3, 9, 1, 7)
+    y[0, 1, 4, 0, 3] = float("nan")
+    pool = torch.nn.functional.max_pool3d(y, [2, 1, 2])
+    fast = _max_pool_2(y, [2, 1, 2])
+    assert torch.equal(pool.isnan(), fast.isnan()) and fast.isnan().any()
+    assert torch.equal(torch.nan_to_num(pool), torch.nan_to_num(fast))
+
 @pytest.mark.parametrize("upsample", ["nearest", "linear", "transpose"])
 @pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])
 def test_unet_options(upsample, norm):

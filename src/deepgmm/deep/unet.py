@@ -16,7 +16,7 @@ Shape table (``features=(f0, f1, ..., fd)``, ``depth = d`` down-sampling steps):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,10 @@ class UNet(nn.Module):
         for i, enc in enumerate(self.encoders):
             if i > 0:
                 kernel = [2 if s >= 2 else 1 for s in x.shape[2:]]
-                x = (F.max_pool2d if x.ndim == 4 else F.max_pool3d)(x, kernel)
+                if torch.is_grad_enabled():
+                    x = (F.max_pool2d if x.ndim == 4 else F.max_pool3d)(x, kernel)
+                else:  # inference: the same maxima, many times faster on a CPU than max_pool
+                    x = _max_pool_2(x, kernel)
             x = enc(x)
             skips.append(x)
         skips.pop()
@@ -203,3 +206,18 @@ class UNet(nn.Module):
                 x = up(F.interpolate(x, size=skip.shape[2:], mode=mode, **kw))
             x = dec(torch.cat([skip, x], dim=1))
         return self.head(x)
+
+
+def _max_pool_2(x: Tensor, kernel: Sequence[int]) -> Tensor:
+    """``max_pool{2,3}d(x, kernel)`` for kernels of 1s and 2s (floor mode), as elementwise maxima.
+
+    ``x``: ``(B, C, *S)``; returns ``(B, C, *S // kernel)``, equal to max pooling element for
+    element (NaN propagates as there). Used without autograd only: its backward pass is slower
+    than max pooling's and splits the gradient between ties.
+    """
+    for axis, k in enumerate(kernel, start=2):
+        if k == 2:
+            n = x.shape[axis] // 2 * 2
+            lead = (slice(None),) * axis
+            x = torch.maximum(x[lead + (slice(0, n, 2),)], x[lead + (slice(1, n, 2),)])
+    return x
