@@ -1,4 +1,4 @@
-"""Interruption safety of ``deepgmm train``, ``predict`` and ``myops table1``: real SIGINT/SIGTERM.
+"""Interruption safety of ``deepgmm train``, ``predict`` and ``myops table1``/``table2``: real SIGINT/SIGTERM.
 
 Each test starts ``python -m deepgmm ...`` (``PYTHONPATH=src``, ``OMP_NUM_THREADS=1``) in a
 process group of its own, waits for a marker (a file it polls, never a fixed sleep), sends the
@@ -126,7 +126,7 @@ def predict_write():
 
 
 def table_fit():
-    """Hold the second fit of a table run (in this process: --jobs 1)."""
+    """Hold the SIGTEST_AT-th (default: second) EM fit of a table run (in this process: --jobs 1)."""
     from deepgmm.experiments import myops_tables as mt
 
     original = mt._segment_fit
@@ -134,11 +134,27 @@ def table_fit():
 
     def _segment_fit(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == int(os.environ.get("SIGTEST_AT", "2")):
             _hold("fitting")
         return original(*args, **kwargs)
 
     mt._segment_fit = _segment_fit
+
+
+def table2_train():
+    """Table 2: hold the training of the second network, once the first one is trained."""
+    from deepgmm.experiments import myops_tables as mt
+
+    original = mt._train_model
+    calls = []
+
+    def _train_model(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            _hold("training")
+        return original(*args, **kwargs)
+
+    mt._train_model = _train_model
 
 
 def table_workers():
@@ -475,6 +491,29 @@ def test_predict_interrupted_while_overwriting_keeps_the_previous_output(predict
     _check_predict_output(out, "data")
 
 
+@pytest.mark.parametrize("sig", _SIGNALS)
+def test_segment_data_interrupted_while_writing_leaves_no_output(predict_case, start, tmp_path, sig, capsys):
+    """``segment --data`` (a cohort, one output folder): held after the second case was staged."""
+    _, data = predict_case
+    out = tmp_path / "out"
+
+    def argv() -> list[str]:
+        return ["segment", "--data", str(data), "--channels", "A,B", "--method", "svgmm", "-k", "2", "--out",
+                str(out)]
+
+    run = start(argv(), hooks="predict_write", SIGTEST_AT="2")
+    run.wait_for_mark("staged")
+    staging = [p for p in tmp_path.iterdir() if p.name.startswith(".out.staging-")]
+    assert staging and (staging[0] / "case00" / "summary.json").is_file()
+    status, err = run.signal(sig)
+    _check_exit(sig, status, err)
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+    assert main(argv()) == 0
+    capsys.readouterr()
+    _check_predict_output(out, "data")
+
+
 # ----------------------------------------------------------------------------- myops table1
 def _myops_case(root: Path, case: int, shape: tuple[int, int, int] = (24, 22, 3)) -> None:
     """A MyoPS-layout case: every slice holds background, the right ventricle and the four classes."""
@@ -583,3 +622,60 @@ def test_table1_jobs2_interrupted_stops_its_workers_then_resumes(table_case, sta
     doc = _check_interrupted_table(out, 1)
     assert _strip(doc["records"])[0] in _strip(reference)  # whichever task ran first
     _resume_table(argv, out, reference, capsys)
+
+
+# ----------------------------------------------------------------------------- myops table2
+N_RECORDS_T2 = 12  # 4 methods x the 3 slices of the test patient
+
+
+@pytest.fixture(scope="module")
+def table2_case(tmp_path_factory):
+    """Synthetic MyoPS folders (train on patient 1, test on 3), the argv, and an uninterrupted run's records."""
+    root = tmp_path_factory.mktemp("myops2")
+    for case in (1, 3):
+        _myops_case(root / "data", case)
+
+    def argv(out: Path, *extra: str) -> list[str]:
+        return ["myops", "table2", "--data", str(root / "data"), "--out", str(out), "--train-cases", "1",
+                "--test-cases", "3", "--epochs", "3", "--batch-size", "2", "--threads", "1", "--no-figures", *extra]
+
+    saved = torch.get_num_threads()
+    try:
+        assert main(argv(root / "reference")) == 0
+    finally:
+        torch.set_num_threads(saved)
+    doc = json.loads((root / "reference" / "results.json").read_text())
+    assert doc["complete"] and len(doc["records"]) == N_RECORDS_T2
+    return argv, doc["records"]
+
+
+@pytest.mark.parametrize("phase", ["training", "testing"])
+@pytest.mark.parametrize("sig", _SIGNALS)
+def test_table2_interrupted_then_resumed(table2_case, start, tmp_path, sig, phase, capsys):
+    """Held while the second network trains (the first is finished), or during the second test slice."""
+    argv, reference = table2_case
+    out = tmp_path / "t2"
+    if phase == "training":
+        run = start(argv(out), hooks="table2_train")
+        run.wait_for_mark("training")
+    else:  # EM fits 1 and 2 belong to the first slice (SVGMM, SVGMMμ); the third is the second slice's
+        run = start(argv(out), hooks="table_fit", SIGTEST_AT="3")
+        run.wait_for_mark("fitting")
+    status, err = run.signal(sig)
+    _check_exit(sig, status, err)
+    assert _leftovers(out) == []
+    assert not (out / ".lock").exists()
+    doc = json.loads((out / "results.json").read_text())
+    n_done = 0 if phase == "training" else 4
+    assert len(doc["records"]) == n_done and not doc["complete"] and doc["runs"][-1]["interrupted"] is True
+    finished = out / "models" / "deepsvg" / MODEL_FILE
+    assert load_checkpoint(finished)["model"]  # the finished network, complete
+    stamp = finished.stat().st_mtime_ns
+    assert "**Incomplete**" in (out / "table.md").read_text()
+    assert main(argv(out, "--resume")) == 0
+    capsys.readouterr()
+    assert _leftovers(out) == []
+    done = json.loads((out / "results.json").read_text())
+    assert done["complete"] and done["runs"][-1]["interrupted"] is False
+    assert finished.stat().st_mtime_ns == stamp  # trained once, reused on resume
+    assert _strip(done["records"]) == _strip(reference)
