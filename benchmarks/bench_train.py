@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly; default 2)")
     ap.add_argument("--model", help="trained model folder (default: the default network, initial weights)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="prediction batch (default: the library's)")
     ap.add_argument("--epochs", type=int, default=3, help="training epochs to time (0: skip)")
     ap.add_argument("--em-slices", type=int, default=20, help="slices for the EM timing (0: skip)")
     ap.add_argument("--json", help="also write the results here")
@@ -78,13 +78,15 @@ def main() -> int:
     results: dict[str, object] = {"threads": args.threads, "slices": len(slices), "model": model.source,
                                   "features": model.config.network["features"]}
 
+    batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
+
     def rate(with_mask: bool) -> tuple[float, float]:
         """Median slices per wall-clock second, and per CPU second of this process (all its threads)."""
         model.predict_many(images[:4], masks[:4] if with_mask else None)  # warm-up
         wall, cpu = [], []
         for _ in range(args.repeats):
             t0, c0 = time.perf_counter(), time.process_time()
-            model.predict_many(images, masks if with_mask else None, batch_size=args.batch_size)
+            model.predict_many(images, masks if with_mask else None, **batch)
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
         return len(images) / statistics.median(wall), len(images) / statistics.median(cpu)

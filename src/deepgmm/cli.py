@@ -571,7 +571,7 @@ def _add_predict_parser(subs: Any) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="where to compute (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="samples per network pass (default 16)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="samples per network pass (default 8)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     _add_common(p, sub=True)
     p.set_defaults(func=cmd_predict)
@@ -719,7 +719,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """``deepgmm predict``: apply a trained model to one image or to a data folder."""
     from . import io as dio
 
-    _check_minimum("--batch-size", args.batch_size, 1)
+    if args.batch_size is not None:
+        _check_minimum("--batch-size", args.batch_size, 1)
     with _TorchSettings(args.threads):
         from .training.predict import load_model
 

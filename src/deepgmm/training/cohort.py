@@ -218,7 +218,7 @@ def segment_cohort(items: list[_Item], out: str | Path, *, method: str, n_compon
 
 
 def predict_cohort(model: Any, items: list[_Item], out: str | Path, *, fmt: str | None = None,
-                   overwrite: bool = False, batch_size: int = 16, check_names: bool = True,
+                   overwrite: bool = False, batch_size: int | None = None, check_names: bool = True,
                    info: DistInfo | None = None) -> dict[str, Any]:
     """Apply a trained model (:func:`deepgmm.training.load_model`) to every unit; returns the summary."""
     from .. import __version__
@@ -231,7 +231,8 @@ def predict_cohort(model: Any, items: list[_Item], out: str | Path, *, fmt: str 
         t0 = time.perf_counter()
         image, mask, truth, chans = item.load()
         data = image.data if isinstance(image, dio.Image) else image
-        pred = model.predict_many([data], [mask], channels=chans if check_names else None, batch_size=batch_size)[0]
+        pred = model.predict_many([data], [mask], channels=chans if check_names else None,
+                                  **({} if batch_size is None else {"batch_size": batch_size}))[0]
         f = _format_for(fmt, image, data.ndim - 1)
         summary = pred.summary()
         summary.update(name=item.name, channels=chans, seconds=time.perf_counter() - t0,

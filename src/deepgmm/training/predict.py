@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 PREDICT_MARGIN = 8
 """Pixels of context kept around the mask's bounding box at prediction (at least)."""
 
+PREDICT_BATCH_SIZE = 8
+"""Samples per network pass at prediction: on the 2-core CPU, batches of 8 windows of 128x128 ran
+faster than 16 or 32 (their activations stay in cache; benchmarks/bench_train.py --batch-size)."""
+
 
 @dataclass
 class Prediction:
@@ -157,7 +161,8 @@ class TrainedModel:
         return self.predict_many([image], None if mask is None else [mask], channels=channels)[0]
 
     def predict_many(self, images: Sequence[Any], masks: Sequence[Any] | None = None, *,
-                     channels: Sequence[str] | None = None, batch_size: int = 16) -> list[Prediction]:
+                     channels: Sequence[str] | None = None,
+                     batch_size: int = PREDICT_BATCH_SIZE) -> list[Prediction]:
         """Segment several images, batching the network's passes over all their samples."""
         if masks is not None and len(masks) != len(images):
             raise ValueError(f"got {len(images)} image(s) but {len(masks)} mask(s)")
