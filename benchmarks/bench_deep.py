@@ -30,13 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import default_data
+
 PAPER = dict(network="paper", init="random", lr=1e-4, weight_decay=1e-3, grad_clip=12.0, tol=1e-3, min_steps=10,
              max_steps=200, crop_margin=None)
-
-
-def default_data() -> Path:
-    env = os.environ.get("DEEPGMM_MYOPS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ in the contiguous and the ``channels_last`` memory formats. Median of ``--steps`
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -21,10 +20,7 @@ from pathlib import Path
 
 import torch
 
-
-def default_data() -> Path:
-    env = os.environ.get("DEEPGMM_MYOPS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
+from _common import default_data
 
 
 def main() -> int:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "myops2020"
+
+from _common import default_data  # noqa: E402
 
 
 def load() -> str:
@@ -43,7 +44,7 @@ def load() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="MyoPS 2020 root folder")
+    ap.add_argument("--data", default=str(default_data()), help="MyoPS 2020 root folder")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (set explicitly; default 2)")
     ap.add_argument("--model", help="trained model folder (default: the default network, initial weights)")
     ap.add_argument("--repeats", type=int, default=5)

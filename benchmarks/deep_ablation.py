@@ -17,7 +17,6 @@ split over ``--jobs`` processes with one torch thread each; results do not depen
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from _common import default_data
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
@@ -43,11 +44,6 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepg (default)": ("deepg", {}),
     "deepg, with TV (weight 2)": ("deepg", {"tv": 2.0}),
 }
-
-
-def default_data() -> Path:
-    env = os.environ.get("DEEPGMM_MYOPS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
 
 
 def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[tuple[list[float], float, int]]]:

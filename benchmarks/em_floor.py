@@ -11,7 +11,6 @@ overall, with the spread over the seeds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -19,13 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import default_data
+
 FLOORS = (1e-6, 0.1, 0.2, 0.3)
 SEEDS = (0, 1, 2)
-
-
-def default_data() -> Path:
-    env = os.environ.get("DEEPGMM_MYOPS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
 
 
 def _run(job: tuple[str, list[int]]) -> dict[tuple, list]:

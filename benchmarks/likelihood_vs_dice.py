@@ -15,7 +15,6 @@ All fits use ``segment``'s defaults (normalize="none": the loader's z-scored sli
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -23,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def default_data() -> Path:
-    env = os.environ.get("DEEPGMM_MYOPS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
+from _common import default_data
 
 
 def _run(job: tuple[str, list[int], int]) -> dict[str, list[float]]:

@@ -17,7 +17,6 @@ The outputs of every run stay in ``--out`` (default: a temporary folder that is 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -25,6 +24,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from _common import default_data
 
 VALIDATION = (104, 108, 113, 118, 124)  # every fourth training patient, fixed before any run
 TEST = (109, 114, 117, 120, 122)
@@ -36,11 +37,6 @@ SETTINGS: dict[str, dict] = {
     "floor 0.3 + TV 2": {"reg_covar": 0.3, "regularizers": [{"name": "tv", "lam": 2.0}]},
 }
 METHODS = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
-
-
-def default_data() -> Path:
-    env = os.environ.get("DEEPGMM_MYOPS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "myops2020"
 
 
 def main() -> int:

@@ -32,12 +32,7 @@ needs_torchrun = pytest.mark.skipif(
     reason="torchrun / gloo not available")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_cohort(root: Path, n: int = 8, shape=(32, 32), seed: int = 0):

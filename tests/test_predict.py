@@ -20,12 +20,7 @@ AFFINE = np.diag([1.5, 1.5, 6.0, 1.0])
 AFFINE[:3, 3] = [-10.0, 4.0, 2.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_cohort(root: Path, n: int = 8, shape=(32, 32), channels=("DE", "T2", "C0"), seed: int = 0):

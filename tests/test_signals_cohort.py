@@ -318,12 +318,7 @@ def _folder_cohort(root: Path, n: int, shape: tuple[int, int] = (32, 32)) -> Pat
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ----------------------------------------------------------------------------- train

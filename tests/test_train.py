@@ -29,13 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = '{"features": [8, 16]}'
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (fast and reproducible on a shared 2-core machine), restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def make_cohort(root: Path, n: int = 8, shape=(32, 32), channels=("A", "B"), seed: int = 0, mask: bool = True):
