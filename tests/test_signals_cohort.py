@@ -125,36 +125,32 @@ def predict_write():
     dio.save_probabilities = save_probabilities
 
 
+def _hold_at_call(module, attr, n, name):
+    """Replace module.attr by a wrapper that holds (marker ``name``) before its n-th call."""
+    original = getattr(module, attr)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            _hold(name)
+        return original(*args, **kwargs)
+
+    setattr(module, attr, wrapper)
+
+
 def table_fit():
     """Hold the SIGTEST_AT-th (default: second) EM fit of a table run (in this process: --jobs 1)."""
     from deepgmm.experiments import myops_tables as mt
 
-    original = mt._segment_fit
-    calls = []
-
-    def _segment_fit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(os.environ.get("SIGTEST_AT", "2")):
-            _hold("fitting")
-        return original(*args, **kwargs)
-
-    mt._segment_fit = _segment_fit
+    _hold_at_call(mt, "_segment_fit", int(os.environ.get("SIGTEST_AT", "2")), "fitting")
 
 
 def table2_train():
     """Table 2: hold the training of the second network, once the first one is trained."""
     from deepgmm.experiments import myops_tables as mt
 
-    original = mt._train_model
-    calls = []
-
-    def _train_model(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            _hold("training")
-        return original(*args, **kwargs)
-
-    mt._train_model = _train_model
+    _hold_at_call(mt, "_train_model", 2, "training")
 
 
 def table_workers():
