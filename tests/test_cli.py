@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from _helpers import check_error
 from deepgmm import cli
 from deepgmm import io as dio
 from deepgmm.cli import main
@@ -64,19 +65,6 @@ def seg_args(paths, out, *extra, method="gmm", k="3", mask=True):
 
 def listing(folder: Path):
     return sorted(p.name for p in folder.iterdir())
-
-
-def check_error(capsys, argv, *fragments, code=2):
-    """Run ``main(argv)``; expect ``code`` and exactly one stderr line containing every fragment."""
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = err.strip("\n").split("\n")
-    assert rc == code, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("deepgmm: error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- end to end

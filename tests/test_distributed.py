@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import make_cohort
 from deepgmm.cli import main
 from deepgmm.training import load_checkpoint
 from deepgmm.training.distributed import DistInfo, in_torchrun, shard
@@ -33,23 +34,6 @@ needs_torchrun = pytest.mark.skipif(
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def make_cohort(root: Path, n: int = 8, shape=(32, 32), seed: int = 0):
-    rng = np.random.default_rng(seed)
-    means = np.array([[0.0, 0.0], [3.0, 0.5], [0.5, 3.0]])
-    for c in range(n):
-        d = root / f"case{c:02d}"
-        d.mkdir(parents=True)
-        X, Y = shape
-        truth = np.zeros(shape, int)
-        truth[3 + c % 3:X - 3, 3:Y // 2] = 1
-        truth[3 + c % 3:X - 3, Y // 2:Y - 3] = 2
-        img = means[truth].transpose(2, 0, 1) + rng.normal(0, 0.5, (2,) + shape)
-        for ch, a in zip(("A", "B"), img):
-            nib.save(nib.Nifti1Image(a[..., None].astype(np.float32), np.eye(4)), d / f"{ch}.nii.gz")
-        nib.save(nib.Nifti1Image((truth > 0).astype(np.uint8)[..., None], np.eye(4)), d / "mask.nii.gz")
-    return root
 
 
 def torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import check_error, make_cohort
 from deepgmm.cli import main
 from deepgmm.deep import DeepMixtureLoss
 from deepgmm.training import FolderDataset, TrainConfig, load_model, train
@@ -23,44 +24,16 @@ AFFINE[:3, 3] = [-10.0, 4.0, 2.0]
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-def make_cohort(root: Path, n: int = 8, shape=(32, 32), channels=("DE", "T2", "C0"), seed: int = 0):
-    rng = np.random.default_rng(seed)
-    means = np.array([[0.0, 0.0, 0.0], [3.0, 0.5, 1.0], [0.5, 3.0, -1.0]])[:, : len(channels)]
-    for c in range(n):
-        d = root / f"case{c:02d}"
-        d.mkdir(parents=True)
-        X, Y = shape
-        truth = np.zeros(shape, int)
-        truth[3 + c % 3:X - 3, 3:Y // 2] = 1
-        truth[3 + c % 3:X - 3, Y // 2:Y - 3] = 2
-        img = means[truth].transpose(2, 0, 1) + rng.normal(0, 0.5, (len(channels),) + shape)
-        for ch, a in zip(channels, img):
-            nib.save(nib.Nifti1Image(a[..., None].astype(np.float32), AFFINE), d / f"{ch}.nii.gz")
-        nib.save(nib.Nifti1Image((truth > 0).astype(np.uint8)[..., None], AFFINE), d / "mask.nii.gz")
-    return root
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny 3-channel model (DE, T2, C0), trained for 2 epochs, and its data."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict")
-    make_cohort(root / "data")
+    make_cohort(root / "data", channels=("DE", "T2", "C0"), affine=AFFINE)
     ds = FolderDataset(root / "data", ["DE", "T2", "C0"])
     cfg = TrainConfig(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=2, batch_size=4)
     res = train(cfg, ds, root / "model")
     return root, ds, res
-
-
-def check_error(capsys, argv, *fragments, code=2):
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = err.strip("\n").split("\n")
-    assert rc == code, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("deepgmm: error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def test_loaded_model_predicts_what_the_trained_one_did(trained):

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import make_cohort
 from deepgmm.cli import main
 from deepgmm.training import FolderDataset, TrainConfig, load_checkpoint, train
 from deepgmm.training.checkpoint import CHECKPOINT_FILE, MODEL_FILE
@@ -296,24 +297,6 @@ def _write_nifti(path: Path, array: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
 
 
-def _folder_cohort(root: Path, n: int, shape: tuple[int, int] = (32, 32)) -> Path:
-    """``n`` cases of two channels A, B and a mask: two classes in two halves of a rectangle, plus noise."""
-    rng = np.random.default_rng(7)
-    for c in range(n):
-        d = root / f"case{c:02d}"
-        d.mkdir(parents=True)
-        truth = np.zeros(shape, dtype=np.int64)
-        x0 = 3 + c % 3
-        truth[x0:shape[0] - 3, 3:shape[1] // 2] = 1
-        truth[x0:shape[0] - 3, shape[1] // 2:shape[1] - 3] = 2
-        means = np.array([[0.0, 0.0], [3.0, 0.5], [0.5, 3.0]])  # (class, channel)
-        img = means[truth] + rng.normal(0, 0.5, shape + (2,))
-        for k, ch in enumerate("AB"):
-            _write_nifti(d / f"{ch}.nii.gz", img[..., k, None].astype(np.float32))
-        _write_nifti(d / "mask.nii.gz", (truth > 0).astype(np.uint8)[..., None])
-    return root
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
@@ -325,7 +308,7 @@ EPOCHS = 40  # ~0.05 s each here: the first checkpoint leaves a window of second
 def train_case(tmp_path_factory):
     """The data, the argv of a deterministic training run, and the final weights of an uninterrupted run."""
     root = tmp_path_factory.mktemp("train")
-    data = _folder_cohort(root / "data", n=8)
+    data = make_cohort(root / "data", n=8)
 
     def argv(out: Path, *extra: str) -> list[str]:
         return ["train", str(data), "--channels", "A,B", "--method", "deepsvg", "-k", "2", "--network",
@@ -403,7 +386,7 @@ def test_train_interrupted_while_writing_a_checkpoint_keeps_the_previous_one(tra
 def predict_case(tmp_path_factory):
     """A tiny trained model (one epoch) and a data folder of three cases."""
     root = tmp_path_factory.mktemp("predict")
-    data = _folder_cohort(root / "data", n=3)
+    data = make_cohort(root / "data", n=3)
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import check_error, make_cohort
 from deepgmm.cli import main
 from deepgmm.training import (AugmentConfig, FolderDataset, TrainConfig, augment_batch, load_checkpoint,
                               save_checkpoint, train)
@@ -32,42 +33,10 @@ TINY = '{"features": [8, 16]}'
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-def make_cohort(root: Path, n: int = 8, shape=(32, 32), channels=("A", "B"), seed: int = 0, mask: bool = True):
-    """``n`` cases of two classes inside a rectangular mask, one NIfTI file per channel."""
-    rng = np.random.default_rng(seed)
-    means = np.array([[0.0, 0.0], [3.0, 0.5], [0.5, 3.0]])[:, : len(channels)]
-    for c in range(n):
-        d = root / f"case{c:02d}"
-        d.mkdir(parents=True)
-        X, Y = shape
-        truth = np.zeros(shape, int)
-        x0 = 3 + c % 3
-        truth[x0:X - 3, 3:Y // 2] = 1
-        truth[x0:X - 3, Y // 2:Y - 3] = 2
-        img = means[truth].transpose(2, 0, 1) + rng.normal(0, 0.5, (len(channels),) + shape)
-        for ch, a in zip(channels, img):
-            nib.save(nib.Nifti1Image(a[..., None].astype(np.float32), np.eye(4)), d / f"{ch}.nii.gz")
-        if mask:
-            nib.save(nib.Nifti1Image((truth > 0).astype(np.uint8)[..., None], np.eye(4)), d / "mask.nii.gz")
-    return root
-
-
 def tiny_config(**kw) -> TrainConfig:
     base = dict(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=2, batch_size=4)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def check_error(capsys, argv, *fragments, code=2):
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = err.strip("\n").split("\n")
-    assert rc == code, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("deepgmm: error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,49 @@
+"""Test helpers shared by several test modules (``tests/`` is on ``sys.path`` under pytest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from deepgmm.cli import main
+
+COHORT_MEANS = np.array([[0.0, 0.0, 0.0], [3.0, 0.5, 1.0], [0.5, 3.0, -1.0]])
+"""(class, channel): background, class 1, class 2 of :func:`make_cohort` (first channels used)."""
+
+
+def make_cohort(root: Path, n: int = 8, shape: tuple[int, int] = (32, 32), channels: Sequence[str] = ("A", "B"),
+                seed: int = 0, mask: bool = True, affine: np.ndarray | None = None) -> Path:
+    """``n`` cases ``root/caseNN/{channel}.nii.gz`` (+ ``mask.nii.gz``): two classes in the two halves
+    of a rectangle (its top edge moves with the case), Gaussian noise of sd 0.5; images ``shape + (1,)``."""
+    rng = np.random.default_rng(seed)
+    means = COHORT_MEANS[:, : len(channels)]
+    affine = np.eye(4) if affine is None else affine
+    X, Y = shape
+    for c in range(n):
+        d = root / f"case{c:02d}"
+        d.mkdir(parents=True)
+        truth = np.zeros(shape, int)
+        truth[3 + c % 3:X - 3, 3:Y // 2] = 1
+        truth[3 + c % 3:X - 3, Y // 2:Y - 3] = 2
+        img = means[truth].transpose(2, 0, 1) + rng.normal(0, 0.5, (len(channels),) + tuple(shape))
+        for ch, a in zip(channels, img):
+            nib.save(nib.Nifti1Image(a[..., None].astype(np.float32), affine), d / f"{ch}.nii.gz")
+        if mask:
+            nib.save(nib.Nifti1Image((truth > 0).astype(np.uint8)[..., None], affine), d / "mask.nii.gz")
+    return root
+
+
+def check_error(capsys: Any, argv: Sequence[Any], *fragments: str, code: int = 2) -> str:
+    """Run ``main(argv)``; expect ``code`` and exactly one stderr line containing every fragment."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = err.strip("\n").split("\n")
+    assert rc == code, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("deepgmm: error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
