@@ -571,6 +571,20 @@ def _missing_figures(run: _Run, slices: Sequence[Any], methods: Sequence[str], t
             _draw_slice(run.store.path, sl, methods, s, {}, title=title)
 
 
+def _close_run(run: _Run, error: BaseException | None, bar: Any, figure_slices: Sequence[Any] | None,
+               methods: Sequence[str], title: str, notes: Sequence[str] = ()) -> tuple[dict[str, Any], str, bool]:
+    """End a table run, also after an error: close the progress bar, draw the figures still missing
+    (of ``figure_slices``; None: none; not after Ctrl-C), write the final files, release the folder."""
+    if bar is not None:
+        bar.close()
+    try:
+        if figure_slices is not None and not isinstance(error, KeyboardInterrupt):
+            _missing_figures(run, figure_slices, methods, title)
+        return run.finish(error, notes)
+    finally:
+        run.store.close()
+
+
 # ----------------------------------------------------------------------------- Table 1
 def run_table1(
     data: str | Path,
@@ -709,14 +723,7 @@ def run_table1(
         error = exc
         raise
     finally:
-        if bar is not None:
-            bar.close()
-        try:
-            if figures and not isinstance(error, KeyboardInterrupt):
-                _missing_figures(run, slices, all_methods, "Table 1")
-            summary, table, complete = run.finish(error)
-        finally:
-            store.close()
+        summary, table, complete = _close_run(run, error, bar, slices if figures else None, all_methods, "Table 1")
     return TableResult(out, run.doc["records"], summary, table, run.added, complete, time.perf_counter() - run.t0)
 
 
@@ -1007,17 +1014,13 @@ def run_table2(
         error = exc
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        notes = [f"Training patients: {', '.join(map(str, train_l))}; test patients: "
+                 f"{', '.join(map(str, test_l))}. mu_data from {len(mu_from)} random training slices "
+                 f"(seed {seed}); deepSVGμ trained with lam {MU_LAM}."]
         try:
-            if figures and not isinstance(error, KeyboardInterrupt):
-                _missing_figures(run, test_slices, list(TABLE2_METHODS), "Table 2")
-            notes = [f"Training patients: {', '.join(map(str, train_l))}; test patients: "
-                     f"{', '.join(map(str, test_l))}. mu_data from {len(mu_from)} random training slices "
-                     f"(seed {seed}); deepSVGμ trained with lam {MU_LAM}."]
-            summary, table, complete = run.finish(error, notes)
+            summary, table, complete = _close_run(run, error, bar, test_slices if figures else None,
+                                                  list(TABLE2_METHODS), "Table 2", notes)
         finally:
-            store.close()
             torch_threads.__exit__()
     return TableResult(out, run.doc["records"], summary, table, run.added, complete, time.perf_counter() - run.t0,
                        dict(run.doc.get("training", {})))
