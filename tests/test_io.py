@@ -4,6 +4,9 @@ import gzip
 import json
 import os
 import re
+import shutil
+import signal
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -544,6 +547,43 @@ def test_output_dir_existing_without_overwrite(tmp_path):
             pass
     assert str(info.value) == f"output folder {target} already exists; pass --overwrite to replace it"
     assert (target / "keep.txt").read_text() == "old"
+    assert hidden_leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_output_dir_signal_during_the_swap_is_held_until_it_is_done(tmp_path, monkeypatch, sig):
+    """A real signal sent while the previous output is being deleted: the deletion finishes, the new
+    output is complete, nothing is left under a hidden name, and the signal is delivered afterwards."""
+
+    class Delivered(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Delivered(signum)
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / MARKER).write_text("deepgmm")
+    (target / "old.txt").write_text("old")
+    real_rmtree = shutil.rmtree
+    sent = []
+
+    def rmtree(path, *args, **kwargs):
+        os.kill(os.getpid(), sig)  # arrives in the middle of the swap
+        sent.append(path)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(dio.shutil, "rmtree", rmtree)
+    previous = signal.signal(sig, handler)
+    try:
+        with pytest.raises(Delivered):
+            with OutputDir(target, overwrite=True) as d:
+                (d / "new.txt").write_text("new")
+    finally:
+        signal.signal(sig, previous)
+    assert sent, "the previous output was not deleted through shutil.rmtree"
+    assert sorted(p.name for p in target.iterdir()) == sorted([MARKER, "new.txt"])
     assert hidden_leftovers(tmp_path) == []
 
 

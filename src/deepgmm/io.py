@@ -44,13 +44,16 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import struct
+import threading
 import sys
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import nibabel as nib
 import numpy as np
@@ -676,6 +679,32 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot swap {b} with its new version: {os.strerror(err)}")
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block is done, then deliver them (once each) to the
+    handlers that were in place. Python-level, so it works whichever thread the OS picks for a
+    process-directed signal; a no-op outside the main thread or where a handler was not set from
+    Python."""
+    held = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread() or any(signal.getsignal(s) is None for s in held):
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum not in pending:
+            pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending:
+            signal.raise_signal(s)
+
+
 class OutputDir:
     """Write a whole output folder all at once, or not at all.
 
@@ -763,6 +792,10 @@ class OutputDir:
         self._created = []
 
     def _commit(self) -> None:
+        with _signals_deferred():  # a Ctrl-C arrives after the swap and the deletion of the old folder
+            self._swap_in()
+
+    def _swap_in(self) -> None:
         assert self.staging is not None
         target = self.path
         parent = target.absolute().parent
