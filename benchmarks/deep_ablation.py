@@ -43,6 +43,9 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "gmm (default)": ("gmm", {}),
     "deepg (default)": ("deepg", {}),
     "deepg, with TV (weight 2)": ("deepg", {"tv": 2.0}),
+    "deepg, TV 0.5": ("deepg", {"tv": 0.5}),
+    "deepg, lr 3e-4": ("deepg", {"lr": 3e-4}),
+    "deepg, at most 15 steps": ("deepg", {"max_steps": 15}),
 }
 
 
