@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import default_data
+from _common import default_data, have_data
 
 PAPER = dict(network="paper", init="random", lr=1e-4, weight_decay=1e-3, grad_clip=12.0, tol=1e-3, min_steps=10,
              max_steps=200, crop_margin=None)
@@ -45,8 +45,7 @@ def main() -> int:
     ap.add_argument("--skip-paper", action="store_true", help="run only the default configuration")
     ap.add_argument("--json", type=Path, help="write per-slice records here")
     args = ap.parse_args()
-    if not (args.data / "train25").is_dir():
-        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+    if not have_data(args.data):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

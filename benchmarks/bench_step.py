@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _common import default_data
+from _common import default_data, have_data
 
 
 def main() -> int:
@@ -29,8 +29,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=15)
     args = ap.parse_args()
-    if not (args.data / "train25").is_dir():
-        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+    if not have_data(args.data):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

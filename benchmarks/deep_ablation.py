@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import default_data
+from _common import default_data, have_data
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
@@ -79,8 +79,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", default=None, help="run the configurations whose name contains this text")
     args = ap.parse_args()
-    if not (args.data / "train25").is_dir():
-        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+    if not have_data(args.data):
         return 2
     names = [n for n in CONFIGS if args.only is None or args.only in n]
     indices = list(range(0, 79, args.every))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import default_data
+from _common import default_data, have_data
 
 FLOORS = (1e-6, 0.1, 0.2, 0.3)
 SEEDS = (0, 1, 2)
@@ -53,8 +53,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=default_data())
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    if not (args.data / "train25").is_dir():
-        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+    if not have_data(args.data):
         return 2
     indices = list(range(79))
     with ProcessPoolExecutor(args.jobs) as pool:

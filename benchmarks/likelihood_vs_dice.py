@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import default_data
+from _common import default_data, have_data
 
 
 def _run(job: tuple[str, list[int], int]) -> dict[str, list[float]]:
@@ -76,8 +76,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--restarts", type=int, default=10)
     args = ap.parse_args()
-    if not (args.data / "train25").is_dir():
-        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+    if not have_data(args.data):
         return 2
     indices = list(range(0, 79, args.every))
     jobs = [(str(args.data), indices[j :: args.jobs], args.restarts) for j in range(args.jobs)]

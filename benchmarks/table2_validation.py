@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import default_data
+from _common import default_data, have_data
 
 VALIDATION = (104, 108, 113, 118, 124)  # every fourth training patient, fixed before any run
 TEST = (109, 114, 117, 120, 122)
@@ -47,8 +47,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a removed temporary folder)")
     args = ap.parse_args()
-    if not (args.data / "train25").is_dir():
-        print(f"MyoPS data not found at {args.data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
+    if not have_data(args.data):
         return 2
     warnings.simplefilter("ignore")
     from deepgmm.datasets.myops import find_cases

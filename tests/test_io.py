@@ -687,3 +687,9 @@ def test_output_dir_unwritable_parent_message(tmp_path, monkeypatch):
     with pytest.raises(PermissionError) as info:
         OutputDir(tmp_path / "out").check()
     assert str(info.value) == f"cannot create output folder {tmp_path / 'out'}: folder {tmp_path} is not writable"
+
+
+def test_atomic_write_csv_unions_the_keys_in_order(tmp_path):
+    path = dio.atomic_write_csv(tmp_path / "t.csv", [{"a": 1, "b": None}, {"c": "x", "a": 2.5}])
+    assert path.read_text(encoding="utf-8") == "a,b,c\n1,,\n2.5,,x\n"
+    assert hidden_leftovers(tmp_path) == []

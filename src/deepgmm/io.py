@@ -504,6 +504,23 @@ def atomic_write_bytes(path: PathLike, data: bytes | Callable[[Any], None]) -> P
     return atomic_write(path, write)
 
 
+def atomic_write_csv(path: PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write ``rows`` as CSV (UTF-8) to ``path`` atomically; the columns are the union of the rows'
+    keys in order of first appearance, a missing or None value is an empty cell."""
+    import csv
+    import io as _io
+
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    return atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
 def _output_kind(path: Path, what: str, allowed: Sequence[str]) -> str:
     ext = _split_ext(path)[1].lower()
     kind = READ_EXTENSIONS.get(ext)

@@ -471,11 +471,15 @@ class _Run:
         self.methods_order = list(methods_order)
         self.run = {"started": _now(), "finished": None, "wall_seconds": None, "records_added": 0,
                     "interrupted": False, "error": None, "command": command, "machine": _machine(), **_versions()}
-        doc.setdefault("runs", []).append(self.run)
-        doc.update(command=command, machine=self.run["machine"], **_versions())
-        store.start(doc)
-        self._refresh()
-        store.save()
+        try:  # the store holds the folder's lock: release it if the run cannot start
+            doc.setdefault("runs", []).append(self.run)
+            doc.update(command=command, machine=self.run["machine"], **_versions())
+            store.start(doc)
+            self._refresh()
+            store.save()
+        except BaseException:
+            store.close()
+            raise
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -684,12 +688,8 @@ def run_table1(
     if stored is not None:
         logger.info("resuming %s: %d record(s) kept", out, len(stored["records"]))
 
-    try:
-        run = _Run(store, doc, command=command, title="MyoPS 2020, Table 1: single-image optimisation",
-                   methods_order=TABLE1_METHODS)
-    except BaseException:
-        store.close()
-        raise
+    run = _Run(store, doc, command=command, title="MyoPS 2020, Table 1: single-image optimisation",
+               methods_order=TABLE1_METHODS)
     run.run.update(jobs=jobs, threads=threads)
     error: BaseException | None = None
     bar = None
@@ -945,12 +945,8 @@ def run_table2(
     if command is None:
         command = f"run_table2({str(data)!r}, {str(out)!r}, epochs={epochs}, seed={seed}, matching={matching!r})"
 
-    try:
-        run = _Run(store, doc, command=command, title="MyoPS 2020, Table 2: trained networks, test patients",
-                   methods_order=TABLE2_METHODS)
-    except BaseException:
-        store.close()
-        raise
+    run = _Run(store, doc, command=command, title="MyoPS 2020, Table 2: trained networks, test patients",
+               methods_order=TABLE2_METHODS)
     run.run.update(device=str(device), threads=threads)
     error: BaseException | None = None
     bar = None

@@ -14,8 +14,6 @@ named ``<case>_z<slice>``, with ``.npy`` (or PNG) outputs and the Dice against t
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import logging
 import time
 from pathlib import Path
@@ -147,7 +145,7 @@ def _run_cohort(items: list[_Item], out: str | Path, *, overwrite: bool, info: D
                              **{f"dice_prior_order_{k}": v for k, v in (s.get("dice_prior_order") or {}).items()}})
             summary = _summarise(rows, header, info)
             dio.save_json(staging / SUMMARY_JSON, summary)
-            _write_csv(staging / SUMMARY_CSV, rows)
+            dio.atomic_write_csv(staging / SUMMARY_CSV, rows)
         ok = True
     finally:
         if info.is_main:
@@ -174,20 +172,6 @@ def _summarise(rows: list[dict[str, Any]], header: dict[str, Any], info: DistInf
             out["mean_dice_over_classes_prior_order"] = mean("mean_dice_prior_order")
     out["per_unit"] = rows
     return out
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys)
-    buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    from ..io import atomic_write_bytes
-
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------- the two commands

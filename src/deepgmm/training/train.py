@@ -28,8 +28,6 @@ the same stopping decision.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import time
@@ -40,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_csv
 from .augment import augment_batch
 from .checkpoint import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, MODEL_FILE, MODEL_FILES, PLOT_FILE, SUMMARY_FILE,
                          load_checkpoint, rng_state, save_checkpoint, set_rng_state)
@@ -142,18 +140,6 @@ def _compare_configs(stored: TrainConfig, given: TrainConfig, explicit: Sequence
         if key in s and s[key] != g.get(key):
             raise ValueError(f"cannot resume with {key}={g.get(key)!r}: the run in {source} uses {s[key]!r} "
                              "(a resumed run keeps its configuration)")
-
-
-def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys.extend(k for k in row if k not in keys)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-    atomic_write_bytes(out / LOG_FILE, buf.getvalue().encode("utf-8"))
 
 
 def _write_plot(out: Path, history: list[dict[str, Any]], title: str) -> None:
@@ -360,7 +346,7 @@ def train(
                          "model": _state_dict(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "rng": rng_state(), "history": history, "converged": converged, "finished": finished}
                 save_checkpoint(out / CHECKPOINT_FILE, state)
-                _write_log(out, history)
+                atomic_write_csv(out / LOG_FILE, history)
                 if finished or time.perf_counter() - last_plot >= PLOT_EVERY_S:
                     _write_plot(out, history, f"{config.method}, K={config.n_components}")
                     last_plot = time.perf_counter()
