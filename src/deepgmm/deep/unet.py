@@ -189,7 +189,7 @@ class UNet(nn.Module):
                 kernel = [2 if s >= 2 else 1 for s in x.shape[2:]]
                 if torch.is_grad_enabled():
                     x = (F.max_pool2d if x.ndim == 4 else F.max_pool3d)(x, kernel)
-                else:  # inference: the same maxima, much cheaper on a CPU than max_pool
+                else:  # inference: the same maxima, faster on a CPU than max_pool
                     x = _max_pool_2(x, kernel)
             x = enc(x)
             skips.append(x)
