@@ -269,6 +269,117 @@ def test_memory_check_can_be_skipped_from_python(monkeypatch):
     assert seg.labels.shape == (30, 30)
 
 
+def test_cli_peak_with_its_writers_stays_near_the_estimate(tmp_path):
+    """``deepgmm segment`` end to end (loading, fitting, compressing the probability NIfTI):
+    its peak stays near the estimate the check uses."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
+    code = (
+        "import sys, gc, numpy as np, nibabel as nib\n"
+        "from deepgmm.cli import main\n"
+        "import deepgmm.segmentation as S\n"
+        "def rss(field):\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))\n"
+        f"d = {str(tmp_path)!r}\n"
+        "shape = (128, 128, 80)\n"
+        "rng = np.random.default_rng(0)\n"
+        "for c in range(2):\n"
+        "    nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), np.eye(4)), f'{d}/c{c}.nii.gz')\n"
+        "main(['segment', f'{d}/c0.nii.gz', '-k', '2', '--out', f'{d}/warm', '--max-iter', '1'])\n"
+        "gc.collect()\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = rss('VmRSS')\n"
+        "rc = main(['segment', f'{d}/c0.nii.gz', f'{d}/c1.nii.gz', '-k', '6', '--method', 'svgmm',"
+        " '--out', f'{d}/out', '--max-iter', '2', '--tol', '0'])\n"
+        "assert rc == 0\n"
+        "print(rss('VmHWM') - base, S.estimate_memory(2, shape, 128 * 128 * 80, 6, 'svgmm'))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    used, estimate = map(int, r.stdout.split()[-2:])
+    assert used <= 1.3 * estimate, (used, estimate)
+    assert (tmp_path / "out" / "probabilities.nii.gz").is_file()
+
+
+def test_deep_fit_refused_when_only_the_network_does_not_fit(monkeypatch):
+    """The EM-sized estimate fits, the network's activations do not: refused, naming them."""
+    from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes
+
+    img = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
+    em_part = SEGMENT_MODULE.estimate_memory(2, (64, 64), 64 * 64, 3, "deepsvg")
+    cfg = network_config("fast", spatial_dims=2, in_channels=2, out_channels=3)
+    net_part = activation_bytes(cfg, (64, 64)) + parameter_bytes(cfg)
+    assert net_part > em_part  # the network dominates: this is what the check used to miss
+    monkeypatch.setattr(SEGMENT_MODULE, "available_memory", lambda: em_part + net_part // 2)
+    with pytest.raises(ValueError, match=r"for the network \(activations and weights\)") as info:
+        segment_fn(img, method="deepsvg", n_components=3, max_steps=1)
+    assert "a smaller network or crop_margin" in str(info.value)
+    segment_fn(img, method="gmm", n_components=3)  # EM alone fits in the same memory
+    # a smaller window (crop to the mask's box) or network needs less and passes
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 20:40] = True
+    seg = segment_fn(img, mask, method="deepsvg", n_components=3, max_steps=1, pretrain_steps=1, crop_margin=0)
+    assert seg.labels.shape == (64, 64)
+
+
+def test_activation_count_matches_the_tensors_of_a_forward_pass():
+    """``activation_bytes`` counts what the forward pass creates: compared with forward hooks."""
+    import torch
+
+    from deepgmm.deep.unet import UNet, activation_bytes, network_config
+
+    for spatial in ((40, 36), (20, 18, 16)):
+        cfg = network_config("fast", spatial_dims=len(spatial), in_channels=3, out_channels=4)
+        net = UNet(cfg)
+        counted = []
+        leaf = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)
+        hooks = [m.register_forward_hook(lambda mod, inp, out: counted.append(out.numel()))
+                 for m in net.modules() if isinstance(m, leaf)]
+        x = torch.randn((1, 3) + spatial)
+        with torch.no_grad():
+            net(x)
+        for h in hooks:
+            h.remove()
+        # hooks see convolutions (incl. 1x1 reductions and the head) and norms; add pooled
+        # inputs, up-sampled and concatenated decoder inputs from the shape table
+        f, sizes = cfg.features, []
+        for i in range(len(f)):
+            sizes.append(int(np.prod([s // 2 ** i if s >= 2 ** i else 1 for s in spatial])))
+        extra = sum(sizes[i] * f[i - 1] for i in range(1, len(f)))  # pooled inputs
+        extra += sizes[0] * 3  # the input
+        extra += sum(sizes[i] * (f[i + 1] + 2 * f[i]) for i in range(len(f) - 1))  # up-sampled, concatenated
+        assert activation_bytes(cfg, spatial) == 2 * 4 * (sum(counted) + extra)
+
+
+def test_deep_memory_estimate_is_not_far_below_the_real_peak():
+    """A deep fit's measured peak (fresh process) against estimate_memory + activation_bytes."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
+    code = (
+        "import sys, gc, numpy as np\n"
+        "from deepgmm import segment\n"
+        "from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes\n"
+        "S = sys.modules['deepgmm.segmentation']\n"
+        "def rss(field):\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))\n"
+        "img = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)\n"
+        "segment(img[:, :40, :40], method='deepsvg', max_steps=2, pretrain_steps=1)  # warm up\n"
+        "gc.collect()\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "base = rss('VmRSS')\n"
+        "segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None)\n"
+        "cfg = network_config('fast', spatial_dims=2, in_channels=3, out_channels=4)\n"
+        "print(rss('VmHWM') - base, S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
+        " + activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    used, estimate = map(int, r.stdout.split())
+    assert 0.5 * used <= estimate <= 2.5 * used, (used, estimate)
+
+
 def test_memory_estimate_is_not_far_below_the_real_peak():
     """The estimate tracks what segment() really allocates (peak RSS of a fresh process)."""
     if not os.path.exists("/proc/self/clear_refs"):

@@ -103,12 +103,22 @@ class Segmentation:
 
 # ----------------------------------------------------------------------------- method registry
 MethodFn = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], MethodFit]
+# Extra peak bytes a method needs beyond estimate_memory(): (image (C, *spatial), mask, settings) -> bytes.
+MemoryFn = Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], int]
 METHODS: dict[str, MethodFn] = {}
+METHOD_MEMORY: dict[str, MemoryFn] = {}
 
 
-def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+def register_method(name: str, *, memory: MemoryFn | None = None) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(image, mask, settings) -> MethodFit`` as ``segment(method=name)``.
+
+    ``memory``, optional: the method's own peak bytes on top of :func:`estimate_memory`
+    (the deep methods' network activations), added to the up-front memory check.
+    """
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
+        if memory is not None:
+            METHOD_MEMORY[name] = memory
         return fn
 
     return deco
@@ -265,7 +275,9 @@ def estimate_memory(
     chunked E-step/initialisation buffers ``(chunk, K, C)``. ``itemsize``: 4 (float32) or 8.
     On CPU, for images of a few hundred thousand pixels or more, the measured EM peaks lie
     between about 0.75 and 1.35 times this estimate (docs/robustness.md; small images add a fixed
-    ~15 MB); the deep methods' network activations come on top and are not counted.
+    ~15 MB). The deep methods' network activations come on top: :func:`segment` adds them
+    (:func:`deepgmm.deep.unet.activation_bytes` on the mask's bounding box and
+    :func:`deepgmm.deep.unet.parameter_bytes`) to its check.
     """
     P = math.prod(spatial_shape)
     C, K, N = n_channels, n_components, n_pixels
@@ -284,19 +296,24 @@ def _fmt_bytes(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def _check_memory(img: torch.Tensor, n_pix: int, n_components: int, method: str) -> None:
+def _check_memory(img: torch.Tensor, region: torch.Tensor, n_pix: int, n_components: int, method: str,
+                  settings: dict[str, Any]) -> None:
     need = estimate_memory(img.shape[0], tuple(img.shape[1:]), n_pix, n_components, method,
                            itemsize=img.element_size())
+    extra = METHOD_MEMORY[method](img, region, settings) if method in METHOD_MEMORY else 0
     have = available_memory()
-    logger.debug("segment: estimated memory %.2f GiB, available %s", need / 2**30,
-                 "unknown" if have is None else f"{have / 2**30:.2f} GiB")
-    if have is not None and need > have:
+    logger.debug("segment: estimated memory %.2f GiB (method's own part %.2f GiB), available %s",
+                 (need + extra) / 2**30, extra / 2**30, "unknown" if have is None else f"{have / 2**30:.2f} GiB")
+    if have is not None and need + extra > have:
         shape = "x".join(str(s) for s in img.shape[1:])
+        own = f", of which {_fmt_bytes(extra)} for the network (activations and weights)" if extra else ""
+        hint = "crop the image, use a smaller mask or fewer classes"
+        if extra:
+            hint += ", a smaller network or crop_margin"
         raise ValueError(
-            f"segment needs about {_fmt_bytes(need)} of memory for this image ({img.shape[0]} channel(s) of "
-            f"{shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) but only "
-            f"{_fmt_bytes(have)} is available; crop the image, use a smaller mask or fewer classes "
-            "(or pass check_memory=False to try anyway)"
+            f"segment needs about {_fmt_bytes(need + extra)} of memory for this image{own} ({img.shape[0]} "
+            f"channel(s) of {shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) "
+            f"but only {_fmt_bytes(have)} is available; {hint} (or pass check_memory=False to try anyway)"
         )
 
 
@@ -374,8 +391,12 @@ def segment(
         raise ValueError("mask is empty: it selects no pixel of the image")
     if n_pix < n_components:
         raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
+    settings = dict(EM_IMAGE_DEFAULTS.get(method, {}))
+    settings.update(options)
+    settings.update(n_components=n_components, covariance_type=covariance_type,
+                    random_state=random_state, device=device)
     if check_memory:
-        _check_memory(img, n_pix, n_components, method)
+        _check_memory(img, region, n_pix, n_components, method, settings)
 
     norm_info = None
     if normalize != "none":
@@ -388,10 +409,6 @@ def segment(
             f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
         )
 
-    settings = dict(EM_IMAGE_DEFAULTS.get(method, {}))
-    settings.update(options)
-    settings.update(n_components=n_components, covariance_type=covariance_type,
-                    random_state=random_state, device=device)
     fit = METHODS[method](img, region, settings)
 
     K = n_components

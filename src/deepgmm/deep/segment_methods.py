@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..segmentation import MethodFit, register_method
-from .estimator import DeepG, DeepGMM, DeepSVG
+from .estimator import DeepG, DeepGMM, DeepSVG, _bounding_box
+from .unet import activation_bytes, network_config, parameter_bytes
 
 
 def _deep_fit(cls: type[DeepGMM]):
@@ -25,5 +26,23 @@ def _deep_fit(cls: type[DeepGMM]):
     return fit
 
 
-register_method("deepg")(_deep_fit(DeepG))
-register_method("deepsvg")(_deep_fit(DeepSVG))
+def _deep_memory(cls: type[DeepGMM]):
+    def memory(image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
+        """Training bytes of the estimator's network: activations on the window it fits (the mask's
+        box + margin) and AdamW's four copies of the weights."""
+        est = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
+        try:
+            est._validate()
+            window = _bounding_box(mask, est.crop_margin)
+            shape = tuple(len(range(*w.indices(n))) for w, n in zip(window, mask.shape))
+            cfg = network_config(est.network, spatial_dims=len(shape), in_channels=image.shape[0],
+                                 out_channels=est.n_components)
+        except (ValueError, TypeError):  # bad settings: fit() reports them by name
+            return 0
+        return activation_bytes(cfg, shape) + parameter_bytes(cfg)
+
+    return memory
+
+
+register_method("deepg", memory=_deep_memory(DeepG))(_deep_fit(DeepG))
+register_method("deepsvg", memory=_deep_memory(DeepSVG))(_deep_fit(DeepSVG))

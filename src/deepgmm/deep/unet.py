@@ -15,6 +15,7 @@ Shape table (``features=(f0, f1, ..., fd)``, ``depth = d`` down-sampling steps):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNetConfig", "UNet", "NETWORKS", "network_config"]
+__all__ = ["UNetConfig", "UNet", "NETWORKS", "network_config", "activation_bytes", "parameter_bytes", "level_shapes"]
 
 NORMS = ("instance", "batch", "group", "none")
 ACTIVATIONS = ("leakyrelu", "relu", "gelu", "silu")
@@ -104,6 +105,44 @@ def network_config(network: str | UNetConfig | dict[str, Any], *, spatial_dims: 
     return UNetConfig(**base)
 
 
+def level_shapes(spatial: Sequence[int], depth: int) -> list[tuple[int, ...]]:
+    """Spatial shape at each level ``0..depth``: every axis at least 2 long is halved (floor)."""
+    shapes = [tuple(int(s) for s in spatial)]
+    for _ in range(depth):
+        shapes.append(tuple(s // 2 if s >= 2 else s for s in shapes[-1]))
+    return shapes
+
+
+def activation_bytes(config: UNetConfig, spatial: Sequence[int], *, batch: int = 1, itemsize: int = 4) -> int:
+    """Approximate peak bytes of one training step's activations for an input ``(batch, C_in, *spatial)``.
+
+    Counts the tensors a forward pass keeps for the backward pass (each block's convolution
+    and normalisation outputs, pooled inputs, up-sampled, reduced and concatenated decoder
+    inputs, the logits) and doubles them for the gradients that coexist with them during the
+    backward pass. Measured peaks of a whole deep fit on CPU (2D 160x160 to 320x320, 3D 96x96x48,
+    the "fast" and "paper" networks) against this plus :func:`parameter_bytes` and
+    :func:`deepgmm.segment.estimate_memory`: ``python benchmarks/deep_memory.py``.
+    """
+    f = config.features
+    sizes = [math.prod(s) for s in level_shapes(spatial, config.depth)]
+    per_block = 2 * config.convs_per_block  # convolution + normalisation output per conv (activations in place)
+    elements = 0
+    for i, n in enumerate(sizes):
+        elements += n * ((config.in_channels if i == 0 else f[i - 1]) + per_block * f[i])  # encoder level i
+        if i < config.depth:  # decoder level i: up-sampled, channel-reduced, concatenated, block
+            elements += n * (f[i + 1] + f[i] + 2 * f[i] + per_block * f[i])
+    elements += sizes[0] * config.out_channels
+    return int(2 * elements * batch * itemsize)
+
+
+def parameter_bytes(config: UNetConfig, *, copies: int = 4, itemsize: int = 4) -> int:
+    """Bytes of the network's weights times ``copies`` (training with AdamW: weights, gradients and
+    two moment estimates). The network is built on the ``meta`` device: nothing is allocated."""
+    with torch.device("meta"):
+        n = sum(p.numel() for p in UNet(config).parameters())
+    return int(n * copies * itemsize)
+
+
 def _norm(kind: str, ch: int, dims: int) -> nn.Module:
     if kind == "instance":
         return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(ch, affine=True)
@@ -156,12 +195,7 @@ class UNet(nn.Module):
 
     def min_size_ok(self, spatial: tuple[int, ...]) -> bool:
         """Whether the bottleneck keeps more than one voxel (needed by instance norm)."""
-        sizes = list(spatial)
-        for _ in range(self.config.depth):
-            sizes = [s // 2 if s >= 2 else s for s in sizes]
-        n = 1
-        for s in sizes:
-            n *= s
+        n = math.prod(level_shapes(spatial, self.config.depth)[-1])
         return n > 1 or self.config.norm not in ("instance",)
 
     def check_input(self, shape: tuple[int, ...]) -> None:

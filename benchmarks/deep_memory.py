@@ -1,0 +1,69 @@
+"""Peak memory of a deep fit against the up-front estimate ``segment()`` checks.
+
+For each shape, a fresh process fits ``deepsvg`` (3 channels, K=4, the "fast" network unless
+``--network``, the whole image as the window: ``crop_margin=None``; 2 distillation and 3 NLL
+steps) and reports the rise of its peak resident memory (VmHWM, reset after a warm-up fit)
+against ``estimate_memory`` + ``activation_bytes`` + ``parameter_bytes``, the sum ``segment()`` compares with the
+memory available. Linux only (``/proc/self/clear_refs``).
+
+    python benchmarks/deep_memory.py
+    python benchmarks/deep_memory.py --shapes 160x160 96x96x48 --network paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import sys, gc, numpy as np, torch
+torch.set_num_threads(1)
+from deepgmm import segment
+from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes
+S = sys.modules['deepgmm.segmentation']
+def rss(field):
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))
+shape, net = tuple(int(s) for s in sys.argv[1].split('x')), sys.argv[2]
+img = np.random.default_rng(0).normal(size=(3,) + shape).astype(np.float32)
+warm = tuple(min(s, 40) for s in shape)
+segment(img[(slice(None),) + tuple(slice(0, s) for s in warm)], method='deepsvg', max_steps=2,
+        pretrain_steps=1, network=net, crop_margin=None)
+gc.collect()
+open('/proc/self/clear_refs', 'w').write('5')
+base = rss('VmRSS')
+segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, network=net, crop_margin=None)
+used = rss('VmHWM') - base
+em = S.estimate_memory(3, shape, int(np.prod(shape)), 4, 'deepsvg')
+cfg = network_config(net, spatial_dims=len(shape), in_channels=3, out_channels=4)
+act = activation_bytes(cfg, shape) + parameter_bytes(cfg)
+print(used, em, act)
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=["160x160", "256x256", "320x320", "96x96x48"])
+    ap.add_argument("--network", default="fast")
+    args = ap.parse_args()
+    if not os.path.exists("/proc/self/clear_refs"):
+        print("needs Linux's /proc/self/clear_refs to reset the peak memory", file=sys.stderr)
+        return 2
+    print("| shape | network | measured peak (MiB) | estimate: EM part + network (MiB) | measured / estimate |")
+    print("|---|---|---|---|---|")
+    for shape in args.shapes:
+        r = subprocess.run([sys.executable, "-c", CHILD, shape, args.network], capture_output=True, text=True,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        if r.returncode != 0:
+            print(r.stderr, file=sys.stderr)
+            return 1
+        used, em, act = map(int, r.stdout.split()[-3:])
+        mib = 2**20
+        print(f"| {shape} | {args.network} | {used / mib:.0f} | {em / mib:.0f} + {act / mib:.0f} = {(em + act) / mib:.0f} "
+              f"| {used / (em + act):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
