@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -147,3 +150,127 @@ def test_segment_data_errors(tmp_path, capsys):
     error(base + ["--data", tmp_path / "d"], "needs the channel names")
     error(base + ["--data", tmp_path / "d", "--channels", "A,C"], "case case00 has no file for channel 'C'")
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- a signal to one rank
+RANK_EPOCHS = 100  # a tiny network: ~0.05 s per epoch, so the job is still running well after its first checkpoint
+
+
+def _torchrun_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """PID of the worker of ``rank`` started by the torchrun process ``launcher`` (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != launcher:
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(entry)
+    return None
+
+
+@pytest.fixture(scope="module")
+def rank_case(tmp_path_factory):
+    """The argv of a 2-process training run, and the weights and log of that run uninterrupted."""
+    root = tmp_path_factory.mktemp("ranks")
+    data = make_cohort(root / "data", n=8)
+
+    def argv(out: Path, *extra: str) -> list[str]:
+        return [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", "-m", "deepgmm", "train", str(data),
+                "--channels", "A,B", "--method", "deepsvg", "-k", "2", "--network", TINY, "--epochs",
+                str(RANK_EPOCHS), "--batch-size", "2", "--tol", "0", "--out", str(out), "--threads", "1",
+                "--deterministic", "--no-progress", *extra]
+
+    run = subprocess.run(argv(root / "reference"), env=_torchrun_env(), capture_output=True, text=True,
+                         timeout=600, cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reference = load_checkpoint(root / "reference" / "model.pt")["model"]
+    return argv, reference, _log_nll(root / "reference")
+
+
+@pytest.mark.slow
+@needs_torchrun
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' processes through /proc")
+@pytest.mark.parametrize(("rank", "sig", "line"), [(0, signal.SIGTERM, "deepgmm: error: terminated"),
+                                                  (1, signal.SIGINT, "deepgmm: error: interrupted")],
+                         ids=["rank0-SIGTERM", "rank1-SIGINT"])
+def test_signal_to_one_rank_stops_the_job_cleanly_then_resume_finishes_it(rank_case, tmp_path, rank, sig, line):
+    """``kill`` of one worker of a torchrun ``train``: that rank reports the signal, the other one
+    a stopped peer (one line each, no traceback), the folder holds the last complete checkpoint and
+    nothing temporary, and ``--resume`` under torchrun finishes with the uninterrupted run's weights."""
+    argv, reference, ref_log = rank_case
+    out = tmp_path / "model"
+    proc = subprocess.Popen(argv(out), env=_torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None, f"torchrun ended before the first checkpoint: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.01)
+        pid = _rank_pid(proc.pid, rank)
+        assert pid is not None, f"no worker of rank {rank} found"
+        os.kill(pid, sig)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    worker_lines = [s for s in err.splitlines() if s.startswith("deepgmm: ") or s.startswith("[rank")]
+    assert line in worker_lines, err[-3000:]
+    peer = [s for s in worker_lines if "another process of this torchrun job stopped" in s]
+    assert len(peer) <= 1 and all("--resume" in s for s in peer), worker_lines
+    assert not [s for s in err.splitlines() if s.startswith("[rank")], err[-3000:]  # no worker traceback
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name], sorted(p.name for p in out.iterdir())
+    assert not (out / "model.pt").exists()
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # complete: its checksum is verified
+    assert 1 <= int(ckpt["epoch"]) < RANK_EPOCHS and not ckpt["finished"]
+
+    run = subprocess.run(argv(out, "--resume"), env=_torchrun_env(), capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    final = load_checkpoint(out / "model.pt")["model"]
+    for k in reference:
+        assert torch.equal(final[k], reference[k]), k
+    assert _log_nll(out) == ref_log
+
+
+def _log_nll(folder: Path) -> list[tuple[str, str]]:
+    """(epoch, nll) of every row of a training log (the seconds column differs between runs)."""
+    return [(r["epoch"], r["nll"]) for r in csv.DictReader(open(folder / "log.csv", encoding="utf-8"))]
+
+
+def test_peer_failure_is_one_line_only_under_torchrun(tmp_path, monkeypatch, capsys):
+    """A collective failing because another rank died: one line and exit 2 under torchrun;
+    outside torchrun the same RuntimeError is not disguised."""
+    import deepgmm.cli as cli
+
+    def failing(args):
+        raise RuntimeError("[/src/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44223. "
+                           "This is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(cli, "cmd_segment", failing)
+    make_cohort(tmp_path / "d", n=1)
+    argv = ["segment", str(tmp_path / "d" / "case00" / "A.nii.gz"), "--method", "gmm", "-k", "2", "--out",
+            str(tmp_path / "o")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["deepgmm: error: another process of this torchrun job stopped (Connection closed by peer "
+                   "[127.0.0.1]:44223); what this job wrote is complete: rerun it (train: with --resume, "
+                   "from the last checkpoint)"], err
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(argv)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import warnings
@@ -834,6 +835,26 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         t in text for t in ("out of memory", "failed to allocate", "can't allocate memory"))
 
 
+# What a collective (gloo, NCCL) raises when another rank of the job has died.
+_PEER_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted")
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    """Under torchrun: a collective failed because another process of the job stopped."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        return False
+    text = str(exc).lower()
+    return type(exc).__name__ == "DistBackendError" or any(t in text for t in _PEER_FAILURES)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of a backend error: its first sentence, without the source location prefix."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if line.startswith("[") and "] " in line:
+        line = line.split("] ", 1)[1]
+    return line.split(". ", 1)[0].rstrip(".")
+
+
 def _install_sigterm() -> Any:
     """Turn SIGTERM into :class:`Terminated` in the main thread; returns the previous handler."""
     import signal
@@ -914,6 +935,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:  # FileNotFoundError is an OSError
         if args.debug:
             raise
+        if isinstance(exc, RuntimeError) and _is_peer_failure(exc):
+            _error(f"another process of this torchrun job stopped ({_first_line(exc)}); what this job wrote is "
+                   "complete: rerun it (train: with --resume, from the last checkpoint)")
+            return EXIT_ERROR
         if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
             raise
         text = str(exc) if str(exc) else type(exc).__name__
