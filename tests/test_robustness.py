@@ -314,7 +314,7 @@ def test_deep_fit_refused_when_only_the_network_does_not_fit(monkeypatch):
     monkeypatch.setattr(SEGMENT_MODULE, "available_memory", lambda: em_part + net_part // 2)
     with pytest.raises(ValueError, match=r"for the network \(activations and weights\)") as info:
         segment_fn(img, method="deepsvg", n_components=3, max_steps=1)
-    assert "a smaller network or crop_margin" in str(info.value)
+    assert "a smaller network or a smaller crop_margin" in str(info.value)
     segment_fn(img, method="gmm", n_components=3)  # EM alone fits in the same memory
     # a smaller window (crop to the mask's box) or network needs less and passes
     mask = np.zeros((64, 64), bool)

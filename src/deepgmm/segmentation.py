@@ -309,7 +309,7 @@ def _check_memory(img: torch.Tensor, region: torch.Tensor, n_pix: int, n_compone
         own = f", of which {_fmt_bytes(extra)} for the network (activations and weights)" if extra else ""
         hint = "crop the image, use a smaller mask or fewer classes"
         if extra:
-            hint += ", a smaller network or crop_margin"
+            hint += ", a smaller network or a smaller crop_margin"
         raise ValueError(
             f"segment needs about {_fmt_bytes(need + extra)} of memory for this image{own} ({img.shape[0]} "
             f"channel(s) of {shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) "

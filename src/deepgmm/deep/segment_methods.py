@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import resolve_device
 from ..segmentation import MethodFit, register_method
 from .estimator import DeepG, DeepGMM, DeepSVG, _bounding_box
 from .unet import activation_bytes, network_config, parameter_bytes
@@ -29,10 +30,13 @@ def _deep_fit(cls: type[DeepGMM]):
 def _deep_memory(cls: type[DeepGMM]):
     def memory(image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
         """Training bytes of the estimator's network: activations on the window it fits (the mask's
-        box + margin) and AdamW's four copies of the weights."""
+        box + margin) and AdamW's four copies of the weights. Zero on a GPU: the check compares
+        with host memory."""
         est = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
         try:
             est._validate()
+            if resolve_device(est.device).type != "cpu":
+                return 0
             window = _bounding_box(mask, est.crop_margin)
             shape = tuple(len(range(*w.indices(n))) for w, n in zip(window, mask.shape))
             cfg = network_config(est.network, spatial_dims=len(shape), in_channels=image.shape[0],
