@@ -30,11 +30,13 @@ from _common import default_data, have_data
 VALIDATION = (104, 108, 113, 118, 124)  # every fourth training patient, fixed before any run
 TEST = (109, 114, 117, 120, 122)
 
-SETTINGS: dict[str, dict] = {
-    "paper (reg_covar 1e-6)": {},
-    "floor 0.3": {"reg_covar": 0.3},
-    "TV 2": {"regularizers": [{"name": "tv", "lam": 2.0}]},
-    "floor 0.3 + TV 2": {"reg_covar": 0.3, "regularizers": [{"name": "tv", "lam": 2.0}]},
+# name -> (training settings, further run_table2 arguments)
+SETTINGS: dict[str, tuple[dict, dict]] = {
+    "paper (reg_covar 1e-6)": ({}, {}),
+    "floor 0.3": ({"reg_covar": 0.3}, {}),
+    "TV 2": ({"regularizers": [{"name": "tv", "lam": 2.0}]}, {}),
+    "floor 0.3 + TV 2": ({"reg_covar": 0.3, "regularizers": [{"name": "tv", "lam": 2.0}]}, {}),
+    "ensemble of 3 networks": ({}, {"ensemble": 3}),
 }
 METHODS = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
 
@@ -64,9 +66,10 @@ def main() -> int:
         for name in names:
             for seed in seeds:
                 t0 = time.perf_counter()
+                train_options, run_options = SETTINGS[name]
                 res = run_table2(args.data, root / f"{list(SETTINGS).index(name)}_s{seed}", seed=seed,
-                                 train_cases=train, test_cases=list(VALIDATION), train_options=SETTINGS[name],
-                                 threads=args.threads, figures=False, progress=False, overwrite=True)
+                                 train_cases=train, test_cases=list(VALIDATION), train_options=train_options,
+                                 threads=args.threads, figures=False, progress=False, overwrite=True, **run_options)
                 for m in METHODS:
                     vals = [r["mean_dice"] for r in res.records if r["method"] == m]
                     results.setdefault((name, m), []).append(statistics.fmean(vals))

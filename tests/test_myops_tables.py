@@ -449,6 +449,8 @@ def test_cli_table2_errors(synth, tmp_path):
         _cli("myops", "table2", "--data", str(synth), "--out", out, "--train-cases", "1,3", "--test-cases", "1")
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         _cli("myops", "table2", "--data", str(synth), "--out", out, "--epochs", "0")
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        _cli("myops", "table2", "--data", str(synth), "--out", out, "--ensemble", "0")
     with pytest.raises(ValueError, match="--train-cases must be comma-separated"):
         _cli("myops", "table2", "--data", str(synth), "--out", out, "--train-cases", "x")
     with pytest.raises(ValueError, match="train_options may not set"):
@@ -520,3 +522,68 @@ def test_parse_cases():
                      ([True], "integer case ids")):
         with pytest.raises(ValueError, match=msg):
             mt.parse_cases(bad)
+
+
+# ----------------------------------------------------------------------------- table 2: --ensemble
+def test_table2_ensemble_on_synthetic(synth, tmp_path):
+    """``ensemble=2``: two networks per deep method (distinct seeds, one mu_data), segmenting with
+    their mean soft labels; the setting is kept on resume."""
+    from deepgmm.training import load_model
+
+    out = tmp_path / "t2"
+    kw = dict(train_cases=[1], test_cases=[3], epochs=1, batch_size=2, threads=1, figures=False, progress=False)
+    res = mt.run_table2(synth, out, ensemble=2, **kw)
+    assert res.complete
+    doc = _load(out)
+    assert doc["config"]["ensemble"] == 2
+    for m in ("deepsvg", "deepsvg_mu"):
+        a = json.loads((out / "models" / m / "config.json").read_text())
+        b = json.loads((out / "models" / f"{m}-2" / "config.json").read_text())
+        assert a["seed"] == 0 and b["seed"] != a["seed"]
+        assert a["mu_data"] == b["mu_data"]
+        assert doc["method_settings"][m]["ensemble"] == [f"models/{m}", f"models/{m}-2"]
+    assert set(res.training) == {"deepsvg", "deepsvg-2", "deepsvg_mu", "deepsvg_mu-2"}
+    assert "mean soft labels of 2 networks" in (out / "table.md").read_text(encoding="utf-8")
+    # deepSVGμ's labels (prior order, no matching) are the argmax of the members' mean soft labels
+    members = [load_model(out / "models" / name) for name in ("deepsvg_mu", "deepsvg_mu-2")]
+    for sl in myops.paper_slices(synth, [3]):
+        probs = np.mean([mm.predict(sl.image, sl.mask).probabilities for mm in members], axis=0)
+        expected = np.where(sl.mask, probs.argmax(0) + 1, 0)
+        saved = np.load(out / "predictions" / f"3_z{sl.slice_index:03d}_deepsvg_mu.npy")
+        np.testing.assert_array_equal(saved, expected)
+    with pytest.raises(ValueError, match="cannot resume with --ensemble 1"):
+        mt.run_table2(synth, out, resume=True, ensemble=1, **kw)
+    assert mt.run_table2(synth, out, resume=True, **kw).added == 0
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        mt.run_table2(synth, tmp_path / "o", ensemble=0, **kw)
+
+
+def test_ensemble_fit_aligns_members_and_reduces_to_one_network(synth, tmp_path):
+    """Members trained without a prior are aligned by overlap; identical members give the single
+    network's labels and NLL."""
+    import copy
+
+    import torch
+
+    from deepgmm.training import load_model
+
+    out = tmp_path / "t2"
+    mt.run_table2(synth, out, train_cases=[1], test_cases=[3], epochs=1, batch_size=2, threads=1, figures=False,
+                  progress=False)
+    model = load_model(out / "models" / "deepsvg")
+    permuted = copy.deepcopy(model)
+    order = [2, 0, 3, 1]
+    with torch.no_grad():  # the same network with its output classes permuted
+        permuted.network.head.weight.copy_(model.network.head.weight[order])
+        permuted.network.head.bias.copy_(model.network.head.bias[order])
+    sl = myops.paper_slices(synth, [3])[0]
+    single = mt._network_fit(model, sl)
+    both = mt._ensemble_fit([model, model], sl, align=True)
+    np.testing.assert_array_equal(both.labels, single.labels)
+    assert both.nll == pytest.approx(single.nll, rel=1e-5)
+    aligned = mt._ensemble_fit([model, permuted], sl, align=True)
+    np.testing.assert_array_equal(aligned.labels, single.labels)
+    unaligned = mt._ensemble_fit([model, permuted], sl, align=False)
+    assert not np.array_equal(unaligned.labels, single.labels)
+    ref = np.random.default_rng(0).random((4, 5, 6))
+    np.testing.assert_array_equal(mt._aligned(ref, ref[order]), ref)

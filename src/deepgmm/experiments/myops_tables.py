@@ -785,6 +785,58 @@ def _network_fit(model: Any, sl: Any) -> _Fit:
                 _caught(caught))
 
 
+def _member_seed(seed: int, member: int) -> int:
+    """Training seed of ensemble member ``member`` (0: the run's seed itself; others drawn from it,
+    so that no member of one run repeats a member of a run with another seed)."""
+    return seed if member == 0 else int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
+
+
+def _member_name(method: str, member: int) -> str:
+    """Model folder (under ``models/``) and training key of ensemble member ``member``."""
+    return method if member == 0 else f"{method}-{member + 1}"
+
+
+def _aligned(ref: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``probs`` ``(K, *spatial)`` with its classes permuted to overlap ``ref`` most (no ground truth)."""
+    from scipy.optimize import linear_sum_assignment
+
+    K = ref.shape[0]
+    overlap = ref.reshape(K, -1) @ probs.reshape(K, -1).T  # (K, K)
+    _, cols = linear_sum_assignment(-overlap)
+    return probs[cols]
+
+
+def _ensemble_fit(members: Sequence[Any], sl: Any, align: bool) -> _Fit:
+    """Mean soft labels of several trained networks on one slice; labels are their argmax.
+
+    ``align``: permute each member's classes to the first member's by overlap (networks trained
+    without a prior have no common class order); with ``mu_data`` the order is already shared.
+    The NLL is that of the mixture the mean soft labels define (the first member's loss).
+    """
+    import torch
+
+    from ..datasets import myops
+    from ..training.data import normalize_unit
+
+    if len(members) == 1:
+        return _network_fit(members[0], sl)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        preds = [mm.predict(sl.image, sl.mask, channels=list(myops.CHANNELS)) for mm in members]
+    probs = [np.asarray(p.probabilities, dtype=np.float64) for p in preds]  # each (K, H, W)
+    if align:
+        probs = [probs[0]] + [_aligned(probs[0], q) for q in probs[1:]]
+    mean = np.mean(probs, axis=0)
+    labels = np.where(sl.mask, mean.argmax(0) + 1, 0).astype(np.uint8)
+    first = members[0]
+    x, _ = normalize_unit(sl.image.astype(np.float32), sl.mask, first.config.normalize, f"slice {sl.slice_index}")
+    with torch.no_grad():
+        logits = torch.log(torch.from_numpy(mean).float().clamp_min(1e-30))[None]  # log_softmax(log p) = log p
+        res = first.loss(torch.from_numpy(x)[None], logits, torch.from_numpy(sl.mask)[None])
+    return _Fit(labels, float(res.nll[0]), time.perf_counter() - t0, None, None, {}, _caught(caught))
+
+
 def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int, method: str) -> Any:
     """The :class:`deepgmm.training.TrainConfig` of one Table 2 network (checked by ``finalize``)."""
     from ..datasets import myops
@@ -832,6 +884,7 @@ def run_table2(
     train_cases: str | Sequence[int] | None = None,
     test_cases: str | Sequence[int] | None = None,
     train_options: Mapping[str, Any] | None = None,
+    ensemble: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
     resume: bool = False,
@@ -853,6 +906,10 @@ def run_table2(
         training: every other patient found); other values are for quick checks
     train_options : further :class:`deepgmm.training.TrainConfig` settings (on top of
         :data:`TABLE2_TRAIN_DEFAULTS`), e.g. ``{"lr": 1e-3, "augment": AugmentConfig.off()}``
+    ensemble : networks per deep method (default 1, the paper's protocol). With N > 1 each deep
+        method trains N networks (training seeds: ``seed`` and N - 1 drawn from it; the same
+        ``mu_data``) and segments with their mean soft labels; deepSVG's members are aligned to
+        the first by overlap (no ground truth). Member j > 1 lives in ``models/<method>-j``.
     device : where the networks are trained and applied ("cpu", "cuda", "auto")
     threads : torch CPU threads for the whole run (default: torch's own setting)
     resume, overwrite, figures, progress, command : as for :func:`run_table1`; on resume an
@@ -874,6 +931,8 @@ def run_table2(
         _check_int("epochs", epochs, 1)
     if batch_size is not None:
         _check_int("batch_size", batch_size, 1)
+    if ensemble is not None:
+        _check_int("ensemble", ensemble, 1)
     resolve_device(device)
     if threads is not None:
         threads = _check_int("threads", threads, 1)
@@ -901,6 +960,7 @@ def run_table2(
         raise ValueError(f"patient(s) {overlap} are both training and test patients")
     seed = _resolve(scfg, "seed", seed, 0, out)
     matching = _resolve(scfg, "matching", matching, "hungarian", out)
+    n_members = int(_resolve(scfg, "ensemble", ensemble, 1, out) or 1)  # runs before --ensemble existed: 1
     settings = dict(TABLE2_TRAIN_DEFAULTS)
     settings.update(plain(dict(train_options or {})))
     if epochs is not None:
@@ -915,7 +975,8 @@ def run_table2(
     if not train_slices or not test_slices:
         raise ValueError(f"no kept slice among the {'training' if not train_slices else 'test'} patients")
     mu, mu_from = compute_mu_data(train_slices, n=MU_SLICES, seed=seed)
-    train_configs = {m: _train_config(settings, mu if _TRAINED[m] == "mu" else None, seed, m) for m in _TRAINED}
+    train_configs = {(m, j): _train_config(settings, mu if _TRAINED[m] == "mu" else None, _member_seed(seed, j), m)
+                     for m in _TRAINED for j in range(n_members)}
 
     config = {
         "data": str(data.absolute()),
@@ -926,6 +987,7 @@ def run_table2(
         "n_components": N_COMPONENTS,
         "matching": matching,
         "seed": seed,
+        "ensemble": n_members,
         "train_settings": plain(settings),
         "mu_lam": MU_LAM,
         "mu_data": mu.tolist(),
@@ -963,7 +1025,7 @@ def run_table2(
         (out / FIGURES_DIR).mkdir(exist_ok=True)
         done = store.keys()
         todo_slices = [s for s in test_slices if any((m, s.case, s.slice_index) not in done for m in TABLE2_METHODS)]
-        models: dict[str, Any] = {}
+        models: dict[str, list[Any]] = {}
         need = {m for s in todo_slices for m in TABLE2_METHODS if (m, s.case, s.slice_index) not in done}
         if need & set(_TRAINED):
             dataset = MyoPSDataset(data, train_l, normalize=settings.get("normalize", "image"),
@@ -971,12 +1033,16 @@ def run_table2(
             for m in TABLE2_METHODS:
                 if m not in need or m not in _TRAINED:
                     continue
-                folder = out / "models" / m
-                summary = _train_model(m, train_configs[m], dataset, folder, device=device, progress=progress)
-                if not summary.get("reused"):
-                    doc["training"][m] = summary
-                    store.save()
-                models[m] = load_model(folder, device=device)
+                models[m] = []
+                for j in range(n_members):
+                    name = _member_name(m, j)
+                    folder = out / "models" / name
+                    summary = _train_model(name, train_configs[(m, j)], dataset, folder, device=device,
+                                           progress=progress)
+                    if not summary.get("reused"):
+                        doc["training"][name] = summary
+                        store.save()
+                    models[m].append(load_model(folder, device=device))
 
         bar = _progress_bar(progress, len(todo_slices), "table2 test")
         scores = _score_map(doc["records"])
@@ -990,8 +1056,10 @@ def run_table2(
                 elif m == "svgmm_mu":
                     fit = _segment_fit(sl, "svgmm", seed, {"init": "means", "means_init": mu})
                 else:
-                    fit = _network_fit(models[m], sl)
-                    fit.settings = {"model": str(Path("models") / m), "trained": plain(models[m].config.to_dict())}
+                    fit = _ensemble_fit(models[m], sl, align=_TRAINED[m] != "mu")
+                    fit.settings = {"model": str(Path("models") / m), "trained": plain(models[m][0].config.to_dict())}
+                    if n_members > 1:
+                        fit.settings["ensemble"] = [str(Path("models") / _member_name(m, j)) for j in range(n_members)]
                 prior = m.endswith("_mu")
                 record, matched = _make_record(m, sl, fit, "prior" if prior else matching, seed,
                                                also_matched="hungarian" if prior else None)
@@ -1013,6 +1081,9 @@ def run_table2(
         notes = [f"Training patients: {', '.join(map(str, train_l))}; test patients: "
                  f"{', '.join(map(str, test_l))}. mu_data from {len(mu_from)} random training slices "
                  f"(seed {seed}); deepSVGμ trained with lam {MU_LAM}."]
+        if n_members > 1:
+            notes.append(f"deepSVG and deepSVGμ: mean soft labels of {n_members} networks each (--ensemble "
+                         f"{n_members}); the paper uses one.")
         try:
             summary, table, complete = _close_run(run, error, bar, test_slices if figures else None,
                                                   list(TABLE2_METHODS), "Table 2", notes)
@@ -1082,6 +1153,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t2.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: deepgmm train's, 100)")
     t2.add_argument("--batch-size", dest="batch_size", type=int, metavar="B",
                     help="training batch size (default: deepgmm train's, 4)")
+    t2.add_argument("--ensemble", type=int, metavar="N",
+                    help="networks per deep method, segmenting with their mean soft labels (default 1, the paper's)")
     t2.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                     help="where the networks are trained and applied (default: cpu)")
     t2.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's setting)")
@@ -1128,10 +1201,10 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
-    command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "device", "threads",
-                                   "train_cases", "test_cases", "resume", "overwrite", "figures"])
+    command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "device",
+                                   "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
     res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     matching=args.matching, train_cases=parse_cases(args.train_cases, "--train-cases"),
+                     matching=args.matching, ensemble=args.ensemble, train_cases=parse_cases(args.train_cases, "--train-cases"),
                      test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
                      resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)
     print(res.table, end="")
