@@ -37,6 +37,9 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "TV 2": ({"regularizers": [{"name": "tv", "lam": 2.0}]}, {}),
     "floor 0.3 + TV 2": ({"reg_covar": 0.3, "regularizers": [{"name": "tv", "lam": 2.0}]}, {}),
     "ensemble of 3 networks": ({}, {"ensemble": 3}),
+    "ensemble of 3, lam 3": ({}, {"ensemble": 3, "lam": 3.0}),
+    "ensemble of 3, lam 0.3": ({}, {"ensemble": 3, "lam": 0.3}),
+    "ensemble of 3, tol 1e-3": ({"tol": 1e-3}, {"ensemble": 3}),
 }
 METHODS = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
 

@@ -451,6 +451,8 @@ def test_cli_table2_errors(synth, tmp_path):
         _cli("myops", "table2", "--data", str(synth), "--out", out, "--epochs", "0")
     with pytest.raises(ValueError, match="ensemble must be >= 1"):
         _cli("myops", "table2", "--data", str(synth), "--out", out, "--ensemble", "0")
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        _cli("myops", "table2", "--data", str(synth), "--out", out, "--lam", "-1")
     with pytest.raises(ValueError, match="--train-cases must be comma-separated"):
         _cli("myops", "table2", "--data", str(synth), "--out", out, "--train-cases", "x")
     with pytest.raises(ValueError, match="train_options may not set"):
@@ -532,10 +534,11 @@ def test_table2_ensemble_on_synthetic(synth, tmp_path):
 
     out = tmp_path / "t2"
     kw = dict(train_cases=[1], test_cases=[3], epochs=1, batch_size=2, threads=1, figures=False, progress=False)
-    res = mt.run_table2(synth, out, ensemble=2, **kw)
+    res = mt.run_table2(synth, out, ensemble=2, lam=2.5, **kw)
     assert res.complete
     doc = _load(out)
-    assert doc["config"]["ensemble"] == 2
+    assert doc["config"]["ensemble"] == 2 and doc["config"]["mu_lam"] == 2.5
+    assert json.loads((out / "models" / "deepsvg_mu-2" / "config.json").read_text())["lam"] == 2.5
     for m in ("deepsvg", "deepsvg_mu"):
         a = json.loads((out / "models" / m / "config.json").read_text())
         b = json.loads((out / "models" / f"{m}-2" / "config.json").read_text())
@@ -553,6 +556,8 @@ def test_table2_ensemble_on_synthetic(synth, tmp_path):
         np.testing.assert_array_equal(saved, expected)
     with pytest.raises(ValueError, match="cannot resume with --ensemble 1"):
         mt.run_table2(synth, out, resume=True, ensemble=1, **kw)
+    with pytest.raises(ValueError, match="cannot resume with --lam 1.0"):
+        mt.run_table2(synth, out, resume=True, lam=1.0, **kw)
     assert mt.run_table2(synth, out, resume=True, **kw).added == 0
     with pytest.raises(ValueError, match="ensemble must be >= 1"):
         mt.run_table2(synth, tmp_path / "o", ensemble=0, **kw)

@@ -837,7 +837,8 @@ def _ensemble_fit(members: Sequence[Any], sl: Any, align: bool) -> _Fit:
     return _Fit(labels, float(res.nll[0]), time.perf_counter() - t0, None, None, {}, _caught(caught))
 
 
-def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int, method: str) -> Any:
+def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int, method: str,
+                  lam: float = MU_LAM) -> Any:
     """The :class:`deepgmm.training.TrainConfig` of one Table 2 network (checked by ``finalize``)."""
     from ..datasets import myops
     from ..training import AugmentConfig, TrainConfig
@@ -848,7 +849,7 @@ def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int,
     kwargs.update(method="deepsvg", n_components=N_COMPONENTS, class_names=list(myops.CLASS_NAMES), seed=seed,
                   channels=list(myops.CHANNELS))
     if mu is not None:
-        kwargs.update(mu_data=mu.tolist(), lam=MU_LAM)
+        kwargs.update(mu_data=mu.tolist(), lam=lam)
     try:
         return TrainConfig(**kwargs).finalize()
     except (TypeError, ValueError) as exc:
@@ -885,6 +886,7 @@ def run_table2(
     test_cases: str | Sequence[int] | None = None,
     train_options: Mapping[str, Any] | None = None,
     ensemble: int | None = None,
+    lam: float | None = None,
     device: str = "cpu",
     threads: int | None = None,
     resume: bool = False,
@@ -910,6 +912,7 @@ def run_table2(
         method trains N networks (training seeds: ``seed`` and N - 1 drawn from it; the same
         ``mu_data``) and segments with their mean soft labels; deepSVG's members are aligned to
         the first by overlap (no ground truth). Member j > 1 lives in ``models/<method>-j``.
+    lam : weight of deepSVGμ's ``mu_prior`` term (default :data:`MU_LAM`, the paper's 1)
     device : where the networks are trained and applied ("cpu", "cuda", "auto")
     threads : torch CPU threads for the whole run (default: torch's own setting)
     resume, overwrite, figures, progress, command : as for :func:`run_table1`; on resume an
@@ -933,6 +936,10 @@ def run_table2(
         _check_int("batch_size", batch_size, 1)
     if ensemble is not None:
         _check_int("ensemble", ensemble, 1)
+    if lam is not None:
+        from .._validation import check_float
+
+        lam = check_float("lam", lam, minimum=0.0)
     resolve_device(device)
     if threads is not None:
         threads = _check_int("threads", threads, 1)
@@ -961,6 +968,7 @@ def run_table2(
     seed = _resolve(scfg, "seed", seed, 0, out)
     matching = _resolve(scfg, "matching", matching, "hungarian", out)
     n_members = int(_resolve(scfg, "ensemble", ensemble, 1, out) or 1)  # runs before --ensemble existed: 1
+    mu_lam = float(_resolve(scfg, "mu_lam", lam, MU_LAM, out, flag="--lam"))
     settings = dict(TABLE2_TRAIN_DEFAULTS)
     settings.update(plain(dict(train_options or {})))
     if epochs is not None:
@@ -975,7 +983,8 @@ def run_table2(
     if not train_slices or not test_slices:
         raise ValueError(f"no kept slice among the {'training' if not train_slices else 'test'} patients")
     mu, mu_from = compute_mu_data(train_slices, n=MU_SLICES, seed=seed)
-    train_configs = {(m, j): _train_config(settings, mu if _TRAINED[m] == "mu" else None, _member_seed(seed, j), m)
+    train_configs = {(m, j): _train_config(settings, mu if _TRAINED[m] == "mu" else None, _member_seed(seed, j), m,
+                                           mu_lam)
                      for m in _TRAINED for j in range(n_members)}
 
     config = {
@@ -989,7 +998,7 @@ def run_table2(
         "seed": seed,
         "ensemble": n_members,
         "train_settings": plain(settings),
-        "mu_lam": MU_LAM,
+        "mu_lam": mu_lam,
         "mu_data": mu.tolist(),
         "mu_data_slices": mu_from,
     }
@@ -1080,7 +1089,7 @@ def run_table2(
     finally:
         notes = [f"Training patients: {', '.join(map(str, train_l))}; test patients: "
                  f"{', '.join(map(str, test_l))}. mu_data from {len(mu_from)} random training slices "
-                 f"(seed {seed}); deepSVGμ trained with lam {MU_LAM}."]
+                 f"(seed {seed}); deepSVGμ trained with lam {mu_lam:g}."]
         if n_members > 1:
             notes.append(f"deepSVG and deepSVGμ: mean soft labels of {n_members} networks each (--ensemble "
                          f"{n_members}); the paper uses one.")
@@ -1155,6 +1164,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="training batch size (default: deepgmm train's, 4)")
     t2.add_argument("--ensemble", type=int, metavar="N",
                     help="networks per deep method, segmenting with their mean soft labels (default 1, the paper's)")
+    t2.add_argument("--lam", type=float, metavar="L",
+                    help="weight of deepSVGμ's mu_prior term (default 1, the paper's)")
     t2.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                     help="where the networks are trained and applied (default: cpu)")
     t2.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's setting)")
@@ -1201,10 +1212,10 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
-    command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "device",
-                                   "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
+    command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
+                                   "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
     res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     matching=args.matching, ensemble=args.ensemble, train_cases=parse_cases(args.train_cases, "--train-cases"),
+                     matching=args.matching, ensemble=args.ensemble, lam=args.lam, train_cases=parse_cases(args.train_cases, "--train-cases"),
                      test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
                      resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)
     print(res.table, end="")
