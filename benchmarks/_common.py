@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
+
+N_SLICES = 79  # the paper's protocol: kept slices of the 25 training patients
 
 
 def default_data() -> Path:
@@ -19,3 +23,12 @@ def have_data(data: Path) -> bool:
         return True
     print(f"MyoPS data not found at {data}; pass --data or set DEEPGMM_MYOPS", file=sys.stderr)
     return False
+
+
+def map_slices(run: Callable[[tuple], Any], data: Path, jobs: int, every: int = 1, *extra: Any) -> tuple[int, list]:
+    """Every ``every``-th of the 79 slices, split over ``jobs`` processes: ``run((data, indices, *extra))``
+    in each. Returns the number of slices and the processes' results, in process order."""
+    indices = list(range(0, N_SLICES, every))
+    work = [(str(data), indices[j :: jobs], *extra) for j in range(jobs)]
+    with ProcessPoolExecutor(jobs) as pool:
+        return len(indices), list(pool.map(run, work))

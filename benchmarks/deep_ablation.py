@@ -21,12 +21,11 @@ import statistics
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data
+from _common import default_data, have_data, map_slices
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
@@ -82,12 +81,9 @@ def main() -> int:
     if not have_data(args.data):
         return 2
     names = [n for n in CONFIGS if args.only is None or args.only in n]
-    indices = list(range(0, 79, args.every))
-    jobs = [(str(args.data), indices[j :: args.jobs], names) for j in range(args.jobs)]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as pool:
-        parts = list(pool.map(_run, jobs))
-    print(f"# {len(indices)} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
+    n, parts = map_slices(_run, args.data, args.jobs, args.every, names)
+    print(f"# {n} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
           f"{time.perf_counter() - t0:.0f} s wall\n")
     print("| configuration | blood | myocardium | edema | scar | mean Dice | s/slice (median) | steps (median) | scar < 0.05 |")
     print("|---|---|---|---|---|---|---|---|---|")

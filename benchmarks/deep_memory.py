@@ -60,7 +60,8 @@ def main() -> int:
             return 1
         used, em, act = map(int, r.stdout.split()[-3:])
         mib = 2**20
-        print(f"| {shape} | {args.network} | {used / mib:.0f} | {em / mib:.0f} + {act / mib:.0f} = {(em + act) / mib:.0f} "
+        total = (em + act) / mib
+        print(f"| {shape} | {args.network} | {used / mib:.0f} | {em / mib:.0f} + {act / mib:.0f} = {total:.0f} "
               f"| {used / (em + act):.2f} |")
     return 0
 

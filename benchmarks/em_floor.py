@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data
+from _common import default_data, have_data, map_slices
 
 FLOORS = (1e-6, 0.1, 0.2, 0.3)
 SEEDS = (0, 1, 2)
@@ -55,9 +54,7 @@ def main() -> int:
     args = ap.parse_args()
     if not have_data(args.data):
         return 2
-    indices = list(range(79))
-    with ProcessPoolExecutor(args.jobs) as pool:
-        parts = list(pool.map(_run, [(str(args.data), indices[j :: args.jobs]) for j in range(args.jobs)]))
+    _, parts = map_slices(_run, args.data, args.jobs)
     print("| method | covariance | reg_covar | blood | myocardium | edema | scar | mean Dice (seeds 0-2) | range over seeds |")
     print("|---|---|---|---|---|---|---|---|---|")
     for method in ("gmm", "svgmm"):

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data
+from _common import default_data, have_data, map_slices
 
 
 def _run(job: tuple[str, list[int], int]) -> dict[str, list[float]]:
@@ -78,11 +77,8 @@ def main() -> int:
     args = ap.parse_args()
     if not have_data(args.data):
         return 2
-    indices = list(range(0, 79, args.every))
-    jobs = [(str(args.data), indices[j :: args.jobs], args.restarts) for j in range(args.jobs)]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        parts = list(pool.map(_run, jobs))
-    print(f"# {len(indices)} slices; mean Dice over the slices (Hungarian matching)\n")
+    n, parts = map_slices(_run, args.data, args.jobs, args.every, args.restarts)
+    print(f"# {n} slices; mean Dice over the slices (Hungarian matching)\n")
     print("| experiment | mean Dice |")
     print("|---|---|")
     for key in parts[0]:

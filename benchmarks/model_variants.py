@@ -39,12 +39,11 @@ import itertools
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data
+from _common import default_data, have_data, map_slices
 
 EXPERIMENTS = ("readouts", "spatial-start", "extra-classes", "partial-volume", "features")
 K = 4
@@ -249,12 +248,9 @@ def main() -> int:
     if not have_data(args.data):
         return 2
     experiments = args.only or list(EXPERIMENTS)
-    indices = list(range(0, 79, args.every))
-    jobs = [(str(args.data), indices[j :: args.jobs], experiments) for j in range(args.jobs)]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as pool:
-        parts = list(pool.map(_run, jobs))
-    print(f"# {len(indices)} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
+    n, parts = map_slices(_run, args.data, args.jobs, args.every, experiments)
+    print(f"# {n} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
           f"{time.perf_counter() - t0:.0f} s wall\n")
     print("| variant | blood | myocardium | edema | scar | mean Dice |")
     print("|---|---|---|---|---|---|")

@@ -269,35 +269,50 @@ def test_memory_check_can_be_skipped_from_python(monkeypatch):
     assert seg.labels.shape == (30, 30)
 
 
-def test_cli_peak_with_its_writers_stays_near_the_estimate(tmp_path):
-    """``deepgmm segment`` end to end (loading, fitting, compressing the probability NIfTI):
-    its peak stays near the estimate the check uses."""
+def _peak_and_estimate(warm_up: str, measured: str, estimate: str) -> tuple[int, int]:
+    """Run ``warm_up``, reset the peak resident memory, run ``measured`` in a fresh Python process;
+    return the rise of the peak (bytes) and the value of the expression ``estimate``.
+    The code may use ``np``, ``S`` (deepgmm.segmentation) and ``segment``."""
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
-    code = (
-        "import sys, gc, numpy as np, nibabel as nib\n"
-        "from deepgmm.cli import main\n"
-        "import deepgmm.segmentation as S\n"
-        "def rss(field):\n"
-        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))\n"
-        f"d = {str(tmp_path)!r}\n"
-        "shape = (128, 128, 80)\n"
-        "rng = np.random.default_rng(0)\n"
-        "for c in range(2):\n"
-        "    nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), np.eye(4)), f'{d}/c{c}.nii.gz')\n"
-        "main(['segment', f'{d}/c0.nii.gz', '-k', '2', '--out', f'{d}/warm', '--max-iter', '1'])\n"
-        "gc.collect()\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "base = rss('VmRSS')\n"
-        "rc = main(['segment', f'{d}/c0.nii.gz', f'{d}/c1.nii.gz', '-k', '6', '--method', 'svgmm',"
-        " '--out', f'{d}/out', '--max-iter', '2', '--tol', '0'])\n"
-        "assert rc == 0\n"
-        "print(rss('VmHWM') - base, S.estimate_memory(2, shape, 128 * 128 * 80, 6, 'svgmm'))\n"
-    )
+    code = "\n".join([
+        "import sys, gc, numpy as np",
+        "from deepgmm import segment",
+        "S = sys.modules['deepgmm.segmentation']",
+        "def rss(field):",
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))",
+        warm_up,
+        "gc.collect()",
+        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS",
+        "base = rss('VmRSS')",
+        measured,
+        f"print(rss('VmHWM') - base, int({estimate}))",
+    ])
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    used, estimate = map(int, r.stdout.split()[-2:])
+    used, value = map(int, r.stdout.split()[-2:])
+    return used, value
+
+
+def test_cli_peak_with_its_writers_stays_near_the_estimate(tmp_path):
+    """``deepgmm segment`` end to end (loading, fitting, compressing the probability NIfTI):
+    its peak stays near the estimate the check uses."""
+    d = str(tmp_path)
+    warm_up = "\n".join([
+        "import nibabel as nib",
+        "from deepgmm.cli import main",
+        f"d = {d!r}",
+        "rng = np.random.default_rng(0)",
+        "for c in range(2):",
+        "    arr = rng.normal(size=(128, 128, 80)).astype(np.float32)",
+        "    nib.save(nib.Nifti1Image(arr, np.eye(4)), f'{d}/c{c}.nii.gz')",
+        "main(['segment', f'{d}/c0.nii.gz', '-k', '2', '--out', f'{d}/warm', '--max-iter', '1'])",
+    ])
+    measured = ("assert main(['segment', f'{d}/c0.nii.gz', f'{d}/c1.nii.gz', '-k', '6', '--method', 'svgmm', "
+                "'--out', f'{d}/out', '--max-iter', '2', '--tol', '0']) == 0")
+    used, estimate = _peak_and_estimate(warm_up, measured,
+                                        "S.estimate_memory(2, (128, 128, 80), 128 * 128 * 80, 6, 'svgmm')")
     assert used <= 1.3 * estimate, (used, estimate)
     assert (tmp_path / "out" / "probabilities.nii.gz").is_file()
 
@@ -353,55 +368,28 @@ def test_activation_count_matches_the_tensors_of_a_forward_pass():
 
 
 def test_deep_memory_estimate_is_not_far_below_the_real_peak():
-    """A deep fit's measured peak (fresh process) against estimate_memory + activation_bytes."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
-    code = (
-        "import sys, gc, numpy as np\n"
-        "from deepgmm import segment\n"
-        "from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes\n"
-        "S = sys.modules['deepgmm.segmentation']\n"
-        "def rss(field):\n"
-        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))\n"
-        "img = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)\n"
-        "segment(img[:, :40, :40], method='deepsvg', max_steps=2, pretrain_steps=1)  # warm up\n"
-        "gc.collect()\n"
-        "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "base = rss('VmRSS')\n"
-        "segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None)\n"
-        "cfg = network_config('fast', spatial_dims=2, in_channels=3, out_channels=4)\n"
-        "print(rss('VmHWM') - base, S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
-        " + activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    used, estimate = map(int, r.stdout.split())
+    """A deep fit's measured peak (fresh process) against estimate_memory + the network's part."""
+    warm_up = "\n".join([
+        "from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes",
+        "img = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)",
+        "segment(img[:, :40, :40], method='deepsvg', max_steps=2, pretrain_steps=1)",
+        "cfg = network_config('fast', spatial_dims=2, in_channels=3, out_channels=4)",
+    ])
+    measured = "segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None)"
+    used, estimate = _peak_and_estimate(warm_up, measured, "S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
+                                        " + activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)")
     assert 0.5 * used <= estimate <= 2.5 * used, (used, estimate)
 
 
 def test_memory_estimate_is_not_far_below_the_real_peak():
     """The estimate tracks what segment() really allocates (peak RSS of a fresh process)."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
-    code = (
-        "import sys, gc, numpy as np\n"
-        "from deepgmm import segment\n"
-        "S = sys.modules['deepgmm.segmentation']\n"
-        "def rss(field):\n"
-        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))\n"
-        "img = np.random.default_rng(0).normal(size=(2, 96, 96, 48)).astype(np.float32)\n"
-        "segment(img[:, :8, :8, :8], method='svgmm', n_components=6, max_iter=1, tol=0)  # warm up\n"
-        "gc.collect()\n"
-        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS\n"
-        "base = rss('VmRSS')\n"
-        "segment(img, method='svgmm', n_components=6, max_iter=2, tol=0)\n"
-        "print(rss('VmHWM') - base, S.estimate_memory(2, (96, 96, 48), 96 * 96 * 48, 6, 'svgmm'))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    used, estimate = map(int, r.stdout.split())
+    warm_up = "\n".join([
+        "img = np.random.default_rng(0).normal(size=(2, 96, 96, 48)).astype(np.float32)",
+        "segment(img[:, :8, :8, :8], method='svgmm', n_components=6, max_iter=1, tol=0)",
+    ])
+    measured = "segment(img, method='svgmm', n_components=6, max_iter=2, tol=0)"
+    used, estimate = _peak_and_estimate(warm_up, measured,
+                                        "S.estimate_memory(2, (96, 96, 48), 96 * 96 * 48, 6, 'svgmm')")
     assert 0.5 * used <= estimate <= 2.5 * used, (used, estimate)
 
 

@@ -836,7 +836,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 # What a collective (gloo, NCCL) raises when another rank of the job has died.
-_PEER_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted")
+_PEER_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                  "nccl communicator was aborted")
 
 
 def _is_peer_failure(exc: BaseException) -> bool:

@@ -1215,7 +1215,8 @@ def cmd_table2(args: argparse.Namespace) -> int:
     command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
                                    "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
     res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     matching=args.matching, ensemble=args.ensemble, lam=args.lam, train_cases=parse_cases(args.train_cases, "--train-cases"),
+                     matching=args.matching, ensemble=args.ensemble, lam=args.lam,
+                     train_cases=parse_cases(args.train_cases, "--train-cases"),
                      test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
                      resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)
     print(res.table, end="")
