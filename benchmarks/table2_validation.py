@@ -39,6 +39,7 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "ensemble of 3 networks": ({}, {"ensemble": 3}),
     "ensemble of 3, lam 3": ({}, {"ensemble": 3, "lam": 3.0}),
     "ensemble of 3, lam 0.3": ({}, {"ensemble": 3, "lam": 0.3}),
+    "ensemble of 3, lam 10": ({}, {"ensemble": 3, "lam": 10.0}),
     "ensemble of 3, tol 1e-3": ({"tol": 1e-3}, {"ensemble": 3}),
 }
 METHODS = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
