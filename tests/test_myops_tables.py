@@ -559,6 +559,12 @@ def test_table2_ensemble_on_synthetic(synth, tmp_path):
     with pytest.raises(ValueError, match="cannot resume with --lam 1.0"):
         mt.run_table2(synth, out, resume=True, lam=1.0, **kw)
     assert mt.run_table2(synth, out, resume=True, **kw).added == 0
+    # a run stored before --ensemble existed (no such key) resumes as one network
+    doc = _load(out)
+    del doc["config"]["ensemble"]
+    (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot resume with --ensemble 2: the run .* uses 1"):
+        mt.run_table2(synth, out, resume=True, ensemble=2, lam=2.5, **kw)
     with pytest.raises(ValueError, match="ensemble must be >= 1"):
         mt.run_table2(synth, tmp_path / "o", ensemble=0, **kw)
 

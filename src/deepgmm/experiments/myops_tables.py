@@ -34,7 +34,8 @@ Outputs (the output folder is the run's working folder, see :mod:`._store`):
   and method); ``figures/<case>_z<slice>.png`` per slice (channels, ground truth, each method's
   matched prediction, like the paper's Figure 2); ``predictions/<case>_z<slice>_<method>.npy``
   (each matched prediction, 0 outside the mask, 1..4 = blood..scar); Table 2 also ``mu_data.json``
-  and ``models/<method>/`` (the trained model folders).
+  and ``models/<method>/`` (the trained model folders; with ``--ensemble N`` also
+  ``models/<method>-2/`` ... ``models/<method>-N/``).
 
 ``results.json`` is rewritten atomically after every slice, so an interrupted run (Ctrl-C
 included) loses at most the slice in progress; ``resume=True`` skips the records already there.
@@ -967,7 +968,9 @@ def run_table2(
         raise ValueError(f"patient(s) {overlap} are both training and test patients")
     seed = _resolve(scfg, "seed", seed, 0, out)
     matching = _resolve(scfg, "matching", matching, "hungarian", out)
-    n_members = int(_resolve(scfg, "ensemble", ensemble, 1, out) or 1)  # runs before --ensemble existed: 1
+    # a run stored before --ensemble existed used one network
+    n_members = int(_resolve(None if scfg is None else {**scfg, "ensemble": scfg.get("ensemble", 1)}, "ensemble",
+                             ensemble, 1, out))
     mu_lam = float(_resolve(scfg, "mu_lam", lam, MU_LAM, out, flag="--lam"))
     settings = dict(TABLE2_TRAIN_DEFAULTS)
     settings.update(plain(dict(train_options or {})))
