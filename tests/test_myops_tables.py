@@ -567,34 +567,3 @@ def test_table2_ensemble_on_synthetic(synth, tmp_path):
         mt.run_table2(synth, out, resume=True, ensemble=2, lam=2.5, **kw)
     with pytest.raises(ValueError, match="ensemble must be >= 1"):
         mt.run_table2(synth, tmp_path / "o", ensemble=0, **kw)
-
-
-def test_ensemble_fit_aligns_members_and_reduces_to_one_network(synth, tmp_path):
-    """Members trained without a prior are aligned by overlap; identical members give the single
-    network's labels and NLL."""
-    import copy
-
-    import torch
-
-    from deepgmm.training import load_model
-
-    out = tmp_path / "t2"
-    mt.run_table2(synth, out, train_cases=[1], test_cases=[3], epochs=1, batch_size=2, threads=1, figures=False,
-                  progress=False)
-    model = load_model(out / "models" / "deepsvg")
-    permuted = copy.deepcopy(model)
-    order = [2, 0, 3, 1]
-    with torch.no_grad():  # the same network with its output classes permuted
-        permuted.network.head.weight.copy_(model.network.head.weight[order])
-        permuted.network.head.bias.copy_(model.network.head.bias[order])
-    sl = myops.paper_slices(synth, [3])[0]
-    single = mt._network_fit(model, sl)
-    both = mt._ensemble_fit([model, model], sl, align=True)
-    np.testing.assert_array_equal(both.labels, single.labels)
-    assert both.nll == pytest.approx(single.nll, rel=1e-5)
-    aligned = mt._ensemble_fit([model, permuted], sl, align=True)
-    np.testing.assert_array_equal(aligned.labels, single.labels)
-    unaligned = mt._ensemble_fit([model, permuted], sl, align=False)
-    assert not np.array_equal(unaligned.labels, single.labels)
-    ref = np.random.default_rng(0).random((4, 5, 6))
-    np.testing.assert_array_equal(mt._aligned(ref, ref[order]), ref)

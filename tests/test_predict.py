@@ -146,6 +146,86 @@ def test_cli_predict_image_and_data_folder(trained, tmp_path, capsys):
     check_error(capsys, ["predict", "--model", root / "model", "--out", tmp_path / "x"], "give the image file(s)")
 
 
+def _permuted_copy(model, order):
+    """The same network with its output classes permuted."""
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.network.head.weight.copy_(model.network.head.weight[order])
+        other.network.head.bias.copy_(model.network.head.bias[order])
+    return other
+
+
+def test_ensemble_of_copies_and_of_permuted_members(trained):
+    """Identical members give the single model's prediction; a member with permuted classes is
+    aligned back without ground truth (and is not, with align=False)."""
+    from deepgmm.training import EnsembleModel
+
+    root, ds, _ = trained
+    model = load_model(root / "model")
+    u = ds.unit(2)
+    one = model.predict(u.image, u.mask)
+    same = EnsembleModel([model, model]).predict(u.image, u.mask)
+    np.testing.assert_allclose(same.probabilities, one.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(same.labels, one.labels)
+    assert same.nll == pytest.approx(one.nll, rel=1e-5)
+    np.testing.assert_allclose(same.means, one.means, rtol=1e-5, atol=1e-6)
+    swapped = _permuted_copy(model, [1, 0])
+    assert not np.array_equal(swapped.predict(u.image, u.mask).labels, one.labels)
+    aligned = EnsembleModel([model, swapped])  # no mu_data: aligned by default
+    assert aligned.align
+    np.testing.assert_array_equal(aligned.predict(u.image, u.mask).labels, one.labels)
+    mixed = EnsembleModel([model, swapped], align=False).predict(u.image, u.mask)
+    np.testing.assert_allclose(mixed.probabilities[:, u.mask], 0.5, atol=1e-6)  # the two cancel out
+    # a volume, slice by slice, and batches: the same as one by one
+    units = [ds.unit(i) for i in range(3)]
+    many = aligned.predict_many([v.image for v in units], [v.mask for v in units], batch_size=2)
+    for v, p in zip(units, many):
+        np.testing.assert_array_equal(p.labels, model.predict(v.image, v.mask).labels)
+
+
+def test_ensemble_members_must_share_a_configuration(trained, tmp_path):
+    from deepgmm.training import EnsembleModel, load_ensemble
+
+    root, ds, _ = trained
+    model = load_model(root / "model")
+    assert load_ensemble([root / "model"]).__class__.__name__ == "TrainedModel"
+    assert isinstance(load_ensemble([root / "model", root / "model"]), EnsembleModel)
+    cfg = TrainConfig(method="deepsvg", n_components=3, network={"features": (8, 16)}, epochs=1, batch_size=4)
+    train(cfg, ds, tmp_path / "k3")
+    with pytest.raises(ValueError, match="cannot form an ensemble: they differ in n_components"):
+        EnsembleModel([model, load_model(tmp_path / "k3")])
+    cfg = TrainConfig(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=1, batch_size=4,
+                      mu_data=[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    train(cfg, ds, tmp_path / "mu")
+    with pytest.raises(ValueError, match="one was trained with mu_data"):
+        EnsembleModel([model, load_model(tmp_path / "mu")])
+    with pytest.raises(ValueError, match="at least one model"):
+        EnsembleModel([])
+
+
+def test_cli_predict_with_several_models(trained, tmp_path, capsys):
+    root, _, _ = trained
+    case = root / "data" / "case02"
+    files = [str(case / f"{c}.nii.gz") for c in ("DE", "T2", "C0")]
+    args = [*files, "--mask", str(case / "mask.nii.gz")]
+    assert main(["predict", "--model", str(root / "model"), *args, "--out", str(tmp_path / "one")]) == 0
+    assert main(["predict", "--model", str(root / "model"), "--model", str(root / "model"), *args,
+                 "--out", str(tmp_path / "two")]) == 0
+    capsys.readouterr()
+    a = np.asarray(nib.load(str(tmp_path / "one" / "labels.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "two" / "labels.nii.gz")).dataobj)
+    np.testing.assert_array_equal(a, b)
+    s = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s["model"] == [str(root / "model")] * 2
+    assert main(["predict", "--model", str(root / "model"), "--model", str(root / "model"), "--data",
+                 str(root / "data"), "--cases", "case01", "--out", str(tmp_path / "many")]) == 0
+    assert "1 sample(s)" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "many" / "summary.json").read_text())
+    assert " + " in summary["model"]
+
+
 def test_bad_model_folders(trained, tmp_path, capsys):
     root, ds, _ = trained
     import shutil

@@ -562,7 +562,9 @@ def _add_predict_parser(subs: Any) -> None:
         description="Apply a model trained by 'deepgmm train' to an image (IMG: its channel files, in order) or to "
                     "every case of a data folder (--data), and write labels, probabilities and the NLL.",
     )
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model folder written by 'deepgmm train'")
+    p.add_argument("--model", required=True, action="append", metavar="MODEL_DIR",
+                   help="model folder written by 'deepgmm train'; repeat it to segment with the mean soft labels of "
+                        "several models of one configuration (an ensemble: e.g. several seeds)")
     p.add_argument("images", nargs="*", metavar="IMG", help="image file(s), one per channel in the model's order")
     p.add_argument("--mask", metavar="M", help="region mask (non-zero inside); default: the whole image")
     _add_data_options(p, what="predict every case of this data folder instead of IMG (default layout and "
@@ -723,7 +725,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         _check_minimum("--batch-size", args.batch_size, 1)
     with _TorchSettings(args.threads):
-        from .training.predict import load_model
+        from .training.predict import load_ensemble
 
         if args.data is not None:
             if args.images or args.mask is not None:
@@ -733,7 +735,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             info = init_distributed(args.device)  # under torchrun: the cases are sharded over the ranks
             try:
-                model = load_model(args.model, device=info.device)
+                model = load_ensemble(args.model, device=info.device)
                 data = _data_settings(args, layout_default=model.config.layout, channels_default=model.channels)
                 items = cohort_units(data["layout"], args.data, channels=data["channels"],
                                      mask_name=data["mask_name"], cases=data["cases"], skip_bad=data["skip_bad"],
@@ -757,7 +759,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _refuse_data_options(args)
         target = dio.OutputDir(args.out, overwrite=args.overwrite)
         target.check()
-        model = load_model(args.model, device=args.device)
+        model = load_ensemble(args.model, device=args.device)
         image = dio.load_image(args.images)
         names = (_data_settings(args)["channels"] if hasattr(args, "channels")
                  else _infer_channel_names(args.images, model.channels))
@@ -765,7 +767,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fmt = _output_format(args.format, image.kind, image.ndim)
         pred = model.predict(image.data, mask, channels=names)
         summary = pred.summary()
-        summary.update(model=str(args.model), method=model.config.method, n_components=model.n_components,
+        summary.update(model=[str(m) for m in args.model] if len(args.model) > 1 else str(args.model[0]),
+                       method=model.config.method, n_components=model.n_components,
                        class_names=model.class_names, deepgmm_version=__version__,
                        inputs={"images": [str(p) for p in image.paths], "mask": args.mask,
                                "spatial_shape": list(image.spatial_shape)})

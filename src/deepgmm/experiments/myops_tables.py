@@ -797,47 +797,6 @@ def _member_name(method: str, member: int) -> str:
     return method if member == 0 else f"{method}-{member + 1}"
 
 
-def _aligned(ref: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """``probs`` ``(K, *spatial)`` with its classes permuted to overlap ``ref`` most (no ground truth)."""
-    from scipy.optimize import linear_sum_assignment
-
-    K = ref.shape[0]
-    overlap = ref.reshape(K, -1) @ probs.reshape(K, -1).T  # (K, K)
-    _, cols = linear_sum_assignment(-overlap)
-    return probs[cols]
-
-
-def _ensemble_fit(members: Sequence[Any], sl: Any, align: bool) -> _Fit:
-    """Mean soft labels of several trained networks on one slice; labels are their argmax.
-
-    ``align``: permute each member's classes to the first member's by overlap (networks trained
-    without a prior have no common class order); with ``mu_data`` the order is already shared.
-    The NLL is that of the mixture the mean soft labels define (the first member's loss).
-    """
-    import torch
-
-    from ..datasets import myops
-    from ..training.data import normalize_unit
-
-    if len(members) == 1:
-        return _network_fit(members[0], sl)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        preds = [mm.predict(sl.image, sl.mask, channels=list(myops.CHANNELS)) for mm in members]
-    probs = [np.asarray(p.probabilities, dtype=np.float64) for p in preds]  # each (K, H, W)
-    if align:
-        probs = [probs[0]] + [_aligned(probs[0], q) for q in probs[1:]]
-    mean = np.mean(probs, axis=0)
-    labels = np.where(sl.mask, mean.argmax(0) + 1, 0).astype(np.uint8)
-    first = members[0]
-    x, _ = normalize_unit(sl.image.astype(np.float32), sl.mask, first.config.normalize, f"slice {sl.slice_index}")
-    with torch.no_grad():
-        logits = torch.log(torch.from_numpy(mean).float().clamp_min(1e-30))[None]  # log_softmax(log p) = log p
-        res = first.loss(torch.from_numpy(x)[None], logits, torch.from_numpy(sl.mask)[None])
-    return _Fit(labels, float(res.nll[0]), time.perf_counter() - t0, None, None, {}, _caught(caught))
-
-
 def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int, method: str,
                   lam: float = MU_LAM) -> Any:
     """The :class:`deepgmm.training.TrainConfig` of one Table 2 network (checked by ``finalize``)."""
@@ -911,8 +870,9 @@ def run_table2(
         :data:`TABLE2_TRAIN_DEFAULTS`), e.g. ``{"lr": 1e-3, "augment": AugmentConfig.off()}``
     ensemble : networks per deep method (default 1, the paper's protocol). With N > 1 each deep
         method trains N networks (training seeds: ``seed`` and N - 1 drawn from it; the same
-        ``mu_data``) and segments with their mean soft labels; deepSVG's members are aligned to
-        the first by overlap (no ground truth). Member j > 1 lives in ``models/<method>-j``.
+        ``mu_data``) and segments with their mean soft labels (:class:`deepgmm.training.EnsembleModel`;
+        deepSVG's members are aligned to the first by overlap, no ground truth). Member j > 1 lives in
+        ``models/<method>-j``.
     lam : weight of deepSVGμ's ``mu_prior`` term (default :data:`MU_LAM`, the paper's 1)
     device : where the networks are trained and applied ("cpu", "cuda", "auto")
     threads : torch CPU threads for the whole run (default: torch's own setting)
@@ -1028,7 +988,7 @@ def run_table2(
     try:
         torch_threads.__enter__()
         from ..io import save_json
-        from ..training import MyoPSDataset, load_model
+        from ..training import EnsembleModel, MyoPSDataset, load_model
 
         save_json(out / "mu_data.json", {"mu_data": mu.tolist(), "classes": list(CLASS_COLUMNS),
                                          "channels": list(myops.CHANNELS), "slices": mu_from, "seed": seed,
@@ -1037,7 +997,7 @@ def run_table2(
         (out / FIGURES_DIR).mkdir(exist_ok=True)
         done = store.keys()
         todo_slices = [s for s in test_slices if any((m, s.case, s.slice_index) not in done for m in TABLE2_METHODS)]
-        models: dict[str, list[Any]] = {}
+        models: dict[str, Any] = {}
         need = {m for s in todo_slices for m in TABLE2_METHODS if (m, s.case, s.slice_index) not in done}
         if need & set(_TRAINED):
             dataset = MyoPSDataset(data, train_l, normalize=settings.get("normalize", "image"),
@@ -1045,7 +1005,7 @@ def run_table2(
             for m in TABLE2_METHODS:
                 if m not in need or m not in _TRAINED:
                     continue
-                models[m] = []
+                members = []
                 for j in range(n_members):
                     name = _member_name(m, j)
                     folder = out / "models" / name
@@ -1054,7 +1014,9 @@ def run_table2(
                     if not summary.get("reused"):
                         doc["training"][name] = summary
                         store.save()
-                    models[m].append(load_model(folder, device=device))
+                    members.append(load_model(folder, device=device))
+                # deepSVG's members have no common class order: aligned by overlap (EnsembleModel's default)
+                models[m] = members[0] if n_members == 1 else EnsembleModel(members)
 
         bar = _progress_bar(progress, len(todo_slices), "table2 test")
         scores = _score_map(doc["records"])
@@ -1068,8 +1030,8 @@ def run_table2(
                 elif m == "svgmm_mu":
                     fit = _segment_fit(sl, "svgmm", seed, {"init": "means", "means_init": mu})
                 else:
-                    fit = _ensemble_fit(models[m], sl, align=_TRAINED[m] != "mu")
-                    fit.settings = {"model": str(Path("models") / m), "trained": plain(models[m][0].config.to_dict())}
+                    fit = _network_fit(models[m], sl)
+                    fit.settings = {"model": str(Path("models") / m), "trained": plain(models[m].config.to_dict())}
                     if n_members > 1:
                         fit.settings["ensemble"] = [str(Path("models") / _member_name(m, j)) for j in range(n_members)]
                 prior = m.endswith("_mu")

@@ -14,11 +14,12 @@ from .augment import augment_batch, sample_seed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FORMAT_VERSION, AugmentConfig, TrainConfig, load_mu_data
 from .data import CohortDataset, FolderDataset, MyoPSDataset, find_folder_cases, make_dataset
-from .predict import Prediction, TrainedModel, load_model
+from .predict import EnsembleModel, Prediction, TrainedModel, load_ensemble, load_model
 from .train import TrainResult, train
 
 __all__ = [
     "augment_batch", "sample_seed", "load_checkpoint", "save_checkpoint", "FORMAT_VERSION", "AugmentConfig",
     "TrainConfig", "load_mu_data", "CohortDataset", "FolderDataset", "MyoPSDataset", "find_folder_cases",
-    "make_dataset", "Prediction", "TrainedModel", "load_model", "TrainResult", "train",
+    "make_dataset", "Prediction", "TrainedModel", "EnsembleModel", "load_model", "load_ensemble", "TrainResult",
+    "train",
 ]

@@ -31,7 +31,7 @@ from .checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_checkpoin
 from .config import TrainConfig, check_format
 from .data import crop, normalize_unit, window_around
 
-__all__ = ["load_model", "TrainedModel", "Prediction", "PREDICT_MARGIN"]
+__all__ = ["load_model", "load_ensemble", "TrainedModel", "EnsembleModel", "Prediction", "PREDICT_MARGIN"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,31 +198,47 @@ class TrainedModel:
 
     @torch.inference_mode()
     def _run(self, units: list[_Unit], batch_size: int) -> list[dict[str, Any]]:
-        """Per unit: logits and soft labels ``(K, *window)``, labels ``(*window)``, NLL, means, weights.
+        """Per unit: logits and soft labels ``(K, *window)``, labels ``(*window)``, NLL, means, weights."""
+        return self._summaries(units, self._logits(units, batch_size), batch_size)
 
-        Units of one window shape go through the network together; the soft labels, labels and
-        the NLL (one :class:`DeepMixtureLoss` call per batch) are computed on the windows.
-        """
-        out: list[dict[str, Any] | None] = [None] * len(units)
+    @staticmethod
+    def _batches(units: list[_Unit], batch_size: int) -> list[list[int]]:
+        """Indices of the units, grouped by window shape, in batches of at most ``batch_size``."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for k, u in enumerate(units):
             groups.setdefault(u.x.shape, []).append(k)
-        for shape, ks in groups.items():
-            self.network.check_input((1,) + shape)
-            for s in range(0, len(ks), batch_size):
-                chunk = ks[s:s + batch_size]
-                x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
-                m = torch.from_numpy(np.stack([units[k].m for k in chunk])).to(self.device)
-                logits = self.network(x).float()
-                res = self.loss(x, logits, m)
-                probs = torch.softmax(logits, 1) * m.unsqueeze(1)
-                labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
-                weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
-                logits, probs, labels = logits.cpu(), probs.cpu(), labels.cpu()
-                nll, means, weights = res.nll.cpu(), res.fit.means.cpu(), weights.cpu()
-                for j, k in enumerate(chunk):
-                    out[k] = {"logits": logits[j], "probs": probs[j], "labels": labels[j], "nll": float(nll[j]),
-                              "means": means[j], "weights": weights[j]}
+        return [ks[s:s + batch_size] for ks in groups.values() for s in range(0, len(ks), batch_size)]
+
+    @torch.inference_mode()
+    def _logits(self, units: list[_Unit], batch_size: int) -> list[torch.Tensor]:
+        """The network's logits ``(K, *window)`` of every unit; units of one window shape go together."""
+        out: list[torch.Tensor | None] = [None] * len(units)
+        for chunk in self._batches(units, batch_size):
+            self.network.check_input((1,) + units[chunk[0]].x.shape)
+            x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
+            logits = self.network(x).float()
+            for j, k in enumerate(chunk):
+                out[k] = logits[j]
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _summaries(self, units: list[_Unit], logits: list[torch.Tensor], batch_size: int) -> list[dict[str, Any]]:
+        """Soft labels, labels, NLL (one :class:`DeepMixtureLoss` call per batch), means and weights of
+        every unit from its logits ``(K, *window)``, computed on the windows."""
+        out: list[dict[str, Any] | None] = [None] * len(units)
+        for chunk in self._batches(units, batch_size):
+            x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
+            m = torch.from_numpy(np.stack([units[k].m for k in chunk])).to(self.device)
+            lg = torch.stack([logits[k] for k in chunk]).to(self.device)
+            res = self.loss(x, lg, m)
+            probs = torch.softmax(lg, 1) * m.unsqueeze(1)
+            labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
+            weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
+            lg, probs, labels = lg.cpu(), probs.cpu(), labels.cpu()
+            nll, means, weights = res.nll.cpu(), res.fit.means.cpu(), weights.cpu()
+            for j, k in enumerate(chunk):
+                out[k] = {"logits": lg[j], "probs": probs[j], "labels": labels[j], "nll": float(nll[j]),
+                          "means": means[j], "weights": weights[j]}
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -254,6 +270,70 @@ class TrainedModel:
         return Prediction(labels, probs, float(out.nll[0]), fit.means[0].numpy(),
                           (fit.nk[0] / fit.nk[0].sum()).numpy(),
                           {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}, [u.window for u, _ in parts])
+
+
+class EnsembleModel(TrainedModel):
+    """Several trained models applied together: their mean soft labels (see :func:`load_ensemble`).
+
+    The members must share the method, K, the channels, the normalisation, the training window and
+    the spatial dimensions (they differ in seeds, priors' weights or data). ``align``: permute each
+    member's classes to the first member's on every window, by overlap of the soft labels inside
+    the mask (Hungarian; no ground truth) — needed for networks trained without ``mu_data``, whose
+    class order is arbitrary; default: align when the first member has no ``mu_data``. The NLL,
+    means and weights are those of the mixture the mean soft labels define (first member's loss).
+    """
+
+    def __init__(self, models: Sequence[TrainedModel], *, align: bool | None = None) -> None:
+        models = list(models)
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        first = models[0]
+        keys = ("method", "n_components", "channels", "normalize", "crop_size", "spatial_dims", "covariance_type")
+        for other in models[1:]:
+            diff = [k for k in keys if getattr(other.config, k) != getattr(first.config, k)]
+            if diff:
+                raise ValueError(f"the models {first.source} and {other.source} cannot form an ensemble: they differ "
+                                 f"in {', '.join(diff)}")
+            if (other.config.mu_data is None) != (first.config.mu_data is None):
+                raise ValueError(f"the models {first.source} and {other.source} cannot form an ensemble: one was "
+                                 "trained with mu_data (a fixed class order), the other without")
+        self.models = models
+        self.align = first.config.mu_data is None if align is None else bool(align)
+        self.config = first.config
+        self.source = " + ".join(m.source for m in models)
+        self.device = first.device
+        self.network = first.network
+        self.loss = first.loss
+
+    def __repr__(self) -> str:
+        return f"EnsembleModel({len(self.models)} x {self.config.method}, K={self.n_components}, from {self.source})"
+
+    @torch.inference_mode()
+    def _run(self, units: list[_Unit], batch_size: int) -> list[dict[str, Any]]:
+        from scipy.optimize import linear_sum_assignment
+
+        member_logits = [mm._logits(units, batch_size) for mm in self.models]
+        mean_logits = []
+        for k, u in enumerate(units):
+            m = torch.from_numpy(u.m).to(self.device)
+            probs = [torch.softmax(lg[k], 0) * m for lg in member_logits]  # each (K, *window)
+            if self.align:
+                ref = probs[0].reshape(probs[0].shape[0], -1)
+                for j in range(1, len(probs)):
+                    overlap = (ref @ probs[j].reshape(ref.shape[0], -1).T).cpu().numpy()  # (K, K)
+                    _, cols = linear_sum_assignment(-overlap)
+                    probs[j] = probs[j][torch.as_tensor(cols, device=probs[j].device)]
+            mean = torch.stack(probs).mean(0)
+            mean_logits.append(torch.log(mean.clamp_min(1e-30)))  # softmax(log p) = p where the mask is
+        return self._summaries(units, mean_logits, batch_size)
+
+
+def load_ensemble(paths: Sequence[str | Path], *, device: Any = "cpu", align: bool | None = None) -> TrainedModel:
+    """:func:`load_model` for one path; an :class:`EnsembleModel` of several (mean soft labels)."""
+    models = [load_model(p, device=device) for p in paths]
+    if not models:
+        raise ValueError("give at least one model")
+    return models[0] if len(models) == 1 else EnsembleModel(models, align=align)
 
 
 def _inner(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[slice, ...]:
