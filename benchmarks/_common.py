@@ -25,6 +25,13 @@ def have_data(data: Path) -> bool:
     return False
 
 
+def slice_arguments(ap: Any, every: int = 1) -> None:
+    """``--data``, ``--every`` (run every N-th of the 79 slices) and ``--jobs`` (processes) of ``ap``."""
+    ap.add_argument("--data", type=Path, default=default_data())
+    ap.add_argument("--every", type=int, default=every, help=f"every N-th of the 79 slices (default {every})")
+    ap.add_argument("--jobs", type=int, default=2, help="processes, one torch thread each (default 2)")
+
+
 def map_slices(run: Callable[[tuple], Any], data: Path, jobs: int, every: int = 1, *extra: Any) -> tuple[int, list]:
     """Every ``every``-th of the 79 slices, split over ``jobs`` processes: ``run((data, indices, *extra))``
     in each. Returns the number of slices and the processes' results, in process order."""

@@ -21,11 +21,10 @@ import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data, map_slices
+from _common import have_data, map_slices, slice_arguments
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
@@ -73,9 +72,7 @@ def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[tuple[list[flo
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default_data())
-    ap.add_argument("--every", type=int, default=4)
-    ap.add_argument("--jobs", type=int, default=2)
+    slice_arguments(ap, every=4)
     ap.add_argument("--only", default=None, help="run the configurations whose name contains this text")
     args = ap.parse_args()
     if not have_data(args.data):

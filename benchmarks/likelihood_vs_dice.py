@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data, map_slices
+from _common import have_data, map_slices, slice_arguments
 
 
 def _run(job: tuple[str, list[int], int]) -> dict[str, list[float]]:
@@ -70,9 +69,7 @@ def _run(job: tuple[str, list[int], int]) -> dict[str, list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default_data())
-    ap.add_argument("--every", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=2)
+    slice_arguments(ap, every=1)
     ap.add_argument("--restarts", type=int, default=10)
     args = ap.parse_args()
     if not have_data(args.data):

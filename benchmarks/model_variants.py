@@ -39,11 +39,10 @@ import itertools
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from _common import default_data, have_data, map_slices
+from _common import have_data, map_slices, slice_arguments
 
 EXPERIMENTS = ("readouts", "spatial-start", "extra-classes", "partial-volume", "features")
 K = 4
@@ -240,9 +239,7 @@ def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[list[float]]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=default_data())
-    ap.add_argument("--every", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=2)
+    slice_arguments(ap, every=1)
     ap.add_argument("--only", choices=EXPERIMENTS, action="append", help="run this experiment (repeatable)")
     args = ap.parse_args()
     if not have_data(args.data):
