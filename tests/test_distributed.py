@@ -230,7 +230,7 @@ def test_signal_to_one_rank_stops_the_job_cleanly_then_resume_finishes_it(rank_c
     assert proc.returncode != 0
     worker_lines = [s for s in err.splitlines() if s.startswith("deepgmm: ") or s.startswith("[rank")]
     assert line in worker_lines, err[-3000:]
-    peer = [s for s in worker_lines if "another process of this torchrun job stopped" in s]
+    peer = [s for s in worker_lines if "of this torchrun job" in s]
     assert len(peer) <= 1 and all("--resume" in s for s in peer), worker_lines
     assert not [s for s in err.splitlines() if s.startswith("[rank")], err[-3000:]  # no worker traceback
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name], sorted(p.name for p in out.iterdir())
@@ -271,6 +271,21 @@ def test_peer_failure_is_one_line_only_under_torchrun(tmp_path, monkeypatch, cap
     assert err == ["deepgmm: error: another process of this torchrun job stopped (Connection closed by peer "
                    "[127.0.0.1]:44223); what this job wrote is complete: rerun it (train: with --resume, "
                    "from the last checkpoint)"], err
+    # another error of the backend: one line as well, without claiming a peer stopped
+    message = "[/src/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms for recv operation"
+
+    def other(args):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(cli, "cmd_segment", other)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["deepgmm: error: a collective operation of this torchrun job failed (Timed out waiting 1800000ms "
+                   "for recv operation); another process may have stopped; what this job wrote is complete: rerun "
+                   "it (train: with --resume)"], err
     monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(RuntimeError, match="Timed out waiting"):
+        main(argv)
+    monkeypatch.setattr(cli, "cmd_segment", failing)
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         main(argv)

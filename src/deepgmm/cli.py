@@ -843,12 +843,20 @@ _PEER_FAILURES = ("connection closed by peer", "connection reset by peer", "brok
                   "nccl communicator was aborted")
 
 
+def _in_torchrun_job() -> bool:
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
+
+
 def _is_peer_failure(exc: BaseException) -> bool:
     """Under torchrun: a collective failed because another process of the job stopped."""
-    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
-        return False
     text = str(exc).lower()
-    return type(exc).__name__ == "DistBackendError" or any(t in text for t in _PEER_FAILURES)
+    return _in_torchrun_job() and (type(exc).__name__ == "DistBackendError" or any(t in text for t in _PEER_FAILURES))
+
+
+def _is_backend_failure(exc: BaseException) -> bool:
+    """Under torchrun: any other error of the communication backend (gloo, NCCL)."""
+    text = str(exc).lower()
+    return _in_torchrun_job() and ("gloo" in text or "nccl" in text)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -942,6 +950,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, RuntimeError) and _is_peer_failure(exc):
             _error(f"another process of this torchrun job stopped ({_first_line(exc)}); what this job wrote is "
                    "complete: rerun it (train: with --resume, from the last checkpoint)")
+            return EXIT_ERROR
+        if isinstance(exc, RuntimeError) and _is_backend_failure(exc):
+            _error(f"a collective operation of this torchrun job failed ({_first_line(exc)}); another process may "
+                   "have stopped; what this job wrote is complete: rerun it (train: with --resume)")
             return EXIT_ERROR
         if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
             raise
