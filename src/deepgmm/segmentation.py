@@ -409,6 +409,8 @@ def segment(
             f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
         )
 
+    logger.info("segment(method=%s, K=%d): fitting %d pixel(s) of %d channel(s)", method, n_components, n_pix,
+                img.shape[0])
     fit = METHODS[method](img, region, settings)
 
     K = n_components
