@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,11 @@ def slice_arguments(ap: Any, every: int = 1) -> None:
     ap.add_argument("--data", type=Path, default=default_data())
     ap.add_argument("--every", type=int, default=every, help=f"every N-th of the 79 slices (default {every})")
     ap.add_argument("--jobs", type=int, default=2, help="processes, one torch thread each (default 2)")
+
+
+def run_line(n: int, every: int, jobs: int, t0: float) -> str:
+    """The first line of a slice benchmark's report: how many slices, how run, wall time since ``t0``."""
+    return f"# {n} slices (every {every}th), {jobs} process(es) x 1 thread, {time.perf_counter() - t0:.0f} s wall\n"
 
 
 def map_slices(run: Callable[[tuple], Any], data: Path, jobs: int, every: int = 1, *extra: Any) -> tuple[int, list]:

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from _common import have_data, map_slices, slice_arguments
+from _common import have_data, map_slices, run_line, slice_arguments
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
@@ -80,8 +80,7 @@ def main() -> int:
     names = [n for n in CONFIGS if args.only is None or args.only in n]
     t0 = time.perf_counter()
     n, parts = map_slices(_run, args.data, args.jobs, args.every, names)
-    print(f"# {n} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
-          f"{time.perf_counter() - t0:.0f} s wall\n")
+    print(run_line(n, args.every, args.jobs, t0))
     print("| configuration | blood | myocardium | edema | scar | mean Dice | s/slice (median) | steps (median) | scar < 0.05 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:

@@ -42,7 +42,7 @@ import warnings
 
 import numpy as np
 
-from _common import have_data, map_slices, slice_arguments
+from _common import have_data, map_slices, run_line, slice_arguments
 
 EXPERIMENTS = ("readouts", "spatial-start", "extra-classes", "partial-volume", "features")
 K = 4
@@ -247,8 +247,7 @@ def main() -> int:
     experiments = args.only or list(EXPERIMENTS)
     t0 = time.perf_counter()
     n, parts = map_slices(_run, args.data, args.jobs, args.every, experiments)
-    print(f"# {n} slices (every {args.every}th), {args.jobs} process(es) x 1 thread, "
-          f"{time.perf_counter() - t0:.0f} s wall\n")
+    print(run_line(n, args.every, args.jobs, t0))
     print("| variant | blood | myocardium | edema | scar | mean Dice |")
     print("|---|---|---|---|---|---|")
     for key in parts[0]:

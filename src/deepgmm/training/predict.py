@@ -198,48 +198,45 @@ class TrainedModel:
 
     @torch.inference_mode()
     def _run(self, units: list[_Unit], batch_size: int) -> list[dict[str, Any]]:
-        """Per unit: logits and soft labels ``(K, *window)``, labels ``(*window)``, NLL, means, weights."""
-        return self._summaries(units, self._logits(units, batch_size), batch_size)
+        """Per unit: logits and soft labels ``(K, *window)``, labels ``(*window)``, NLL, means, weights.
 
-    @staticmethod
-    def _batches(units: list[_Unit], batch_size: int) -> list[list[int]]:
-        """Indices of the units, grouped by window shape, in batches of at most ``batch_size``."""
+        Units of one window shape go through the network together; the soft labels, labels and
+        the NLL (one :class:`DeepMixtureLoss` call per batch) are computed on the windows.
+        """
+        out: list[dict[str, Any] | None] = [None] * len(units)
+        for chunk, x, m in self._batches(units, batch_size):
+            self._summarise(chunk, x, m, self._batch_logits(x, m), out)
+        return out  # type: ignore[return-value]
+
+    def _batches(self, units: list[_Unit], batch_size: int):
+        """``(indices, x (B, C, *w), m (B, *w))`` per batch of units of one window shape, on the device."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for k, u in enumerate(units):
             groups.setdefault(u.x.shape, []).append(k)
-        return [ks[s:s + batch_size] for ks in groups.values() for s in range(0, len(ks), batch_size)]
+        for shape, ks in groups.items():
+            self.network.check_input((1,) + shape)
+            for s in range(0, len(ks), batch_size):
+                chunk = ks[s:s + batch_size]
+                x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
+                m = torch.from_numpy(np.stack([units[k].m for k in chunk])).to(self.device)
+                yield chunk, x, m
 
-    @torch.inference_mode()
-    def _logits(self, units: list[_Unit], batch_size: int) -> list[torch.Tensor]:
-        """The network's logits ``(K, *window)`` of every unit; units of one window shape go together."""
-        out: list[torch.Tensor | None] = [None] * len(units)
-        for chunk in self._batches(units, batch_size):
-            self.network.check_input((1,) + units[chunk[0]].x.shape)
-            x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
-            logits = self.network(x).float()
-            for j, k in enumerate(chunk):
-                out[k] = logits[j]
-        return out  # type: ignore[return-value]
+    def _batch_logits(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """The logits ``(B, K, *w)`` this model segments a batch with."""
+        return self.network(x).float()
 
-    @torch.inference_mode()
-    def _summaries(self, units: list[_Unit], logits: list[torch.Tensor], batch_size: int) -> list[dict[str, Any]]:
-        """Soft labels, labels, NLL (one :class:`DeepMixtureLoss` call per batch), means and weights of
-        every unit from its logits ``(K, *window)``, computed on the windows."""
-        out: list[dict[str, Any] | None] = [None] * len(units)
-        for chunk in self._batches(units, batch_size):
-            x = torch.from_numpy(np.stack([units[k].x for k in chunk])).to(self.device)
-            m = torch.from_numpy(np.stack([units[k].m for k in chunk])).to(self.device)
-            lg = torch.stack([logits[k] for k in chunk]).to(self.device)
-            res = self.loss(x, lg, m)
-            probs = torch.softmax(lg, 1) * m.unsqueeze(1)
-            labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
-            weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
-            lg, probs, labels = lg.cpu(), probs.cpu(), labels.cpu()
-            nll, means, weights = res.nll.cpu(), res.fit.means.cpu(), weights.cpu()
-            for j, k in enumerate(chunk):
-                out[k] = {"logits": lg[j], "probs": probs[j], "labels": labels[j], "nll": float(nll[j]),
-                          "means": means[j], "weights": weights[j]}
-        return out  # type: ignore[return-value]
+    def _summarise(self, chunk: list[int], x: torch.Tensor, m: torch.Tensor, logits: torch.Tensor,
+                   out: list[dict[str, Any] | None]) -> None:
+        """Soft labels, labels, the NLL, means and weights of a batch from its logits, into ``out``."""
+        res = self.loss(x, logits, m)
+        probs = torch.softmax(logits, 1) * m.unsqueeze(1)
+        labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
+        weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
+        logits, probs, labels = logits.cpu(), probs.cpu(), labels.cpu()
+        nll, means, weights = res.nll.cpu(), res.fit.means.cpu(), weights.cpu()
+        for j, k in enumerate(chunk):
+            out[k] = {"logits": logits[j], "probs": probs[j], "labels": labels[j], "nll": float(nll[j]),
+                      "means": means[j], "weights": weights[j]}
 
     @torch.inference_mode()
     def _assemble(self, i: int, arr: np.ndarray, m: np.ndarray, parts: list[tuple[_Unit, dict[str, Any]]]) -> Prediction:
@@ -308,24 +305,20 @@ class EnsembleModel(TrainedModel):
     def __repr__(self) -> str:
         return f"EnsembleModel({len(self.models)} x {self.config.method}, K={self.n_components}, from {self.source})"
 
-    @torch.inference_mode()
-    def _run(self, units: list[_Unit], batch_size: int) -> list[dict[str, Any]]:
+    def _batch_logits(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``log`` of the members' mean soft labels ``(B, K, *w)`` (members aligned first if ``align``)."""
         from scipy.optimize import linear_sum_assignment
 
-        member_logits = [mm._logits(units, batch_size) for mm in self.models]
-        mean_logits = []
-        for k, u in enumerate(units):
-            m = torch.from_numpy(u.m).to(self.device)
-            probs = [torch.softmax(lg[k], 0) * m for lg in member_logits]  # each (K, *window)
-            if self.align:
-                ref = probs[0].reshape(probs[0].shape[0], -1)
-                for j in range(1, len(probs)):
-                    overlap = (ref @ probs[j].reshape(ref.shape[0], -1).T).cpu().numpy()  # (K, K)
-                    _, cols = linear_sum_assignment(-overlap)
-                    probs[j] = probs[j][torch.as_tensor(cols, device=probs[j].device)]
-            mean = torch.stack(probs).mean(0)
-            mean_logits.append(torch.log(mean.clamp_min(1e-30)))  # softmax(log p) = p where the mask is
-        return self._summaries(units, mean_logits, batch_size)
+        probs = [torch.softmax(mm.network(x).float(), 1) * m.unsqueeze(1) for mm in self.models]
+        if self.align:
+            B, K = probs[0].shape[:2]
+            ref = probs[0].reshape(B, K, -1)
+            for j in range(1, len(probs)):
+                overlap = (ref @ probs[j].reshape(B, K, -1).transpose(1, 2)).cpu().numpy()  # (B, K, K)
+                order = [linear_sum_assignment(-o)[1] for o in overlap]  # per window
+                idx = torch.as_tensor(np.stack(order), device=x.device)  # (B, K)
+                probs[j] = probs[j][torch.arange(B, device=x.device)[:, None], idx]
+        return torch.log(torch.stack(probs).mean(0).clamp_min(1e-30))  # softmax(log p) = p inside the mask
 
 
 def load_ensemble(paths: Sequence[str | Path], *, device: Any = "cpu", align: bool | None = None) -> TrainedModel:
