@@ -213,18 +213,25 @@ def test_signal_to_one_rank_stops_the_job_cleanly_then_resume_finishes_it(rank_c
     out = tmp_path / "model"
     proc = subprocess.Popen(argv(out), env=_torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path, start_new_session=True)
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 300
         while not (out / "checkpoint.pt").exists():
             assert proc.poll() is None, f"torchrun ended before the first checkpoint: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.01)
+        workers = [p for p in (_rank_pid(proc.pid, r) for r in (0, 1)) if p is not None]
         pid = _rank_pid(proc.pid, rank)
         assert pid is not None, f"no worker of rank {rank} found"
         os.kill(pid, sig)
         _, err = proc.communicate(timeout=300)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # a hung job: its workers run in their own process groups, kill them too
+            for p in workers:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode != 0
@@ -289,3 +296,56 @@ def test_peer_failure_is_one_line_only_under_torchrun(tmp_path, monkeypatch, cap
     monkeypatch.setattr(cli, "cmd_segment", failing)
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         main(argv)
+
+
+_LEAVE_SCRIPT = """
+import sys, time
+from pathlib import Path
+import deepgmm.cli as cli
+import deepgmm.training.distributed as dist_mod
+
+marker, joined, kind = Path(sys.argv[1]), sys.argv[2] == "joined", sys.argv[3]
+dist_mod._joined = joined  # what init_distributed sets under torchrun
+
+class Teardown:  # stands for DDP's reducer / the gloo backend, whose destructors wait for queued collectives
+    def __del__(self):
+        marker.write_text("destructor ran")
+        time.sleep(600 if joined else 0)
+
+def command(args):
+    held = Teardown()  # released only with the exception's traceback
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    if kind == "peer":
+        raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1. Remote worker crashed.")
+    raise RuntimeError("an unexpected bug")
+
+cli.cmd_segment = command
+sys.exit(cli.main(["segment", sys.argv[4], "--method", "gmm", "-k", "2", "--out", sys.argv[5]]))
+"""
+
+
+@pytest.mark.parametrize(("kind", "status", "line"), [
+    ("interrupt", 130, "deepgmm: error: interrupted"),
+    ("peer", 2, "deepgmm: error: another process of this torchrun job stopped (Connection closed by peer"),
+    ("bug", 1, "RuntimeError: an unexpected bug")])
+def test_failed_command_in_a_process_group_leaves_before_the_teardown(tmp_path, kind, status, line):
+    """Under torchrun a failing rank must end at once: its teardown (DDP, gloo) waits for
+    collectives the other ranks never complete, which hung a 2-process job until the backend's
+    30-minute timeout when one rank was interrupted mid-step (seen in CI). Outside a process group
+    the same failure unwinds normally, so the test would fail (time out) without the early exit."""
+    make_cohort(tmp_path / "d", n=1)
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "WORLD_SIZE": "2"}
+    image, out = str(tmp_path / "d" / "case00" / "A.nii.gz"), str(tmp_path / "o")
+    for joined in ("joined", "alone"):
+        marker = tmp_path / f"{joined}.txt"
+        run = subprocess.run([sys.executable, str(script), str(marker), joined, kind, image, out], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == status, run.stderr[-2000:]
+        lines = run.stderr.strip().splitlines()
+        assert any(s.startswith(line) for s in lines), run.stderr[-2000:]
+        # the teardown is skipped only in the process group, where it could wait forever
+        assert marker.exists() == (joined == "alone"), joined
+        assert not Path(out).exists()

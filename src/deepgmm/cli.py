@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ PROG = "deepgmm"
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_FAILURE = 1  # an unexpected error (a traceback)
 
 
 class Terminated(KeyboardInterrupt):
@@ -888,6 +890,33 @@ def _restore_sigterm(previous: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _joined_process_group() -> bool:
+    """Whether this process joined a torchrun process group (without importing torch if it did not)."""
+    module = sys.modules.get("deepgmm.training.distributed")
+    return module is not None and module.joined_process_group()
+
+
+def _failed(code: int) -> int:
+    """Return ``code``, the status of a failed command; in a process that joined a torchrun process
+    group, end the process here with it instead.
+
+    Called while the exception is still held: once it is released, the destructors of DDP and the
+    gloo/NCCL backend run, and they wait for collectives still queued in this process, which the
+    other processes (waiting for this one) never complete, so the job would hang until the
+    backend's timeout (30 min). Ending at once closes this process's connections: the others fail
+    their collective and stop too, and torchrun sees this process's status. Everything the command
+    wrote is complete by then (files are replaced atomically); only stdout and stderr need a flush.
+    """
+    if _joined_process_group():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
 
@@ -926,40 +955,46 @@ def main(argv: list[str] | None = None) -> int:
     saved_term = _install_sigterm()
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = show_warning
-            return int(args.func(args))
-    except Terminated:
-        if args.debug:
-            raise
-        _error("terminated")
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        _error("interrupted")
-        return EXIT_INTERRUPTED
-    except MemoryError:
-        if args.debug:
-            raise
-        _error("out of memory; crop the image, use a smaller mask or fewer classes")
-        return EXIT_ERROR
-    except (ValueError, OSError, RuntimeError) as exc:  # FileNotFoundError is an OSError
-        if args.debug:
-            raise
-        if isinstance(exc, RuntimeError) and _is_peer_failure(exc):
-            _error(f"another process of this torchrun job stopped ({_first_line(exc)}); what this job wrote is "
-                   "complete: rerun it (train: with --resume, from the last checkpoint)")
-            return EXIT_ERROR
-        if isinstance(exc, RuntimeError) and _is_backend_failure(exc):
-            _error(f"a collective operation of this torchrun job failed ({_first_line(exc)}); another process may "
-                   "have stopped; what this job wrote is complete: rerun it (train: with --resume)")
-            return EXIT_ERROR
-        if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
-            raise
-        text = str(exc) if str(exc) else type(exc).__name__
-        _error(text if not isinstance(exc, RuntimeError) else f"out of memory: {text}")
-        return EXIT_ERROR
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = show_warning
+                return int(args.func(args))
+        except Terminated:
+            if args.debug:
+                raise
+            _error("terminated")
+            return _failed(EXIT_TERMINATED)
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            _error("interrupted")
+            return _failed(EXIT_INTERRUPTED)
+        except MemoryError:
+            if args.debug:
+                raise
+            _error("out of memory; crop the image, use a smaller mask or fewer classes")
+            return _failed(EXIT_ERROR)
+        except (ValueError, OSError, RuntimeError) as exc:  # FileNotFoundError is an OSError
+            if args.debug:
+                raise
+            if isinstance(exc, RuntimeError) and _is_peer_failure(exc):
+                _error(f"another process of this torchrun job stopped ({_first_line(exc)}); what this job wrote is "
+                       "complete: rerun it (train: with --resume, from the last checkpoint)")
+                return _failed(EXIT_ERROR)
+            if isinstance(exc, RuntimeError) and _is_backend_failure(exc):
+                _error(f"a collective operation of this torchrun job failed ({_first_line(exc)}); another process "
+                       "may have stopped; what this job wrote is complete: rerun it (train: with --resume)")
+                return _failed(EXIT_ERROR)
+            if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
+                raise
+            text = str(exc) if str(exc) else type(exc).__name__
+            _error(text if not isinstance(exc, RuntimeError) else f"out of memory: {text}")
+            return _failed(EXIT_ERROR)
+    except BaseException as exc:  # an unexpected error (or --debug): the traceback, then as above under torchrun
+        if _joined_process_group() and not isinstance(exc, SystemExit):
+            traceback.print_exc()
+            _failed(EXIT_FAILURE)
+        raise
     finally:
         _restore_sigterm(saved_term)
         logger.debug("%s finished in %.2f s", args.command, time.perf_counter() - t0)

@@ -18,13 +18,29 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "in_torchrun", "init_distributed", "shutdown", "shard", "all_reduce_sum",
-           "broadcast_object", "barrier"]
+__all__ = ["DistInfo", "in_torchrun", "init_distributed", "joined_process_group", "shutdown", "shard",
+           "all_reduce_sum", "broadcast_object", "barrier"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+# Set once this process has joined a torchrun process group, and never cleared: even after
+# destroy_process_group, objects such as DDP's reducer keep the backend alive, and their
+# destructors wait for collectives that a failed job will never complete.
+_joined = False
+
+
+def joined_process_group() -> bool:
+    """Whether this process has joined a torchrun process group (see :func:`init_distributed`).
+
+    The CLI uses it to leave at once when a command fails under torchrun: a normal interpreter
+    exit would run the destructors of DDP and the gloo backend, which wait for the collectives
+    still queued in this process; the other processes wait for this one, so the job would hang
+    until the backend's timeout instead of stopping.
+    """
+    return _joined
 
 
 @dataclass(frozen=True)
@@ -79,8 +95,10 @@ def init_distributed(device: str | torch.device | None = "cpu", *, timeout_s: fl
                              "that many processes per node")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
+    global _joined
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    _joined = True
     logger.info("distributed: rank %d of %d (local %d), backend %s, device %s", rank, world, local, backend, dev)
     return DistInfo(rank=rank, world_size=world, local_rank=local, backend=backend, device=dev)
 
