@@ -1,6 +1,6 @@
 """Ideas that did not lift the MyoPS Dice: read-outs, ensembles, spatial starts, extra classes.
 
-Four experiments on the paper's slices (GUIDE §2; the loader's z-scored slices, K=4, the
+Experiments on the paper's slices (GUIDE §2; the loader's z-scored slices, K=4, the
 left-ventricle mask, Hungarian matching), each printing mean Dice per class:
 
 ``readouts``
@@ -17,6 +17,12 @@ left-ventricle mask, Hungarian matching), each printing mean Dice per class:
     out and gives their pixels to the most probable kept class (uses the ground truth: an upper
     bound, not a method); and the same without the oracle, keeping the 4 most compact classes
     (largest share of pixels whose 4 neighbours have the same label).
+``merge``
+    EM with K=5 and 6 classes reduced to 4 without the ground truth: merging (probabilities
+    summed) the pair with the cheapest moment-matched merger (Runnalls 2007) or the pair whose
+    merger lowers the entropy of the responsibilities most (Baudry et al. 2010), repeated; or
+    dropping (pixels to the likeliest kept class) the smallest classes, or one at a time the class
+    whose removal raises the NLL least.
 ``partial-volume``
     A partial-volume mixture: the 4 classes plus one component for every pair, centred between
     the pair's means with the variance of a uniform blend; only the pure classes' responsibilities
@@ -44,7 +50,7 @@ import numpy as np
 
 from _common import have_data, map_slices, run_line, slice_arguments
 
-EXPERIMENTS = ("readouts", "spatial-start", "extra-classes", "partial-volume", "features")
+EXPERIMENTS = ("readouts", "spatial-start", "extra-classes", "merge", "partial-volume", "features")
 K = 4
 
 
@@ -148,6 +154,87 @@ def _extra_classes(sl, add) -> None:
             add(f"{method}, K={k}: keep the 4 most compact classes", _argmax_labels(seg.probabilities[compact], m))
 
 
+def _merge_runnalls(w: np.ndarray, mu: np.ndarray, var: np.ndarray) -> tuple[int, int]:
+    """The pair whose moment-matched merger costs the least (Runnalls 2007, diagonal covariances):
+    ``0.5 [(w_i + w_j) log|S_ij| - w_i log|S_i| - w_j log|S_j|]``."""
+    best, pair = np.inf, (0, 1)
+    for i, j in itertools.combinations(range(len(w)), 2):
+        wij = w[i] + w[j]
+        m = (w[i] * mu[i] + w[j] * mu[j]) / wij
+        v = (w[i] * (var[i] + mu[i] ** 2) + w[j] * (var[j] + mu[j] ** 2)) / wij - m ** 2
+        cost = 0.5 * (wij * np.log(v).sum() - w[i] * np.log(var[i]).sum() - w[j] * np.log(var[j]).sum())
+        if cost < best:
+            best, pair = cost, (i, j)
+    return pair
+
+
+def _merge_entropy(r: np.ndarray) -> tuple[int, int]:
+    """The pair whose merger lowers the entropy of the responsibilities ``r`` ``(K, N)`` most
+    (Baudry et al. 2010, combining mixture components for clustering)."""
+    xlogx = lambda a: a * np.log(np.clip(a, 1e-300, None))  # noqa: E731
+    best, pair = -np.inf, (0, 1)
+    for i, j in itertools.combinations(range(r.shape[0]), 2):
+        gain = (xlogx(r[i] + r[j]) - xlogx(r[i]) - xlogx(r[j])).sum()
+        if gain > best:
+            best, pair = gain, (i, j)
+    return pair
+
+
+def _merge_to(seg, m: np.ndarray, rule: str) -> np.ndarray:
+    """Merge the classes of ``seg`` down to K by ``rule``, summing their probabilities; labels."""
+    P = seg.probabilities.astype(np.float64)
+    groups = [[c] for c in range(P.shape[0])]
+    w, mu, var = seg.weights.astype(np.float64), seg.means.astype(np.float64), seg.covariances.astype(np.float64)
+    probs = [P[c] for c in range(P.shape[0])]
+    while len(groups) > K:
+        i, j = _merge_runnalls(w, mu, var) if rule == "runnalls" else _merge_entropy(np.stack([p[m] for p in probs]))
+        wij = w[i] + w[j]
+        m_ij = (w[i] * mu[i] + w[j] * mu[j]) / wij
+        v_ij = (w[i] * (var[i] + mu[i] ** 2) + w[j] * (var[j] + mu[j] ** 2)) / wij - m_ij ** 2
+        keep = [c for c in range(len(groups)) if c not in (i, j)]
+        groups = [groups[c] for c in keep] + [groups[i] + groups[j]]
+        probs = [probs[c] for c in keep] + [probs[i] + probs[j]]
+        w = np.append(w[keep], wij)
+        mu = np.vstack([mu[keep], m_ij])
+        var = np.vstack([var[keep], v_ij])
+    return _argmax_labels(np.stack(probs), m)
+
+
+def _drop_least_likely(seg, image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Drop, one at a time, the class whose removal (pixels to the other classes, weights
+    renormalised) raises the mixture's NLL least; labels of the 4 left."""
+    import torch
+
+    from deepgmm.likelihood import log_gaussian
+
+    X = torch.from_numpy(image[:, m].T).double()
+    log_dens = log_gaussian(X, torch.as_tensor(seg.means).double(), torch.as_tensor(seg.covariances).double(),
+                            "diag").numpy()  # (N, K')
+    P = seg.probabilities.astype(np.float64)
+    kept = list(range(P.shape[0]))
+    while len(kept) > K:
+        def nll(classes):
+            w = np.clip(P[classes][:, m].T, 1e-300, None)  # (N, k) per-pixel weights (global for the GMM)
+            w = w / w.sum(1, keepdims=True)
+            return -np.logaddexp.reduce(np.log(w) + log_dens[:, classes], axis=1).sum()
+        kept.remove(min(kept, key=lambda c: nll([d for d in kept if d != c])))
+    return _argmax_labels(P[kept], m)
+
+
+def _merge(sl, add) -> None:
+    from deepgmm import segment
+
+    m = sl.mask
+    for method in ("gmm", "svgmm"):
+        for k in (5, 6):
+            seg = segment(sl.image, m, method=method, n_components=k, normalize="none")
+            for rule in ("runnalls", "entropy"):
+                add(f"{method}, K={k}: merged to 4 ({rule})", _merge_to(seg, m, rule))
+            smallest = np.argsort(seg.weights)[::-1][:K]
+            add(f"{method}, K={k}: drop the smallest classes", _argmax_labels(seg.probabilities[smallest], m))
+            add(f"{method}, K={k}: drop the classes the likelihood misses least", _drop_least_likely(seg, sl.image, m))
+
+
 def _log_normal(X: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     """Diagonal Gaussian log-densities ``(N, C), (M, C), (M, C) -> (N, M)``."""
     return -0.5 * (((X[:, None] - mu[None]) ** 2 / var[None]) + np.log(2 * np.pi * var[None])).sum(-1)
@@ -228,7 +315,7 @@ def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[list[float]]]:
 
     slices = paper_slices(data)
     runners = {"readouts": _readouts, "spatial-start": _spatial_start,
-               "extra-classes": _extra_classes, "partial-volume": _partial_volume, "features": _features}
+               "extra-classes": _extra_classes, "merge": _merge, "partial-volume": _partial_volume, "features": _features}
     out: dict[str, list[list[float]]] = {}
     for i in indices:
         sl = slices[i]
