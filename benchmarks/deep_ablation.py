@@ -26,6 +26,39 @@ import numpy as np
 
 from _common import have_data, map_slices, run_line, slice_arguments
 
+
+def _posterior_gap(lam: float, mixture: str):
+    """A regulariser ``lam * mean_n KL(w_n || p(k | x_n))`` between the soft labels and the posterior of
+    the mixture they define. With ``lam = 1`` the loss becomes the negative ELBO (evidence lower bound)
+    with the soft labels as the variational distribution, which ties each pixel's soft label to its own
+    posterior (the NLL alone sees the soft labels only through the M-step's sums)."""
+    import torch
+
+    from deepgmm.deep.regularizers import Regularizer
+    from deepgmm.likelihood import log_gaussian
+
+    class PosteriorGap(Regularizer):
+        name = "posterior_gap"
+
+        def __call__(self, ctx):
+            B, C, K = ctx.image.shape[0], ctx.image.shape[1], ctx.log_probs.shape[1]
+            x = ctx.image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
+            log_w = ctx.log_probs.reshape(B, K, -1).transpose(1, 2)  # (B, N, K)
+            m = ctx.mask.reshape(B, -1)  # (B, N)
+            n = m.sum(1).clamp_min(1.0)
+            if mixture == "gmm":  # pi_k = mean over the mask of w_nk
+                log_pi = torch.log((log_w.exp() * m.unsqueeze(-1)).sum(1) / n.unsqueeze(-1) + 1e-30).unsqueeze(1)
+            else:
+                log_pi = log_w
+            joint = log_pi + log_gaussian(x, ctx.means, ctx.covariances, "diag" if ctx.covariances.ndim == 3
+                                          else "full")
+            log_post = joint - torch.logsumexp(joint, -1, keepdim=True)
+            kl = (log_w.exp() * (log_w - log_post)).sum(-1)  # (B, N)
+            return self.lam * (kl * m).sum(1) / n
+
+    return PosteriorGap(lam)
+
+
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
     "deepsvg (default)": ("deepsvg", {}),
@@ -44,6 +77,9 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepg, TV 0.5": ("deepg", {"tv": 0.5}),
     "deepg, lr 3e-4": ("deepg", {"lr": 3e-4}),
     "deepg, at most 15 steps": ("deepg", {"max_steps": 15}),
+    "deepg, ELBO loss (posterior gap 1)": ("deepg", {"regularizers": [_posterior_gap(1.0, "gmm")]}),
+    "deepg, ELBO loss + TV 1": ("deepg", {"regularizers": [_posterior_gap(1.0, "gmm")], "tv": 1.0}),
+    "deepsvg, + posterior gap 0.1": ("deepsvg", {"regularizers": [_posterior_gap(0.1, "svgmm")]}),
 }
 
 
