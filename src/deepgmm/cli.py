@@ -105,6 +105,9 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   methods=EM_METHODS),
     SegmentOption("--n-init", "n_init", int, "EM: number of starts; the lowest final NLL wins", minimum=1,
                   metavar="N", methods=EM_METHODS),
+    SegmentOption("--smoothing", "smoothing", float, "svgmm: Gaussian smoothing (sigma, in pixels) of the posteriors "
+                  "that become the per-pixel weights, a spatial prior (default 0: the paper's SVGMM)", minimum=0.0,
+                  metavar="S", methods=("svgmm",)),
     SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of optimiser steps", minimum=0,
                   metavar="N", methods=DEEP_METHODS),
     SegmentOption("--min-steps", "min_steps", int, "deep: never stop before this step", minimum=0, metavar="N",

@@ -116,9 +116,21 @@ class _BaseMixture:
 
     # ------------------------------------------------------------------ sklearn plumbing
     @classmethod
+    def _param_defaults(cls) -> dict[str, Any]:
+        """``{name: default}`` of every setting, over the ``__init__`` of this class and its bases."""
+        out: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__[:-1]):  # without object
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    out[p.name] = p.default
+        return out
+
+    @classmethod
     def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        return list(cls._param_defaults())
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
@@ -132,7 +144,7 @@ class _BaseMixture:
         return self
 
     def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        defaults = self._param_defaults()
         changed = []
         for k, v in self.get_params().items():
             d = defaults.get(k)
@@ -283,10 +295,14 @@ class _BaseMixture:
             shape = (-1,) + (1,) * (covs.ndim - 1)
             covs = torch.where(empty.view(shape), state.covariances, covs)
         if self._spatial:
-            log_w = next_log_w
+            log_w = self._next_log_weights(next_log_w)
         else:
             log_w = torch.log((nk / X.shape[0]).clamp_min(torch.finfo(X.dtype).tiny))
         return _EMState(log_w, means, covs)
+
+    def _next_log_weights(self, log_resp: Tensor) -> Tensor:
+        """The SVGMM's next per-pixel log-weights from the posteriors ``(N, K)`` (may reuse the buffer)."""
+        return log_resp
 
     def _run_em(self, X: Tensor, state: _EMState) -> tuple[_EMState, list[float], int, bool]:
         buffers = None
@@ -470,14 +486,58 @@ class SpatiallyVariantGMM(_BaseMixture):
     so they converge towards one-hot labels. Settings as :class:`GaussianMixture`; the initial
     per-pixel weights are the initial (global) weights on every pixel.
 
+    smoothing : float, default 0
+        Standard deviation, in pixels, of a Gaussian that smooths the posteriors before they
+        become the next mixing weights: ``pi_nk`` = the Gaussian-weighted mean of ``r_mk`` over
+        the fitted pixels m near n (:class:`deepgmm.smoothing.MaskSmoother`). A spatial prior:
+        a pixel leans towards the classes of its neighbourhood. Needs the pixels' layout,
+        ``fit(X, mask=mask)`` with ``X = image[:, mask].T``. 0 is the paper's SVGMM. With
+        smoothing the EM is no longer exact, so the NLL may rise; the fit stops at the first
+        iteration that gains less than ``tol`` (a rise included), and ``predict_proba`` is the
+        posterior ``pi_nk N(x_n | mu_k, Sigma_k)`` (normalised) at the fitted parameters.
+
     Attributes
     ----------
     weights_ : ndarray (N, K)
-        Per-pixel mixing weights of the fitted pixels; ``predict`` is their argmax.
-    means_, covariances_, nll_history_, nll_, n_iter_, converged_ : as :class:`GaussianMixture`.
+        Per-pixel mixing weights of the fitted pixels; without smoothing ``predict`` is their argmax.
+    means_, covariances_, nll_history_, nll_, n_iter_, converged_ : as :class:`GaussianMixture`
+        (without smoothing the NLL never rises).
     """
 
     _spatial = True
+
+    def __init__(self, *, smoothing: float = 0.0, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.smoothing = smoothing
+
+    def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "SpatiallyVariantGMM":
+        """Fit by EM to pixels ``X`` ``(N, C)``; ``mask`` ``(*spatial)`` boolean with ``N`` True
+        entries places them (C order, as ``image[:, mask].T``); needed with ``smoothing``."""
+        check_float("smoothing", self.smoothing, minimum=0.0)
+        self._mask = None
+        if mask is not None:
+            m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
+            if m.dtype != bool:
+                raise ValueError(f"mask must be a boolean array (True at the fitted pixels), got dtype {m.dtype}")
+            n = X.shape[0] if hasattr(X, "shape") else len(X)
+            if m.ndim < 1 or int(m.sum()) != n:
+                raise ValueError(f"mask selects {int(m.sum())} pixel(s) but X has {n} row(s); pass the mask X "
+                                 "was taken from (X = image[:, mask].T)")
+            self._mask = m
+        elif self.smoothing > 0:
+            raise ValueError("smoothing needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
+        self._smoother = None
+        return super().fit(X, y)
+
+    def _next_log_weights(self, log_resp: Tensor) -> Tensor:
+        if not self.smoothing:
+            return log_resp
+        if self._smoother is None:
+            from .smoothing import MaskSmoother
+
+            self._smoother = MaskSmoother(self._mask, self.smoothing, dtype=log_resp.dtype, device=log_resp.device)
+        smoothed = self._smoother(log_resp.exp())  # (N, K), rows sum to 1
+        return log_resp.copy_(torch.log(smoothed.clamp_min(torch.finfo(log_resp.dtype).tiny)))
 
     def _check_X_features(self, X: Tensor) -> None:
         super()._check_X_features(X)
@@ -488,11 +548,16 @@ class SpatiallyVariantGMM(_BaseMixture):
             )
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """The per-pixel label probabilities ``weights_`` ``(N, K)`` (``X`` must be the fitted pixels)."""
-        self._as_input(X)
+        """The per-pixel label probabilities ``(N, K)`` (``X`` must be the fitted pixels): ``weights_``,
+        or with smoothing the posterior at the fitted parameters."""
+        Xc = self._as_input(X)
+        if self.smoothing:
+            return _to_numpy(self._log_posterior(Xc)[1].exp())
         return self.weights_.copy()
 
     def predict(self, X: Any) -> np.ndarray:
-        """``argmax_k weights_[n, k]`` ``(N,)`` (``X`` must be the fitted pixels)."""
-        self._as_input(X)
+        """The argmax of :meth:`predict_proba` ``(N,)`` (``X`` must be the fitted pixels)."""
+        Xc = self._as_input(X)
+        if self.smoothing:
+            return _to_numpy(self._log_posterior(Xc)[1].argmax(1))
         return _to_numpy(self._log_weights.argmax(1))

@@ -135,7 +135,7 @@ def _em_fit(cls_name: str) -> MethodFn:
                 f"unknown option(s) {unknown} for this method; valid: {', '.join(cls._param_names())}"
             )
         X = image[:, mask].T  # (N, C)
-        est = cls(**settings).fit(X)
+        est = cls(**settings).fit(X, **({"mask": mask.numpy()} if cls._spatial else {}))
         proba = est.predict_proba(X)
         labels = est.predict(X)
         weights = est.weights_ if est.weights_.ndim == 1 else est.weights_.mean(0)
@@ -151,8 +151,18 @@ EM_IMAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "svgmm": {"init": "kmeans", "n_init": 1, "tol": 1e-3, "reg_covar": 0.2},
 }
 
+def _svgmm_memory(image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
+    """The ``smoothing`` option's grids over the mask's bounding box (0 without smoothing)."""
+    if not settings.get("smoothing"):
+        return 0
+    rows = torch.nonzero(mask)
+    box = int(torch.prod(rows.max(0).values - rows.min(0).values + 1)) if len(rows) else 0
+    # the grid, the convolution's output and the gathered copy, in the EM's dtype
+    return 3 * int(settings.get("n_components", 1)) * box * image.element_size()
+
+
 register_method("gmm")(_em_fit("GaussianMixture"))
-register_method("svgmm")(_em_fit("SpatiallyVariantGMM"))
+register_method("svgmm", memory=_svgmm_memory)(_em_fit("SpatiallyVariantGMM"))
 
 
 def _load_deep_methods() -> None:

@@ -1,0 +1,200 @@
+"""The SVGMM's ``smoothing`` option and its :class:`deepgmm.smoothing.MaskSmoother`.
+
+References: scipy's ``gaussian_filter`` (normalised convolution) and a naive numpy EM loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from _helpers import check_error, make_cohort
+from deepgmm import evaluate, segment
+from deepgmm.mixture import GaussianMixture, SpatiallyVariantGMM
+from deepgmm.segmentation import METHOD_MEMORY
+from deepgmm.smoothing import MaskSmoother
+
+
+def _scipy_smooth(mask: np.ndarray, values: np.ndarray, sigma: float) -> np.ndarray:
+    """Naive reference: blur every class image and the mask, divide, take the masked pixels."""
+    K = values.shape[1]
+    img = np.zeros((K,) + mask.shape)
+    img[:, mask] = values.T
+    num = np.stack([gaussian_filter(img[k], sigma, truncate=3.0, mode="constant") for k in range(K)])
+    den = gaussian_filter(mask.astype(float), sigma, truncate=3.0, mode="constant")
+    return (num[:, mask] / den[mask]).T
+
+
+@pytest.mark.parametrize("shape", [(40,), (23, 31), (7, 9, 11)])
+@pytest.mark.parametrize("sigma", [0.6, 2.0, 9.0])
+def test_mask_smoother_matches_scipy(shape, sigma):
+    rng = np.random.default_rng(len(shape))
+    mask = rng.random(shape) > 0.35
+    mask[(0,) * len(shape)] = False  # the bounding box does not start at the origin everywhere
+    values = rng.dirichlet(np.ones(3), int(mask.sum()))
+    got = MaskSmoother(mask, sigma)(torch.from_numpy(values)).numpy()
+    np.testing.assert_allclose(got, _scipy_smooth(mask, values, sigma), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-12)  # probabilities stay probabilities
+
+
+def test_mask_smoother_only_masked_neighbours_count():
+    """A masked pixel between two unmasked ones keeps its own value; values far outside do not leak."""
+    mask = np.array([False, True, False, False, True, True])
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    out = MaskSmoother(mask, 0.5)(values)
+    assert torch.equal(out[0], values[0])  # its neighbours are outside the mask
+    assert torch.allclose(out[1:], values[1:])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((np.ones(4, int), 1.0), "boolean"),
+    ((np.array(True), 1.0), "at least one dimension"),
+    ((np.ones(4, bool), 0.0), "sigma must be a positive"),
+    ((np.ones(4, bool), float("nan")), "sigma must be a positive"),
+    ((np.zeros(4, bool), 1.0), "mask is empty"),
+])
+def test_mask_smoother_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        MaskSmoother(*args)
+
+
+def test_mask_smoother_refuses_values_of_another_size():
+    with pytest.raises(ValueError, match=r"values must have shape \(4, K\)"):
+        MaskSmoother(np.ones(4, bool), 1.0)(torch.ones(3, 2, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- the SVGMM
+def _phantom(noise: float = 1.2, seed: int = 0):
+    """Two classes (a disc in a square), one channel, heavy noise; a round mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :48]
+    truth = 1 + ((yy - 24) ** 2 + (xx - 20) ** 2 < 12 ** 2)
+    mask = (yy - 24) ** 2 + (xx - 24) ** 2 < 22 ** 2
+    image = (truth == 2)[None].astype(float) * 2.0 + rng.normal(0, noise, (1, 48, 48))
+    return image, mask, truth * mask
+
+
+def _naive_smoothed_svgmm(X, mask, means, variances, weights, reg, sigma, iters):
+    """EM for the SVGMM with smoothed weights, written plainly (diag covariances)."""
+    N, K = X.shape[0], means.shape[0]
+    log_pi = np.tile(np.log(weights), (N, 1))
+    history = []
+    for _ in range(iters + 1):
+        log_dens = -0.5 * (((X[:, None, :] - means[None]) ** 2 / variances[None]).sum(-1)
+                           + np.log(2 * np.pi * variances).sum(-1)[None])
+        joint = log_pi + log_dens
+        norm = np.logaddexp.reduce(joint, axis=1)
+        history.append(-norm.mean())
+        r = np.exp(joint - norm[:, None])
+        nk = r.sum(0)
+        means = (r.T @ X) / nk[:, None]
+        variances = np.stack([(r[:, k:k + 1] * (X - means[k]) ** 2).sum(0) / nk[k] for k in range(K)]) + reg
+        log_pi = np.log(_scipy_smooth(mask, r, sigma))
+    return history[:-1], history[-1]
+
+
+def test_smoothed_svgmm_matches_a_naive_em_loop():
+    image, mask, _ = _phantom()
+    X = image[:, mask].T
+    means = np.array([[0.0], [2.0]])
+    variances = np.array([[1.0], [1.0]])
+    weights = np.array([0.6, 0.4])
+    est = SpatiallyVariantGMM(n_components=2, smoothing=1.5, init="means", means_init=means, weights_init=weights,
+                              covariances_init=variances, reg_covar=0.05, tol=0, max_iter=6, dtype="float64")
+    est.fit(X, mask=mask)
+    ref_history, _ = _naive_smoothed_svgmm(X, mask, means, variances, weights, 0.05, 1.5, 6)
+    np.testing.assert_allclose(est.nll_history_, ref_history + [est.nll_], rtol=1e-10)
+    assert est.n_iter_ == 6
+    # predict_proba is the posterior at the fitted parameters: rows sum to 1, predict is its argmax
+    proba = est.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-12)
+    assert np.array_equal(est.predict(X), proba.argmax(1))
+    assert est.weights_.shape == (X.shape[0], 2)
+
+
+def test_smoothing_zero_is_the_plain_svgmm_with_or_without_a_mask():
+    image, mask, _ = _phantom()
+    X = image[:, mask].T
+    plain = SpatiallyVariantGMM(n_components=2, random_state=0).fit(X)
+    masked = SpatiallyVariantGMM(n_components=2, random_state=0, smoothing=0.0).fit(X, mask=mask)
+    assert plain.nll_history_ == masked.nll_history_
+    assert np.array_equal(plain.predict_proba(X), masked.predict_proba(X))
+
+
+def test_smoothing_lifts_the_dice_on_a_noisy_image():
+    image, mask, truth = _phantom(noise=1.2)
+    dice = {}
+    for sigma in (0.0, 2.0):
+        seg = segment(image, mask, method="svgmm", n_components=2, smoothing=sigma)
+        dice[sigma] = evaluate(seg.labels, truth, labels=[1, 2]).mean
+        assert np.allclose(seg.probabilities[:, mask].sum(0), 1.0, atol=1e-5)
+    assert dice[2.0] > dice[0.0] + 0.05, dice
+
+
+def test_smoothing_in_3d_through_segment():
+    rng = np.random.default_rng(1)
+    truth = np.zeros((12, 14, 10), int)
+    truth[:, :7] = 1
+    image = truth[None] * 2.0 + rng.normal(0, 1.0, (1,) + truth.shape)
+    plain = segment(image, None, method="svgmm", n_components=2)
+    smooth = segment(image, None, method="svgmm", n_components=2, smoothing=1.5)
+    score = {n: evaluate(s.labels, truth + 1, labels=[1, 2]).mean for n, s in (("plain", plain),
+                                                                                    ("smooth", smooth))}
+    assert score["smooth"] > score["plain"], score
+    assert smooth.settings["smoothing"] == 1.5
+
+
+def test_smoothing_settings_and_repr():
+    est = SpatiallyVariantGMM(smoothing=2.5, n_components=3)
+    assert est.get_params()["smoothing"] == 2.5 and est.get_params()["n_components"] == 3
+    assert "smoothing=2.5" in repr(est)
+    assert "smoothing" not in repr(SpatiallyVariantGMM())
+    est.set_params(smoothing=1.0)
+    assert est.smoothing == 1.0
+    assert "smoothing" not in GaussianMixture().get_params()
+
+
+def test_smoothing_errors():
+    image, mask, _ = _phantom()
+    X = image[:, mask].T
+    with pytest.raises(ValueError, match="smoothing must be >= 0"):
+        SpatiallyVariantGMM(smoothing=-1.0).fit(X, mask=mask)
+    with pytest.raises(ValueError, match=r"smoothing needs the pixels' layout: call fit\(X, mask=mask\)"):
+        SpatiallyVariantGMM(smoothing=1.0).fit(X)
+    with pytest.raises(ValueError, match=r"mask selects \d+ pixel\(s\) but X has 10 row\(s\)"):
+        SpatiallyVariantGMM(smoothing=1.0).fit(X[:10], mask=mask)
+    with pytest.raises(ValueError, match="mask must be a boolean array"):
+        SpatiallyVariantGMM(smoothing=1.0).fit(X, mask=mask.astype(int))
+    with pytest.raises(TypeError):
+        GaussianMixture(smoothing=1.0)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['smoothing'\]"):
+        segment(image, mask, method="gmm", smoothing=1.0)
+
+
+def test_smoothing_counts_in_the_memory_check():
+    image, mask, _ = _phantom()
+    img, region = torch.from_numpy(image), torch.from_numpy(mask)
+    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4}) == 0
+    rows = np.argwhere(mask)
+    box = int(np.prod(rows.max(0) - rows.min(0) + 1))
+    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": 2.0}) == 3 * 4 * box * 8
+
+
+def test_cli_smoothing(tmp_path, capsys):
+    from deepgmm.cli import main
+
+    make_cohort(tmp_path / "d", n=1)
+    img = tmp_path / "d" / "case00" / "A.nii.gz"
+    assert main(["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "1.5", "--out",
+                 str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    import json
+
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["settings"]["smoothing"] == 1.5
+    check_error(capsys, ["segment", str(img), "--method", "gmm", "-k", "2", "--smoothing", "1", "--out",
+                         str(tmp_path / "p")], "--smoothing applies to the svgmm")
+    check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "-1", "--out",
+                         str(tmp_path / "p")], "--smoothing")
