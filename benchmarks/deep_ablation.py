@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from _common import have_data, map_slices, run_line, slice_arguments
+from _common import dice_cells, have_data, map_slices, run_line, slice_arguments
 
 
 def _posterior_gap(lam: float, mixture: str):
@@ -122,7 +122,7 @@ def main() -> int:
     for name in names:
         rows = [r for p in parts for r in p[name]]
         d = np.array([r[0] for r in rows])
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in d.mean(0)) + f" | **{d.mean():.3f}** | "
+        print(f"| {name} | {dice_cells(d)} | "
               f"{statistics.median(r[1] for r in rows):.2f} | {statistics.median(r[2] for r in rows):.0f} | "
               f"{int((d[:, 3] < 0.05).sum())} |")
     return 0

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from _common import have_data, map_slices, run_line, slice_arguments
+from _common import dice_cells, have_data, map_slices, run_line, slice_arguments
 
 
 def _run(job: tuple) -> list[tuple[float, int, int, list[float], float, int]]:
@@ -68,7 +68,7 @@ def main() -> int:
         d = np.array([r[3] for r in mine])
         per_seed = [np.mean([r[3] for r in mine if r[1] == seed]) for seed in args.seeds]
         half = {parity: np.mean([r[3] for r in mine if r[2] % 2 == parity]) for parity in (0, 1)}
-        print(f"| {sigma:g} | " + " | ".join(f"{v:.3f}" for v in d.mean(0)) + f" | **{d.mean():.3f}** | "
+        print(f"| {sigma:g} | {dice_cells(d)} | "
               f"{min(per_seed):.3f}-{max(per_seed):.3f} | {half[0]:.3f} | {half[1]:.3f} | "
               f"{statistics.median(r[4] for r in mine):.3f} | {statistics.median(r[5] for r in mine):g} |")
     return 0
