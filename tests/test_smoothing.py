@@ -39,6 +39,21 @@ def test_mask_smoother_matches_scipy(shape, sigma):
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-12)  # probabilities stay probabilities
 
 
+def test_mask_smoother_per_axis_sigmas_match_scipy():
+    """One sigma per axis (0: that axis is not smoothed), as for a volume of thick slices."""
+    rng = np.random.default_rng(5)
+    mask = rng.random((6, 15, 17)) > 0.3
+    values = rng.dirichlet(np.ones(2), int(mask.sum()))
+    got = MaskSmoother(mask, (0.0, 2.0, 3.5))(torch.from_numpy(values)).numpy()
+    np.testing.assert_allclose(got, _scipy_smooth(mask, values, (0.0, 2.0, 3.5)), rtol=0, atol=1e-12)
+    # no smoothing along axis 0: each slice is smoothed on its own
+    for z in range(mask.shape[0]):
+        one = np.zeros_like(mask)
+        one[z] = mask[z]
+        sub = MaskSmoother(mask[z], (2.0, 3.5))(torch.from_numpy(values[one[mask]])).numpy()
+        np.testing.assert_allclose(got[one[mask]], sub, rtol=0, atol=1e-12)
+
+
 def test_mask_smoother_only_masked_neighbours_count():
     """A masked pixel between two unmasked ones keeps its own value; values far outside do not leak."""
     mask = np.array([False, True, False, False, True, True])
@@ -51,8 +66,10 @@ def test_mask_smoother_only_masked_neighbours_count():
 @pytest.mark.parametrize(("args", "message"), [
     ((np.ones(4, int), 1.0), "boolean"),
     ((np.array(True), 1.0), "at least one dimension"),
-    ((np.ones(4, bool), 0.0), "sigma must be a positive"),
-    ((np.ones(4, bool), float("nan")), "sigma must be a positive"),
+    ((np.ones(4, bool), 0.0), "at least one axis > 0"),
+    ((np.ones(4, bool), float("nan")), "at least one axis > 0"),
+    ((np.ones((4, 4), bool), (1.0, -1.0)), "at least one axis > 0"),
+    ((np.ones((4, 4), bool), (1.0, 1.0, 1.0)), r"one number of pixels or one per axis \(2\)"),
     ((np.zeros(4, bool), 1.0), "mask is empty"),
 ])
 def test_mask_smoother_errors(args, message):
@@ -161,6 +178,10 @@ def test_smoothing_errors():
     X = image[:, mask].T
     with pytest.raises(ValueError, match="smoothing must be >= 0"):
         SpatiallyVariantGMM(smoothing=-1.0).fit(X, mask=mask)
+    with pytest.raises(ValueError, match="smoothing must be a number"):
+        SpatiallyVariantGMM(smoothing="6").fit(X, mask=mask)
+    with pytest.raises(ValueError, match=r"smoothing must be one number of pixels or one per axis \(2\)"):
+        SpatiallyVariantGMM(smoothing=(1.0, 1.0, 1.0)).fit(X, mask=mask)
     with pytest.raises(ValueError, match=r"smoothing needs the pixels' layout: call fit\(X, mask=mask\)"):
         SpatiallyVariantGMM(smoothing=1.0).fit(X)
     with pytest.raises(ValueError, match=r"mask selects \d+ pixel\(s\) but X has 10 row\(s\)"):
@@ -196,5 +217,14 @@ def test_cli_smoothing(tmp_path, capsys):
     assert summary["settings"]["smoothing"] == 1.5
     check_error(capsys, ["segment", str(img), "--method", "gmm", "-k", "2", "--smoothing", "1", "--out",
                          str(tmp_path / "p")], "--smoothing applies to the svgmm")
-    check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "-1", "--out",
-                         str(tmp_path / "p")], "--smoothing")
+    for bad in ("-1", "x", "1,nan"):
+        check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", bad, "--out",
+                             str(tmp_path / "p")], "--smoothing")
+    # one sigma per axis; the NIfTI is 32x32x1, segmented as a 32x32 image, so two values
+    assert main(["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "1.5,0", "--out",
+                 str(tmp_path / "q")]) == 0
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["settings"]["smoothing"] == [1.5, 0.0]
+    check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "1.5,1.5,0", "--out",
+                         str(tmp_path / "p")], "smoothing must be one number of pixels or one per axis (2)")
+    assert not (tmp_path / "p").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -79,6 +80,18 @@ class SegmentOption:
         return "opt_" + self.keyword
 
 
+def _sigmas(text: str) -> float | list[float]:
+    """``--smoothing``: ``6`` or ``0,6,6`` (pixels per axis), each a number >= 0."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels or one per axis (e.g. 0,6,6), got {text!r}") from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every sigma must be a number >= 0, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 EM_METHODS = ("gmm", "svgmm")
 DEEP_METHODS = ("deepg", "deepsvg")
 
@@ -105,9 +118,9 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   methods=EM_METHODS),
     SegmentOption("--n-init", "n_init", int, "EM: number of starts; the lowest final NLL wins", minimum=1,
                   metavar="N", methods=EM_METHODS),
-    SegmentOption("--smoothing", "smoothing", float, "svgmm: Gaussian smoothing (sigma, in pixels) of the posteriors "
-                  "that become the per-pixel weights, a spatial prior (default 0: the paper's SVGMM)", minimum=0.0,
-                  metavar="S", methods=("svgmm",)),
+    SegmentOption("--smoothing", "smoothing", _sigmas, "svgmm: Gaussian smoothing (sigma in pixels, or one per "
+                  "axis such as 0,6,6 for thick slices) of the posteriors that become the per-pixel weights, a spatial "
+                  "prior (default 0: the paper's SVGMM)", metavar="S", methods=("svgmm",)),
     SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of optimiser steps", minimum=0,
                   metavar="N", methods=DEEP_METHODS),
     SegmentOption("--min-steps", "min_steps", int, "deep: never stop before this step", minimum=0, metavar="N",

@@ -486,9 +486,10 @@ class SpatiallyVariantGMM(_BaseMixture):
     so they converge towards one-hot labels. Settings as :class:`GaussianMixture`; the initial
     per-pixel weights are the initial (global) weights on every pixel.
 
-    smoothing : float, default 0
-        Standard deviation, in pixels, of a Gaussian that smooths the posteriors before they
-        become the next mixing weights: ``pi_nk`` = the Gaussian-weighted mean of ``r_mk`` over
+    smoothing : float or sequence of floats, default 0
+        Standard deviation, in pixels (one for all axes, or one per axis of the mask, e.g.
+        ``(0, 6, 6)`` for a volume of thick slices), of a Gaussian that smooths the posteriors
+        before they become the next mixing weights: ``pi_nk`` = the Gaussian-weighted mean of ``r_mk`` over
         the fitted pixels m near n (:class:`deepgmm.smoothing.MaskSmoother`). A spatial prior:
         a pixel leans towards the classes of its neighbourhood. Needs the pixels' layout,
         ``fit(X, mask=mask)`` with ``X = image[:, mask].T``. 0 is the paper's SVGMM. With
@@ -513,7 +514,6 @@ class SpatiallyVariantGMM(_BaseMixture):
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "SpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)``; ``mask`` ``(*spatial)`` boolean with ``N`` True
         entries places them (C order, as ``image[:, mask].T``); needed with ``smoothing``."""
-        check_float("smoothing", self.smoothing, minimum=0.0)
         self._mask = None
         if mask is not None:
             m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
@@ -524,18 +524,30 @@ class SpatiallyVariantGMM(_BaseMixture):
                 raise ValueError(f"mask selects {int(m.sum())} pixel(s) but X has {n} row(s); pass the mask X "
                                  "was taken from (X = image[:, mask].T)")
             self._mask = m
-        elif self.smoothing > 0:
-            raise ValueError("smoothing needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
+        self._sigmas = None
+        if self._smooths():
+            if self._mask is None:
+                raise ValueError("smoothing needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
+            from .smoothing import as_sigmas
+
+            self._sigmas = as_sigmas(self.smoothing, self._mask.ndim)
         self._smoother = None
         return super().fit(X, y)
 
+    def _smooths(self) -> bool:
+        """Whether ``smoothing`` asks for any (validated: numbers >= 0)."""
+        values = np.atleast_1d(np.asarray(self.smoothing, dtype=object))
+        for v in values.ravel():
+            check_float("smoothing", v, minimum=0.0)
+        return bool(values.size) and any(float(v) > 0 for v in values.ravel())
+
     def _next_log_weights(self, log_resp: Tensor) -> Tensor:
-        if not self.smoothing:
+        if self._sigmas is None:
             return log_resp
         if self._smoother is None:
             from .smoothing import MaskSmoother
 
-            self._smoother = MaskSmoother(self._mask, self.smoothing, dtype=log_resp.dtype, device=log_resp.device)
+            self._smoother = MaskSmoother(self._mask, self._sigmas, dtype=log_resp.dtype, device=log_resp.device)
         smoothed = self._smoother(log_resp.exp())  # (N, K), rows sum to 1
         return log_resp.copy_(torch.log(smoothed.clamp_min(torch.finfo(log_resp.dtype).tiny)))
 
@@ -551,13 +563,13 @@ class SpatiallyVariantGMM(_BaseMixture):
         """The per-pixel label probabilities ``(N, K)`` (``X`` must be the fitted pixels): ``weights_``,
         or with smoothing the posterior at the fitted parameters."""
         Xc = self._as_input(X)
-        if self.smoothing:
+        if self._sigmas is not None:
             return _to_numpy(self._log_posterior(Xc)[1].exp())
         return self.weights_.copy()
 
     def predict(self, X: Any) -> np.ndarray:
         """The argmax of :meth:`predict_proba` ``(N,)`` (``X`` must be the fitted pixels)."""
         Xc = self._as_input(X)
-        if self.smoothing:
+        if self._sigmas is not None:
             return _to_numpy(self._log_posterior(Xc)[1].argmax(1))
         return _to_numpy(self._log_weights.argmax(1))

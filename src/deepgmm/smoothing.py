@@ -18,27 +18,38 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MaskSmoother"]
+__all__ = ["MaskSmoother", "as_sigmas"]
+
+
+def as_sigmas(sigma: Any, ndim: int) -> tuple[float, ...]:
+    """``sigma`` (one number, or one per axis) -> ``ndim`` standard deviations in pixels, validated:
+    finite, >= 0, at least one positive."""
+    values = np.atleast_1d(np.asarray(sigma, dtype=np.float64)) if not isinstance(sigma, str) else None
+    if values is None or values.ndim != 1 or len(values) not in (1, ndim):
+        raise ValueError(f"smoothing must be one number of pixels or one per axis ({ndim}), got {sigma!r}")
+    if not (np.isfinite(values).all() and (values >= 0).all() and (values > 0).any()):
+        raise ValueError(f"smoothing must be >= 0 pixels with at least one axis > 0, got {sigma!r}")
+    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
 
 
 class MaskSmoother:
     """``smoother(values)`` -> the values smoothed by a Gaussian of ``sigma`` pixels inside ``mask``.
 
-    The kernel is truncated at ``round(3 sigma)`` pixels per axis (scipy's ``gaussian_filter``
-    with ``truncate=3`` and ``mode="constant"``, then divided by the same filter of the mask).
-    Work happens on the mask's bounding box, one separable 1D convolution per axis.
+    ``sigma``: one standard deviation for every axis, or one per axis (0: no smoothing along that
+    axis), e.g. ``(0, 6, 6)`` for a volume of thick slices. The kernel is truncated at
+    ``round(3 sigma)`` pixels per axis (scipy's ``gaussian_filter`` with ``truncate=3`` and
+    ``mode="constant"``, then divided by the same filter of the mask). Work happens on the mask's
+    bounding box, one separable 1D convolution per smoothed axis.
     """
 
-    def __init__(self, mask: Any, sigma: float, *, dtype: torch.dtype = torch.float64,
+    def __init__(self, mask: Any, sigma: Any, *, dtype: torch.dtype = torch.float64,
                  device: str | torch.device = "cpu") -> None:
         m = np.asarray(mask)
         if m.dtype != bool:
             raise ValueError(f"mask must be a boolean array, got dtype {m.dtype}")
         if m.ndim < 1:
             raise ValueError("mask must have at least one dimension")
-        sigma = float(sigma)
-        if not np.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma must be a positive number of pixels, got {sigma}")
+        sigmas = as_sigmas(sigma, m.ndim)
         if not m.any():
             raise ValueError("mask is empty: it selects no pixel")
         lo = [int(np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != d)))[0]) for d in range(m.ndim)]
@@ -47,17 +58,16 @@ class MaskSmoother:
         box = m[tuple(slice(a, b) for a, b in zip(lo, hi))]
         self.shape = tuple(box.shape)
         self.n_pixels = int(box.sum())
-        self.sigma = sigma
+        self.sigma = sigmas
         self._index = torch.as_tensor(np.flatnonzero(box), device=device)  # (N,) positions in the box
-        radius = int(3.0 * sigma + 0.5)
         self._kernels: list[Tensor | None] = []
-        for length in self.shape:  # a kernel longer than the axis only ever meets zero padding
-            r = min(radius, length - 1)
-            if r == 0:
+        for length, sd in zip(self.shape, sigmas):  # a kernel longer than the axis only ever meets zero padding
+            r = min(int(3.0 * sd + 0.5), length - 1)
+            if sd == 0 or r == 0:
                 self._kernels.append(None)
                 continue
             x = torch.arange(-r, r + 1, dtype=dtype, device=device)
-            k = torch.exp(-0.5 * (x / sigma) ** 2)
+            k = torch.exp(-0.5 * (x / sd) ** 2)
             self._kernels.append((k / k.sum()).view(1, 1, -1))
         ones = torch.ones((self.n_pixels, 1), dtype=dtype, device=device)
         self._norm = self._blur_gathered(ones)  # (N, 1) > 0: every masked pixel weighs itself
