@@ -194,6 +194,16 @@ def test_smoothing_errors():
         segment(image, mask, method="gmm", smoothing=1.0)
 
 
+def test_smoothing_per_axis_through_segment_is_recorded_as_a_list():
+    image, mask, truth = _phantom()
+    seg = segment(image, mask, method="svgmm", n_components=2, smoothing=np.array([2.0, 0.0]))
+    assert seg.settings["smoothing"].startswith("array(")  # recorded as given (not JSON: its repr)
+    seg = segment(image, mask, method="svgmm", n_components=2, smoothing=(2.0, 0.0))
+    assert seg.settings["smoothing"] == [2.0, 0.0]
+    with pytest.raises(ValueError, match="smoothing must be a number"):
+        segment(image, mask, method="svgmm", n_components=2, smoothing=("a", 1.0))
+
+
 def test_smoothing_counts_in_the_memory_check():
     image, mask, _ = _phantom()
     img, region = torch.from_numpy(image), torch.from_numpy(mask)
@@ -201,6 +211,8 @@ def test_smoothing_counts_in_the_memory_check():
     rows = np.argwhere(mask)
     box = int(np.prod(rows.max(0) - rows.min(0) + 1))
     assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": 2.0}) == 3 * 4 * box * 8
+    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": np.array([0.0, 2.0])}) > 0
+    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": [0.0, 0.0]}) == 0
 
 
 def test_cli_smoothing(tmp_path, capsys):

@@ -489,8 +489,8 @@ class SpatiallyVariantGMM(_BaseMixture):
     smoothing : float or sequence of floats, default 0
         Standard deviation, in pixels (one for all axes, or one per axis of the mask, e.g.
         ``(0, 6, 6)`` for a volume of thick slices), of a Gaussian that smooths the posteriors
-        before they become the next mixing weights: ``pi_nk`` = the Gaussian-weighted mean of ``r_mk`` over
-        the fitted pixels m near n (:class:`deepgmm.smoothing.MaskSmoother`). A spatial prior:
+        before they become the next mixing weights: ``pi_nk`` = the Gaussian-weighted mean of
+        ``r_mk`` over the fitted pixels m near n (:class:`deepgmm.smoothing.MaskSmoother`). A spatial prior:
         a pixel leans towards the classes of its neighbourhood. Needs the pixels' layout,
         ``fit(X, mask=mask)`` with ``X = image[:, mask].T``. 0 is the paper's SVGMM. With
         smoothing the EM is no longer exact, so the NLL may rise; the fit stops at the first

@@ -151,9 +151,14 @@ EM_IMAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "svgmm": {"init": "kmeans", "n_init": 1, "tol": 1e-3, "reg_covar": 0.2},
 }
 
+
 def _svgmm_memory(image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
     """The ``smoothing`` option's grids over the mask's bounding box (0 without smoothing)."""
-    if not settings.get("smoothing"):
+    try:
+        smooths = bool(np.any(np.asarray(settings.get("smoothing", 0.0), dtype=np.float64) > 0))
+    except (TypeError, ValueError):  # not numbers: the estimator names the problem
+        smooths = False
+    if not smooths:
         return 0
     rows = torch.nonzero(mask)
     box = int(torch.prod(rows.max(0).values - rows.min(0).values + 1)) if len(rows) else 0
@@ -432,7 +437,8 @@ def segment(
     seconds = time.perf_counter() - t0
     logger.info("segment(method=%s, K=%d): NLL %.5f after %d iterations in %.2f s",
                 method, K, fit.nll, fit.n_iter, seconds)
-    public_settings = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+    public_settings = {k: (list(v) if isinstance(v, tuple) else
+                           v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
                        for k, v in settings.items()}
     public_settings.update(normalize=normalize, nan_policy=nan_policy)
     return Segmentation(

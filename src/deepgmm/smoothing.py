@@ -24,7 +24,10 @@ __all__ = ["MaskSmoother", "as_sigmas"]
 def as_sigmas(sigma: Any, ndim: int) -> tuple[float, ...]:
     """``sigma`` (one number, or one per axis) -> ``ndim`` standard deviations in pixels, validated:
     finite, >= 0, at least one positive."""
-    values = np.atleast_1d(np.asarray(sigma, dtype=np.float64)) if not isinstance(sigma, str) else None
+    try:
+        values = np.atleast_1d(np.asarray(sigma, dtype=np.float64)) if not isinstance(sigma, str) else None
+    except (TypeError, ValueError):
+        values = None
     if values is None or values.ndim != 1 or len(values) not in (1, ndim):
         raise ValueError(f"smoothing must be one number of pixels or one per axis ({ndim}), got {sigma!r}")
     if not (np.isfinite(values).all() and (values >= 0).all() and (values > 0).any()):
