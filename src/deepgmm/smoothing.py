@@ -42,7 +42,7 @@ class MaskSmoother:
     axis), e.g. ``(0, 6, 6)`` for a volume of thick slices. The kernel is truncated at
     ``round(3 sigma)`` pixels per axis (scipy's ``gaussian_filter`` with ``truncate=3`` and
     ``mode="constant"``, then divided by the same filter of the mask). Work happens on the mask's
-    bounding box, one separable 1D convolution per smoothed axis.
+    bounding box, one separable 1D filter per smoothed axis.
     """
 
     def __init__(self, mask: Any, sigma: Any, *, dtype: torch.dtype = torch.float64,
@@ -63,15 +63,14 @@ class MaskSmoother:
         self.n_pixels = int(box.sum())
         self.sigma = sigmas
         self._index = torch.as_tensor(np.flatnonzero(box), device=device)  # (N,) positions in the box
-        self._kernels: list[Tensor | None] = []
+        self._kernels: list[list[float] | None] = []  # per axis: the weights of offsets -r..r
         for length, sd in zip(self.shape, sigmas):  # a kernel longer than the axis only ever meets zero padding
             r = min(int(3.0 * sd + 0.5), length - 1)
             if sd == 0 or r == 0:
                 self._kernels.append(None)
                 continue
-            x = torch.arange(-r, r + 1, dtype=dtype, device=device)
-            k = torch.exp(-0.5 * (x / sd) ** 2)
-            self._kernels.append((k / k.sum()).view(1, 1, -1))
+            k = np.exp(-0.5 * (np.arange(-r, r + 1) / sd) ** 2)
+            self._kernels.append((k / k.sum()).tolist())
         ones = torch.ones((self.n_pixels, 1), dtype=dtype, device=device)
         self._norm = self._blur_gathered(ones)  # (N, 1) > 0: every masked pixel weighs itself
 
@@ -91,11 +90,27 @@ class MaskSmoother:
         grid[:, self._index] = values.T
         grid = grid.view((K,) + self.shape)
         for axis, kernel in enumerate(self._kernels):
-            if kernel is None:
-                continue
-            moved = grid.movedim(axis + 1, -1)
-            length = moved.shape[-1]
-            flat = moved.reshape(-1, 1, length)
-            out = torch.nn.functional.conv1d(flat, kernel.to(values.dtype), padding=kernel.shape[-1] // 2)
-            grid = out.reshape(moved.shape).movedim(-1, axis + 1)
+            if kernel is not None:
+                grid = _blur_axis(grid, axis + 1, kernel)
         return grid.reshape(K, -1)[:, self._index].T
+
+
+def _blur_axis(grid: Tensor, dim: int, kernel: list[float]) -> Tensor:
+    """Correlate ``grid`` along ``dim`` with ``kernel`` (odd length, centred), zero padding.
+
+    One vectorised add of a shifted view per kernel weight (2r+1 of them): on CPU this is several
+    times faster than ``conv1d`` with one input channel, which needs the axis moved last and copied.
+    """
+    r = len(kernel) // 2
+    length = grid.shape[dim]
+    out = torch.zeros_like(grid)
+    for j, w in enumerate(kernel):
+        shift = j - r  # out[i] += w * grid[i + shift]
+        n = length - abs(shift)
+        if n <= 0:
+            continue
+        if shift >= 0:
+            out.narrow(dim, 0, n).add_(grid.narrow(dim, shift, n), alpha=w)
+        else:
+            out.narrow(dim, -shift, n).add_(grid.narrow(dim, 0, n), alpha=w)
+    return out
