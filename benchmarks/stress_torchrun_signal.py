@@ -30,23 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def _rank_pid(launcher: int, rank: int) -> int | None:
-    """PID of the worker of ``rank`` started by the torchrun process ``launcher`` (Linux /proc)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != launcher:
-                continue
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if f"RANK={rank}".encode() in environ:
-            return int(entry)
-    return None
-
-
 def _kill(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
@@ -74,7 +57,7 @@ def main() -> int:
     if not torchrun.exists():
         print(f"no torchrun beside {sys.executable}", file=sys.stderr)
         return 2
-    from _helpers import make_cohort
+    from _helpers import make_cohort, rank_pid
 
     rng = random.Random(args.seed)
     sig = signal.SIGINT if args.signal == "INT" else signal.SIGTERM
@@ -106,8 +89,8 @@ def main() -> int:
                         print(f"trial {trial}: no checkpoint; stderr: {err_path.read_text()[-500:]}")
                         continue
                     time.sleep(rng.uniform(0.0, 1.5))
-                    workers = [p for p in (_rank_pid(job.pid, r) for r in (0, 1)) if p is not None]
-                    target = _rank_pid(job.pid, args.rank)
+                    workers = [p for p in (rank_pid(job.pid, r) for r in (0, 1)) if p is not None]
+                    target = rank_pid(job.pid, args.rank)
                     if target is not None:
                         os.kill(target, sig)
                     t0 = time.monotonic()

@@ -47,3 +47,22 @@ def check_error(capsys: Any, argv: Sequence[Any], *fragments: str, code: int = 2
     for f in fragments:
         assert f in lines[0], (f, lines[0])
     return lines[0]
+
+
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """PID of the worker of ``rank`` started by the torchrun process ``launcher`` (Linux /proc)."""
+    import os
+
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != launcher:
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(entry)
+    return None

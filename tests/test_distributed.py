@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import make_cohort
+from _helpers import make_cohort, rank_pid
 from deepgmm.cli import main
 from deepgmm.training import load_checkpoint
 from deepgmm.training.distributed import DistInfo, in_torchrun, shard
@@ -163,23 +163,6 @@ def _torchrun_env() -> dict[str, str]:
     return env
 
 
-def _rank_pid(launcher: int, rank: int) -> int | None:
-    """PID of the worker of ``rank`` started by the torchrun process ``launcher`` (Linux /proc)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != launcher:
-                continue
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if f"RANK={rank}".encode() in environ:
-            return int(entry)
-    return None
-
-
 @pytest.fixture(scope="module")
 def rank_case(tmp_path_factory):
     """The argv of a 2-process training run, and the weights and log of that run uninterrupted."""
@@ -220,8 +203,8 @@ def test_signal_to_one_rank_stops_the_job_cleanly_then_resume_finishes_it(rank_c
             assert proc.poll() is None, f"torchrun ended before the first checkpoint: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.01)
-        workers = [p for p in (_rank_pid(proc.pid, r) for r in (0, 1)) if p is not None]
-        pid = _rank_pid(proc.pid, rank)
+        workers = [p for p in (rank_pid(proc.pid, r) for r in (0, 1)) if p is not None]
+        pid = rank_pid(proc.pid, rank)
         assert pid is not None, f"no worker of rank {rank} found"
         os.kill(pid, sig)
         _, err = proc.communicate(timeout=300)
