@@ -44,6 +44,7 @@ included) loses at most the slice in progress; ``resume=True`` skips the records
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -57,7 +58,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._report import CLASS_COLUMNS, format_table, overview_figure, slice_figure, summarize
+from ._report import CLASS_COLUMNS, display_name, format_table, overview_figure, slice_figure, summarize
 from ._store import (FIGURES_DIR, OVERVIEW_FILE, PREDICTIONS_DIR, RESULTS_FILE, TABLE_FILE, FORMAT_VERSION,
                      ResultsFolder, plain, sort_records)
 
@@ -724,8 +725,16 @@ def run_table1(
         error = exc
         raise
     finally:
-        summary, table, complete = _close_run(run, error, bar, slices if figures else None, all_methods, "Table 1")
+        notes = [f"Settings on top of the defaults: {_options_text(opts)}."] if opts else []
+        summary, table, complete = _close_run(run, error, bar, slices if figures else None, all_methods, "Table 1",
+                                              notes)
     return TableResult(out, run.doc["records"], summary, table, run.added, complete, time.perf_counter() - run.t0)
+
+
+def _options_text(options: Mapping[str, Mapping[str, Any]]) -> str:
+    """``{"svgmm": {"smoothing": 6}}`` -> ``SVGMM: smoothing=6`` (for table.md)."""
+    return "; ".join(f"{display_name(m)}: " + ", ".join(f"{k}={v}" for k, v in kw.items())
+                     for m, kw in options.items() if kw)
 
 
 def _check_options(options: Mapping[str, Mapping[str, Any]] | None, known: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -1114,6 +1123,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "do not depend on N")
     t1.add_argument("--threads", type=int, metavar="T",
                     help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
+    t1.add_argument("--options", metavar="JSON",
+                    help="per-method settings on top of the defaults, as JSON, e.g. '{\"svgmm\": {\"smoothing\": "
+                         "6}}' (recorded in results.json; a resumed run must give the same)")
     _add_common(t1)
     t1.set_defaults(func=cmd_table1)
 
@@ -1165,10 +1177,17 @@ def _command_line(args: argparse.Namespace, names: Sequence[str]) -> str:
 def cmd_table1(args: argparse.Namespace) -> int:
     """``deepgmm myops table1``."""
     command = _command_line(args, ["data", "out", "methods", "cases", "matching", "seed", "jobs", "threads",
-                                   "resume", "overwrite", "figures"])
+                                   "options", "resume", "overwrite", "figures"])
+    options = None
+    if args.options is not None:
+        try:
+            options = json.loads(args.options)
+        except ValueError as exc:
+            raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. "
+                             '\'{"svgmm": {"smoothing": 6}}\'') from None
     res = run_table1(args.data, args.out, methods=args.methods, cases=parse_cases(args.cases), matching=args.matching,
                      seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
-                     overwrite=args.overwrite, figures=args.figures, command=command)
+                     overwrite=args.overwrite, figures=args.figures, options=options, command=command)
     print(res.table, end="")
     print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(args.out) / RESULTS_FILE}, "
           f"{TABLE_FILE}, {OVERVIEW_FILE}")
