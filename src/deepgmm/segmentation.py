@@ -365,7 +365,8 @@ def segment(
     device : "cpu", "cuda" or "auto"
     check_memory : refuse up front (``ValueError`` with the estimate) when :func:`estimate_memory`
         exceeds :func:`available_memory`.
-    **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``).
+    **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
+        ``smoothing`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
     Returns
     -------
