@@ -131,6 +131,18 @@ def test_smoothed_svgmm_matches_a_naive_em_loop():
     assert est.weights_.shape == (X.shape[0], 2)
 
 
+def test_smoothed_fit_stops_only_once_the_nll_settles():
+    """Smoothed EM may raise the NLL: a rise larger than tol is not convergence (plain EM never rises,
+    so there any gain below tol is); a converged fit's last change is below tol either way."""
+    image, mask, _ = _phantom()
+    X = image[:, mask].T
+    est = SpatiallyVariantGMM(n_components=2, smoothing=2.0, tol=1e-4).fit(X, mask=mask)
+    assert est.converged_ and abs(est.nll_history_[-2] - est.nll_history_[-1]) < 1e-4
+    assert not est._converged(1.0, 1.5) and est._converged(1.0, 1.0 + 5e-5)
+    plain = SpatiallyVariantGMM(n_components=2, tol=1e-4).fit(X, mask=mask)
+    assert plain._converged(1.0, 1.5) and not plain._converged(1.0, 0.5)
+
+
 def test_smoothing_zero_is_the_plain_svgmm_with_or_without_a_mask():
     image, mask, _ = _phantom()
     X = image[:, mask].T

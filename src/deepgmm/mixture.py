@@ -304,6 +304,10 @@ class _BaseMixture:
         """The SVGMM's next per-pixel log-weights from the posteriors ``(N, K)`` (may reuse the buffer)."""
         return log_resp
 
+    def _converged(self, previous: float, nll: float) -> bool:
+        """EM never raises the NLL: stop once an iteration gains less than ``tol``."""
+        return previous - nll < self.tol
+
     def _run_em(self, X: Tensor, state: _EMState) -> tuple[_EMState, list[float], int, bool]:
         buffers = None
         if self._spatial:
@@ -324,7 +328,7 @@ class _BaseMixture:
             n_iter = it
             if not math.isfinite(nll):
                 raise ValueError(f"EM diverged: the NLL became {nll} at iteration {it}; increase reg_covar")
-            if self.tol > 0 and history[-2] - nll < self.tol:
+            if self.tol > 0 and self._converged(history[-2], nll):
                 converged = True
                 break
         return state, history, n_iter, converged
@@ -493,8 +497,8 @@ class SpatiallyVariantGMM(_BaseMixture):
         ``r_mk`` over the fitted pixels m near n (:class:`deepgmm.smoothing.MaskSmoother`). A spatial prior:
         a pixel leans towards the classes of its neighbourhood. Needs the pixels' layout,
         ``fit(X, mask=mask)`` with ``X = image[:, mask].T``. 0 is the paper's SVGMM. With
-        smoothing the EM is no longer exact, so the NLL may rise; the fit stops at the first
-        iteration that gains less than ``tol`` (a rise included), and ``predict_proba`` is the
+        smoothing the EM is no longer exact, so the NLL may rise; the fit stops once the NLL
+        changes by less than ``tol`` either way (or at ``max_iter``), and ``predict_proba`` is the
         posterior ``pi_nk N(x_n | mu_k, Sigma_k)`` (normalised) at the fitted parameters.
 
     Attributes
@@ -540,6 +544,11 @@ class SpatiallyVariantGMM(_BaseMixture):
         for v in values.ravel():
             check_float("smoothing", v, minimum=0.0)
         return bool(values.size) and any(float(v) > 0 for v in values.ravel())
+
+    def _converged(self, previous: float, nll: float) -> bool:
+        if self._sigmas is None:
+            return super()._converged(previous, nll)
+        return abs(previous - nll) < self.tol  # smoothed EM may raise the NLL early on: wait until it settles
 
     def _next_log_weights(self, log_resp: Tensor) -> Tensor:
         if self._sigmas is None:
