@@ -11,6 +11,7 @@ from deepgmm.deep import (
     DeepSVG,
     Entropy,
     MuPrior,
+    SmoothedPosterior,
     TotalVariation,
     UNet,
     UNetConfig,
@@ -184,6 +185,107 @@ def test_total_variation_against_a_naive_loop():
     assert float(Entropy(1.0)(const)[0]) == pytest.approx(np.log(3), rel=1e-6)
 
 
+def _naive_smoothed_posterior_kl(image, log_w, mask, means, variances, log_pi, sigma):
+    """numpy/scipy reference for one image: posteriors pixel by pixel, scipy's filter, KL(t || w)."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.stats import multivariate_normal
+
+    C, H, W = image.shape
+    K = log_w.shape[0]
+    post = np.zeros((K, H, W))
+    for i in range(H):
+        for j in range(W):
+            lp = log_pi[:, i, j] if log_pi.ndim == 3 else log_pi
+            joint = np.array([lp[k] + multivariate_normal.logpdf(image[:, i, j], means[k], np.diag(variances[k]))
+                              for k in range(K)])
+            post[:, i, j] = np.exp(joint - joint.max()) / np.exp(joint - joint.max()).sum()
+    num = np.stack([gaussian_filter(post[k] * mask, sigma, truncate=3.0, mode="constant") for k in range(K)])
+    t = num / gaussian_filter(mask.astype(float), sigma, truncate=3.0, mode="constant")
+    kl = (t * (np.log(t) - log_w)).sum(0)
+    return (kl * mask).sum() / mask.sum(), t
+
+
+@pytest.mark.parametrize("mixture", ["svgmm", "gmm"])
+def test_smoothed_posterior_against_a_naive_reference(mixture):
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(2, 9, 11))
+    mask = rng.random((9, 11)) > 0.3
+    log_w = torch.log_softmax(torch.as_tensor(rng.normal(size=(1, 3, 9, 11))), 1)
+    means = rng.normal(size=(3, 2))
+    variances = rng.uniform(0.5, 2.0, (3, 2))
+    if mixture == "svgmm":
+        log_pi = log_w.reshape(1, 3, -1).transpose(1, 2)  # (B, N, K)
+        ref_pi = log_w[0].numpy()
+    else:
+        log_pi = torch.log(torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64))  # (B, K)
+        ref_pi = log_pi[0].numpy()
+    ctx = RegContext(image=torch.as_tensor(image)[None], log_probs=log_w, mask=torch.as_tensor(mask)[None, None].double(),
+                     means=torch.as_tensor(means)[None], covariances=torch.as_tensor(variances)[None],
+                     log_weights=log_pi)
+    reg = SmoothedPosterior(0.5, sigma=1.5)
+    ref_kl, ref_t = _naive_smoothed_posterior_kl(image, log_w[0].numpy(), mask, means, variances, ref_pi, 1.5)
+    np.testing.assert_allclose(reg.target(ctx)[0].numpy()[:, mask], ref_t[:, mask], rtol=1e-10)
+    assert float(reg(ctx)[0]) == pytest.approx(0.5 * ref_kl, rel=1e-10)
+    # the target is held fixed: the gradient flows through the soft labels only, and at w = t it is zero
+    at_target = RegContext(**{**ctx.__dict__, "log_probs": torch.log(reg.target(ctx).clamp_min(1e-300))})
+    assert float(reg(at_target)[0]) == pytest.approx(0.0, abs=1e-12)
+    lw = log_w.clone().requires_grad_()
+    reg(RegContext(**{**ctx.__dict__, "log_probs": lw}))[0].backward()
+    assert torch.isfinite(lw.grad).all() and float(lw.grad.abs().sum()) > 0
+
+
+def test_smoothed_posterior_settings_and_errors():
+    reg = make_regularizer("smoothed_posterior", 2.0, sigma=(0, 3, 3))
+    assert isinstance(reg, SmoothedPosterior) and reg.config() == {"name": "smoothed_posterior", "lam": 2.0,
+                                                                   "sigma": (0.0, 3.0, 3.0)}
+    assert make_regularizer("smoothed_posterior").sigma == 6.0
+    with pytest.raises(ValueError, match=r"unexpected setting\(s\) \['size'\] for the 'smoothed_posterior'"):
+        make_regularizer("smoothed_posterior", 1.0, size=3)
+    with pytest.raises(ValueError, match="smoothing must be >= 0 pixels with at least one axis > 0"):
+        SmoothedPosterior(1.0, sigma=-1.0)
+    with pytest.raises(ValueError, match="smoothing must be >= 0 pixels with at least one axis > 0"):
+        SmoothedPosterior(1.0, sigma=0.0)
+    ctx = RegContext(image=torch.zeros(1, 1, 4, 4), log_probs=torch.zeros(1, 1, 4, 4), mask=torch.ones(1, 1, 4, 4),
+                     means=torch.zeros(1, 1, 1), covariances=torch.ones(1, 1, 1))
+    with pytest.raises(ValueError, match="needs the mixture's log_weights"):
+        SmoothedPosterior(1.0)(ctx)
+    img, _ = noisy_rings(size=24)
+    with pytest.raises(ValueError, match=r"sigma \(smooth_sigma\) must be one number of pixels or one per axis "
+                                         r"\(2\), got \(0.0, 3.0, 3.0\)"):  # a volume's sigmas on a 2D image
+        DeepSVG(n_components=3, network=TINY, max_steps=2, pretrain_steps=1, regularizers=[reg]).fit(img)
+    with pytest.raises(ValueError, match=r"smooth_sigma\) must be one number of pixels or one per axis \(2\)"):
+        DeepSVG(n_components=3, network=TINY, max_steps=2, smooth_sigma=(1, 2, 3)).fit(img)
+    with pytest.raises(ValueError, match="smooth must be >= 0"):
+        DeepSVG(n_components=3, network=TINY, max_steps=2, smooth=-1.0).fit(img)
+    with pytest.raises(ValueError, match="smoothing must be >= 0 pixels with at least one axis > 0"):
+        DeepSVG(n_components=3, network=TINY, max_steps=2, smooth_sigma=-2.0).fit(img)
+
+
+def test_smoothed_posterior_is_deepsvgs_default_and_not_deepgs():
+    img, _ = noisy_rings(size=24)
+    kw = dict(n_components=3, network=TINY, max_steps=2, pretrain_steps=1)
+    names = lambda est: [r["name"] for r in est.regularizers_]  # noqa: E731
+    svg = DeepSVG(**kw).fit(img)
+    assert svg.regularizers_ == [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 6.0}]
+    assert names(DeepSVG(smooth=0.0, tv=2.0, **kw).fit(img)) == ["tv"]
+    assert names(DeepG(**kw).fit(img)) == []
+    g = DeepG(smooth=0.5, smooth_sigma=(2, 3), **kw).fit(img)
+    assert g.regularizers_ == [{"name": "smoothed_posterior", "lam": 0.5, "sigma": (2.0, 3.0)}]
+
+
+@pytest.mark.parametrize("cls", [DeepG, DeepSVG])
+def test_smoothed_posterior_in_a_fit_2d_and_3d(cls):
+    img, truth = noisy_rings(size=32, noise=1.0)
+    regs = [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 2.0}]
+    est = cls(n_components=3, network=TINY, max_steps=6, min_steps=6, pretrain_steps=3, regularizers=regs).fit(img)
+    assert est.n_iter_ == 6 and np.all(np.isfinite(est.nll_history_))
+    np.testing.assert_allclose(est.probabilities_.sum(0), 1.0, rtol=1e-5)
+    vol = np.stack([img] * 4, axis=1)
+    est3 = cls(n_components=3, network=TINY, max_steps=3, pretrain_steps=2,
+               regularizers=[("smoothed_posterior", 1.0)]).fit(vol)
+    assert est3.labels_.shape == (4, 32, 32) and np.isfinite(est3.nll_)
+
+
 def test_mu_prior_value():
     means = torch.tensor([[[0.0, 1.0], [2.0, 2.0]]])
     ctx = RegContext(image=None, log_probs=None, mask=None, means=means, covariances=None)
@@ -226,7 +328,10 @@ def test_deepsvg_beats_svgmm_where_spatial_context_matters():
 def test_mu_prior_fixes_the_class_order():
     img, truth = noisy_rings(noise=0.5)
     mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # order: background(3), inner(1), ring(2)
-    est = DeepSVG(n_components=3, network=TINY, mu_prior=mu, lam=1.0, max_steps=60, pretrain_steps=10, lr=1e-2).fit(img)
+    # smooth=0: on rings a few pixels wide a 6-pixel smoothed-posterior term softens the labels near the
+    # borders, and means from soft labels shrink towards each other (1.7 instead of 2); the order is the point here
+    est = DeepSVG(n_components=3, network=TINY, mu_prior=mu, lam=1.0, max_steps=60, pretrain_steps=10, lr=1e-2,
+                  smooth=0.0).fit(img)
     expected = np.array([0, 2, 3, 1])[truth]  # truth 1 -> prior class 2, 2 -> 3, 3 -> 1
     agree = np.mean(est.labels_ == expected)
     assert agree > 0.95
@@ -272,12 +377,36 @@ def test_random_init_without_em():
         (dict(init="kmeans"), "init must be one of 'em', 'random'"),
         (dict(lr=0.0), "lr must be > 0"),
         (dict(max_steps=-1), "max_steps must be >= 0"),
+        (dict(init_smoothing=-1.0), "init_smoothing must be >= 0"),
+        (dict(init_smoothing=float("nan")), "init_smoothing must be >= 0"),
+        (dict(init_smoothing="six"), "init_smoothing must be one number"),
+        (dict(init_smoothing=[[1.0]]), "init_smoothing must be >= 0 pixels \\(one number or one per axis\\)"),
+        (dict(init_smoothing=(1.0, 2.0, 3.0)), r"init_smoothing: smoothing must be one number of pixels or one per axis \(2\)"),
     ],
 )
 def test_bad_settings(kwargs, match):
     img, _ = noisy_rings(size=24)
     with pytest.raises(ValueError, match=match):
         DeepSVG(n_components=3, **{"max_steps": 2, **kwargs}).fit(img)
+
+
+@pytest.mark.parametrize("cls", [DeepG, DeepSVG])
+def test_init_smoothing_starts_from_the_smoothed_svgmm(cls):
+    """A positive init_smoothing distils the smoothed SVGMM's posteriors, for deepG too; 0 keeps the
+    EM mixture of the method's own kind. The start is that EM fit, same settings and seed."""
+    img, truth = noisy_rings(size=32, noise=1.0)
+    mask = truth > 0
+    est = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smoothing=(2.0, 3.0),
+              reg_covar=0.3, random_state=1).fit(img, mask)
+    assert isinstance(est.em_model_, SpatiallyVariantGMM) and est.em_model_.smoothing == (2.0, 3.0)
+    window = est.window_
+    X = torch.as_tensor(img)[(slice(None),) + window][:, torch.as_tensor(mask)[window]].T.double()
+    ref = SpatiallyVariantGMM(n_components=3, smoothing=(2.0, 3.0), reg_covar=0.3, random_state=1, init="kmeans",
+                              tol=1e-3).fit(X, mask=mask[window])
+    np.testing.assert_allclose(est.em_model_.means_, ref.means_)
+    plain = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smoothing=0).fit(img, mask)
+    assert type(plain.em_model_) is (GaussianMixture if cls is DeepG else SpatiallyVariantGMM)
+    assert getattr(plain.em_model_, "smoothing", 0.0) == 0.0
 
 
 def test_unknown_option_through_segment():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MaskSmoother", "as_sigmas"]
+__all__ = ["MaskSmoother", "as_sigmas", "blur_in_mask", "gaussian_kernel"]
 
 
 def as_sigmas(sigma: Any, ndim: int) -> tuple[float, ...]:
@@ -63,14 +63,7 @@ class MaskSmoother:
         self.n_pixels = int(box.sum())
         self.sigma = sigmas
         self._index = torch.as_tensor(np.flatnonzero(box), device=device)  # (N,) positions in the box
-        self._kernels: list[list[float] | None] = []  # per axis: the weights of offsets -r..r
-        for length, sd in zip(self.shape, sigmas):  # a kernel longer than the axis only ever meets zero padding
-            r = min(int(3.0 * sd + 0.5), length - 1)
-            if sd == 0 or r == 0:
-                self._kernels.append(None)
-                continue
-            k = np.exp(-0.5 * (np.arange(-r, r + 1) / sd) ** 2)
-            self._kernels.append((k / k.sum()).tolist())
+        self._kernels = [gaussian_kernel(sd, length) for length, sd in zip(self.shape, sigmas)]
         ones = torch.ones((self.n_pixels, 1), dtype=dtype, device=device)
         self._norm = self._blur_gathered(ones)  # (N, 1) > 0: every masked pixel weighs itself
 
@@ -93,6 +86,36 @@ class MaskSmoother:
             if kernel is not None:
                 grid = _blur_axis(grid, axis + 1, kernel)
         return grid.reshape(K, -1)[:, self._index].T
+
+
+def gaussian_kernel(sd: float, length: int) -> list[float] | None:
+    """The normalised weights of offsets ``-r..r``, ``r = round(3 sd)``, for an axis of ``length``
+    pixels (a kernel longer than the axis only ever meets zero padding); None: nothing to smooth."""
+    r = min(int(3.0 * sd + 0.5), length - 1)
+    if sd == 0 or r <= 0:
+        return None
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sd) ** 2)
+    return (k / k.sum()).tolist()
+
+
+def blur_in_mask(values: Tensor, mask: Tensor, sigma: Any) -> Tensor:
+    """Normalised Gaussian smoothing of images inside their masks, as :class:`MaskSmoother` does for
+    one mask: ``values`` ``(B, K, *spatial)``, ``mask`` ``(B, 1, *spatial)`` 0/1 -> ``(B, K, *spatial)``,
+    each masked pixel the Gaussian-weighted mean of the masked pixels around it, 0 outside the mask.
+    ``sigma``: one number of pixels or one per spatial axis. Differentiable in ``values``."""
+    spatial = tuple(values.shape[2:])
+    if mask.shape[0] != values.shape[0] or mask.shape[1] != 1 or tuple(mask.shape[2:]) != spatial:
+        raise ValueError(f"mask must have shape ({values.shape[0]}, 1, *{spatial}), got {tuple(mask.shape)}")
+    sigmas = as_sigmas(sigma, len(spatial))
+    kernels = [gaussian_kernel(sd, length) for length, sd in zip(spatial, sigmas)]
+    m = mask.to(values.dtype)
+    both = torch.cat([values * m, m], dim=1)  # one pass blurs the values and the mask's weights
+    for axis, kernel in enumerate(kernels):
+        if kernel is not None:
+            both = _blur_axis(both, axis + 2, kernel)
+    K = values.shape[1]
+    weight = both[:, K:]
+    return torch.where(m > 0, both[:, :K] / weight.clamp_min(torch.finfo(values.dtype).tiny), 0.0)
 
 
 def _blur_axis(grid: Tensor, dim: int, kernel: list[float]) -> Tensor:

@@ -2,10 +2,11 @@
 
 from .estimator import DeepG, DeepGMM, DeepSVG
 from .losses import DeepMixtureLoss, mixture_fit_from_soft_labels
-from .regularizers import REGULARIZERS, Entropy, MuPrior, Regularizer, TotalVariation, make_regularizer
+from .regularizers import (REGULARIZERS, Entropy, MuPrior, Regularizer, SmoothedPosterior, TotalVariation,
+                           make_regularizer)
 from .unet import NETWORKS, UNet, UNetConfig
 
 __all__ = [
     "DeepG", "DeepGMM", "DeepSVG", "DeepMixtureLoss", "mixture_fit_from_soft_labels", "REGULARIZERS",
-    "Entropy", "MuPrior", "Regularizer", "TotalVariation", "make_regularizer", "NETWORKS", "UNet", "UNetConfig",
+    "Entropy", "MuPrior", "Regularizer", "SmoothedPosterior", "TotalVariation", "make_regularizer", "NETWORKS", "UNet", "UNetConfig",
 ]

@@ -25,7 +25,7 @@ from torch import Tensor
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..likelihood import COVARIANCE_TYPES
 from .losses import DeepMixtureLoss
-from .regularizers import MuPrior, Regularizer, make_regularizer
+from .regularizers import MuPrior, Regularizer, SmoothedPosterior, make_regularizer
 from .unet import UNet, UNetConfig, network_config
 
 __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "build_regularizers"]
@@ -35,13 +35,16 @@ logger = logging.getLogger(__name__)
 DEEP_INITS = ("em", "random")
 
 
-def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0) -> list[Regularizer]:
+def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
+                       smooth: float = 0.0, smooth_sigma: Any = 6.0) -> list[Regularizer]:
     """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
-    plus the shortcuts ``tv`` (total variation of this weight) and ``mu_prior``
-    (``lam * ||mu - mu_prior||^2``)."""
+    plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
+    term of this weight and width ``smooth_sigma``) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
     out: list[Regularizer] = []
     if tv:
         out.append(make_regularizer("tv", tv))
+    if smooth:
+        out.append(make_regularizer("smoothed_posterior", smooth, sigma=smooth_sigma))
     for r in regularizers or ():
         if isinstance(r, Regularizer):
             out.append(r)
@@ -70,11 +73,19 @@ class DeepGMM:
     lr, weight_decay, grad_clip : AdamW learning rate, weight decay, gradient-norm clip
     tol, min_steps, max_steps : stop when ``|NLL change| < tol`` after ``min_steps``; at most ``max_steps``
     reg_covar : variance floor added in the M-step (default 0.3, in the units of z-scored channels)
-    tv : weight of the total-variation term on the soft labels; None: the method's default, 2 for
-        deepSVG and 0 for deepG (docs/deep.md: TV helps deepSVG and hurts deepG on MyoPS)
+    tv : weight of the total-variation term on the soft labels; None: the method's default, 0 (on
+        MyoPS it hurts deepG, and adds nothing to deepSVG's smoothed-posterior term: docs/deep.md)
+    smooth, smooth_sigma : weight and width (pixels, or one per axis) of the ``smoothed_posterior``
+        term, which pulls the soft labels towards their mixture's posteriors smoothed by a Gaussian
+        (the smoothed SVGMM's weight update); smooth None: the method's default, 1 for deepSVG
+        and 0 for deepG (docs/deep.md: it lifts deepSVG and collapses deepG's small classes). For a
+        volume of thick slices give the slice axis its own width, e.g. ``(0, 6, 6)``
     regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
     mu_prior, lam : shortcut for the ``mu_prior`` regulariser: ``(K, C)`` class means (array or file)
     init : "em" (distil the EM posteriors first) or "random" (the paper)
+    init_smoothing : with ``init="em"``, a positive value (pixels, or one per axis) starts both deep
+        methods from the smoothed SVGMM (:class:`deepgmm.mixture.SpatiallyVariantGMM` with this
+        ``smoothing``) instead of the plain EM mixture of the same kind; 0 (default): plain EM
     pretrain_steps, pretrain_lr : the distillation phase of ``init="em"``
     crop_margin : fit on the mask's bounding box grown by this many pixels (None: the whole image).
         The loss only sees the mask, so this saves time without changing what is modelled.
@@ -93,7 +104,8 @@ class DeepGMM:
     """
 
     _mixture = "svgmm"
-    _default_tv = 2.0
+    _default_tv = 0.0
+    _default_smooth = 1.0
 
     def __init__(
         self,
@@ -109,10 +121,13 @@ class DeepGMM:
         max_steps: int = 200,
         reg_covar: float = 0.3,
         tv: float | None = None,
+        smooth: float | None = None,
+        smooth_sigma: float | Sequence[float] = 6.0,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
         lam: float = 1.0,
         init: str = "em",
+        init_smoothing: float | Sequence[float] = 0.0,
         pretrain_steps: int = 30,
         pretrain_lr: float = 3e-3,
         crop_margin: int | None = 16,
@@ -131,10 +146,13 @@ class DeepGMM:
         self.max_steps = max_steps
         self.reg_covar = reg_covar
         self.tv = tv
+        self.smooth = smooth
+        self.smooth_sigma = smooth_sigma
         self.regularizers = regularizers
         self.mu_prior = mu_prior
         self.lam = lam
         self.init = init
+        self.init_smoothing = init_smoothing
         self.pretrain_steps = pretrain_steps
         self.pretrain_lr = pretrain_lr
         self.crop_margin = crop_margin
@@ -171,14 +189,32 @@ class DeepGMM:
         if self.tv is not None:
             check_float("tv", self.tv, minimum=0.0)
         check_choice("init", self.init, DEEP_INITS)
+        self._init_sigmas_given()
         check_int("pretrain_steps", self.pretrain_steps, minimum=0)
         check_float("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True)
         if self.crop_margin is not None:
             check_int("crop_margin", self.crop_margin, minimum=0)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
+        if self.smooth is not None:
+            check_float("smooth", self.smooth, minimum=0.0)
         tv = self._default_tv if self.tv is None else self.tv
-        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv)
+        smooth = self._default_smooth if self.smooth is None else self.smooth
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma)
+
+    def _init_sigmas_given(self) -> bool:
+        """Whether ``init_smoothing`` asks for smoothing (0, 0.0 or all zeros: no); other values are
+        checked when the pixels' number of axes is known (:func:`deepgmm.smoothing.as_sigmas`)."""
+        try:
+            values = np.atleast_1d(np.asarray(self.init_smoothing, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ValueError(f"init_smoothing must be one number of pixels or one per axis, "
+                             f"got {self.init_smoothing!r}") from None
+        if isinstance(self.init_smoothing, str) or values.ndim != 1 or not np.isfinite(values).all() \
+                or (values < 0).any():
+            raise ValueError(f"init_smoothing must be >= 0 pixels (one number or one per axis), "
+                             f"got {self.init_smoothing!r}")
+        return bool((values > 0).any())
 
     # ------------------------------------------------------------------ fitting
     def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
@@ -195,6 +231,8 @@ class DeepGMM:
         for r in regs:
             if isinstance(r, MuPrior):
                 r.check(self.n_components, C)
+            elif isinstance(r, SmoothedPosterior):
+                r.check(len(spatial))
         full_region = region
         window = _bounding_box(region, self.crop_margin)
         img, region = img[(slice(None),) + window], region[window]
@@ -263,15 +301,25 @@ class DeepGMM:
         from ..segmentation import EM_IMAGE_DEFAULTS
         from .. import mixture as em
 
-        method = "svgmm" if self._mixture == "svgmm" else "gmm"
+        smooth = self._init_sigmas_given()
+        method = "svgmm" if self._mixture == "svgmm" or smooth else "gmm"
         settings = dict(EM_IMAGE_DEFAULTS[method])
         settings.update(n_components=self.n_components, covariance_type=self.covariance_type,
                         reg_covar=self.reg_covar, random_state=seed)
         if prior is not None:  # start at the prior's means: the classes come out in its order
             settings.update(init="means", means_init=prior, n_init=1)
-        cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
         X = img[:, region].T.double()
-        est = cls(**settings).fit(X)
+        if smooth:
+            from ..smoothing import as_sigmas
+
+            try:
+                sigmas = as_sigmas(self.init_smoothing, region.ndim)
+            except ValueError as exc:  # a wrong number of axes
+                raise ValueError(f"init_smoothing: {exc}") from None
+            est = em.SpatiallyVariantGMM(smoothing=sigmas, **settings).fit(X, mask=region)
+        else:
+            cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
+            est = cls(**settings).fit(X)
         proba = torch.as_tensor(est.predict_proba(X), dtype=img.dtype)  # (N, K)
         target = torch.zeros((self.n_components,) + tuple(region.shape), dtype=img.dtype)
         target[:, region] = proba.T
@@ -341,6 +389,7 @@ class DeepG(DeepGMM):
 
     _mixture = "gmm"
     _default_tv = 0.0
+    _default_smooth = 0.0
 
 
 class DeepSVG(DeepGMM):

@@ -134,7 +134,7 @@ class DeepMixtureLoss(nn.Module):
         if self.regularizers:
             mask_img = (torch.ones_like(image[:, :1]) if mask is None else mask.unsqueeze(1)).to(image.dtype)
             ctx = RegContext(image=image, log_probs=log_w_img, mask=mask_img, means=fit.means,
-                             covariances=fit.covariances)
+                             covariances=fit.covariances, log_weights=fit.log_weights)
             for reg in self.regularizers:
                 value = reg(ctx)
                 terms[reg.name] = value

@@ -12,6 +12,12 @@ A regulariser is called with a :class:`RegContext` and returns one value per ima
 * ``"balance"`` — ``lam * (mean_k -log pibar_k - log K)`` with ``pibar_k`` the class proportion
   over the mask: zero for equal classes, large when a class is about to vanish (a Dirichlet
   prior on the proportions); guards small classes against collapsing.
+* ``"smoothed_posterior"`` (setting ``sigma``, pixels) — ``lam * mean_n KL(t_n || w_n)`` with the
+  target ``t = G_sigma * p`` held fixed in each step: the posteriors ``p_nk ~ pi_nk N(x_n | mu_k,
+  Sigma_k)`` of the mixture the soft labels define, smoothed by a Gaussian inside the mask. Its
+  fixed point ``w = G * p`` is the weight update of the smoothed SVGMM
+  (``SpatiallyVariantGMM(smoothing=sigma)``): it pulls each pixel's soft labels towards the classes
+  its neighbourhood's intensities favour, a wider-range spatial prior than TV.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "Balance", "REGULARIZERS", "make_regularizer"]
+__all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "Balance", "SmoothedPosterior",
+           "REGULARIZERS", "make_regularizer"]
 
 
 @dataclass
@@ -32,7 +39,8 @@ class RegContext:
     """What a regulariser may look at.
 
     image ``(B, C, *spatial)``; log_probs ``(B, K, *spatial)`` log soft labels; mask
-    ``(B, 1, *spatial)`` 0/1; means ``(B, K, C)`` (input units); covariances ``(B, K, C[, C])``.
+    ``(B, 1, *spatial)`` 0/1; means ``(B, K, C)`` (input units); covariances ``(B, K, C[, C])``;
+    log_weights: the mixture's log mixing weights, ``(B, K)`` (deepG) or ``(B, N, K)`` (deepSVG).
     """
 
     image: Tensor
@@ -40,6 +48,7 @@ class RegContext:
     mask: Tensor
     means: Tensor
     covariances: Tensor
+    log_weights: Tensor | None = None
 
 
 class Regularizer:
@@ -141,8 +150,63 @@ class Balance(Regularizer):
         return self.lam * (-torch.log(pibar + 1e-8).mean(1) - float(np.log(K)))
 
 
+class SmoothedPosterior(Regularizer):
+    """``lam * mean_n KL(t_n || w_n)``, ``t = G_sigma * p`` fixed: pulls the soft labels towards the
+    smoothed posteriors of their own mixture (the smoothed SVGMM's weight update)."""
+
+    name = "smoothed_posterior"
+
+    def __init__(self, lam: float = 1.0, sigma: Any = 6.0) -> None:
+        super().__init__(lam)
+        from ..smoothing import as_sigmas
+
+        as_sigmas(sigma, 1 if np.ndim(sigma) == 0 else len(np.atleast_1d(sigma)))  # numbers >= 0, one > 0
+        self.sigma = sigma if np.ndim(sigma) == 0 else tuple(float(v) for v in np.atleast_1d(sigma))
+
+    def check(self, spatial_dims: int) -> None:
+        """A clear error where ``sigma`` gives a number of axes other than the images' ``spatial_dims``."""
+        from ..smoothing import as_sigmas
+
+        try:
+            as_sigmas(self.sigma, spatial_dims)
+        except ValueError:
+            raise ValueError(f"the smoothed_posterior term's sigma (smooth_sigma) must be one number of pixels or "
+                             f"one per axis ({spatial_dims}), got {self.sigma!r}") from None
+
+    def target(self, ctx: RegContext) -> Tensor:
+        """The smoothed posteriors ``t`` ``(B, K, *spatial)`` (no gradient)."""
+        from ..likelihood import log_gaussian
+        from ..smoothing import blur_in_mask
+
+        if ctx.log_weights is None:
+            raise ValueError("the 'smoothed_posterior' regulariser needs the mixture's log_weights")
+        B, C = ctx.image.shape[:2]
+        K = ctx.log_probs.shape[1]
+        spatial = tuple(ctx.image.shape[2:])
+        with torch.no_grad():
+            x = ctx.image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
+            cov = "diag" if ctx.covariances.ndim == 3 else "full"
+            log_pi = ctx.log_weights if ctx.log_weights.ndim == 3 else ctx.log_weights.unsqueeze(1)
+            joint = log_pi.to(x.dtype) + log_gaussian(x, ctx.means.to(x.dtype), ctx.covariances.to(x.dtype), cov)
+            post = torch.softmax(joint, dim=-1).transpose(1, 2).reshape(B, K, *spatial)
+            return blur_in_mask(post, ctx.mask, self.sigma)
+
+    def __call__(self, ctx: RegContext) -> Tensor:
+        t = self.target(ctx)
+        m = ctx.mask
+        log_t = torch.log(t.clamp_min(torch.finfo(t.dtype).tiny))
+        kl = (t * (log_t - ctx.log_probs)).sum(1, keepdim=True) * m  # (B, 1, *spatial)
+        return self.lam * kl.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "sigma": self.sigma}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam}, sigma={self.sigma})"
+
+
 REGULARIZERS: dict[str, type[Regularizer]] = {"mu_prior": MuPrior, "tv": TotalVariation, "entropy": Entropy,
-                                              "balance": Balance}
+                                              "balance": Balance, "smoothed_posterior": SmoothedPosterior}
 
 
 def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
@@ -154,6 +218,11 @@ def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
         if "mu_data" not in kwargs:
             raise ValueError("the 'mu_prior' regulariser needs mu_data, an array of shape (n_components, n_channels)")
         return MuPrior(kwargs.pop("mu_data"), lam)
+    if cls is SmoothedPosterior:
+        sigma = kwargs.pop("sigma", 6.0)
+        if kwargs:
+            raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser (it takes sigma)")
+        return SmoothedPosterior(lam, sigma)
     if kwargs:
         raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser")
     return cls(lam)
