@@ -71,6 +71,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepsvg, smoothed posterior weight 3": ("deepsvg", {"smooth": 3.0}),
     "deepsvg, smoothed posterior sigma 3": ("deepsvg", {"smooth_sigma": 3.0}),
     "deepsvg, smoothed posterior sigma 10": ("deepsvg", {"smooth_sigma": 10.0}),
+    "deepsvg, smoothed posterior sigma 3 + TV 2": ("deepsvg", {"smooth_sigma": 3.0, "tv": 2.0}),
+    "deepsvg, smoothed posterior sigma 10 + TV 2": ("deepsvg", {"smooth_sigma": 10.0, "tv": 2.0}),
     "deepsvg, EM start smoothed 6": ("deepsvg", {"init_smoothing": 6.0}),
     "deepsvg, no variance floor": ("deepsvg", {"reg_covar": 1e-6}),
     "deepsvg, random start (no EM)": ("deepsvg", {"init": "random"}),
