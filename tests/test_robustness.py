@@ -370,14 +370,20 @@ def test_activation_count_matches_the_tensors_of_a_forward_pass():
 def test_deep_memory_estimate_is_not_far_below_the_real_peak():
     """A deep fit's measured peak (fresh process) against estimate_memory + the network's part."""
     warm_up = "\n".join([
+        "import torch",
         "from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes",
         "img = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)",
         "segment(img[:, :40, :40], method='deepsvg', max_steps=2, pretrain_steps=1)",
         "cfg = network_config('fast', spatial_dims=2, in_channels=3, out_channels=4)",
     ])
     measured = "segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None)"
+    # what segment() checks: the method's own part (network, smoothed-posterior term) on top
+    own = "S.METHOD_MEMORY['deepsvg'](torch.as_tensor(img), torch.ones(256, 256, dtype=torch.bool), {'crop_margin': None})"
     used, estimate = _peak_and_estimate(warm_up, measured, "S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
-                                        " + activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)")
+                                        f" + {own}")
+    network = "activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)"
+    _, own_part = _peak_and_estimate(warm_up, "pass", f"{own} - ({network})")
+    assert own_part == 8 * 5 * 256 * 256 * 4  # the smoothed-posterior term's arrays, beside the network's
     assert 0.5 * used <= estimate <= 2.5 * used, (used, estimate)
 
 

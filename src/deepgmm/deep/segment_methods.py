@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from .._validation import resolve_device
 from ..segmentation import MethodFit, register_method
 from .estimator import DeepG, DeepGMM, DeepSVG, _bounding_box
+from .regularizers import SmoothedPosterior
 from .unet import activation_bytes, network_config, parameter_bytes
 
 
@@ -30,11 +32,12 @@ def _deep_fit(cls: type[DeepGMM]):
 def _deep_memory(cls: type[DeepGMM]):
     def memory(image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
         """Training bytes of the estimator's network: activations on the window it fits (the mask's
-        box + margin) and AdamW's four copies of the weights. Zero on a GPU: the check compares
+        box + margin) and AdamW's four copies of the weights, plus the smoothed-posterior term's
+        window-sized arrays (about 8 of ``K + 1`` channels). Zero on a GPU: the check compares
         with host memory."""
         est = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
         try:
-            est._validate()
+            regs = est._validate()
             if resolve_device(est.device).type != "cpu":
                 return 0
             window = _bounding_box(mask, est.crop_margin)
@@ -43,7 +46,10 @@ def _deep_memory(cls: type[DeepGMM]):
                                  out_channels=est.n_components)
         except (ValueError, TypeError):  # bad settings: fit() reports them by name
             return 0
-        return activation_bytes(cfg, shape) + parameter_bytes(cfg)
+        smooth = 0
+        if any(isinstance(r, SmoothedPosterior) for r in regs):
+            smooth = 8 * (est.n_components + 1) * math.prod(shape) * image.element_size()
+        return activation_bytes(cfg, shape) + parameter_bytes(cfg) + smooth
 
     return memory
 
