@@ -160,8 +160,10 @@ class SmoothedPosterior(Regularizer):
         super().__init__(lam)
         from ..smoothing import as_sigmas
 
-        as_sigmas(sigma, 1 if np.ndim(sigma) == 0 else len(np.atleast_1d(sigma)))  # numbers >= 0, one > 0
-        self.sigma = sigma if np.ndim(sigma) == 0 else tuple(float(v) for v in np.atleast_1d(sigma))
+        per_axis = np.ndim(sigma) > 0
+        # numbers >= 0, one of them > 0; their count is checked against the images' axes in check()
+        values = as_sigmas(sigma, len(np.atleast_1d(sigma)) if per_axis else 1)
+        self.sigma = values if per_axis else values[0]
 
     def check(self, spatial_dims: int) -> None:
         """A clear error where ``sigma`` gives a number of axes other than the images' ``spatial_dims``."""
