@@ -378,9 +378,9 @@ def test_random_init_without_em():
         (dict(lr=0.0), "lr must be > 0"),
         (dict(max_steps=-1), "max_steps must be >= 0"),
         (dict(init_smoothing=-1.0), "init_smoothing must be >= 0"),
-        (dict(init_smoothing=float("nan")), "init_smoothing must be >= 0"),
-        (dict(init_smoothing="six"), "init_smoothing must be one number"),
-        (dict(init_smoothing=[[1.0]]), "init_smoothing must be >= 0 pixels \\(one number or one per axis\\)"),
+        (dict(init_smoothing=float("nan")), "init_smoothing must be finite"),
+        (dict(init_smoothing="six"), "init_smoothing must be a number"),
+        (dict(init_smoothing=[[1.0]]), "init_smoothing must be one number of pixels or one per axis"),
         (dict(init_smoothing=(1.0, 2.0, 3.0)), r"init_smoothing: smoothing must be one number of pixels or one per axis \(2\)"),
     ],
 )

@@ -540,10 +540,9 @@ class SpatiallyVariantGMM(_BaseMixture):
 
     def _smooths(self) -> bool:
         """Whether ``smoothing`` asks for any (validated: numbers >= 0)."""
-        values = np.atleast_1d(np.asarray(self.smoothing, dtype=object))
-        for v in values.ravel():
-            check_float("smoothing", v, minimum=0.0)
-        return bool(values.size) and any(float(v) > 0 for v in values.ravel())
+        from .smoothing import wants_smoothing
+
+        return wants_smoothing("smoothing", self.smoothing)
 
     def _converged(self, previous: float, nll: float) -> bool:
         if self._sigmas is None:

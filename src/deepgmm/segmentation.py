@@ -154,9 +154,11 @@ EM_IMAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _svgmm_memory(image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
     """The ``smoothing`` option's grids over the mask's bounding box (0 without smoothing)."""
+    from .smoothing import wants_smoothing
+
     try:
-        smooths = bool(np.any(np.asarray(settings.get("smoothing", 0.0), dtype=np.float64) > 0))
-    except (TypeError, ValueError):  # not numbers: the estimator names the problem
+        smooths = wants_smoothing("smoothing", settings.get("smoothing", 0.0))
+    except ValueError:  # bad values: the estimator names the problem
         smooths = False
     if not smooths:
         return 0

@@ -203,18 +203,11 @@ class DeepGMM:
         return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma)
 
     def _init_sigmas_given(self) -> bool:
-        """Whether ``init_smoothing`` asks for smoothing (0, 0.0 or all zeros: no); other values are
-        checked when the pixels' number of axes is known (:func:`deepgmm.smoothing.as_sigmas`)."""
-        try:
-            values = np.atleast_1d(np.asarray(self.init_smoothing, dtype=np.float64))
-        except (TypeError, ValueError):
-            raise ValueError(f"init_smoothing must be one number of pixels or one per axis, "
-                             f"got {self.init_smoothing!r}") from None
-        if isinstance(self.init_smoothing, str) or values.ndim != 1 or not np.isfinite(values).all() \
-                or (values < 0).any():
-            raise ValueError(f"init_smoothing must be >= 0 pixels (one number or one per axis), "
-                             f"got {self.init_smoothing!r}")
-        return bool((values > 0).any())
+        """Whether ``init_smoothing`` asks for smoothing (validated; the number of axes is checked
+        once the image is known)."""
+        from ..smoothing import wants_smoothing
+
+        return wants_smoothing("init_smoothing", self.init_smoothing)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
@@ -388,7 +381,6 @@ class DeepG(DeepGMM):
     """deepG: the network's soft labels define a GMM with ``pi_k = mean_n w_nk``."""
 
     _mixture = "gmm"
-    _default_tv = 0.0
     _default_smooth = 0.0
 
 
