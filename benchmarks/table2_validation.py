@@ -38,6 +38,9 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "floor 0.3 + TV 2": ({"reg_covar": 0.3, "regularizers": [{"name": "tv", "lam": 2.0}]}, {}),
     "smoothed posterior 1 (sigma 6)": ({"regularizers": [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 6.0}]},
                                        {}),
+    "full covariances": ({"covariance_type": "full"}, {}),
+    "full covariances + smoothed posterior 1 (sigma 8)": (
+        {"covariance_type": "full", "regularizers": [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 8.0}]}, {}),
     "ensemble of 3 networks": ({}, {"ensemble": 3}),
     "ensemble of 3, lam 3": ({}, {"ensemble": 3, "lam": 3.0}),
     "ensemble of 3, lam 0.3": ({}, {"ensemble": 3, "lam": 0.3}),

@@ -238,7 +238,7 @@ def test_smoothed_posterior_settings_and_errors():
     reg = make_regularizer("smoothed_posterior", 2.0, sigma=(0, 3, 3))
     assert isinstance(reg, SmoothedPosterior) and reg.config() == {"name": "smoothed_posterior", "lam": 2.0,
                                                                    "sigma": (0.0, 3.0, 3.0)}
-    assert make_regularizer("smoothed_posterior").sigma == 6.0
+    assert make_regularizer("smoothed_posterior").sigma == 8.0
     with pytest.raises(ValueError, match=r"unexpected setting\(s\) \['size'\] for the 'smoothed_posterior'"):
         make_regularizer("smoothed_posterior", 1.0, size=3)
     with pytest.raises(ValueError, match="smoothing must be >= 0 pixels with at least one axis > 0"):
@@ -266,11 +266,33 @@ def test_smoothed_posterior_is_deepsvgs_default_and_not_deepgs():
     kw = dict(n_components=3, network=TINY, max_steps=2, pretrain_steps=1)
     names = lambda est: [r["name"] for r in est.regularizers_]  # noqa: E731
     svg = DeepSVG(**kw).fit(img)
-    assert svg.regularizers_ == [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 6.0}]
+    assert svg.regularizers_ == [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 8.0}]
     assert names(DeepSVG(smooth=0.0, tv=2.0, **kw).fit(img)) == ["tv"]
     assert names(DeepG(**kw).fit(img)) == []
     g = DeepG(smooth=0.5, smooth_sigma=(2, 3), **kw).fit(img)
     assert g.regularizers_ == [{"name": "smoothed_posterior", "lam": 0.5, "sigma": (2.0, 3.0)}]
+
+
+def test_covariance_defaults_full_for_deepsvg_diag_for_deepg():
+    img, _ = noisy_rings(size=24)
+    kw = dict(n_components=3, network=TINY, max_steps=2, pretrain_steps=1)
+    svg, g = DeepSVG(**kw).fit(img), DeepG(**kw).fit(img)
+    assert svg.covariance_type is None and svg.covariance_type_ == "full" and svg.covariances_.shape == (3, 2, 2)
+    assert svg.em_model_.covariance_type == "full"  # the EM start fits the same kind of covariance
+    assert g.covariance_type_ == "diag" and g.covariances_.shape == (3, 2)
+    diag = DeepSVG(covariance_type="diag", **kw).fit(img)
+    assert diag.covariance_type_ == "diag" and diag.covariances_.shape == (3, 2)
+    assert DeepG(covariance_type="full", **kw).fit(img).covariances_.shape == (3, 2, 2)
+    with pytest.raises(ValueError, match="covariance_type"):
+        DeepSVG(covariance_type="spherical", **kw).fit(img)
+    # segment() leaves the choice to the method unless told, and records the one used
+    for method, cov, shape in (("deepsvg", "full", (3, 2, 2)), ("deepg", "diag", (3, 2)), ("svgmm", "diag", (3, 2))):
+        seg = segment(img, method=method, n_components=3, network=TINY, max_steps=2, pretrain_steps=1) \
+            if method.startswith("deep") else segment(img, method=method, n_components=3)
+        assert seg.settings["covariance_type"] == cov and seg.covariances.shape == shape
+    seg = segment(img, method="deepsvg", n_components=3, covariance_type="diag", network=TINY, max_steps=2,
+                  pretrain_steps=1)
+    assert seg.settings["covariance_type"] == "diag" and seg.covariances.shape == (3, 2)
 
 
 @pytest.mark.parametrize("cls", [DeepG, DeepSVG])
@@ -402,7 +424,7 @@ def test_init_smoothing_starts_from_the_smoothed_svgmm(cls):
     window = est.window_
     X = torch.as_tensor(img)[(slice(None),) + window][:, torch.as_tensor(mask)[window]].T.double()
     ref = SpatiallyVariantGMM(n_components=3, smoothing=(2.0, 3.0), reg_covar=0.3, random_state=1, init="kmeans",
-                              tol=1e-3).fit(X, mask=mask[window])
+                              tol=1e-3, covariance_type=est.covariance_type_).fit(X, mask=mask[window])
     np.testing.assert_allclose(est.em_model_.means_, ref.means_)
     plain = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smoothing=0).fit(img, mask)
     assert type(plain.em_model_) is (GaussianMixture if cls is DeepG else SpatiallyVariantGMM)

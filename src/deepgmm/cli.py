@@ -96,7 +96,8 @@ EM_METHODS = ("gmm", "svgmm")
 DEEP_METHODS = ("deepg", "deepsvg")
 
 SEGMENT_OPTIONS: list[SegmentOption] = [
-    SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: diag)",
+    SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
+                  "otherwise)",
                   choices=COVARIANCE_CHOICES),
     SegmentOption("--normalize", "normalize", str,
                   "z-score every channel over the mask or the whole image first (default: mask)",
@@ -136,7 +137,7 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "labels towards their mixture's posteriors smoothed by a Gaussian (default: deepsvg 1, deepg 0)",
                   minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "deep: that Gaussian's sigma in pixels, or one per axis "
-                  "such as 0,6,6 for thick slices (default 6)", metavar="S", methods=DEEP_METHODS),
+                  "such as 0,8,8 for thick slices (default 8)", metavar="S", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "
                   ".json or text, in normalised units): adds lam*||mu - mu_data||^2 and fixes the class order",
                   metavar="FILE", methods=DEEP_METHODS),

@@ -341,7 +341,7 @@ def segment(
     *,
     method: str = "gmm",
     n_components: int = 4,
-    covariance_type: str = "diag",
+    covariance_type: str | None = None,
     normalize: str = "mask",
     nan_policy: str = "raise",
     random_state: int | None = 0,
@@ -358,7 +358,8 @@ def segment(
         The region to segment (non-zero inside). Default: the whole image.
     method : "gmm", "svgmm", "deepg" or "deepsvg"
     n_components : number of classes K
-    covariance_type : "diag" or "full"
+    covariance_type : "diag" or "full"; None (default): the method's own default, "full" for
+        "deepsvg" (docs/deep.md) and "diag" for the others
     normalize : "none", "mask" or "image"
         Z-score every channel over the mask's pixels or over the whole image first.
     nan_policy : "raise" or "mask"
@@ -381,7 +382,8 @@ def segment(
         if method not in METHODS:
             raise ValueError(f"method {method!r} is not available in this installation")
     check_int("n_components", n_components, minimum=1)
-    check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    if covariance_type is not None:
+        check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
     check_choice("normalize", normalize, NORMALIZATIONS)
     check_choice("nan_policy", nan_policy, ("raise", "mask"))
     resolve_device(device)
@@ -411,8 +413,9 @@ def segment(
         raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
     settings = dict(EM_IMAGE_DEFAULTS.get(method, {}))
     settings.update(options)
-    settings.update(n_components=n_components, covariance_type=covariance_type,
-                    random_state=random_state, device=device)
+    settings.update(n_components=n_components, random_state=random_state, device=device)
+    if covariance_type is not None:
+        settings["covariance_type"] = covariance_type
     if check_memory:
         _check_memory(img, region, n_pix, n_components, method, settings)
 
@@ -443,7 +446,8 @@ def segment(
     public_settings = {k: (list(v) if isinstance(v, tuple) else
                            v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
                        for k, v in settings.items()}
-    public_settings.update(normalize=normalize, nan_policy=nan_policy)
+    public_settings.update(normalize=normalize, nan_policy=nan_policy,  # the covariance the method used
+                           covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
     return Segmentation(
         labels=labels,
         probabilities=probs,

@@ -36,7 +36,7 @@ DEEP_INITS = ("em", "random")
 
 
 def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
-                       smooth: float = 0.0, smooth_sigma: Any = 6.0) -> list[Regularizer]:
+                       smooth: float = 0.0, smooth_sigma: Any = 8.0) -> list[Regularizer]:
     """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
     plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
     term of this weight and width ``smooth_sigma``) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
@@ -68,7 +68,8 @@ class DeepGMM:
     Parameters
     ----------
     n_components : number of classes K
-    covariance_type : "diag" or "full"
+    covariance_type : "diag" or "full"; None (default): the method's default, "full" for deepSVG and
+        "diag" for deepG (docs/deep.md: full covariances lift deepSVG on MyoPS)
     network : "fast" (default), "paper", "tiny", a dict of :class:`UNetConfig` settings or a config
     lr, weight_decay, grad_clip : AdamW learning rate, weight decay, gradient-norm clip
     tol, min_steps, max_steps : stop when ``|NLL change| < tol`` after ``min_steps``; at most ``max_steps``
@@ -79,7 +80,7 @@ class DeepGMM:
         term, which pulls the soft labels towards their mixture's posteriors smoothed by a Gaussian
         (the smoothed SVGMM's weight update); smooth None: the method's default, 1 for deepSVG
         and 0 for deepG (docs/deep.md: it lifts deepSVG and collapses deepG's small classes). For a
-        volume of thick slices give the slice axis its own width, e.g. ``(0, 6, 6)``
+        volume of thick slices give the slice axis its own width, e.g. ``(0, 8, 8)``
     regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
     mu_prior, lam : shortcut for the ``mu_prior`` regulariser: ``(K, C)`` class means (array or file)
     init : "em" (distil the EM posteriors first) or "random" (the paper)
@@ -98,7 +99,7 @@ class DeepGMM:
     network_ : the fitted :class:`UNet`
     probabilities_ : ndarray ``(K, *spatial)`` soft labels (zero outside the mask)
     labels_ : ndarray ``(*spatial)`` 0 outside the mask, 1..K inside
-    means_, covariances_ : ``(K, C)``, ``(K, C)`` or ``(K, C, C)``
+    means_, covariances_ : ``(K, C)``, ``(K, C)`` or ``(K, C, C)``; covariance_type_ : the one fitted
     weights_ : ``(K,)`` class proportions over the mask
     nll_ : final NLL; nll_history_ : NLL at every step; n_iter_, converged_, fit_seconds_
     """
@@ -106,12 +107,13 @@ class DeepGMM:
     _mixture = "svgmm"
     _default_tv = 0.0
     _default_smooth = 1.0
+    _default_covariance = "full"
 
     def __init__(
         self,
         *,
         n_components: int = 4,
-        covariance_type: str = "diag",
+        covariance_type: str | None = None,
         network: str | dict[str, Any] | UNetConfig = "fast",
         lr: float = 1e-3,
         weight_decay: float = 1e-3,
@@ -122,7 +124,7 @@ class DeepGMM:
         reg_covar: float = 0.3,
         tv: float | None = None,
         smooth: float | None = None,
-        smooth_sigma: float | Sequence[float] = 6.0,
+        smooth_sigma: float | Sequence[float] = 8.0,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
         lam: float = 1.0,
@@ -177,7 +179,8 @@ class DeepGMM:
 
     def _validate(self) -> list[Regularizer]:
         check_int("n_components", self.n_components, minimum=1)
-        check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
+        if self.covariance_type is not None:
+            check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
         check_float("lr", self.lr, minimum=0.0, strict=True)
         check_float("weight_decay", self.weight_decay, minimum=0.0)
         check_float("grad_clip", self.grad_clip, minimum=0.0, strict=True)
@@ -214,6 +217,7 @@ class DeepGMM:
         """Fit to one image ``(C, *spatial)`` (2D or 3D) over ``mask`` ``(*spatial)`` (default: all pixels)."""
         t0 = time.perf_counter()
         regs = self._validate()
+        self.covariance_type_ = self.covariance_type or self._default_covariance
         dev = resolve_device(self.device)
         img = _image_tensor(image)
         C, spatial = img.shape[0], tuple(img.shape[1:])
@@ -239,7 +243,7 @@ class DeepGMM:
         net = net.to(dev)
         x = img.to(dev).unsqueeze(0)  # (1, C, *spatial)
         m = region.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
-        loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type,
+        loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs)
 
         bar = _progress(self.progress, self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__)
@@ -297,7 +301,7 @@ class DeepGMM:
         smooth = self._init_sigmas_given()
         method = "svgmm" if self._mixture == "svgmm" or smooth else "gmm"
         settings = dict(EM_IMAGE_DEFAULTS[method])
-        settings.update(n_components=self.n_components, covariance_type=self.covariance_type,
+        settings.update(n_components=self.n_components, covariance_type=self.covariance_type_,
                         reg_covar=self.reg_covar, random_state=seed)
         if prior is not None:  # start at the prior's means: the classes come out in its order
             settings.update(init="means", means_init=prior, n_init=1)
@@ -382,6 +386,7 @@ class DeepG(DeepGMM):
 
     _mixture = "gmm"
     _default_smooth = 0.0
+    _default_covariance = "diag"
 
 
 class DeepSVG(DeepGMM):

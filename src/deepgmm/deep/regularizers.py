@@ -156,7 +156,7 @@ class SmoothedPosterior(Regularizer):
 
     name = "smoothed_posterior"
 
-    def __init__(self, lam: float = 1.0, sigma: Any = 6.0) -> None:
+    def __init__(self, lam: float = 1.0, sigma: Any = 8.0) -> None:
         super().__init__(lam)
         from ..smoothing import as_sigmas
 
@@ -221,7 +221,7 @@ def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
             raise ValueError("the 'mu_prior' regulariser needs mu_data, an array of shape (n_components, n_channels)")
         return MuPrior(kwargs.pop("mu_data"), lam)
     if cls is SmoothedPosterior:
-        sigma = kwargs.pop("sigma", 6.0)
+        sigma = kwargs.pop("sigma", 8.0)
         if kwargs:
             raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser (it takes sigma)")
         return SmoothedPosterior(lam, sigma)
