@@ -8,5 +8,6 @@ from .unet import NETWORKS, UNet, UNetConfig
 
 __all__ = [
     "DeepG", "DeepGMM", "DeepSVG", "DeepMixtureLoss", "mixture_fit_from_soft_labels", "REGULARIZERS",
-    "Entropy", "MuPrior", "Regularizer", "SmoothedPosterior", "TotalVariation", "make_regularizer", "NETWORKS", "UNet", "UNetConfig",
+    "Entropy", "MuPrior", "Regularizer", "SmoothedPosterior", "TotalVariation", "make_regularizer", "NETWORKS",
+    "UNet", "UNetConfig",
 ]

@@ -25,7 +25,7 @@ from torch import Tensor
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..likelihood import COVARIANCE_TYPES
 from .losses import DeepMixtureLoss
-from .regularizers import MuPrior, Regularizer, SmoothedPosterior, make_regularizer
+from .regularizers import DEFAULT_SMOOTH_SIGMA, MuPrior, Regularizer, SmoothedPosterior, make_regularizer
 from .unet import UNet, UNetConfig, network_config
 
 __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "build_regularizers"]
@@ -36,7 +36,7 @@ DEEP_INITS = ("em", "random")
 
 
 def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
-                       smooth: float = 0.0, smooth_sigma: Any = 8.0) -> list[Regularizer]:
+                       smooth: float = 0.0, smooth_sigma: Any = DEFAULT_SMOOTH_SIGMA) -> list[Regularizer]:
     """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
     plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
     term of this weight and width ``smooth_sigma``) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
@@ -124,7 +124,7 @@ class DeepGMM:
         reg_covar: float = 0.3,
         tv: float | None = None,
         smooth: float | None = None,
-        smooth_sigma: float | Sequence[float] = 8.0,
+        smooth_sigma: float | Sequence[float] = DEFAULT_SMOOTH_SIGMA,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
         lam: float = 1.0,

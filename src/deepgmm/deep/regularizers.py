@@ -31,7 +31,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "Balance", "SmoothedPosterior",
-           "REGULARIZERS", "make_regularizer"]
+           "REGULARIZERS", "make_regularizer", "DEFAULT_SMOOTH_SIGMA"]
+
+DEFAULT_SMOOTH_SIGMA = 8.0  # pixels; the smoothed-posterior term's width everywhere it is not given (docs/deep.md)
 
 
 @dataclass
@@ -156,7 +158,7 @@ class SmoothedPosterior(Regularizer):
 
     name = "smoothed_posterior"
 
-    def __init__(self, lam: float = 1.0, sigma: Any = 8.0) -> None:
+    def __init__(self, lam: float = 1.0, sigma: Any = DEFAULT_SMOOTH_SIGMA) -> None:
         super().__init__(lam)
         from ..smoothing import as_sigmas
 
@@ -221,7 +223,7 @@ def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
             raise ValueError("the 'mu_prior' regulariser needs mu_data, an array of shape (n_components, n_channels)")
         return MuPrior(kwargs.pop("mu_data"), lam)
     if cls is SmoothedPosterior:
-        sigma = kwargs.pop("sigma", 8.0)
+        sigma = kwargs.pop("sigma", DEFAULT_SMOOTH_SIGMA)
         if kwargs:
             raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser (it takes sigma)")
         return SmoothedPosterior(lam, sigma)
