@@ -34,7 +34,8 @@ import torch
 from _common import default_data, have_data
 
 PAPER = dict(network="paper", init="random", lr=1e-4, weight_decay=1e-3, grad_clip=12.0, tol=1e-3, min_steps=10,
-             max_steps=200, crop_margin=None, reg_covar=1e-6, tv=0.0, smooth=0.0, covariance_type="diag")
+             max_steps=200, crop_margin=None, reg_covar=1e-6, tv=0.0, smooth=0.0, covariance_type="diag",
+             spare_classes=0)
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ odd case numbers, so that a setting picked on one half can be checked on the oth
     python benchmarks/deep_ablation.py                       # every 4th slice (20), 2 processes
     python benchmarks/deep_ablation.py --every 1 --jobs 2    # all 79 slices
     python benchmarks/deep_ablation.py --only deepsvg        # configurations whose name has this
+    python benchmarks/deep_ablation.py --only "seed 1" --only "seed 2"   # ... either of these
 
 Each configuration is ``name -> (method, options)``; edit CONFIGS to add one. Slices are
 split over ``--jobs`` processes with one torch thread each; results do not depend on it.
@@ -60,23 +61,64 @@ def _posterior_gap(lam: float, mixture: str):
     return PosteriorGap(lam)
 
 
-# deepSVG's default of 2026-11-30 (diagonal covariances, smoothed posterior of sigma 6), before full
-# covariances and sigma 8: the rows of docs/deep.md's 20-slice ablation vary it, so they pin it.
-SP6 = {"covariance_type": "diag", "smooth_sigma": 6.0}
+def _mean_field(lam: float, sigma: float):
+    """A smoothed-posterior term whose target is the posterior under the neighbourhood's smoothed
+    posteriors as local prior, ``t_nk ~ N(x_n | mu_k, Sigma_k) (G_sigma * p)_nk`` (one mean-field step of
+    a Potts-like prior), instead of ``G_sigma * p`` itself: the pixel's own evidence stays in the target."""
+    import torch
+
+    from deepgmm.deep.regularizers import SmoothedPosterior
+    from deepgmm.likelihood import log_gaussian, log_mixture
+    from deepgmm.smoothing import blur_in_mask
+
+    class MeanField(SmoothedPosterior):
+        name = "mean_field"
+
+        def target(self, ctx):
+            B, C = ctx.image.shape[:2]
+            K = ctx.log_probs.shape[1]
+            spatial = tuple(ctx.image.shape[2:])
+            with torch.no_grad():
+                x = ctx.image.reshape(B, C, -1).transpose(1, 2)
+                cov = "diag" if ctx.covariances.ndim == 3 else "full"
+                log_dens = log_gaussian(x, ctx.means.to(x.dtype), ctx.covariances.to(x.dtype), cov)  # (B, N, K)
+                post = log_mixture(log_dens, ctx.log_weights.to(x.dtype))[1].exp()
+                s = blur_in_mask(post.transpose(1, 2).reshape(B, K, *spatial), ctx.mask, self.sigma)
+                log_s = torch.log(s.clamp_min(1e-30)).reshape(B, K, -1).transpose(1, 2)
+                t = torch.softmax(log_dens + log_s, -1)
+                return t.transpose(1, 2).reshape(B, K, *spatial)
+
+    return MeanField(lam, sigma)
+
+
+# deepSVG's default of the morning of 2026-11-30 (diagonal covariances, smoothed posterior of sigma 6, no
+# spare class): the rows of docs/deep.md's 20-slice ablation vary it, so they pin it.
+SP6 = {"covariance_type": "diag", "smooth_sigma": 6.0, "spare_classes": 0}
+# deepSVG's default of the afternoon of 2026-11-30 (full covariances, sigma 8), before the spare class
+FS8 = {"spare_classes": 0}
 
 CONFIGS: dict[str, tuple[str, dict]] = {
     "svgmm (default)": ("svgmm", {}),
     "svgmm, smoothing 6": ("svgmm", {"smoothing": 6.0}),
     "svgmm, smoothing 8": ("svgmm", {"smoothing": 8.0}),
     "svgmm, smoothing 8, full covariances": ("svgmm", {"smoothing": 8.0, "covariance_type": "full"}),
-    # the default (full covariances, smoothed posterior 1 of sigma 8) and variations of it
+    "svgmm, smoothing 8, full covariances, 1 spare class": ("svgmm", {"smoothing": 8.0, "covariance_type": "full",
+                                                                       "spare_classes": 1}),
+    "svgmm, 1 spare class": ("svgmm", {"spare_classes": 1}),
+    # the default (full covariances, smoothed posterior 1 of sigma 8, one spare class)
     "deepsvg (default)": ("deepsvg", {}),
-    "deepsvg, full, sigma 10": ("deepsvg", {"smooth_sigma": 10.0}),
-    "deepsvg, full, tol 3e-4": ("deepsvg", {"tol": 3e-4}),
-    "deepsvg, full, weight 1.5": ("deepsvg", {"smooth": 1.5}),
-    "deepsvg, full, floor 0.2": ("deepsvg", {"reg_covar": 0.2}),
-    "deepsvg, diagonal, sigma 8": ("deepsvg", {"covariance_type": "diag"}),
-    "deepsvg, seed 1": ("deepsvg", {"random_state": 1}),
+    "deepsvg (default), seed 1": ("deepsvg", {"random_state": 1}),
+    "deepsvg (default), seed 2": ("deepsvg", {"random_state": 2}),
+    "deepsvg, 2 spare classes": ("deepsvg", {"spare_classes": 2}),
+    # the default before the spare class (FS8) and variations of it
+    "deepsvg, no spare class (FS8)": ("deepsvg", FS8),
+    "deepsvg, no spare class (FS8), seed 1": ("deepsvg", {**FS8, "random_state": 1}),
+    "deepsvg, no spare class (FS8), seed 2": ("deepsvg", {**FS8, "random_state": 2}),
+    "deepsvg, full, sigma 10": ("deepsvg", {**FS8, "smooth_sigma": 10.0}),
+    "deepsvg, full, tol 3e-4": ("deepsvg", {**FS8, "tol": 3e-4}),
+    "deepsvg, full, weight 1.5": ("deepsvg", {**FS8, "smooth": 1.5}),
+    "deepsvg, full, floor 0.2": ("deepsvg", {**FS8, "reg_covar": 0.2}),
+    "deepsvg, diagonal, sigma 8": ("deepsvg", {**FS8, "covariance_type": "diag"}),
     # the earlier defaults, and variations of the one of 2026-11-30 (SP6)
     "deepsvg, sigma 6 diagonal default of 2026-11-30": ("deepsvg", SP6),
     "deepsvg, sigma 6 diagonal default of 2026-11-30, seed 1": ("deepsvg", {**SP6, "random_state": 1}),
@@ -96,8 +138,16 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepsvg, + balance term (0.1)": ("deepsvg", {**SP6, "regularizers": [("balance", 0.1)]}),
     "deepsvg, + posterior gap 0.1": ("deepsvg", {**SP6, "regularizers": [_posterior_gap(0.1, "svgmm")]}),
     "deepsvg, paper settings": ("deepsvg", {"network": "paper", "init": "random", "lr": 1e-4, "tv": 0.0, "smooth": 0.0,
-                                            "reg_covar": 1e-6, "crop_margin": None, "covariance_type": "diag"}),
+                                            "reg_covar": 1e-6, "crop_margin": None, "covariance_type": "diag",
+                                            "spare_classes": 0}),
     "gmm (default)": ("gmm", {}),
+    "gmm, 1 spare class": ("gmm", {"spare_classes": 1}),
+    "deepg, 1 spare class": ("deepg", {"spare_classes": 1}),
+    "deepg, mean field 1, sigma 2": ("deepg", {"regularizers": [_mean_field(1.0, 2.0)]}),
+    "deepg, mean field 1, sigma 4": ("deepg", {"regularizers": [_mean_field(1.0, 4.0)]}),
+    "deepg, mean field 1, sigma 8": ("deepg", {"regularizers": [_mean_field(1.0, 8.0)]}),
+    "deepsvg, mean field sigma 8 (full, instead of the smoothed posterior)": (
+        "deepsvg", {**FS8, "smooth": 0.0, "regularizers": [_mean_field(1.0, 8.0)]}),
     "deepg (default)": ("deepg", {}),
     "deepg, with TV (weight 2)": ("deepg", {"tv": 2.0}),
     "deepg, TV 0.5": ("deepg", {"tv": 0.5}),
@@ -144,11 +194,12 @@ def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[tuple[list[flo
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     slice_arguments(ap, every=4)
-    ap.add_argument("--only", default=None, help="run the configurations whose name contains this text")
+    ap.add_argument("--only", action="append", default=None,
+                    help="run the configurations whose name contains this text (repeat for several)")
     args = ap.parse_args()
     if not have_data(args.data):
         return 2
-    names = [n for n in CONFIGS if args.only is None or args.only in n]
+    names = [n for n in CONFIGS if args.only is None or any(o in n for o in args.only)]
     t0 = time.perf_counter()
     n, parts = map_slices(_run, args.data, args.jobs, args.every, names)
     print(run_line(n, args.every, args.jobs, t0))

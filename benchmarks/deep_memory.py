@@ -29,11 +29,12 @@ shape, net = tuple(int(s) for s in sys.argv[1].split('x')), sys.argv[2]
 img = np.random.default_rng(0).normal(size=(3,) + shape).astype(np.float32)
 warm = tuple(min(s, 40) for s in shape)
 segment(img[(slice(None),) + tuple(slice(0, s) for s in warm)], method='deepsvg', max_steps=2,
-        pretrain_steps=1, network=net, crop_margin=None)
+        pretrain_steps=1, network=net, crop_margin=None, spare_classes=0)
 gc.collect()
 open('/proc/self/clear_refs', 'w').write('5')
 base = rss('VmRSS')
-segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, network=net, crop_margin=None)
+segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, network=net, crop_margin=None,
+        spare_classes=0)  # K=4 exactly, as the estimates below
 used = rss('VmHWM') - base
 em = S.estimate_memory(3, shape, int(np.prod(shape)), 4, 'deepsvg')
 cfg = network_config(net, spatial_dims=len(shape), in_channels=3, out_channels=4)

@@ -181,6 +181,22 @@ def test_only_given_options_are_forwarded(case, monkeypatch):
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
+def test_spare_classes_flag_end_to_end(case, capsys):
+    """--spare-classes reaches segment(): three classes come out, the dropped one is in summary.json."""
+    folder, paths, img, truth = case
+    out = folder / "spare"
+    assert main(seg_args(paths, out, "--spare-classes", "1", method="svgmm")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["spare_classes"] == 1 and len(summary["settings"]["dropped_classes"]) == 1
+    assert summary["options_given"] == {"spare_classes": 1}
+    assert np.asarray(summary["class_means"]).shape == (3, 2)
+    labels = np.asanyarray(nib.load(out / "labels.nii.gz").dataobj)[..., 0]
+    assert set(np.unique(labels[truth > 0])) == {1, 2, 3}
+    assert nib.load(out / "probabilities.nii.gz").shape == (32, 30, 1, 3)
+    check_error(capsys, seg_args(paths, folder / "bad", "--spare-classes", "-1"), "--spare-classes")
+    assert not (folder / "bad").exists()
+
+
 def test_extra_segment_option_hook(case, monkeypatch):
     """A new entry of SEGMENT_OPTIONS becomes a flag forwarded as a keyword."""
     folder, paths, img, truth = case

@@ -113,3 +113,108 @@ def test_bad_images_and_masks():
         segment(const, normalize="mask")
     with pytest.raises(ValueError, match="must hold numbers"):
         segment(np.array([[["a"]]]))
+
+
+# ----------------------------------------------------------------------------- spare classes
+def _naive_drop(P, n_keep):
+    """Reference for drop_spare_classes: pixel by pixel, class by class."""
+    kept = list(range(P.shape[1]))
+    while len(kept) > n_keep:
+        counts = [0] * len(kept)
+        for row in P:
+            best = max(range(len(kept)), key=lambda j: (row[kept[j]], -j))
+            counts[best] += 1
+        kept.pop(counts.index(min(counts)))
+    out = np.empty((P.shape[0], len(kept)))
+    for n, row in enumerate(P):
+        s = sum(row[k] for k in kept)
+        out[n] = [row[k] / s for k in kept]
+    return kept, out
+
+
+def test_drop_spare_classes_matches_a_naive_loop_and_recounts_after_each_drop():
+    from deepgmm.segmentation import MethodFit, drop_spare_classes
+
+    rng = np.random.default_rng(0)
+    # class 4 is the smallest at first; once it is gone its pixels go to class 3, so the next smallest
+    # is class 2, not class 3 (which a one-shot ranking by the first counts would drop)
+    base = {0: 40, 1: 30, 2: 8, 3: 14, 4: 6}
+    rows = []
+    for k, n in base.items():
+        for _ in range(n):
+            p = rng.uniform(0.0, 0.1, 5)
+            p[k] = 1.0
+            if k == 4:
+                p[3] = 0.9  # the runner-up of class 4's pixels is class 3
+            rows.append(p / p.sum())
+    P = np.array(rows)
+    X = torch.from_numpy(rng.normal(size=(len(P), 2)))
+    fit = MethodFit(P, P.argmax(1), rng.normal(size=(5, 2)), np.ones((5, 2)), np.full(5, 0.2), 1.5, [2.0, 1.5], 2,
+                    True, "model")
+    reduced, dropped = drop_spare_classes(fit, 3, X)
+    kept, ref = _naive_drop(P, 3)
+    assert dropped == [4, 2] and kept == [0, 1, 3]
+    np.testing.assert_allclose(reduced.probabilities, ref, rtol=1e-12)
+    np.testing.assert_array_equal(reduced.labels, ref.argmax(1))
+    np.testing.assert_array_equal(reduced.means, fit.means[kept])
+    np.testing.assert_allclose(reduced.weights, np.full(3, 1 / 3))
+    assert (reduced.nll, reduced.nll_history, reduced.model) == (1.5, [2.0, 1.5], "model")
+
+
+def test_drop_spare_classes_underflow_falls_back_to_the_kept_gaussians():
+    from scipy.stats import multivariate_normal
+
+    from deepgmm.segmentation import MethodFit, drop_spare_classes
+
+    means = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    covs = np.array([[1.0, 0.5], [2.0, 1.0], [0.5, 0.5]])  # diagonal
+    weights = np.array([0.5, 0.3, 0.2])
+    P = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]] * 2)
+    P[2] = [0.0, 0.0, 1.0]  # all of this pixel's mass is on the class that will be dropped
+    X = np.random.default_rng(1).normal(size=(len(P), 2)) * 2
+    fit = MethodFit(P, P.argmax(1), means, covs, weights, 1.0, [1.0], 1, True, None)
+    reduced, dropped = drop_spare_classes(fit, 2, torch.from_numpy(X))
+    assert dropped == [2]
+    dens = np.array([multivariate_normal(means[k], np.diag(covs[k])).pdf(X[2]) for k in (0, 1)]) * weights[:2]
+    np.testing.assert_allclose(reduced.probabilities[2], dens / dens.sum(), rtol=1e-10)
+    assert np.all(np.isfinite(reduced.probabilities))
+    np.testing.assert_allclose(reduced.probabilities.sum(1), 1.0)
+
+
+@pytest.mark.parametrize("method", ["gmm", "svgmm"])
+def test_spare_classes_in_segment(method):
+    img, truth = blocks((40, 40), noise=0.3)
+    seg = segment(img, method=method, n_components=4, spare_classes=2, n_init=2)
+    assert seg.labels.shape == truth.shape and set(np.unique(seg.labels)) <= {1, 2, 3, 4}
+    assert seg.probabilities.shape == (4, 40, 40) and seg.means.shape == (4, 2) and seg.covariances.shape == (4, 2)
+    np.testing.assert_allclose(seg.probabilities.sum(0), 1.0, rtol=1e-5)
+    assert seg.weights.sum() == pytest.approx(1.0)
+    assert seg.settings["spare_classes"] == 2 and len(seg.settings["dropped_classes"]) == 2
+    assert seg.settings["n_components"] == 4 and seg.model.n_components == 6  # the fitted mixture had 6
+    assert min(evaluate(seg.labels, truth).dice.values()) > 0.9  # the 4 real classes survive
+    assert seg.summary()["settings"]["dropped_classes"] == seg.settings["dropped_classes"]
+
+
+def test_spare_class_defaults_and_errors():
+    img, _ = blocks((24, 24))
+    tiny = dict(network={"features": (8, 16), "norm": "instance"}, max_steps=2, pretrain_steps=1)
+    assert segment(img, method="deepsvg", n_components=3, **tiny).settings["spare_classes"] == 1
+    assert segment(img, method="deepsvg", n_components=3, spare_classes=0, **tiny).settings["spare_classes"] == 0
+    assert segment(img, method="deepg", n_components=3, **tiny).settings["spare_classes"] == 0
+    assert segment(img, method="gmm", n_components=3).settings["spare_classes"] == 0
+    prior = MEANS[:3]
+    seg = segment(img, method="deepsvg", n_components=3, mu_prior=prior, normalize="none", **tiny)
+    assert seg.settings["spare_classes"] == 0  # the prior fixes the classes
+    for opts in (dict(method="deepsvg", mu_prior=prior, **tiny),
+                 dict(method="deepsvg", regularizers=[{"name": "mu_prior", "mu_data": prior}], **tiny),
+                 dict(method="gmm", init="means", means_init=prior)):
+        with pytest.raises(ValueError, match="spare_classes=1 cannot be combined with a class-order prior"):
+            segment(img, n_components=3, spare_classes=1, normalize="none", **opts)
+    with pytest.raises(ValueError, match="spare_classes must be >= 0, got -1"):
+        segment(img, spare_classes=-1)
+    # pixels with only 4 distinct values: the default falls back to no spare class, an explicit one is an error
+    four = np.moveaxis(MEANS[blocks((24, 24))[1] - 1], -1, 0).astype(np.float32)
+    seg = segment(four, method="deepsvg", n_components=4, **tiny)
+    assert seg.settings["spare_classes"] == 0 and "dropped_classes" not in seg.settings
+    with pytest.raises(ValueError, match=r"only 4 distinct value\(s\), fewer than n_components \+ spare_classes = 5"):
+        segment(four, method="gmm", n_components=4, spare_classes=1)

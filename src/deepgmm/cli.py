@@ -99,6 +99,9 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
                   "otherwise)",
                   choices=COVARIANCE_CHOICES),
+    SegmentOption("--spare-classes", "spare_classes", int, "fit this many extra classes, then drop the smallest "
+                  "ones (their pixels to the likelier class left) so that -k classes remain (default: deepsvg 1, "
+                  "others 0; 0 with --mu-prior)", minimum=0, metavar="N"),
     SegmentOption("--normalize", "normalize", str,
                   "z-score every channel over the mask or the whole image first (default: mask)",
                   choices=NORMALIZE_CHOICES),

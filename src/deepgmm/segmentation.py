@@ -27,7 +27,7 @@ from ._validation import check_choice, check_int, resolve_device
 from .likelihood import COVARIANCE_TYPES
 
 __all__ = ["segment", "Segmentation", "MethodFit", "METHODS", "KNOWN_METHODS", "NORMALIZATIONS", "normalize_image",
-           "register_method", "estimate_memory", "available_memory"]
+           "register_method", "estimate_memory", "available_memory", "drop_spare_classes", "DEFAULT_SPARE_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +231,69 @@ def normalize_image(image: torch.Tensor, region: torch.Tensor) -> tuple[torch.Te
     return out, {"mean": mean.tolist(), "std": std.tolist()}
 
 
+DEFAULT_SPARE_CLASSES: dict[str, int] = {"deepsvg": 1}  # segment(spare_classes=None) per method; 0 if absent
+
+
+def _has_class_order_prior(settings: dict[str, Any]) -> bool:
+    """Whether the options fix the classes' order (and so their number): ``mu_prior``, EM's
+    ``means_init``/``init="means"``, or a ``mu_prior`` regulariser in any of its spellings."""
+    if settings.get("mu_prior") is not None or settings.get("means_init") is not None or settings.get("init") == "means":
+        return True
+    for r in settings.get("regularizers") or ():
+        name = (r if isinstance(r, str) else r.get("name") if isinstance(r, dict)
+                else r[0] if isinstance(r, (tuple, list)) and r else getattr(r, "name", None))
+        if name == "mu_prior":
+            return True
+    return False
+
+
+def _resolve_spare_classes(spare_classes: int | None, method: str, settings: dict[str, Any]) -> int:
+    if spare_classes is None:
+        return 0 if _has_class_order_prior(settings) else DEFAULT_SPARE_CLASSES.get(method, 0)
+    check_int("spare_classes", spare_classes, minimum=0)
+    if spare_classes and _has_class_order_prior(settings):
+        raise ValueError(f"spare_classes={spare_classes} cannot be combined with a class-order prior (mu_prior, "
+                         "means_init): the prior fixes n_components classes and their order")
+    return int(spare_classes)
+
+
+def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[MethodFit, list[int]]:
+    """Reduce ``fit`` to ``n_keep`` classes: drop the class with the fewest pixels (by the most
+    probable label among the classes still kept; ties: the first) until ``n_keep`` remain.
+
+    The kept classes' probabilities are renormalised ``(N, n_keep)``, so a dropped class's pixels
+    go to the likelier of the others (under the method's own, possibly per-pixel, weights); a pixel
+    whose kept probabilities all underflowed to 0 gets the kept classes' posterior under their
+    Gaussians and global weights (``X`` ``(N, C)``, the fitted pixels). Means, covariances and
+    weights (renormalised) are the kept classes'; ``nll``, ``nll_history`` and ``model`` stay
+    those of the fitted mixture. Returns the reduced fit and the dropped classes' indices (in the
+    fitted mixture, in the order they were dropped).
+    """
+    from .likelihood import log_gaussian, log_mixture
+
+    P = np.asarray(fit.probabilities, dtype=np.float64)  # (N, K')
+    kept = list(range(P.shape[1]))
+    dropped: list[int] = []
+    while len(kept) > n_keep:
+        counts = np.bincount(P[:, kept].argmax(1), minlength=len(kept))
+        dropped.append(kept.pop(int(np.argmin(counts))))
+    sub = P[:, kept]
+    total = sub.sum(1, keepdims=True)
+    lost = total[:, 0] <= 0
+    probs = sub / np.where(total > 0, total, 1.0)
+    weights = np.asarray(fit.weights, dtype=np.float64)[kept]
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(kept), 1.0 / len(kept))
+    means, covs = np.asarray(fit.means)[kept], np.asarray(fit.covariances)[kept]
+    if lost.any():
+        cov_type = "full" if covs.ndim == 3 else "diag"
+        x = X[torch.from_numpy(lost)].double()
+        log_dens = log_gaussian(x, torch.as_tensor(means).double(), torch.as_tensor(covs).double(), cov_type)
+        probs[lost] = log_mixture(log_dens, torch.log(torch.as_tensor(weights).clamp_min(1e-300)))[1].exp().numpy()
+    reduced = MethodFit(probs.astype(fit.probabilities.dtype, copy=False), probs.argmax(1), means, covs, weights,
+                        fit.nll, fit.nll_history, fit.n_iter, fit.converged, fit.model)
+    return reduced, dropped
+
+
 def _count_distinct_rows(X: torch.Tensor, at_least: int) -> int:
     """Number of distinct rows of ``X`` ``(N, C)``, or any number >= ``at_least`` once that is known.
 
@@ -347,6 +410,7 @@ def segment(
     random_state: int | None = 0,
     device: str = "cpu",
     check_memory: bool = True,
+    spare_classes: int | None = None,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -368,6 +432,16 @@ def segment(
     device : "cpu", "cuda" or "auto"
     check_memory : refuse up front (``ValueError`` with the estimate) when :func:`estimate_memory`
         exceeds :func:`available_memory`.
+    spare_classes : fit ``n_components + spare_classes`` classes, then drop the smallest one at a
+        time (fewest pixels by the most probable label) until ``n_components`` remain; a dropped
+        class's pixels go to the likelier of the classes left (:func:`drop_spare_classes`). A spare
+        class takes up what no class of interest models well, such as the blurred fringe between
+        two structures. None (default): the method's own, :data:`DEFAULT_SPARE_CLASSES` (1 for
+        "deepsvg", docs/deep.md; 0 for the others), and 0 where a class-order prior is given
+        (``mu_prior``, ``means_init``), which fixes ``n_components`` classes; fewer where the pixels
+        take too few distinct values. The result then describes the ``n_components`` kept classes,
+        except ``nll``, ``nll_history`` and ``model``, which are those of the fitted mixture;
+        ``settings["dropped_classes"]`` gives the dropped classes' indices in it.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smoothing`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -413,26 +487,37 @@ def segment(
         raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
     settings = dict(EM_IMAGE_DEFAULTS.get(method, {}))
     settings.update(options)
-    settings.update(n_components=n_components, random_state=random_state, device=device)
+    settings.update(random_state=random_state, device=device)
     if covariance_type is not None:
         settings["covariance_type"] = covariance_type
-    if check_memory:
-        _check_memory(img, region, n_pix, n_components, method, settings)
-
-    norm_info = None
-    if normalize != "none":
-        img, norm_info = normalize_image(img, region if normalize == "mask" else torch.ones_like(region))
-        norm_info["over"] = normalize
-    n_distinct = _count_distinct_rows(img[:, region].T, n_components)
+    spare = _resolve_spare_classes(spare_classes, method, settings)
+    n_distinct = _count_distinct_rows(img[:, region].T, n_components + spare)
     if n_distinct < n_components:
         raise ValueError(
             f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s) over {img.shape[0]} channel(s), "
             f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
         )
+    if n_distinct < n_components + spare:
+        if spare_classes is not None:
+            raise ValueError(f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s), fewer than "
+                             f"n_components + spare_classes = {n_components + spare}; lower spare_classes")
+        spare = n_distinct - n_components  # the method's default asks for more classes than the data hold
+    settings["n_components"] = n_components + spare
+    if check_memory:
+        _check_memory(img, region, n_pix, n_components + spare, method, settings)
 
-    logger.info("segment(method=%s, K=%d): fitting %d pixel(s) of %d channel(s)", method, n_components, n_pix,
-                img.shape[0])
+    norm_info = None
+    if normalize != "none":
+        img, norm_info = normalize_image(img, region if normalize == "mask" else torch.ones_like(region))
+        norm_info["over"] = normalize
+
+    logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
+                f" + {spare} spare" if spare else "", n_pix, img.shape[0])
     fit = METHODS[method](img, region, settings)
+    dropped: list[int] = []
+    if spare:
+        fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
+    settings.update(n_components=n_components, spare_classes=spare)
 
     K = n_components
     region_np = region.numpy()
@@ -448,6 +533,8 @@ def segment(
                        for k, v in settings.items()}
     public_settings.update(normalize=normalize, nan_policy=nan_policy,  # the covariance the method used
                            covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
+    if spare:
+        public_settings["dropped_classes"] = dropped
     return Segmentation(
         labels=labels,
         probabilities=probs,

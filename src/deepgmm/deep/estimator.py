@@ -390,7 +390,11 @@ class DeepG(DeepGMM):
 
 
 class DeepSVG(DeepGMM):
-    """deepSVG: the network's soft labels are the per-pixel mixing weights ``pi_nk = w_nk``."""
+    """deepSVG: the network's soft labels are the per-pixel mixing weights ``pi_nk = w_nk``.
+
+    The estimator fits exactly ``n_components`` classes. ``segment(method="deepsvg")`` by default
+    fits one more and drops the smallest (its ``spare_classes`` option, docs/deep.md).
+    """
 
     _mixture = "svgmm"
 
