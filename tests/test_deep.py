@@ -458,3 +458,18 @@ def test_mu_prior_from_a_file(tmp_path):
     np.testing.assert_array_equal(a.labels_, b.labels_)
     with pytest.raises(FileNotFoundError, match="mu_data file not found"):
         DeepSVG(n_components=3, mu_prior=str(tmp_path / "missing.txt")).fit(img)
+
+
+def test_spare_class_lets_deepsvg_find_the_phantoms_edema():
+    """On the demo phantom (deepgmm demo's default), deepSVG's default spare class frees a class for
+    edema: without it, edema is lost (docs/deep.md, "A spare class")."""
+    from deepgmm.phantom import make_phantom
+
+    ph = make_phantom()
+    scores = {}
+    for spare in (None, 0):
+        seg = segment(ph.image, ph.mask, method="deepsvg", n_components=4, spare_classes=spare)
+        assert seg.probabilities.shape[0] == 4 and set(np.unique(seg.labels[ph.mask > 0])) <= {1, 2, 3, 4}
+        scores[spare] = evaluate(seg.labels, ph.labels, labels=[1, 2, 3, 4]).dice
+    assert scores[None][3] > 0.3 and scores[0][3] < 0.1, scores  # label 3: edema
+    assert np.mean(list(scores[None].values())) > np.mean(list(scores[0].values())) + 0.05

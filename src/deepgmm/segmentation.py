@@ -271,7 +271,8 @@ def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[Me
     """
     from .likelihood import log_gaussian, log_mixture
 
-    P = np.asarray(fit.probabilities, dtype=np.float64)  # (N, K')
+    given = np.asarray(fit.probabilities)
+    P = given.astype(np.float64, copy=False)  # (N, K')
     kept = list(range(P.shape[1]))
     dropped: list[int] = []
     while len(kept) > n_keep:
@@ -289,7 +290,7 @@ def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[Me
         x = X[torch.from_numpy(lost)].double()
         log_dens = log_gaussian(x, torch.as_tensor(means).double(), torch.as_tensor(covs).double(), cov_type)
         probs[lost] = log_mixture(log_dens, torch.log(torch.as_tensor(weights).clamp_min(1e-300)))[1].exp().numpy()
-    reduced = MethodFit(probs.astype(fit.probabilities.dtype, copy=False), probs.argmax(1), means, covs, weights,
+    reduced = MethodFit(probs.astype(given.dtype, copy=False), probs.argmax(1), means, covs, weights,
                         fit.nll, fit.nll_history, fit.n_iter, fit.converged, fit.model)
     return reduced, dropped
 
@@ -491,6 +492,14 @@ def segment(
     if covariance_type is not None:
         settings["covariance_type"] = covariance_type
     spare = _resolve_spare_classes(spare_classes, method, settings)
+    settings["n_components"] = n_components + spare
+    if check_memory:
+        _check_memory(img, region, n_pix, n_components + spare, method, settings)
+
+    norm_info = None
+    if normalize != "none":
+        img, norm_info = normalize_image(img, region if normalize == "mask" else torch.ones_like(region))
+        norm_info["over"] = normalize
     n_distinct = _count_distinct_rows(img[:, region].T, n_components + spare)
     if n_distinct < n_components:
         raise ValueError(
@@ -502,14 +511,7 @@ def segment(
             raise ValueError(f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s), fewer than "
                              f"n_components + spare_classes = {n_components + spare}; lower spare_classes")
         spare = n_distinct - n_components  # the method's default asks for more classes than the data hold
-    settings["n_components"] = n_components + spare
-    if check_memory:
-        _check_memory(img, region, n_pix, n_components + spare, method, settings)
-
-    norm_info = None
-    if normalize != "none":
-        img, norm_info = normalize_image(img, region if normalize == "mask" else torch.ones_like(region))
-        norm_info["over"] = normalize
+        settings["n_components"] = n_components + spare
 
     logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
                 f" + {spare} spare" if spare else "", n_pix, img.shape[0])
