@@ -195,6 +195,14 @@ def test_spare_classes_flag_end_to_end(case, capsys):
     assert nib.load(out / "probabilities.nii.gz").shape == (32, 30, 1, 3)
     check_error(capsys, seg_args(paths, folder / "bad", "--spare-classes", "-1"), "--spare-classes")
     assert not (folder / "bad").exists()
+    prior = folder / "mu.json"
+    prior.write_text(json.dumps([list(m) for m in MEANS.values()]))
+    check_error(capsys, seg_args(paths, folder / "bad", "--spare-classes", "1", "--mu-prior", str(prior),
+                                 method="deepsvg"), "spare_classes=1 cannot be combined with a class-order prior")
+    assert not (folder / "bad").exists()
+    check_error(capsys, seg_args(paths, folder / "bad", "--spare-classes", "10000", method="gmm"),
+                "fewer than n_components + spare_classes = 10003; lower spare_classes")
+    assert not (folder / "bad").exists()
 
 
 def test_extra_segment_option_hook(case, monkeypatch):
