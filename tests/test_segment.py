@@ -182,11 +182,12 @@ def test_drop_spare_classes_underflow_falls_back_to_the_kept_gaussians():
 
 
 @pytest.mark.parametrize("method", ["gmm", "svgmm"])
-def test_spare_classes_in_segment(method):
-    img, truth = blocks((40, 40), noise=0.3)
+@pytest.mark.parametrize("shape", [(40, 40), (4, 30, 30)])
+def test_spare_classes_in_segment(method, shape):
+    img, truth = blocks(shape, noise=0.3)
     seg = segment(img, method=method, n_components=4, spare_classes=2, n_init=2)
     assert seg.labels.shape == truth.shape and set(np.unique(seg.labels)) <= {1, 2, 3, 4}
-    assert seg.probabilities.shape == (4, 40, 40) and seg.means.shape == (4, 2) and seg.covariances.shape == (4, 2)
+    assert seg.probabilities.shape == (4,) + shape and seg.means.shape == (4, 2) and seg.covariances.shape == (4, 2)
     np.testing.assert_allclose(seg.probabilities.sum(0), 1.0, rtol=1e-5)
     assert seg.weights.sum() == pytest.approx(1.0)
     assert seg.settings["spare_classes"] == 2 and len(seg.settings["dropped_classes"]) == 2
