@@ -68,25 +68,20 @@ def _mean_field(lam: float, sigma: float):
     import torch
 
     from deepgmm.deep.regularizers import SmoothedPosterior
-    from deepgmm.likelihood import log_gaussian, log_mixture
-    from deepgmm.smoothing import blur_in_mask
+    from deepgmm.likelihood import log_gaussian
 
     class MeanField(SmoothedPosterior):
         name = "mean_field"
 
         def target(self, ctx):
-            B, C = ctx.image.shape[:2]
-            K = ctx.log_probs.shape[1]
-            spatial = tuple(ctx.image.shape[2:])
+            s = super().target(ctx)  # G_sigma * p, (B, K, *spatial)
+            B, C, K = ctx.image.shape[0], ctx.image.shape[1], s.shape[1]
             with torch.no_grad():
                 x = ctx.image.reshape(B, C, -1).transpose(1, 2)
                 cov = "diag" if ctx.covariances.ndim == 3 else "full"
                 log_dens = log_gaussian(x, ctx.means.to(x.dtype), ctx.covariances.to(x.dtype), cov)  # (B, N, K)
-                post = log_mixture(log_dens, ctx.log_weights.to(x.dtype))[1].exp()
-                s = blur_in_mask(post.transpose(1, 2).reshape(B, K, *spatial), ctx.mask, self.sigma)
                 log_s = torch.log(s.clamp_min(1e-30)).reshape(B, K, -1).transpose(1, 2)
-                t = torch.softmax(log_dens + log_s, -1)
-                return t.transpose(1, 2).reshape(B, K, *spatial)
+                return torch.softmax(log_dens + log_s, -1).transpose(1, 2).reshape(s.shape)
 
     return MeanField(lam, sigma)
 
