@@ -46,6 +46,9 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "ensemble of 3, lam 0.3": ({}, {"ensemble": 3, "lam": 0.3}),
     "ensemble of 3, lam 10": ({}, {"ensemble": 3, "lam": 10.0}),
     "ensemble of 3, tol 1e-3": ({"tol": 1e-3}, {"ensemble": 3}),
+    "posterior read-out": ({}, {"readout": "posterior"}),
+    "ensemble of 3, posterior read-out": ({}, {"ensemble": 3, "readout": "posterior"}),
+    "ensemble of 3, lam 10, posterior read-out": ({}, {"ensemble": 3, "lam": 10.0, "readout": "posterior"}),
 }
 METHODS = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
 

@@ -592,3 +592,52 @@ def test_table2_ensemble_on_synthetic(synth, tmp_path):
         mt.run_table2(synth, out, resume=True, ensemble=2, lam=2.5, **kw)
     with pytest.raises(ValueError, match="ensemble must be >= 1"):
         mt.run_table2(synth, tmp_path / "o", ensemble=0, **kw)
+
+
+# ----------------------------------------------------------------------------- table 2: --readout
+def test_table2_posterior_readout_on_synthetic(synth, tmp_path):
+    """``readout="posterior"``: the deep methods segment with the posteriors of the mixture their
+    soft labels define on each test slice; the setting is recorded and kept on resume."""
+    from deepgmm.training import load_model
+
+    out = tmp_path / "t2"
+    kw = dict(train_cases=[1], test_cases=[3], epochs=1, batch_size=2, threads=1, figures=False, progress=False)
+    res = mt.run_table2(synth, out, readout="posterior", **kw)
+    assert res.complete
+    doc = _load(out)
+    assert doc["config"]["readout"] == "posterior"
+    for m in ("deepsvg", "deepsvg_mu"):
+        assert doc["method_settings"][m]["readout"] == "posterior"
+    assert "--readout posterior" in (out / "table.md").read_text(encoding="utf-8")
+    # deepSVGμ's saved labels (prior order) are the argmax of the posteriors, not of the soft labels
+    post, soft = (load_model(out / "models" / "deepsvg_mu", readout=r) for r in ("posterior", "soft_labels"))
+    differs = False
+    for sl in myops.paper_slices(synth, [3]):
+        saved = np.load(out / "predictions" / f"3_z{sl.slice_index:03d}_deepsvg_mu.npy")
+        np.testing.assert_array_equal(saved, post.predict(sl.image, sl.mask).labels)
+        differs |= not np.array_equal(saved, soft.predict(sl.image, sl.mask).labels)
+    assert differs
+    with pytest.raises(ValueError, match="cannot resume with --readout 'soft_labels'"):
+        mt.run_table2(synth, out, resume=True, readout="soft_labels", **kw)
+    assert mt.run_table2(synth, out, resume=True, **kw).added == 0
+    # a run stored before --readout existed (no such key) resumes with the soft labels
+    doc = _load(out)
+    del doc["config"]["readout"]
+    (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ValueError, match="cannot resume with --readout 'posterior': the run .* uses 'soft_labels'"):
+        mt.run_table2(synth, out, resume=True, readout="posterior", **kw)
+    with pytest.raises(ValueError, match="readout must be one of 'soft_labels', 'posterior', got 'mean'"):
+        mt.run_table2(synth, tmp_path / "o", readout="mean", **kw)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        _cli("myops", "table2", "--data", str(synth), "--out", str(tmp_path / "p"), "--readout", "mean")
+    assert not (tmp_path / "p").exists()
+
+
+def test_table2_readout_choices_are_the_library_s():
+    from deepgmm.training.predict import READOUTS
+
+    parser = argparse.ArgumentParser(prog="deepgmm")
+    sub = mt.add_parser(parser.add_subparsers(dest="command", required=True))
+    t2 = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["table2"]
+    assert tuple(next(a for a in t2._actions if a.dest == "readout").choices) == READOUTS

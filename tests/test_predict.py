@@ -271,3 +271,119 @@ def test_myops_dataset_gives_the_paper_slices():
     np.testing.assert_allclose(u.image.reshape(3, -1).mean(1), 0, atol=1e-4)
     item = ds[0]
     assert item["image"].shape == (3, 128, 128) and int(item["mask"].sum()) == int(u.mask.sum())
+
+
+# ----------------------------------------------------------------------------- readout="posterior"
+def _numpy_posteriors(X, w, pi, reg=1e-6):
+    """Reference E-step (float64, numpy/scipy): M-step (diagonal) from soft labels ``w`` (N, K), then
+    ``p(k | x) ~ pi N(x | mu_k, var_k)`` with ``pi`` (N, K) or (K,)."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    nk = w.sum(0)
+    mu = (w.T @ X) / nk[:, None]
+    var = (w.T @ X**2) / nk[:, None] - mu**2 + reg
+    logn = norm.logpdf(X[:, None, :], mu[None], np.sqrt(var)[None]).sum(-1)  # (N, K)
+    joint = np.log(np.maximum(pi, 1e-300)) + logn
+    return np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("method", ["deepsvg", "deepg"])
+def test_posterior_readout_is_one_e_step_of_the_soft_labels_mixture(trained, tmp_path, method):
+    """``readout="posterior"``: the posteriors under the mixture the soft labels define (deepSVG:
+    per-pixel weights w; deepG: their mean), checked against a numpy/scipy E-step; the NLL, means
+    and weights stay those of the soft labels; the labels are the posteriors' argmax."""
+    root, ds, _ = trained
+    folder = root / "model"
+    if method == "deepg":
+        folder = tmp_path / "deepg"
+        train(TrainConfig(method="deepg", n_components=2, network={"features": (8, 16)}, epochs=1, batch_size=4),
+              ds, folder)
+    soft = load_model(folder)
+    post = load_model(folder, readout="posterior")
+    assert soft.readout == "soft_labels" and post.readout == "posterior"
+    for i in (0, 3):
+        u = ds.unit(i)
+        a, b = soft.predict(u.image, u.mask), post.predict(u.image, u.mask)
+        w = a.probabilities[:, u.mask].T.astype(np.float64)  # (N, K)
+        X = u.image[:, u.mask].T.astype(np.float64)
+        pi = w if method == "deepsvg" else w.mean(0)
+        expected = _numpy_posteriors(X, w, pi)
+        np.testing.assert_allclose(b.probabilities[:, u.mask].T, expected, atol=2e-4)
+        assert not np.allclose(b.probabilities, a.probabilities, atol=1e-3)  # it is not the soft labels
+        assert b.probabilities[:, ~u.mask].max() == 0
+        np.testing.assert_allclose(b.probabilities[:, u.mask].sum(0), 1.0, atol=1e-5)
+        assert np.array_equal(b.labels, np.where(u.mask, b.probabilities.argmax(0) + 1, 0))
+        assert b.nll == pytest.approx(a.nll, rel=1e-6)
+        np.testing.assert_allclose(b.means, a.means, rtol=1e-6)
+        assert b.readout == "posterior" and b.summary()["readout"] == "posterior"
+        assert a.summary()["readout"] == "soft_labels"
+
+
+def test_posterior_readout_on_volumes_batches_and_ensembles(trained):
+    from deepgmm.training import EnsembleModel, load_ensemble
+
+    root, ds, _ = trained
+    model = load_model(root / "model", readout="posterior")
+    units = [ds.unit(i) for i in range(3)]
+    many = model.predict_many([u.image for u in units], [u.mask for u in units], batch_size=2)
+    vol = model.predict(np.stack([u.image for u in units], axis=-1), np.stack([u.mask for u in units], axis=-1))
+    for z, (u, p) in enumerate(zip(units, many)):
+        one = model.predict(u.image, u.mask)
+        np.testing.assert_allclose(p.probabilities, one.probabilities, atol=1e-5)
+        np.testing.assert_allclose(vol.probabilities[..., z], one.probabilities, atol=1e-5)  # slice by slice
+    # an ensemble of copies reads out the posteriors of its (identical) mean soft labels
+    u = units[1]
+    ens = EnsembleModel([model, model], readout="posterior")
+    np.testing.assert_allclose(ens.predict(u.image, u.mask).probabilities, model.predict(u.image, u.mask).probabilities,
+                               atol=1e-5)
+    assert load_ensemble([root / "model"] * 2, readout="posterior").readout == "posterior"
+    # the read-out can be switched on a loaded model
+    model.readout = "soft_labels"
+    np.testing.assert_array_equal(model.predict(u.image, u.mask).probabilities,
+                                  load_model(root / "model").predict(u.image, u.mask).probabilities)
+
+
+def test_bad_readout_is_refused(trained, tmp_path, capsys):
+    from deepgmm.training import EnsembleModel
+
+    root, ds, _ = trained
+    with pytest.raises(ValueError, match=r"readout must be one of 'soft_labels', 'posterior', got 'argmax'"):
+        load_model(root / "model", readout="argmax")
+    model = load_model(root / "model")
+    with pytest.raises(ValueError, match="readout must be one of"):
+        model.readout = "Posterior"
+    assert model.readout == "soft_labels"
+    with pytest.raises(ValueError, match="readout must be one of"):
+        EnsembleModel([model, model], readout=None)
+    case = root / "data" / "case02"
+    files = [str(case / f"{c}.nii.gz") for c in ("DE", "T2", "C0")]
+    assert main(["predict", "--model", str(root / "model"), *files, "--readout", "mean", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "argument --readout: invalid choice: 'mean'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_predict_readout(trained, tmp_path, capsys):
+    from deepgmm.cli import READOUT_CHOICES
+    from deepgmm.training.predict import READOUTS
+
+    assert READOUT_CHOICES == READOUTS
+    root, _, _ = trained
+    case = root / "data" / "case02"
+    files = [str(case / f"{c}.nii.gz") for c in ("DE", "T2", "C0")]
+    assert main(["predict", "--model", str(root / "model"), *files, "--mask", str(case / "mask.nii.gz"),
+                 "--readout", "posterior", "--out", str(tmp_path / "one")]) == 0
+    s = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert s["readout"] == "posterior"
+    from deepgmm import io as dio
+
+    image = dio.load_image(files)
+    mask = dio.load_mask(str(case / "mask.nii.gz"), image.spatial_shape, like=image)
+    expected = load_model(root / "model", readout="posterior").predict(image.data, mask)
+    saved = np.asarray(nib.load(str(tmp_path / "one" / "labels.nii.gz")).dataobj)
+    np.testing.assert_array_equal(saved.reshape(expected.labels.shape), expected.labels)
+    assert main(["predict", "--model", str(root / "model"), "--data", str(root / "data"), "--cases", "case01",
+                 "--readout", "posterior", "--out", str(tmp_path / "many")]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "many" / "summary.json").read_text())["readout"] == "posterior"

@@ -45,6 +45,7 @@ COVARIANCE_CHOICES = ("diag", "full")
 NORMALIZE_CHOICES = ("none", "mask", "image")
 NAN_POLICY_CHOICES = ("raise", "mask")
 DEVICE_CHOICES = ("cpu", "cuda", "auto")
+READOUT_CHOICES = ("soft_labels", "posterior")  # deepgmm.training.predict.READOUTS (the CLI imports no torch at start)
 INIT_CHOICES = ("kmeans", "kmeans++", "random")  # "means" needs an array: not offered on the command line
 FORMAT_CHOICES = ("nifti", "png", "npy")
 MATCHING_CHOICES = ("hungarian", "greedy", "none")
@@ -600,6 +601,9 @@ def _add_predict_parser(subs: Any) -> None:
                    help="output format (default: like the input; MyoPS slices: npy)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--readout", choices=READOUT_CHOICES, default="soft_labels",
+                   help="what the probabilities and labels are: the network's soft labels (default, the paper's) or "
+                        "the posteriors of the mixture they define on the image (one E-step)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="cpu", help="where to compute (default: cpu)")
     p.add_argument("--batch-size", type=int, metavar="B", help="samples per network pass (default 8)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
@@ -762,7 +766,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             info = init_distributed(args.device)  # under torchrun: the cases are sharded over the ranks
             try:
-                model = load_ensemble(args.model, device=info.device)
+                model = load_ensemble(args.model, device=info.device, readout=args.readout)
                 data = _data_settings(args, layout_default=model.config.layout, channels_default=model.channels)
                 items = cohort_units(data["layout"], args.data, channels=data["channels"],
                                      mask_name=data["mask_name"], cases=data["cases"], skip_bad=data["skip_bad"],
@@ -786,7 +790,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _refuse_data_options(args)
         target = dio.OutputDir(args.out, overwrite=args.overwrite)
         target.check()
-        model = load_ensemble(args.model, device=args.device)
+        model = load_ensemble(args.model, device=args.device, readout=args.readout)
         image = dio.load_image(args.images)
         names = (_data_settings(args)["channels"] if hasattr(args, "channels")
                  else _infer_channel_names(args.images, model.channels))

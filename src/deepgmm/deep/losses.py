@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..likelihood import COVARIANCE_TYPES, log_gaussian, m_step, mixture_nll
+from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_mixture, m_step, mixture_nll
 from .regularizers import RegContext, Regularizer
 
 __all__ = ["MIXTURES", "MixtureFit", "mixture_fit_from_soft_labels", "DeepMixtureLoss", "LossOutput"]
@@ -140,3 +140,22 @@ class DeepMixtureLoss(nn.Module):
                 terms[reg.name] = value
                 total = total + value
         return LossOutput(total.mean(), fit.nll, fit, terms)
+
+    def posteriors(self, image: Tensor, fit: MixtureFit, mask: Tensor | None = None) -> Tensor:
+        """The E-step under the mixture ``fit`` (from :meth:`forward` on ``image``): ``p(k | x_n)``
+        ``(B, K, *spatial)``, zero outside ``mask`` ``(B, *spatial)``.
+
+        ``p(k | x_n) ~ pi_k N(x_n | mu_k, Sigma_k)`` (deepG) or ``w_nk N(x_n | mu_k, Sigma_k)``
+        (deepSVG, whose soft labels are the per-pixel weights), by EM's own ``log_gaussian`` and
+        ``log_mixture``. No gradient is kept.
+        """
+        B, C = image.shape[:2]
+        K = fit.means.shape[-2]
+        with torch.no_grad():
+            x = image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
+            log_dens = log_gaussian(x, fit.means.to(x.dtype), fit.covariances.to(x.dtype), self.covariance_type)
+            post = log_mixture(log_dens, fit.log_weights.to(x.dtype))[1].exp()  # (B, N, K)
+            post = post.transpose(1, 2).reshape(B, K, *image.shape[2:])
+            if mask is not None:  # where(): a non-finite pixel outside the mask cannot leak in
+                post = torch.where(mask.unsqueeze(1) > 0, post, torch.zeros((), dtype=post.dtype, device=post.device))
+        return post

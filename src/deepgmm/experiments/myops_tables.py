@@ -856,6 +856,7 @@ def run_table2(
     train_options: Mapping[str, Any] | None = None,
     ensemble: int | None = None,
     lam: float | None = None,
+    readout: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
     resume: bool = False,
@@ -883,6 +884,9 @@ def run_table2(
         deepSVG's members are aligned to the first by overlap, no ground truth). Member j > 1 lives in
         ``models/<method>-j``.
     lam : weight of deepSVGμ's ``mu_prior`` term (default :data:`MU_LAM`, the paper's 1)
+    readout : what the deep methods segment with (:data:`deepgmm.training.predict.READOUTS`):
+        "soft_labels" (default, the paper's: the argmax of the network's soft labels) or
+        "posterior" (one E-step under the mixture the soft labels define on the test slice)
     device : where the networks are trained and applied ("cpu", "cuda", "auto")
     threads : torch CPU threads for the whole run (default: torch's own setting)
     resume, overwrite, figures, progress, command : as for :func:`run_table1`; on resume an
@@ -910,6 +914,10 @@ def run_table2(
         from .._validation import check_float
 
         lam = check_float("lam", lam, minimum=0.0)
+    if readout is not None:
+        from ..training.predict import READOUTS
+
+        check_choice("readout", readout, READOUTS)
     resolve_device(device)
     if threads is not None:
         threads = _check_int("threads", threads, 1)
@@ -941,6 +949,9 @@ def run_table2(
     n_members = int(_resolve(None if scfg is None else {**scfg, "ensemble": scfg.get("ensemble", 1)}, "ensemble",
                              ensemble, 1, out))
     mu_lam = float(_resolve(scfg, "mu_lam", lam, MU_LAM, out, flag="--lam"))
+    # a run stored before --readout existed read out the soft labels
+    readout = str(_resolve(None if scfg is None else {**scfg, "readout": scfg.get("readout", "soft_labels")},
+                           "readout", readout, "soft_labels", out))
     settings = dict(TABLE2_TRAIN_DEFAULTS)
     settings.update(plain(dict(train_options or {})))
     if epochs is not None:
@@ -971,6 +982,7 @@ def run_table2(
         "ensemble": n_members,
         "train_settings": plain(settings),
         "mu_lam": mu_lam,
+        "readout": readout,
         "mu_data": mu.tolist(),
         "mu_data_slices": mu_from,
     }
@@ -1023,9 +1035,9 @@ def run_table2(
                     if not summary.get("reused"):
                         doc["training"][name] = summary
                         store.save()
-                    members.append(load_model(folder, device=device))
+                    members.append(load_model(folder, device=device, readout=readout))
                 # deepSVG's members have no common class order: aligned by overlap (EnsembleModel's default)
-                models[m] = members[0] if n_members == 1 else EnsembleModel(members)
+                models[m] = members[0] if n_members == 1 else EnsembleModel(members, readout=readout)
 
         bar = _progress_bar(progress, len(todo_slices), "table2 test")
         scores = _score_map(doc["records"])
@@ -1040,7 +1052,8 @@ def run_table2(
                     fit = _segment_fit(sl, "svgmm", seed, {"init": "means", "means_init": mu})
                 else:
                     fit = _network_fit(models[m], sl)
-                    fit.settings = {"model": str(Path("models") / m), "trained": plain(models[m].config.to_dict())}
+                    fit.settings = {"model": str(Path("models") / m), "trained": plain(models[m].config.to_dict()),
+                                    "readout": readout}
                     if n_members > 1:
                         fit.settings["ensemble"] = [str(Path("models") / _member_name(m, j)) for j in range(n_members)]
                 prior = m.endswith("_mu")
@@ -1067,6 +1080,9 @@ def run_table2(
         if n_members > 1:
             notes.append(f"deepSVG and deepSVGμ: mean soft labels of {n_members} networks each (--ensemble "
                          f"{n_members}); the paper uses one.")
+        if readout == "posterior":
+            notes.append("deepSVG and deepSVGμ read out the posteriors of the mixture their soft labels define on "
+                         "each test slice (--readout posterior, one E-step); the paper reads out the soft labels.")
         try:
             summary, table, complete = _close_run(run, error, bar, test_slices if figures else None,
                                                   list(TABLE2_METHODS), "Table 2", notes)
@@ -1143,6 +1159,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="networks per deep method, segmenting with their mean soft labels (default 1, the paper's)")
     t2.add_argument("--lam", type=float, metavar="L",
                     help="weight of deepSVGμ's mu_prior term (default 1, the paper's)")
+    t2.add_argument("--readout", choices=("soft_labels", "posterior"),  # deepgmm.training.predict.READOUTS
+                    help="what the deep methods segment with: the networks' soft labels (default, the paper's) or "
+                         "the posteriors of the mixture they define on the test slice (one E-step)")
     t2.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                     help="where the networks are trained and applied (default: cpu)")
     t2.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's setting)")
@@ -1197,9 +1216,9 @@ def cmd_table1(args: argparse.Namespace) -> int:
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
     command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
-                                   "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
+                                   "readout", "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
     res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     matching=args.matching, ensemble=args.ensemble, lam=args.lam,
+                     matching=args.matching, ensemble=args.ensemble, lam=args.lam, readout=args.readout,
                      train_cases=parse_cases(args.train_cases, "--train-cases"),
                      test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
                      resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)

@@ -5,9 +5,12 @@ whole image, per :attr:`TrainConfig.normalize`), cut to a window around the mask
 (at least the training window, :attr:`TrainConfig.crop_size`, and at least the box plus a margin,
 so every mask pixel is inside), passed through the network in batches, and pasted back:
 
-* ``probabilities`` ``(K, *spatial)``: the network's soft labels ``softmax(logits)``, zero outside
-  the mask; ``labels`` ``(*spatial)``: their argmax, 1..K inside the mask, 0 outside (the
-  conventions of :class:`deepgmm.deep.DeepGMM`);
+* ``probabilities`` ``(K, *spatial)``: with the default ``readout="soft_labels"`` the network's
+  soft labels ``softmax(logits)`` (the paper's read-out); with ``readout="posterior"`` the
+  posteriors of the mixture those soft labels define, ``p(k | x_n) ~ w_nk N(x_n | mu_k, Sigma_k)``
+  (deepSVG; ``pi_k`` for deepG), with the image's own closed-form M-step — one E-step, which lets
+  the pixel's intensities correct the network; zero outside the mask. ``labels`` ``(*spatial)``:
+  their argmax, 1..K inside the mask, 0 outside (the conventions of :class:`deepgmm.deep.DeepGMM`);
 * ``nll``: the mixture NLL of the image's mask pixels, computed by
   :class:`deepgmm.deep.DeepMixtureLoss` (no regularisers) from those soft labels, in normalised
   units: the closed-form M-step of the image, then its NLL.
@@ -31,12 +34,16 @@ from .checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_checkpoin
 from .config import TrainConfig, check_format
 from .data import crop, normalize_unit, window_around
 
-__all__ = ["load_model", "load_ensemble", "TrainedModel", "EnsembleModel", "Prediction", "PREDICT_MARGIN"]
+__all__ = ["load_model", "load_ensemble", "TrainedModel", "EnsembleModel", "Prediction", "PREDICT_MARGIN", "READOUTS"]
 
 logger = logging.getLogger(__name__)
 
 PREDICT_MARGIN = 8
 """Pixels of context kept around the mask's bounding box at prediction (at least)."""
+
+READOUTS = ("soft_labels", "posterior")
+"""What a prediction's probabilities are: the network's soft labels (the paper's) or the posteriors of
+the mixture they define (one E-step; docs/training.md "Read-outs")."""
 
 PREDICT_BATCH_SIZE = 8
 """Samples per network pass at prediction: on the 2-core CPU, batches of 8 windows of 128x128 ran
@@ -49,7 +56,8 @@ class Prediction:
 
     labels ``(*spatial)`` uint8 (0 outside the mask, 1..K); probabilities ``(K, *spatial)``
     float32 (zero outside the mask); nll (float, normalised units); means ``(K, C)`` and weights
-    ``(K,)`` of the mixture implied by the soft labels; normalization (per sample: mean/std).
+    ``(K,)`` of the mixture implied by the soft labels; normalization (per sample: mean/std);
+    readout: what the probabilities are (:data:`READOUTS`).
     """
 
     labels: np.ndarray
@@ -59,12 +67,13 @@ class Prediction:
     weights: np.ndarray
     normalization: Any = None
     windows: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+    readout: str = "soft_labels"
 
     def summary(self) -> dict[str, Any]:
         K = self.probabilities.shape[0]
         return {"nll": self.nll, "class_means": self.means.tolist(), "class_weights": self.weights.tolist(),
                 "class_pixels": np.bincount(self.labels.ravel().astype(np.int64), minlength=K + 1)[1:].tolist(),
-                "normalization": self.normalization}
+                "normalization": self.normalization, "readout": self.readout}
 
 
 @dataclass
@@ -81,15 +90,17 @@ class TrainedModel:
     """A trained network with its configuration (see :func:`load_model`).
 
     Attributes: ``config`` (:class:`TrainConfig`), ``network`` (the :class:`deepgmm.deep.UNet`, in
-    eval mode), ``device``, ``channels``, ``n_components``, ``class_names``, ``source``.
+    eval mode), ``device``, ``channels``, ``n_components``, ``class_names``, ``source``, ``readout``
+    (one of :data:`READOUTS`, settable).
     """
 
     def __init__(self, config: TrainConfig, state_dict: dict[str, torch.Tensor], *, device: Any = "cpu",
-                 source: str = "model") -> None:
+                 source: str = "model", readout: str = "soft_labels") -> None:
         from .._validation import resolve_device
 
         self.config = config
         self.source = source
+        self.readout = readout
         self.device = resolve_device(device)
         net = config.build_network()
         try:
@@ -99,6 +110,18 @@ class TrainedModel:
                              f"{' '.join(str(exc).split())[:300]}") from None
         self.network = net.to(self.device).eval()
         self.loss = config.build_loss(with_regularizers=False)
+
+    @property
+    def readout(self) -> str:
+        """What :meth:`predict` returns as probabilities: one of :data:`READOUTS`."""
+        return self._readout
+
+    @readout.setter
+    def readout(self, value: str) -> None:
+        from .._validation import check_choice
+
+        check_choice("readout", value, READOUTS)
+        self._readout = value
 
     @property
     def channels(self) -> list[str]:
@@ -229,7 +252,10 @@ class TrainedModel:
                    out: list[dict[str, Any] | None]) -> None:
         """Soft labels, labels, the NLL, means and weights of a batch from its logits, into ``out``."""
         res = self.loss(x, logits, m)
-        probs = torch.softmax(logits, 1) * m.unsqueeze(1)
+        if self.readout == "posterior":
+            probs = self.loss.posteriors(x, res.fit, m).float()
+        else:
+            probs = torch.softmax(logits, 1) * m.unsqueeze(1)
         labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
         weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
         logits, probs, labels = logits.cpu(), probs.cpu(), labels.cpu()
@@ -251,7 +277,7 @@ class TrainedModel:
             probs[(slice(None),) + inner] = r["probs"].numpy()[(slice(None),) + src]
             labels[inner] = r["labels"].numpy()[src]
             return Prediction(labels, probs, r["nll"], r["means"].numpy(), r["weights"].numpy(), u.norm,
-                              [u.window])
+                              [u.window], self.readout)
         # slices of a volume: paste them, then one loss over the whole (normalised) volume
         x_full = torch.zeros((arr.shape[0],) + spatial, dtype=torch.float32)
         logits_full = torch.zeros((K,) + spatial, dtype=torch.float32)
@@ -266,7 +292,8 @@ class TrainedModel:
         fit = out.fit
         return Prediction(labels, probs, float(out.nll[0]), fit.means[0].numpy(),
                           (fit.nk[0] / fit.nk[0].sum()).numpy(),
-                          {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}, [u.window for u, _ in parts])
+                          {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}, [u.window for u, _ in parts],
+                          self.readout)
 
 
 class EnsembleModel(TrainedModel):
@@ -277,10 +304,12 @@ class EnsembleModel(TrainedModel):
     member's classes to the first member's on every window, by overlap of the soft labels inside
     the mask (Hungarian; no ground truth) — needed for networks trained without ``mu_data``, whose
     class order is arbitrary; default: align when the first member has no ``mu_data``. The NLL,
-    means and weights are those of the mixture the mean soft labels define (first member's loss).
+    means and weights are those of the mixture the mean soft labels define (first member's loss);
+    ``readout="posterior"`` reads out that mixture's posteriors.
     """
 
-    def __init__(self, models: Sequence[TrainedModel], *, align: bool | None = None) -> None:
+    def __init__(self, models: Sequence[TrainedModel], *, align: bool | None = None,
+                 readout: str = "soft_labels") -> None:
         models = list(models)
         if not models:
             raise ValueError("an ensemble needs at least one model")
@@ -301,6 +330,7 @@ class EnsembleModel(TrainedModel):
         self.device = first.device
         self.network = first.network
         self.loss = first.loss
+        self.readout = readout
 
     def __repr__(self) -> str:
         return f"EnsembleModel({len(self.models)} x {self.config.method}, K={self.n_components}, from {self.source})"
@@ -321,12 +351,13 @@ class EnsembleModel(TrainedModel):
         return torch.log(torch.stack(probs).mean(0).clamp_min(1e-30))  # softmax(log p) = p inside the mask
 
 
-def load_ensemble(paths: Sequence[str | Path], *, device: Any = "cpu", align: bool | None = None) -> TrainedModel:
+def load_ensemble(paths: Sequence[str | Path], *, device: Any = "cpu", align: bool | None = None,
+                  readout: str = "soft_labels") -> TrainedModel:
     """:func:`load_model` for one path; an :class:`EnsembleModel` of several (mean soft labels)."""
-    models = [load_model(p, device=device) for p in paths]
+    models = [load_model(p, device=device, readout=readout) for p in paths]
     if not models:
         raise ValueError("give at least one model")
-    return models[0] if len(models) == 1 else EnsembleModel(models, align=align)
+    return models[0] if len(models) == 1 else EnsembleModel(models, align=align, readout=readout)
 
 
 def _inner(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[slice, ...]:
@@ -339,12 +370,17 @@ def _source(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[sl
     return tuple(slice(max(-lo, 0), max(-lo, 0) + min(hi, n) - max(lo, 0)) for (lo, hi), n in zip(window, shape))
 
 
-def load_model(path: str | Path, *, device: Any = "cpu") -> TrainedModel:
+def load_model(path: str | Path, *, device: Any = "cpu", readout: str = "soft_labels") -> TrainedModel:
     """Load a trained model from its folder (``model.pt``, else the latest ``checkpoint.pt``) or a file.
+
+    ``readout``: what its predictions' probabilities are (:data:`READOUTS`; checked before loading).
 
     A folder of another format version, a corrupt or truncated file, or weights that do not fit
     the stored configuration are refused with a one-line ``ValueError`` naming the file.
     """
+    from .._validation import check_choice
+
+    check_choice("readout", readout, READOUTS)
     p = Path(path)
     if p.is_dir():
         cfg_file = p / CONFIG_FILE
@@ -374,6 +410,6 @@ def load_model(path: str | Path, *, device: Any = "cpu") -> TrainedModel:
         raise ValueError(f"{file} holds no model (expected a configuration and weights)")
     config = TrainConfig.from_dict(state["config"], source=str(file))
     t0 = time.perf_counter()
-    model = TrainedModel(config, state["model"], device=device, source=str(p))
+    model = TrainedModel(config, state["model"], device=device, source=str(p), readout=readout)
     logger.info("loaded %r in %.2f s", model, time.perf_counter() - t0)
     return model
