@@ -49,6 +49,8 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "posterior read-out": ({}, {"readout": "posterior"}),
     "ensemble of 3, posterior read-out": ({}, {"ensemble": 3, "readout": "posterior"}),
     "ensemble of 3, lam 10, posterior read-out": ({}, {"ensemble": 3, "lam": 10.0, "readout": "posterior"}),
+    "1 spare class (deepSVG)": ({}, {"spare_classes": 1}),
+    "1 spare class (deepSVG), posterior read-out": ({}, {"spare_classes": 1, "readout": "posterior"}),
 }
 METHODS = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
 

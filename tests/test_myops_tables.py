@@ -641,3 +641,30 @@ def test_table2_readout_choices_are_the_library_s():
     sub = mt.add_parser(parser.add_subparsers(dest="command", required=True))
     t2 = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["table2"]
     assert tuple(next(a for a in t2._actions if a.dest == "readout").choices) == READOUTS
+
+
+def test_table2_spare_class_for_deepsvg_on_synthetic(synth, tmp_path):
+    """``spare_classes=1``: deepSVG's network fits 5 classes and drops one per test slice; deepSVGμ
+    (prior order) keeps exactly 4; recorded and kept on resume."""
+    from deepgmm.training import load_model
+
+    out = tmp_path / "t2"
+    kw = dict(train_cases=[1], test_cases=[3], epochs=1, batch_size=2, threads=1, figures=False, progress=False)
+    assert mt.run_table2(synth, out, spare_classes=1, **kw).complete
+    doc = _load(out)
+    assert doc["config"]["spare_classes"] == 1
+    assert json.loads((out / "models" / "deepsvg" / "config.json").read_text())["spare_classes"] == 1
+    assert json.loads((out / "models" / "deepsvg_mu" / "config.json").read_text())["spare_classes"] == 0
+    assert "--spare-classes 1" in (out / "table.md").read_text(encoding="utf-8")
+    model = load_model(out / "models" / "deepsvg")
+    for sl in myops.paper_slices(synth, [3]):
+        pred = model.predict(sl.image, sl.mask)
+        assert len(pred.dropped_classes) == 1 and pred.labels.max() <= 4
+        rec = next(r for r in doc["records"] if r["method"] == "deepsvg" and r["slice"] == sl.slice_index)
+        assert set(rec["dice"]) == {"blood", "myocardium", "edema", "scar"}
+    with pytest.raises(ValueError, match="cannot resume with --spare-classes 0"):
+        mt.run_table2(synth, out, resume=True, spare_classes=0, **kw)
+    assert mt.run_table2(synth, out, resume=True, **kw).added == 0
+    with pytest.raises(ValueError, match="spare_classes must be >= 0"):
+        mt.run_table2(synth, tmp_path / "o", spare_classes=-1, **kw)
+    assert not (tmp_path / "o").exists()

@@ -387,3 +387,112 @@ def test_cli_predict_readout(trained, tmp_path, capsys):
                  "--readout", "posterior", "--out", str(tmp_path / "many")]) == 0
     capsys.readouterr()
     assert json.loads((tmp_path / "many" / "summary.json").read_text())["readout"] == "posterior"
+
+
+# ----------------------------------------------------------------------------- spare classes
+@pytest.fixture(scope="module")
+def spare_model(tmp_path_factory, trained):
+    """The tiny cohort's model with K=2 and one spare class (3 network outputs)."""
+    root, ds, _ = trained
+    folder = tmp_path_factory.mktemp("spare") / "model"
+    cfg = TrainConfig(method="deepsvg", n_components=2, spare_classes=1, network={"features": (8, 16)}, epochs=2,
+                      batch_size=4)
+    train(cfg, ds, folder)
+    return folder, ds
+
+
+def _naive_drop(P, n_keep):
+    """Reference: drop the class with the fewest argmax pixels (ties: first), one at a time, by a loop."""
+    kept = list(range(P.shape[1]))
+    while len(kept) > n_keep:
+        counts = [sum(1 for row in P if max(kept, key=lambda k: (row[k], -k)) == c) for c in kept]
+        kept.remove(kept[counts.index(min(counts))])
+    return kept
+
+
+def test_spare_class_prediction_drops_the_smallest_class(spare_model):
+    folder, ds = spare_model
+    model = load_model(folder)
+    assert model.config.n_fitted == 3 and model.network.config.out_channels == 3 and model.n_components == 2
+    for i in (0, 4):
+        u = ds.unit(i)
+        pred = model.predict(u.image, u.mask)
+        assert pred.probabilities.shape == (2,) + u.mask.shape
+        with torch.no_grad():
+            logits = model.network(torch.from_numpy(u.image)[None])[0]
+        w = torch.softmax(logits, 0).numpy()[:, u.mask].T.astype(np.float64)  # (N, 3)
+        kept = _naive_drop(w, 2)
+        assert pred.dropped_classes == [c for c in range(3) if c not in kept]
+        expected = w[:, kept] / w[:, kept].sum(1, keepdims=True)
+        np.testing.assert_allclose(pred.probabilities[:, u.mask].T, expected, atol=1e-5)
+        assert np.array_equal(pred.labels[u.mask], expected.argmax(1) + 1)
+        assert pred.labels[~u.mask].max() == 0 and pred.probabilities[:, ~u.mask].max() == 0
+        assert pred.means.shape == (2, 3) and pred.weights.sum() == pytest.approx(1.0)
+        # the NLL is the fitted (3-class) mixture's
+        ref = DeepMixtureLoss(mixture="svgmm")(torch.from_numpy(u.image)[None], logits[None],
+                                               torch.from_numpy(u.mask)[None].float()).nll[0]
+        assert pred.nll == pytest.approx(float(ref), rel=1e-5)
+        assert pred.summary()["dropped_classes"] == pred.dropped_classes
+    # a 2D model on a volume counts the classes over the whole volume
+    units = [ds.unit(i) for i in range(3)]
+    vol = model.predict(np.stack([u.image for u in units], -1), np.stack([u.mask for u in units], -1))
+    w = np.concatenate([torch.softmax(model.network(torch.from_numpy(u.image)[None])[0], 0).detach().numpy()
+                        [:, u.mask].T for u in units]).astype(np.float64)
+    kept = _naive_drop(w, 2)
+    assert vol.dropped_classes == [c for c in range(3) if c not in kept]
+    np.testing.assert_allclose(vol.probabilities[..., 1][:, units[1].mask].T,
+                               (lambda v: v / v.sum(1, keepdims=True))(
+                                   torch.softmax(model.network(torch.from_numpy(units[1].image)[None])[0], 0)
+                                   .detach().numpy()[:, units[1].mask].T[:, kept]), atol=1e-5)
+    # with the posterior read-out the same rule applies to the posteriors; probabilities still sum to 1
+    post = load_model(folder, readout="posterior").predict(units[0].image, units[0].mask)
+    assert len(post.dropped_classes) == 1
+    np.testing.assert_allclose(post.probabilities[:, units[0].mask].sum(0), 1.0, atol=1e-5)
+
+
+def test_spare_class_settings_are_checked(spare_model, trained, tmp_path):
+    from deepgmm.training import EnsembleModel
+
+    folder, _ = spare_model
+    root, _, _ = trained
+    with pytest.raises(ValueError, match="cannot form an ensemble: they differ in spare_classes"):
+        EnsembleModel([load_model(root / "model"), load_model(folder)])
+    with pytest.raises(ValueError, match="spare_classes must be >= 0"):
+        TrainConfig(channels=["A"], spare_classes=-1).finalize()
+    with pytest.raises(ValueError, match="spare_classes must be 0 with mu_data"):
+        TrainConfig(channels=["A"], n_components=2, spare_classes=1, mu_data=[[0.0], [1.0]]).finalize()
+    cfg = TrainConfig(channels=["A"], n_components=2, spare_classes=2).finalize()
+    assert cfg.network["out_channels"] == 4
+    assert TrainConfig.from_dict(cfg.to_dict()).spare_classes == 2
+    old = cfg.to_dict()
+    del old["spare_classes"]  # a configuration written before spare classes existed
+    old["network"]["out_channels"] = 2
+    assert TrainConfig.from_dict(old).spare_classes == 0
+    bad = cfg.to_dict()
+    bad["network"]["out_channels"] = 3
+    with pytest.raises(ValueError, match="the network has 3 output channel.* n_components \\+ spare_classes is 4"):
+        TrainConfig.from_dict(bad)
+    # an ensemble of spare-class models aligns and drops as one
+    ens = EnsembleModel([load_model(folder), load_model(folder)])
+    u = spare_model[1].unit(2)
+    one = load_model(folder).predict(u.image, u.mask)
+    both = ens.predict(u.image, u.mask)
+    np.testing.assert_allclose(both.probabilities, one.probabilities, atol=1e-5)
+    assert both.dropped_classes == one.dropped_classes
+
+
+def test_cli_train_with_spare_classes(tmp_path, capsys):
+    from _helpers import make_cohort as mk
+
+    mk(tmp_path / "d", channels=("A", "B"), n=4)
+    base = ["train", str(tmp_path / "d"), "--channels", "A,B", "--method", "deepsvg", "-k", "2", "--network",
+            '{"features": [8, 16]}', "--epochs", "1", "--batch-size", "2", "--threads", "1", "--no-progress"]
+    assert main(base + ["--spare-classes", "1", "--out", str(tmp_path / "m")]) == 0
+    cfg = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
+    assert cfg["spare_classes"] == 1 and cfg["network"]["out_channels"] == 3
+    capsys.readouterr()
+    check_error(capsys, base + ["--spare-classes", "-1", "--out", str(tmp_path / "x")], "--spare-classes must be >= 0")
+    (tmp_path / "mu.txt").write_text("0 0\n1 1\n")
+    check_error(capsys, base + ["--spare-classes", "1", "--mu-prior", str(tmp_path / "mu.txt"), "--out",
+                                str(tmp_path / "y")], "spare_classes must be 0 with mu_data")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -490,6 +490,8 @@ def _int_list(text: str) -> list[int]:
 
 TRAIN_OPTIONS: list[TrainOption] = [
     TrainOption("--n-components", "n_components", int, "number of classes K (default 4)", minimum=1, metavar="K"),
+    TrainOption("--spare-classes", "spare_classes", int, "extra classes the network fits; each prediction drops the "
+                "smallest until K remain (default 0; not with --mu-prior)", minimum=0, metavar="N"),
     TrainOption("--covariance", "covariance_type", str, "covariance of each class (default diag)",
                 choices=COVARIANCE_CHOICES),
     TrainOption("--reg-covar", "reg_covar", float, "variance floor of the M-step (default 1e-6)", minimum=0.0,

@@ -27,7 +27,8 @@ from ._validation import check_choice, check_int, resolve_device
 from .likelihood import COVARIANCE_TYPES
 
 __all__ = ["segment", "Segmentation", "MethodFit", "METHODS", "KNOWN_METHODS", "NORMALIZATIONS", "normalize_image",
-           "register_method", "estimate_memory", "available_memory", "drop_spare_classes", "DEFAULT_SPARE_CLASSES"]
+           "register_method", "estimate_memory", "available_memory", "drop_spare_classes", "largest_classes",
+           "DEFAULT_SPARE_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,21 @@ def _resolve_spare_classes(spare_classes: int | None, method: str, settings: dic
     return int(spare_classes)
 
 
+def largest_classes(scores: np.ndarray, n_keep: int) -> tuple[list[int], list[int]]:
+    """The spare-class rule: drop the class with the fewest pixels (by the most probable label among
+    the classes still kept; ties: the first) until ``n_keep`` remain.
+
+    ``scores`` ``(N, K')``: probabilities or log-probabilities of the pixels (only their argmax
+    counts). Returns the kept classes (ascending) and the dropped ones (in the order dropped).
+    """
+    kept = list(range(scores.shape[1]))
+    dropped: list[int] = []
+    while len(kept) > n_keep:  # one vectorised count per dropped class
+        counts = np.bincount(scores[:, kept].argmax(1), minlength=len(kept))
+        dropped.append(kept.pop(int(np.argmin(counts))))
+    return kept, dropped
+
+
 def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[MethodFit, list[int]]:
     """Reduce ``fit`` to ``n_keep`` classes: drop the class with the fewest pixels (by the most
     probable label among the classes still kept; ties: the first) until ``n_keep`` remain.
@@ -273,11 +289,7 @@ def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[Me
 
     given = np.asarray(fit.probabilities)
     P = given.astype(np.float64, copy=False)  # (N, K')
-    kept = list(range(P.shape[1]))
-    dropped: list[int] = []
-    while len(kept) > n_keep:
-        counts = np.bincount(P[:, kept].argmax(1), minlength=len(kept))
-        dropped.append(kept.pop(int(np.argmin(counts))))
+    kept, dropped = largest_classes(P, n_keep)
     sub = P[:, kept]
     total = sub.sum(1, keepdims=True)
     lost = total[:, 0] <= 0

@@ -141,9 +141,9 @@ class DeepMixtureLoss(nn.Module):
                 total = total + value
         return LossOutput(total.mean(), fit.nll, fit, terms)
 
-    def posteriors(self, image: Tensor, fit: MixtureFit, mask: Tensor | None = None) -> Tensor:
-        """The E-step under the mixture ``fit`` (from :meth:`forward` on ``image``): ``p(k | x_n)``
-        ``(B, K, *spatial)``, zero outside ``mask`` ``(B, *spatial)``.
+    def log_posteriors(self, image: Tensor, fit: MixtureFit) -> Tensor:
+        """The E-step under the mixture ``fit`` (from :meth:`forward` on ``image``): ``log p(k | x_n)``
+        ``(B, K, *spatial)`` for every pixel (the caller masks them).
 
         ``p(k | x_n) ~ pi_k N(x_n | mu_k, Sigma_k)`` (deepG) or ``w_nk N(x_n | mu_k, Sigma_k)``
         (deepSVG, whose soft labels are the per-pixel weights), by EM's own ``log_gaussian`` and
@@ -154,8 +154,5 @@ class DeepMixtureLoss(nn.Module):
         with torch.no_grad():
             x = image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
             log_dens = log_gaussian(x, fit.means.to(x.dtype), fit.covariances.to(x.dtype), self.covariance_type)
-            post = log_mixture(log_dens, fit.log_weights.to(x.dtype))[1].exp()  # (B, N, K)
-            post = post.transpose(1, 2).reshape(B, K, *image.shape[2:])
-            if mask is not None:  # where(): a non-finite pixel outside the mask cannot leak in
-                post = torch.where(mask.unsqueeze(1) > 0, post, torch.zeros((), dtype=post.dtype, device=post.device))
-        return post
+            log_post = log_mixture(log_dens, fit.log_weights.to(x.dtype))[1]  # (B, N, K)
+            return log_post.transpose(1, 2).reshape(B, K, *image.shape[2:])

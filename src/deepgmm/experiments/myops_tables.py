@@ -807,7 +807,7 @@ def _member_name(method: str, member: int) -> str:
 
 
 def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int, method: str,
-                  lam: float = MU_LAM) -> Any:
+                  lam: float = MU_LAM, spare_classes: int = 0) -> Any:
     """The :class:`deepgmm.training.TrainConfig` of one Table 2 network (checked by ``finalize``)."""
     from ..datasets import myops
     from ..training import AugmentConfig, TrainConfig
@@ -819,6 +819,8 @@ def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int,
                   channels=list(myops.CHANNELS))
     if mu is not None:
         kwargs.update(mu_data=mu.tolist(), lam=lam)
+    elif spare_classes:
+        kwargs.update(spare_classes=spare_classes)
     try:
         return TrainConfig(**kwargs).finalize()
     except (TypeError, ValueError) as exc:
@@ -857,6 +859,7 @@ def run_table2(
     ensemble: int | None = None,
     lam: float | None = None,
     readout: str | None = None,
+    spare_classes: int | None = None,
     device: str = "cpu",
     threads: int | None = None,
     resume: bool = False,
@@ -887,6 +890,8 @@ def run_table2(
     readout : what the deep methods segment with (:data:`deepgmm.training.predict.READOUTS`):
         "soft_labels" (default, the paper's: the argmax of the network's soft labels) or
         "posterior" (one E-step under the mixture the soft labels define on the test slice)
+    spare_classes : extra classes deepSVG's networks fit, dropped per test slice (the smallest)
+        until 4 remain (default 0, the paper's; deepSVGμ's prior fixes its classes: none)
     device : where the networks are trained and applied ("cpu", "cuda", "auto")
     threads : torch CPU threads for the whole run (default: torch's own setting)
     resume, overwrite, figures, progress, command : as for :func:`run_table1`; on resume an
@@ -914,6 +919,8 @@ def run_table2(
         from .._validation import check_float
 
         lam = check_float("lam", lam, minimum=0.0)
+    if spare_classes is not None:
+        _check_int("spare_classes", spare_classes, 0)
     if readout is not None:
         from ..training.predict import READOUTS
 
@@ -952,6 +959,8 @@ def run_table2(
     # a run stored before --readout existed read out the soft labels
     readout = str(_resolve(None if scfg is None else {**scfg, "readout": scfg.get("readout", "soft_labels")},
                            "readout", readout, "soft_labels", out))
+    n_spare = int(_resolve(None if scfg is None else {**scfg, "spare_classes": scfg.get("spare_classes", 0)},
+                           "spare_classes", spare_classes, 0, out))
     settings = dict(TABLE2_TRAIN_DEFAULTS)
     settings.update(plain(dict(train_options or {})))
     if epochs is not None:
@@ -967,7 +976,7 @@ def run_table2(
         raise ValueError(f"no kept slice among the {'training' if not train_slices else 'test'} patients")
     mu, mu_from = compute_mu_data(train_slices, n=MU_SLICES, seed=seed)
     train_configs = {(m, j): _train_config(settings, mu if _TRAINED[m] == "mu" else None, _member_seed(seed, j), m,
-                                           mu_lam)
+                                           mu_lam, n_spare)
                      for m in _TRAINED for j in range(n_members)}
 
     config = {
@@ -983,6 +992,7 @@ def run_table2(
         "train_settings": plain(settings),
         "mu_lam": mu_lam,
         "readout": readout,
+        "spare_classes": n_spare,
         "mu_data": mu.tolist(),
         "mu_data_slices": mu_from,
     }
@@ -1080,6 +1090,9 @@ def run_table2(
         if n_members > 1:
             notes.append(f"deepSVG and deepSVGμ: mean soft labels of {n_members} networks each (--ensemble "
                          f"{n_members}); the paper uses one.")
+        if n_spare:
+            notes.append(f"deepSVG's networks fit {N_COMPONENTS + n_spare} classes and drop the smallest "
+                         f"{n_spare} on each test slice (--spare-classes {n_spare}); the paper fits 4.")
         if readout == "posterior":
             notes.append("deepSVG and deepSVGμ read out the posteriors of the mixture their soft labels define on "
                          "each test slice (--readout posterior, one E-step); the paper reads out the soft labels.")
@@ -1162,6 +1175,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t2.add_argument("--readout", choices=("soft_labels", "posterior"),  # deepgmm.training.predict.READOUTS
                     help="what the deep methods segment with: the networks' soft labels (default, the paper's) or "
                          "the posteriors of the mixture they define on the test slice (one E-step)")
+    t2.add_argument("--spare-classes", dest="spare_classes", type=int, metavar="N",
+                    help="extra classes deepSVG's networks fit, dropped (the smallest) on each test slice (default "
+                         "0, the paper's; deepSVGμ's prior fixes its classes)")
     t2.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                     help="where the networks are trained and applied (default: cpu)")
     t2.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's setting)")
@@ -1216,9 +1232,10 @@ def cmd_table1(args: argparse.Namespace) -> int:
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
     command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
-                                   "readout", "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
+                                   "readout", "spare_classes", "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
     res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                      matching=args.matching, ensemble=args.ensemble, lam=args.lam, readout=args.readout,
+                     spare_classes=args.spare_classes,
                      train_cases=parse_cases(args.train_cases, "--train-cases"),
                      test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
                      resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)

@@ -123,6 +123,10 @@ class TrainConfig:
     -----
     method : "deepg" or "deepsvg"
     n_components : K
+    spare_classes : extra classes the network fits (it outputs K + spare_classes soft labels); each
+        prediction drops the smallest (fewest pixels by the most probable label, recounted after
+        each drop) until K remain, as ``segment(spare_classes=...)`` does. Not with ``mu_data``,
+        whose order fixes the K classes
     covariance_type : "diag" or "full"
     reg_covar : variance floor of the M-step
     network : U-Net settings (resolved by :func:`resolve_network` in :meth:`finalize`), or a name
@@ -150,6 +154,7 @@ class TrainConfig:
 
     method: str = "deepsvg"
     n_components: int = 4
+    spare_classes: int = 0
     covariance_type: str = "diag"
     reg_covar: float = 1e-6
     network: Any = DEFAULT_NETWORK
@@ -188,6 +193,11 @@ class TrainConfig:
         return METHOD_MIXTURES[self.method]
 
     @property
+    def n_fitted(self) -> int:
+        """Classes the network fits: ``n_components + spare_classes``."""
+        return self.n_components + self.spare_classes
+
+    @property
     def n_channels(self) -> int:
         return len(self.channels)
 
@@ -195,6 +205,7 @@ class TrainConfig:
         """Check every field (one-line ``ValueError`` naming it); returns ``self``."""
         check_choice("method", self.method, tuple(METHOD_MIXTURES))
         check_int("n_components", self.n_components, minimum=1)
+        check_int("spare_classes", self.spare_classes, minimum=0)
         check_choice("covariance_type", self.covariance_type, ("diag", "full"))
         check_float("reg_covar", self.reg_covar, minimum=0.0)
         if self.spatial_dims not in (2, 3):
@@ -218,6 +229,8 @@ class TrainConfig:
                                  f"({self.n_components}, {self.n_channels}), got {mu.shape}")
             if not np.isfinite(mu).all():
                 raise ValueError("mu_data contains NaN or Inf")
+            if self.spare_classes:
+                raise ValueError("spare_classes must be 0 with mu_data: its class order fixes the K classes")
         check_float("lam", self.lam, minimum=0.0)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
@@ -233,6 +246,9 @@ class TrainConfig:
         check_choice("layout", self.layout, LAYOUTS)
         if not isinstance(self.network, dict):
             raise ValueError("network must be resolved to a dict of U-Net settings; call finalize() first")
+        if self.network.get("out_channels", self.n_fitted) != self.n_fitted:
+            raise ValueError(f"the network has {self.network['out_channels']} output channel(s) but n_components + "
+                             f"spare_classes is {self.n_fitted}")
         self.build_regularizers()  # names and weights are checked there
         return self
 
@@ -249,7 +265,7 @@ class TrainConfig:
         if self.mu_data is not None:
             self.mu_data = np.asarray(self.mu_data, dtype=np.float64).tolist()
         self.network = resolve_network(self.network, spatial_dims=self.spatial_dims, in_channels=len(self.channels),
-                                       out_channels=self.n_components)
+                                       out_channels=self.n_fitted)
         if not self.deepgmm_version:
             self.deepgmm_version = __version__
         return self.validate()

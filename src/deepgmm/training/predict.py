@@ -10,7 +10,10 @@ so every mask pixel is inside), passed through the network in batches, and paste
   posteriors of the mixture those soft labels define, ``p(k | x_n) ~ w_nk N(x_n | mu_k, Sigma_k)``
   (deepSVG; ``pi_k`` for deepG), with the image's own closed-form M-step — one E-step, which lets
   the pixel's intensities correct the network; zero outside the mask. ``labels`` ``(*spatial)``:
-  their argmax, 1..K inside the mask, 0 outside (the conventions of :class:`deepgmm.deep.DeepGMM`);
+  their argmax, 1..K inside the mask, 0 outside (the conventions of :class:`deepgmm.deep.DeepGMM`).
+  A model trained with ``spare_classes`` outputs ``K + spare_classes`` classes; each image drops
+  the smallest (fewest pixels by the most probable label, counted over the whole image or volume)
+  until K remain, the kept ones renormalised (``Prediction.dropped_classes`` names the dropped);
 * ``nll``: the mixture NLL of the image's mask pixels, computed by
   :class:`deepgmm.deep.DeepMixtureLoss` (no regularisers) from those soft labels, in normalised
   units: the closed-form M-step of the image, then its NLL.
@@ -55,9 +58,11 @@ class Prediction:
     """Result of :meth:`TrainedModel.predict`.
 
     labels ``(*spatial)`` uint8 (0 outside the mask, 1..K); probabilities ``(K, *spatial)``
-    float32 (zero outside the mask); nll (float, normalised units); means ``(K, C)`` and weights
-    ``(K,)`` of the mixture implied by the soft labels; normalization (per sample: mean/std);
-    readout: what the probabilities are (:data:`READOUTS`).
+    float32 (zero outside the mask); nll (float, normalised units: that of the fitted mixture, spare
+    classes included); means ``(K, C)`` and weights ``(K,)`` of the mixture implied by the soft labels
+    (the kept classes'); normalization (per sample: mean/std); readout: what the probabilities are
+    (:data:`READOUTS`); dropped_classes: the spare classes dropped (indices among the network's
+    ``K + spare_classes`` outputs; empty without spare classes).
     """
 
     labels: np.ndarray
@@ -68,12 +73,14 @@ class Prediction:
     normalization: Any = None
     windows: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
     readout: str = "soft_labels"
+    dropped_classes: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         K = self.probabilities.shape[0]
         return {"nll": self.nll, "class_means": self.means.tolist(), "class_weights": self.weights.tolist(),
                 "class_pixels": np.bincount(self.labels.ravel().astype(np.int64), minlength=K + 1)[1:].tolist(),
-                "normalization": self.normalization, "readout": self.readout}
+                "normalization": self.normalization, "readout": self.readout,
+                "dropped_classes": list(self.dropped_classes)}
 
 
 @dataclass
@@ -250,50 +257,68 @@ class TrainedModel:
 
     def _summarise(self, chunk: list[int], x: torch.Tensor, m: torch.Tensor, logits: torch.Tensor,
                    out: list[dict[str, Any] | None]) -> None:
-        """Soft labels, labels, the NLL, means and weights of a batch from its logits, into ``out``."""
+        """Log-probabilities of the read-out ``(K', *w)``, the NLL, means and soft counts of a batch
+        from its logits ``(B, K', *w)`` (``K' = K + spare_classes``), into ``out``."""
         res = self.loss(x, logits, m)
         if self.readout == "posterior":
-            probs = self.loss.posteriors(x, res.fit, m).float()
+            log_probs = self.loss.log_posteriors(x, res.fit).float()
         else:
-            probs = torch.softmax(logits, 1) * m.unsqueeze(1)
-        labels = torch.where(m, probs.max(1).indices + 1, torch.zeros((), dtype=torch.long, device=m.device))
-        weights = res.fit.nk / res.fit.nk.sum(1, keepdim=True)
-        logits, probs, labels = logits.cpu(), probs.cpu(), labels.cpu()
-        nll, means, weights = res.nll.cpu(), res.fit.means.cpu(), weights.cpu()
+            log_probs = torch.log_softmax(logits, 1)
+        logits, log_probs = logits.cpu(), log_probs.cpu()
+        nll, means, nk = res.nll.cpu(), res.fit.means.cpu(), res.fit.nk.cpu()
         for j, k in enumerate(chunk):
-            out[k] = {"logits": logits[j], "probs": probs[j], "labels": labels[j], "nll": float(nll[j]),
-                      "means": means[j], "weights": weights[j]}
+            out[k] = {"logits": logits[j], "log_probs": log_probs[j], "nll": float(nll[j]), "means": means[j],
+                      "nk": nk[j]}
+
+    def _reduce(self, log_probs: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+        """Probabilities ``(K, *spatial)`` (zero outside ``m``) and labels of the read-out's
+        log-probabilities ``(K', *spatial)``: with spare classes, the smallest are dropped
+        (:func:`deepgmm.segmentation.largest_classes`) and the kept ones renormalised in the log
+        domain, so a dropped class's pixels go to the likeliest kept class. Also returns the kept
+        and the dropped classes."""
+        from scipy.special import logsumexp
+
+        from ..segmentation import largest_classes
+
+        inside = log_probs[:, m].T  # (N, K')
+        kept, dropped = largest_classes(inside, self.n_components)
+        sub = inside[:, kept]
+        if dropped:
+            sub = sub - logsumexp(sub, axis=1, keepdims=True)
+        K = self.n_components
+        probs = np.zeros((K,) + m.shape, dtype=np.float32)
+        probs[:, m] = np.exp(sub).T
+        labels = np.zeros(m.shape, dtype=np.uint8 if K < 255 else np.int32)
+        labels[m] = sub.argmax(1) + 1
+        return probs, labels, kept, dropped
 
     @torch.inference_mode()
     def _assemble(self, i: int, arr: np.ndarray, m: np.ndarray, parts: list[tuple[_Unit, dict[str, Any]]]) -> Prediction:
-        K = self.n_components
+        K1 = self.config.n_fitted
         spatial = m.shape
-        dtype = np.uint8 if K < 255 else np.int32
-        probs = np.zeros((K,) + spatial, dtype=np.float32)
-        labels = np.zeros(spatial, dtype=dtype)
         if len(parts) == 1 and parts[0][0].slice_index is None:  # one image: everything was computed on its window
             u, r = parts[0]
             inner, src = _inner(u.window, spatial), _source(u.window, spatial)
-            probs[(slice(None),) + inner] = r["probs"].numpy()[(slice(None),) + src]
-            labels[inner] = r["labels"].numpy()[src]
-            return Prediction(labels, probs, r["nll"], r["means"].numpy(), r["weights"].numpy(), u.norm,
-                              [u.window], self.readout)
-        # slices of a volume: paste them, then one loss over the whole (normalised) volume
-        x_full = torch.zeros((arr.shape[0],) + spatial, dtype=torch.float32)
-        logits_full = torch.zeros((K,) + spatial, dtype=torch.float32)
-        for u, r in parts:
-            z = u.slice_index
-            inner, src = _inner(u.window, spatial[:-1]), _source(u.window, spatial[:-1])
-            x_full[(slice(None),) + inner + (z,)] = torch.from_numpy(u.x)[(slice(None),) + src]
-            logits_full[(slice(None),) + inner + (z,)] = r["logits"][(slice(None),) + src]
-            probs[(slice(None),) + inner + (z,)] = r["probs"].numpy()[(slice(None),) + src]
-            labels[inner + (z,)] = r["labels"].numpy()[src]
-        out = self.loss(x_full[None], logits_full[None], torch.from_numpy(m)[None])
-        fit = out.fit
-        return Prediction(labels, probs, float(out.nll[0]), fit.means[0].numpy(),
-                          (fit.nk[0] / fit.nk[0].sum()).numpy(),
-                          {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}, [u.window for u, _ in parts],
-                          self.readout)
+            log_probs = np.zeros((K1,) + spatial, dtype=np.float32)
+            log_probs[(slice(None),) + inner] = r["log_probs"].numpy()[(slice(None),) + src]
+            nll, means, nk, norm, windows = r["nll"], r["means"].numpy(), r["nk"].numpy(), u.norm, [u.window]
+        else:  # slices of a volume: paste them, then one loss over the whole (normalised) volume
+            x_full = torch.zeros((arr.shape[0],) + spatial, dtype=torch.float32)
+            logits_full = torch.zeros((K1,) + spatial, dtype=torch.float32)
+            log_probs = np.zeros((K1,) + spatial, dtype=np.float32)
+            for u, r in parts:
+                z = u.slice_index
+                inner, src = _inner(u.window, spatial[:-1]), _source(u.window, spatial[:-1])
+                x_full[(slice(None),) + inner + (z,)] = torch.from_numpy(u.x)[(slice(None),) + src]
+                logits_full[(slice(None),) + inner + (z,)] = r["logits"][(slice(None),) + src]
+                log_probs[(slice(None),) + inner + (z,)] = r["log_probs"].numpy()[(slice(None),) + src]
+            fit = self.loss(x_full[None], logits_full[None], torch.from_numpy(m)[None])
+            nll, means, nk = float(fit.nll[0]), fit.fit.means[0].numpy(), fit.fit.nk[0].numpy()
+            norm = {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}
+            windows = [u.window for u, _ in parts]
+        probs, labels, kept, dropped = self._reduce(log_probs, m)
+        nk = nk[kept]
+        return Prediction(labels, probs, nll, means[kept], nk / nk.sum(), norm, windows, self.readout, dropped)
 
 
 class EnsembleModel(TrainedModel):
@@ -314,7 +339,8 @@ class EnsembleModel(TrainedModel):
         if not models:
             raise ValueError("an ensemble needs at least one model")
         first = models[0]
-        keys = ("method", "n_components", "channels", "normalize", "crop_size", "spatial_dims", "covariance_type")
+        keys = ("method", "n_components", "spare_classes", "channels", "normalize", "crop_size", "spatial_dims",
+                "covariance_type")
         for other in models[1:]:
             diff = [k for k in keys if getattr(other.config, k) != getattr(first.config, k)]
             if diff:
