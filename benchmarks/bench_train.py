@@ -6,7 +6,8 @@ Measures, on the 79 paper slices (160 x 160 x 3, GUIDE §2) and with the load av
    CPU second of the process, which the other jobs of a shared machine disturb less) through
    ``TrainedModel.predict_many`` (normalisation, windowing around the mask, network, soft labels,
    labels and the NLL of every slice included), with the mask given; and without a mask
-   (the whole 160 x 160 slice) for reference;
+   (the whole 160 x 160 slice) for reference; and with the mask and ``readout="posterior"``
+   (one E-step more per slice), with its cost as a ratio;
 2. the EM SVGMM's time per slice (``deepgmm.segment(method="svgmm")``) on the same slices, in the
    same run, and the ratio;
 3. seconds per training epoch on the 20 MyoPS training patients (all kept slices of patients
@@ -103,6 +104,14 @@ def main() -> int:
     results.update(predict_slices_per_s=r_mask, predict_slices_per_cpu_s=c_mask,
                    predict_slices_per_s_no_mask=r_full, predict_slices_per_cpu_s_no_mask=c_full,
                    predict_ms_per_slice=1000 / r_mask)
+    model.readout = "posterior"
+    try:
+        r_post, _ = rate(True)
+    finally:
+        model.readout = "soft_labels"
+    print(f"prediction, mask given, posterior read-out: {r_post:7.1f} slices/s wall clock "
+          f"({1000 / r_post:.2f} ms per slice; {r_mask / r_post:.2f}x the soft labels' time)")
+    results.update(predict_slices_per_s_posterior=r_post)
 
     if args.compare_pooling:  # the same run with the U-Net's inference pooling replaced by max_pool
         import torch.nn.functional as F
