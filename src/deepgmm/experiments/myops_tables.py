@@ -1232,7 +1232,8 @@ def cmd_table1(args: argparse.Namespace) -> int:
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
     command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
-                                   "readout", "spare_classes", "device", "threads", "train_cases", "test_cases", "resume", "overwrite", "figures"])
+                                   "readout", "spare_classes", "device", "threads", "train_cases", "test_cases",
+                                   "resume", "overwrite", "figures"])
     res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                      matching=args.matching, ensemble=args.ensemble, lam=args.lam, readout=args.readout,
                      spare_classes=args.spare_classes,

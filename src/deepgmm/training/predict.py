@@ -46,7 +46,7 @@ PREDICT_MARGIN = 8
 
 READOUTS = ("soft_labels", "posterior")
 """What a prediction's probabilities are: the network's soft labels (the paper's) or the posteriors of
-the mixture they define (one E-step; docs/training.md "Read-outs")."""
+the mixture they define (one E-step; docs/training.md "Read-outs and spare classes")."""
 
 PREDICT_BATCH_SIZE = 8
 """Samples per network pass at prediction: on the 2-core CPU, batches of 8 windows of 128x128 ran
