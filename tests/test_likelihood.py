@@ -185,3 +185,30 @@ def test_gradients_finite_for_far_pixels_float32(cov_type):
         ld = log_gaussian(x, means, torch.ones(1, 2) if cov_type == "diag" else torch.eye(2)[None], cov_type)
         (-ld.sum()).backward()
     assert torch.isfinite(means.grad).all() and means.grad.abs().max() > 100
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+@pytest.mark.parametrize("per_pixel", [False, True])
+def test_log_posteriors_match_scipy(covariance_type, per_pixel):
+    """The E-step helper against scipy densities and Bayes' rule, global or per-pixel weights."""
+    from scipy.stats import multivariate_normal
+
+    from deepgmm.likelihood import log_posteriors
+
+    rng = np.random.default_rng(3)
+    N, K, C = 50, 3, 2
+    x = rng.normal(size=(N, C))
+    means = rng.normal(size=(K, C))
+    if covariance_type == "diag":
+        covs = rng.uniform(0.3, 2.0, size=(K, C))
+        full = np.stack([np.diag(c) for c in covs])
+    else:
+        a = rng.normal(size=(K, C, C))
+        covs = a @ a.transpose(0, 2, 1) + 0.5 * np.eye(C)
+        full = covs
+    w = rng.dirichlet(np.ones(K), size=N if per_pixel else None)  # (N, K) or (K,)
+    got = log_posteriors(torch.from_numpy(x), torch.from_numpy(means), torch.from_numpy(covs),
+                         torch.from_numpy(np.log(w)), covariance_type).numpy()
+    dens = np.stack([multivariate_normal(means[k], full[k]).pdf(x) for k in range(K)], axis=1)  # (N, K)
+    joint = dens * w
+    np.testing.assert_allclose(np.exp(got), joint / joint.sum(1, keepdims=True), rtol=1e-10, atol=1e-12)

@@ -38,6 +38,7 @@ __all__ = [
     "Gaussians",
     "log_gaussian",
     "log_mixture",
+    "log_posteriors",
     "mixture_nll",
     "weighted_moments",
     "params_from_moments",
@@ -211,6 +212,12 @@ def log_mixture(log_dens: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor]:
     joint = log_dens + _expand_log_weights(log_weights, log_dens)
     log_norm = torch.logsumexp(joint, dim=-1)
     return log_norm, joint - log_norm.unsqueeze(-1)
+
+
+def log_posteriors(x: Tensor, means: Tensor, covariances: Tensor, log_weights: Tensor, covariance_type: str) -> Tensor:
+    """The E-step: log-posteriors ``log p(k | x_n)`` ``(..., N, K)`` of pixels ``x`` ``(..., N, C)``
+    under the mixture (``log_weights`` ``(..., K)`` or ``(..., N, K)``); all inputs in ``x``'s dtype."""
+    return log_mixture(log_gaussian(x, means, covariances, covariance_type), log_weights)[1]
 
 
 def mixture_nll(log_dens: Tensor, log_weights: Tensor, mask: Tensor | None = None) -> Tensor:

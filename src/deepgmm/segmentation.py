@@ -285,7 +285,7 @@ def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[Me
     those of the fitted mixture. Returns the reduced fit and the dropped classes' indices (in the
     fitted mixture, in the order they were dropped).
     """
-    from .likelihood import log_gaussian, log_mixture
+    from .likelihood import log_posteriors
 
     given = np.asarray(fit.probabilities)
     P = given.astype(np.float64, copy=False)  # (N, K')
@@ -300,8 +300,9 @@ def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[Me
     if lost.any():
         cov_type = "full" if covs.ndim == 3 else "diag"
         x = X[torch.from_numpy(lost)].double()
-        log_dens = log_gaussian(x, torch.as_tensor(means).double(), torch.as_tensor(covs).double(), cov_type)
-        probs[lost] = log_mixture(log_dens, torch.log(torch.as_tensor(weights).clamp_min(1e-300)))[1].exp().numpy()
+        log_w = torch.log(torch.as_tensor(weights).clamp_min(1e-300))
+        probs[lost] = log_posteriors(x, torch.as_tensor(means).double(), torch.as_tensor(covs).double(), log_w,
+                                     cov_type).exp().numpy()
     reduced = MethodFit(probs.astype(given.dtype, copy=False), probs.argmax(1), means, covs, weights,
                         fit.nll, fit.nll_history, fit.n_iter, fit.converged, fit.model)
     return reduced, dropped

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_mixture, m_step, mixture_nll
+from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
 from .regularizers import RegContext, Regularizer
 
 __all__ = ["MIXTURES", "MixtureFit", "mixture_fit_from_soft_labels", "DeepMixtureLoss", "LossOutput"]
@@ -153,6 +153,6 @@ class DeepMixtureLoss(nn.Module):
         K = fit.means.shape[-2]
         with torch.no_grad():
             x = image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
-            log_dens = log_gaussian(x, fit.means.to(x.dtype), fit.covariances.to(x.dtype), self.covariance_type)
-            log_post = log_mixture(log_dens, fit.log_weights.to(x.dtype))[1]  # (B, N, K)
+            log_post = log_posteriors(x, fit.means.to(x.dtype), fit.covariances.to(x.dtype),
+                                      fit.log_weights.to(x.dtype), self.covariance_type)  # (B, N, K)
             return log_post.transpose(1, 2).reshape(B, K, *image.shape[2:])

@@ -179,7 +179,7 @@ class SmoothedPosterior(Regularizer):
 
     def target(self, ctx: RegContext) -> Tensor:
         """The smoothed posteriors ``t`` ``(B, K, *spatial)`` (no gradient)."""
-        from ..likelihood import log_gaussian, log_mixture
+        from ..likelihood import log_posteriors
         from ..smoothing import blur_in_mask
 
         if ctx.log_weights is None:
@@ -190,8 +190,8 @@ class SmoothedPosterior(Regularizer):
         with torch.no_grad():
             x = ctx.image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
             cov = "diag" if ctx.covariances.ndim == 3 else "full"
-            log_dens = log_gaussian(x, ctx.means.to(x.dtype), ctx.covariances.to(x.dtype), cov)  # (B, N, K)
-            log_resp = log_mixture(log_dens, ctx.log_weights.to(x.dtype))[1]  # the same E-step as EM
+            log_resp = log_posteriors(x, ctx.means.to(x.dtype), ctx.covariances.to(x.dtype),
+                                      ctx.log_weights.to(x.dtype), cov)  # (B, N, K): the same E-step as EM
             post = log_resp.exp().transpose(1, 2).reshape(B, K, *spatial)
             return blur_in_mask(post, ctx.mask, self.sigma)
 
