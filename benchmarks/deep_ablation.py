@@ -164,6 +164,19 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepg, EM start smoothed 6": ("deepg", {"init_smoothing": 6.0}),
     "deepg, ELBO loss (posterior gap 1)": ("deepg", {"regularizers": [_posterior_gap(1.0, "gmm")]}),
     "deepg, ELBO loss + TV 1": ("deepg", {"regularizers": [_posterior_gap(1.0, "gmm")], "tv": 1.0}),
+    "deepg, smoothed posterior 1 (sigma 6) + balance 0.3": ("deepg", {"smooth": 1.0, "smooth_sigma": 6.0,
+                                                                      "regularizers": [("balance", 0.3)]}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1": ("deepg", {"smooth": 0.3, "smooth_sigma": 6.0,
+                                                                      "regularizers": [("balance", 1.0)]}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, seed 1": ("deepg", {
+        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "random_state": 1}),
+    "deepg, balance 1 alone": ("deepg", {"regularizers": [("balance", 1.0)]}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 3": ("deepg", {"smooth": 0.3, "smooth_sigma": 6.0,
+                                                                      "regularizers": [("balance", 3.0)]}),
+    "deepg, smoothed posterior 1 (sigma 6) + balance 3": ("deepg", {"smooth": 1.0, "smooth_sigma": 6.0,
+                                                                    "regularizers": [("balance", 3.0)]}),
+    "deepg, smoothed posterior 0.3 (sigma 8) + balance 1": ("deepg", {"smooth": 0.3, "smooth_sigma": 8.0,
+                                                                      "regularizers": [("balance", 1.0)]}),
 }
 
 
