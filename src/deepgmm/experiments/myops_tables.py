@@ -207,11 +207,14 @@ def _now() -> str:
 
 
 def _resolve(stored: Mapping[str, Any] | None, key: str, given: Any, default: Any, source: Path,
-             flag: str | None = None) -> Any:
-    """A setting of a resumed run: the stored one; a value given explicitly must equal it."""
+             flag: str | None = None, added_later: bool = False) -> Any:
+    """A setting of a resumed run: the stored one; a value given explicitly must equal it.
+
+    ``added_later``: the setting is newer than some stored runs; one stored without it ran with
+    ``default`` (the behaviour before the setting existed)."""
     if stored is None:
         return default if given is None else given
-    value = stored.get(key)
+    value = stored.get(key, default) if added_later else stored.get(key)
     if given is not None and plain(given) != value:
         flag = flag or "--" + key.replace("_", "-")
         raise ValueError(f"cannot resume with {flag} {given!r}: the run in {source} uses {value!r} "
@@ -952,15 +955,10 @@ def run_table2(
         raise ValueError(f"patient(s) {overlap} are both training and test patients")
     seed = _resolve(scfg, "seed", seed, 0, out)
     matching = _resolve(scfg, "matching", matching, "hungarian", out)
-    # a run stored before --ensemble existed used one network
-    n_members = int(_resolve(None if scfg is None else {**scfg, "ensemble": scfg.get("ensemble", 1)}, "ensemble",
-                             ensemble, 1, out))
+    n_members = int(_resolve(scfg, "ensemble", ensemble, 1, out, added_later=True))
     mu_lam = float(_resolve(scfg, "mu_lam", lam, MU_LAM, out, flag="--lam"))
-    # a run stored before --readout existed read out the soft labels
-    readout = str(_resolve(None if scfg is None else {**scfg, "readout": scfg.get("readout", "soft_labels")},
-                           "readout", readout, "soft_labels", out))
-    n_spare = int(_resolve(None if scfg is None else {**scfg, "spare_classes": scfg.get("spare_classes", 0)},
-                           "spare_classes", spare_classes, 0, out))
+    readout = str(_resolve(scfg, "readout", readout, "soft_labels", out, added_later=True))
+    n_spare = int(_resolve(scfg, "spare_classes", spare_classes, 0, out, added_later=True))
     settings = dict(TABLE2_TRAIN_DEFAULTS)
     settings.update(plain(dict(train_options or {})))
     if epochs is not None:
@@ -1131,6 +1129,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``myops`` command (sub-commands ``table1`` and ``table2``) to ``subparsers``
     (the object returned by ``ArgumentParser.add_subparsers``); each sets ``func``."""
+    from ..cli import READOUT_CHOICES  # torch-free, like this parser
+
     p = subparsers.add_parser(
         "myops", help="reproduce the paper's MyoPS 2020 tables",
         description="Reproduce the tables of Schwab, Mayr & Haltmeier (2024) on MyoPS 2020: Table 1 (single-image "
@@ -1172,7 +1172,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="networks per deep method, segmenting with their mean soft labels (default 1, the paper's)")
     t2.add_argument("--lam", type=float, metavar="L",
                     help="weight of deepSVGμ's mu_prior term (default 1, the paper's)")
-    t2.add_argument("--readout", choices=("soft_labels", "posterior"),  # deepgmm.training.predict.READOUTS
+    t2.add_argument("--readout", choices=READOUT_CHOICES,
                     help="what the deep methods segment with: the networks' soft labels (default, the paper's) or "
                          "the posteriors of the mixture they define on the test slice (one E-step)")
     t2.add_argument("--spare-classes", dest="spare_classes", type=int, metavar="N",

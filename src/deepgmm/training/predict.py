@@ -312,8 +312,8 @@ class TrainedModel:
                 x_full[(slice(None),) + inner + (z,)] = torch.from_numpy(u.x)[(slice(None),) + src]
                 logits_full[(slice(None),) + inner + (z,)] = r["logits"][(slice(None),) + src]
                 log_probs[(slice(None),) + inner + (z,)] = r["log_probs"].numpy()[(slice(None),) + src]
-            fit = self.loss(x_full[None], logits_full[None], torch.from_numpy(m)[None])
-            nll, means, nk = float(fit.nll[0]), fit.fit.means[0].numpy(), fit.fit.nk[0].numpy()
+            res = self.loss(x_full[None], logits_full[None], torch.from_numpy(m)[None])
+            nll, means, nk = float(res.nll[0]), res.fit.means[0].numpy(), res.fit.nk[0].numpy()
             norm = {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}
             windows = [u.window for u, _ in parts]
         probs, labels, kept, dropped = self._reduce(log_probs, m)
