@@ -403,6 +403,46 @@ def test_failure_while_writing_leaves_no_partial_folder(case, capsys, monkeypatc
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
+def _class_created_during_a_signal(exc: BaseException) -> None:
+    """Create a class whose ``__set_name__`` raises ``exc``, as when a signal arrives during an import:
+    Python 3.11 re-raises it as a RuntimeError with ``exc`` as the cause (3.12+ raises ``exc`` itself)."""
+    class Field:
+        def __set_name__(self, owner, name):
+            raise exc
+
+    type("Imported", (), {"field": Field()})
+
+
+@pytest.mark.parametrize("exc, code, message", [(KeyboardInterrupt(), 130, "interrupted"),
+                                                (cli.Terminated(), 143, "terminated")])
+@pytest.mark.parametrize("existing", [False, True])
+def test_signal_wrapped_by_python_during_an_import_is_an_interruption(case, capsys, monkeypatch, exc, code,
+                                                                      message, existing):
+    """A Ctrl-C/SIGTERM that Python wrapped into another exception ends like any other: status, one line, no
+    partial output (it used to end with status 1 and a traceback)."""
+    folder, paths, *_ = case
+    out = folder / "out"
+    if existing:
+        assert main(seg_args(paths, out)) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(dio, "save_probabilities", lambda *a, **k: _class_created_during_a_signal(exc))
+    assert main(seg_args(paths, out, "--overwrite")) == code
+    assert capsys.readouterr().err.strip() == f"deepgmm: error: {message}"
+    if existing:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    else:
+        assert not out.exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_runtime_error_from_another_cause_is_still_a_traceback(case, monkeypatch):
+    folder, paths, *_ = case
+    monkeypatch.setattr(dio, "save_probabilities", lambda *a, **k: _class_created_during_a_signal(LookupError("x")))
+    with pytest.raises((RuntimeError, LookupError)):
+        main(seg_args(paths, folder / "out"))
+    assert not (folder / "out").exists()
+
+
 def test_debug_shows_the_traceback(case):
     folder, paths, *_ = case
     argv = seg_args(paths, folder / "out", "--debug")

@@ -948,6 +948,23 @@ def _failed(code: int) -> int:
     return code
 
 
+def _wrapped_interrupt(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (:class:`Terminated`) that ``exc`` was raised from, if any.
+
+    Python turns an exception raised in some hooks into a RuntimeError with the original as its
+    cause: in 3.11, one raised by ``__set_name__`` while a class is created, so a signal that
+    arrives while a module with such classes is imported (torch has them) surfaces that way.
+    """
+    seen: set[int] = set()
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
 
@@ -989,7 +1006,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = show_warning
-                return int(args.func(args))
+                try:
+                    return int(args.func(args))
+                except RuntimeError as exc:
+                    interrupt = _wrapped_interrupt(exc)
+                    if interrupt is None:
+                        raise
+                    raise interrupt from exc
         except Terminated:
             if args.debug:
                 raise
