@@ -177,6 +177,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                                                     "regularizers": [("balance", 3.0)]}),
     "deepg, smoothed posterior 0.3 (sigma 8) + balance 1": ("deepg", {"smooth": 0.3, "smooth_sigma": 8.0,
                                                                       "regularizers": [("balance", 1.0)]}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + 1 spare class": ("deepg", {
+        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "spare_classes": 1}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + floor 0.1": ("deepg", {
+        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "reg_covar": 0.1}),
 }
 
 

@@ -443,6 +443,47 @@ def test_runtime_error_from_another_cause_is_still_a_traceback(case, monkeypatch
     assert not (folder / "out").exists()
 
 
+_SIGNAL_DURING_IMPORT = """
+import os, signal, time
+os.kill(os.getpid(), signal.{name})
+time.sleep(0.05)  # Python runs the handler at the next bytecode: the import must go on
+DONE = True
+"""
+
+
+@pytest.mark.parametrize("name, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", cli.Terminated)])
+def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, name, raised):
+    """torch's import is not interrupted half-way (a KeyboardInterrupt inside its C++ initialisation can
+    abort the process); the signal is acted on once the import is complete, and the handlers are restored."""
+    module = f"deepgmm_test_held_{name.lower()}"
+    (tmp_path / f"{module}.py").write_text(_SIGNAL_DURING_IMPORT.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import signal
+
+    previous_term = cli._install_sigterm()  # as in main: SIGTERM raises Terminated
+    try:
+        handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        with pytest.raises(raised) as info:
+            cli._import_holding_signals(module)
+        assert type(info.value) is raised
+        assert sys.modules[module].DONE is True
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+        cli._import_holding_signals(module)  # already imported: nothing to hold, nothing raised
+    finally:
+        cli._restore_sigterm(previous_term)
+        sys.modules.pop(module, None)
+
+
+def test_held_import_without_a_signal_imports_quietly(tmp_path, monkeypatch):
+    (tmp_path / "deepgmm_test_held_quiet.py").write_text("DONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        cli._import_holding_signals("deepgmm_test_held_quiet")
+        assert sys.modules["deepgmm_test_held_quiet"].DONE is True
+    finally:
+        sys.modules.pop("deepgmm_test_held_quiet", None)
+
+
 def test_debug_shows_the_traceback(case):
     folder, paths, *_ = case
     argv = seg_args(paths, folder / "out", "--debug")
@@ -590,6 +631,29 @@ for argv in (['--help'], ['segment', '--help'], ['evaluate', '--help'], ['demo',
     assert main(argv) == 0
 print(eager, sorted(m for m in ('torch', 'nibabel', 'deepgmm.segmentation', 'deepgmm.io') if m in sys.modules))
 """
+
+
+_EVALUATE_NO_TORCH = """
+import sys
+import nibabel as nib
+import numpy as np
+from deepgmm.cli import main
+labels = np.zeros((6, 5, 1), np.int16)
+labels[1:4, 1:3] = 1
+for name in ("pred", "gt"):
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), f"{sys.argv[1]}/{name}.nii.gz")
+assert main(["evaluate", f"{sys.argv[1]}/pred.nii.gz", f"{sys.argv[1]}/gt.nii.gz"]) == 0
+print("torch" in sys.modules)
+"""
+
+
+def test_evaluate_does_not_import_torch(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    r = subprocess.run([sys.executable, "-c", _EVALUATE_NO_TORCH, str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "1.000" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_help_does_not_import_torch():
