@@ -452,36 +452,45 @@ DONE = True
 
 
 @pytest.mark.parametrize("name, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", cli.Terminated)])
-def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, name, raised):
-    """torch's import is not interrupted half-way (a KeyboardInterrupt inside its C++ initialisation can
-    abort the process); the signal is acted on once the import is complete, and the handlers are restored."""
+def test_signal_during_a_deferred_import_is_raised_after_it(tmp_path, monkeypatch, name, raised):
+    """What main does for torch's import (a KeyboardInterrupt inside its C++ initialisation can abort the
+    process): the import is not cut half-way, the signal is acted on once it is complete, handlers restored."""
+    import importlib
+    import signal
+
     module = f"deepgmm_test_held_{name.lower()}"
     (tmp_path / f"{module}.py").write_text(_SIGNAL_DURING_IMPORT.format(name=name))
     monkeypatch.syspath_prepend(str(tmp_path))
-    import signal
-
     previous_term = cli._install_sigterm()  # as in main: SIGTERM raises Terminated
     try:
         handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         with pytest.raises(raised) as info:
-            cli._import_holding_signals(module)
+            with cli.signals_deferred():
+                importlib.import_module(module)
         assert type(info.value) is raised
         assert sys.modules[module].DONE is True
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
-        cli._import_holding_signals(module)  # already imported: nothing to hold, nothing raised
     finally:
         cli._restore_sigterm(previous_term)
         sys.modules.pop(module, None)
 
 
-def test_held_import_without_a_signal_imports_quietly(tmp_path, monkeypatch):
-    (tmp_path / "deepgmm_test_held_quiet.py").write_text("DONE = True\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        cli._import_holding_signals("deepgmm_test_held_quiet")
-        assert sys.modules["deepgmm_test_held_quiet"].DONE is True
-    finally:
-        sys.modules.pop("deepgmm_test_held_quiet", None)
+def test_main_imports_torch_with_signals_deferred_except_for_evaluate(case, monkeypatch):
+    import contextlib
+
+    folder, paths, *_ = case
+    entered = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(cli, "signals_deferred", recording)
+    assert main(seg_args(paths, folder / "out")) == 0
+    assert entered == [True]
+    assert main(["evaluate", str(folder / "out" / "labels.nii.gz"), str(folder / "out" / "labels.nii.gz")]) == 0
+    assert entered == [True]
 
 
 def test_debug_shows_the_traceback(case):

@@ -587,6 +587,46 @@ def test_output_dir_signal_during_the_swap_is_held_until_it_is_done(tmp_path, mo
     assert hidden_leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_output_dir_signal_while_the_staging_folder_is_created_leaves_nothing(tmp_path, monkeypatch, sig):
+    """A real signal right after the staging folder is made (before it was recorded, once a stress run hit
+    this: __exit__ does not run when __enter__ raises): the signal is delivered and nothing is left behind,
+    the created parents included. Found by benchmarks/stress_cli_signal.py."""
+
+    class Delivered(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Delivered(signum)
+
+    real_token_hex = dio.secrets.token_hex
+
+    def token_hex(n):
+        os.kill(os.getpid(), sig)  # arrives while the staging folder is being created
+        return real_token_hex(n)
+
+    monkeypatch.setattr(dio.secrets, "token_hex", token_hex)
+    previous = signal.signal(sig, handler)
+    entered = []
+    try:
+        with pytest.raises(Delivered):
+            with OutputDir(tmp_path / "sub" / "out"):
+                entered.append(True)
+    finally:
+        signal.signal(sig, previous)
+    assert entered == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_dir_failure_while_the_staging_folder_is_created_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dio, "MARKER", "no-such-folder/marker")  # writing the marker fails
+    with pytest.raises(FileNotFoundError):
+        with OutputDir(tmp_path / "sub" / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def _can_exchange(folder):
     a, b = folder / ".probe-a", folder / ".probe-b"
     a.mkdir()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from ._signals import signals_deferred
 
 __all__ = ["main", "build_parser", "SegmentOption", "SEGMENT_OPTIONS"]
 
@@ -914,45 +915,6 @@ def _install_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _import_holding_signals(*names: str) -> None:
-    """Import the modules ``names`` with SIGINT and SIGTERM held until they are imported, then act on
-    a held signal: :class:`KeyboardInterrupt` or :class:`Terminated`, at most the import's time late.
-
-    A signal that lands in the middle of torch's import can otherwise abort the process (SIGABRT,
-    "terminate called after throwing an instance of 'pybind11::error_already_set'": the
-    KeyboardInterrupt is raised inside torch's C++ initialisation) instead of ending it cleanly.
-    Outside the main thread (no signal handlers there) the modules are imported as usual.
-    """
-    import importlib
-    import signal
-    import threading
-
-    missing = [name for name in names if name not in sys.modules]
-    if not missing or threading.current_thread() is not threading.main_thread():
-        for name in missing:
-            importlib.import_module(name)
-        return
-    held: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        held.append(signum)
-
-    signums = (signal.SIGINT, signal.SIGTERM)
-    previous = [signal.getsignal(signum) for signum in signums]
-    for signum in signums:
-        signal.signal(signum, hold)
-    try:
-        for name in missing:
-            importlib.import_module(name)
-    finally:
-        for signum, handler in zip(signums, previous):
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-    if signal.SIGTERM in held:
-        raise Terminated()
-    if held:
-        raise KeyboardInterrupt()
-
-
 def _restore_sigterm(previous: Any) -> None:
     import signal
 
@@ -1047,7 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.showwarning = show_warning
                 try:
                     if getattr(args, "uses_torch", True):
-                        _import_holding_signals("torch")
+                        with signals_deferred():  # a signal inside torch's import can abort the process
+                            import torch  # noqa: F401
                     return int(args.func(args))
                 except RuntimeError as exc:
                     interrupt = _wrapped_interrupt(exc)

@@ -44,20 +44,19 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import struct
-import threading
 import sys
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+
+from ._signals import signals_deferred
 from PIL import Image as PILImage
 
 __all__ = [
@@ -696,32 +695,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot swap {b} with its new version: {os.strerror(err)}")
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block is done, then deliver them (once each) to the
-    handlers that were in place. Python-level, so it works whichever thread the OS picks for a
-    process-directed signal; a no-op outside the main thread or where a handler was not set from
-    Python."""
-    held = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None]
-    if threading.current_thread() is not threading.main_thread() or any(signal.getsignal(s) is None for s in held):
-        yield
-        return
-    pending: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        if signum not in pending:
-            pending.append(signum)
-
-    previous = {s: signal.signal(s, hold) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in pending:
-            signal.raise_signal(s)
-
-
 class OutputDir:
     """Write a whole output folder all at once, or not at all.
 
@@ -777,6 +750,17 @@ class OutputDir:
 
     def __enter__(self) -> Path:
         self.check()
+        try:  # a failure or a Ctrl-C here leaves nothing: __exit__ is not called when __enter__ raises
+            with signals_deferred():  # nor between creating a folder and recording it for the clean-up
+                self._create()
+        except BaseException:
+            self._cleanup()
+            raise
+        assert self.staging is not None
+        return self.staging
+
+    def _create(self) -> None:
+        """Create the missing parents and the staging folder with its marker (recorded for :meth:`_cleanup`)."""
         parent = self.path.absolute().parent
         missing = []
         p = parent
@@ -795,7 +779,6 @@ class OutputDir:
                 continue
         self.staging = staging
         (staging / MARKER).write_text("written by deepgmm\n", encoding="utf-8")
-        return staging
 
     def _cleanup(self) -> None:
         if self.staging is not None:
@@ -809,7 +792,7 @@ class OutputDir:
         self._created = []
 
     def _commit(self) -> None:
-        with _signals_deferred():  # a Ctrl-C arrives after the swap and the deletion of the old folder
+        with signals_deferred():  # a Ctrl-C arrives after the swap and the deletion of the old folder
             self._swap_in()
 
     def _swap_in(self) -> None:
