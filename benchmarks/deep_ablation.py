@@ -181,6 +181,12 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "spare_classes": 1}),
     "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + floor 0.1": ("deepg", {
         "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "reg_covar": 0.1}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + lr 3e-4": ("deepg", {
+        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "lr": 3e-4}),
+    "deepg, smoothed posterior 0.3 (sigma 4) + balance 1": ("deepg", {
+        "smooth": 0.3, "smooth_sigma": 4.0, "regularizers": [("balance", 1.0)]}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, full covariances": ("deepg", {
+        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "covariance_type": "full"}),
 }
 
 
