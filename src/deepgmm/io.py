@@ -55,9 +55,9 @@ from typing import Any, Callable, Sequence, Union
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from PIL import Image as PILImage
 
 from ._signals import signals_deferred
-from PIL import Image as PILImage
 
 __all__ = [
     "Image",
