@@ -11,7 +11,7 @@ stderr tail of each bad trial; exits 1 if there was one.
     python benchmarks/stress_cli_signal.py --trials 150 --window 1.3
     python benchmarks/stress_cli_signal.py --trials 100 --window 1.2 --src /tmp/old/src   # another version
 
-Before ``cli._import_holding_signals`` (torch imported with the signals held), a signal inside
+Before ``_signals.signals_deferred_on_import`` (torch imported with the signals held), a signal inside
 torch's import could abort the process with SIGABRT (-6) from pybind11 (docs/robustness.md §2).
 """
 

@@ -447,50 +447,90 @@ _SIGNAL_DURING_IMPORT = """
 import os, signal, time
 os.kill(os.getpid(), signal.{name})
 time.sleep(0.05)  # Python runs the handler at the next bytecode: the import must go on
-DONE = True
+open({done!r}, "w").close()
 """
 
 
 @pytest.mark.parametrize("name, raised", [("SIGINT", KeyboardInterrupt), ("SIGTERM", cli.Terminated)])
-def test_signal_during_a_deferred_import_is_raised_after_it(tmp_path, monkeypatch, name, raised):
+def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, name, raised):
     """What main does for torch's import (a KeyboardInterrupt inside its C++ initialisation can abort the
-    process): the import is not cut half-way, the signal is acted on once it is complete, handlers restored."""
+    process): the module's code is not cut half-way, the signal is acted on once it has run, handlers restored."""
     import importlib
     import signal
 
-    module = f"deepgmm_test_held_{name.lower()}"
-    (tmp_path / f"{module}.py").write_text(_SIGNAL_DURING_IMPORT.format(name=name))
+    from deepgmm._signals import signals_deferred_on_import
+
+    module, done = f"deepgmm_test_held_{name.lower()}", tmp_path / "done"
+    (tmp_path / f"{module}.py").write_text(_SIGNAL_DURING_IMPORT.format(name=name, done=str(done)))
     monkeypatch.syspath_prepend(str(tmp_path))
     previous_term = cli._install_sigterm()  # as in main: SIGTERM raises Terminated
     try:
         handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         with pytest.raises(raised) as info:
-            with cli.signals_deferred():
+            with signals_deferred_on_import(module):
                 importlib.import_module(module)
         assert type(info.value) is raised
-        assert sys.modules[module].DONE is True
+        assert done.exists(), "the module's code was cut half-way"
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     finally:
         cli._restore_sigterm(previous_term)
         sys.modules.pop(module, None)
 
 
-def test_main_imports_torch_with_signals_deferred_except_for_evaluate(case, monkeypatch):
-    import contextlib
+def test_held_import_without_a_signal_is_a_plain_import(tmp_path, monkeypatch):
+    import importlib
+    import importlib.machinery
 
-    folder, paths, *_ = case
-    entered = []
+    from deepgmm._signals import signals_deferred_on_import
 
-    @contextlib.contextmanager
-    def recording():
-        entered.append(True)
-        yield
+    (tmp_path / "deepgmm_test_held_quiet.py").write_text("VALUE = 7\n")
+    (tmp_path / "deepgmm_test_not_held.py").write_text("VALUE = 8\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    finders = list(sys.meta_path)
+    try:
+        with signals_deferred_on_import("deepgmm_test_held_quiet", "no_such_module_anywhere"):
+            module = importlib.import_module("deepgmm_test_held_quiet")
+            other = importlib.import_module("deepgmm_test_not_held")
+            with pytest.raises(ModuleNotFoundError):
+                importlib.import_module("no_such_module_anywhere")
+        assert module.VALUE == 7 and other.VALUE == 8
+        for m in (module, other):  # the module keeps its own loader, not the wrapper
+            assert type(m.__loader__) is importlib.machinery.SourceFileLoader
+            assert m.__spec__.loader is m.__loader__
+        assert sys.meta_path == finders
+    finally:
+        sys.modules.pop("deepgmm_test_held_quiet", None)
+        sys.modules.pop("deepgmm_test_not_held", None)
 
-    monkeypatch.setattr(cli, "signals_deferred", recording)
-    assert main(seg_args(paths, folder / "out")) == 0
-    assert entered == [True]
-    assert main(["evaluate", str(folder / "out" / "labels.nii.gz"), str(folder / "out" / "labels.nii.gz")]) == 0
-    assert entered == [True]
+
+_TORCH_HELD = """
+import sys
+import nibabel as nib
+import numpy as np
+from deepgmm import _signals
+from deepgmm.cli import main
+held = []
+run = _signals._HeldLoader.exec_module
+_signals._HeldLoader.exec_module = lambda self, module: (held.append(module.__name__), run(self, module))[1]
+assert main(["segment", sys.argv[1] + "/missing.nii.gz", "--method", "gmm", "-k", "2", "--out", sys.argv[1] + "/o"]) == 2
+print("torch" in sys.modules, held)
+image = np.random.default_rng(0).normal(size=(12, 10, 1)).astype(np.float32)
+nib.save(nib.Nifti1Image(image, np.eye(4)), sys.argv[1] + "/a.nii.gz")
+assert main(["segment", sys.argv[1] + "/a.nii.gz", "--method", "gmm", "-k", "2", "--out", sys.argv[1] + "/o"]) == 0
+print("torch" in sys.modules, held)
+"""
+
+
+def test_main_imports_torch_with_signals_held_and_only_when_needed(tmp_path):
+    """A command that fails before it needs torch does not import it (the error stays fast); one that
+    needs it imports it through the held loader."""
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    r = subprocess.run([sys.executable, "-c", _TORCH_HELD, str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "image file not found" in r.stderr
+    assert [line for line in r.stdout.splitlines() if line.startswith(("False", "True"))] == [
+        "False []", "True ['torch']"]
 
 
 def test_debug_shows_the_traceback(case):

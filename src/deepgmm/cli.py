@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from ._signals import signals_deferred
+from ._signals import signals_deferred_on_import
 
 __all__ = ["main", "build_parser", "SegmentOption", "SEGMENT_OPTIONS"]
 
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how predicted labels are matched to the truth (default: hungarian)")
     p.add_argument("--json", metavar="OUT.json", help="also write the scores to this JSON file")
     _add_common(p, sub=True)
-    p.set_defaults(func=cmd_evaluate, uses_torch=False)
+    p.set_defaults(func=cmd_evaluate)
 
     # demo
     p = subs.add_parser("demo", help="segment a synthetic phantom with every method",
@@ -1008,10 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
             with warnings.catch_warnings():
                 warnings.showwarning = show_warning
                 try:
-                    if getattr(args, "uses_torch", True):
-                        with signals_deferred():  # a signal inside torch's import can abort the process
-                            import torch  # noqa: F401
-                    return int(args.func(args))
+                    with signals_deferred_on_import("torch"):  # a signal inside torch's import can abort
+                        return int(args.func(args))
                 except RuntimeError as exc:
                     interrupt = _wrapped_interrupt(exc)
                     if interrupt is None:
