@@ -356,6 +356,22 @@ def test_cli_corrupt_checkpoint_and_bad_resume(tmp_path, capsys):
                 "checkpoint.pt")
 
 
+def test_cli_run_stopped_before_its_first_checkpoint(tmp_path, capsys):
+    """A training interrupted in its first epoch leaves config.json only: both errors point to --overwrite
+    (not to --resume, which has nothing to resume), and --overwrite then trains."""
+    make_cohort(tmp_path / "d")
+    argv = _train_argv(tmp_path / "d", tmp_path / "m", "--epochs", "1")
+    assert main(argv) == 0
+    (tmp_path / "m" / CHECKPOINT_FILE).unlink()
+    for name in ("model.pt", "summary.json", "log.csv"):
+        (tmp_path / "m" / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    check_error(capsys, argv, "stopped before the first epoch ended", "nothing to resume", "--overwrite")
+    check_error(capsys, argv + ["--resume"], "cannot resume: no checkpoint.pt", "--overwrite")
+    assert main(argv + ["--overwrite"]) == 0
+    assert (tmp_path / "m" / CHECKPOINT_FILE).is_file()
+
+
 def test_cli_bad_settings(tmp_path, capsys):
     make_cohort(tmp_path / "d", n=3)
     check_error(capsys, _train_argv(tmp_path / "d", tmp_path / "m", "--batch-size", "4"),

@@ -700,12 +700,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
-        from .training.checkpoint import CHECKPOINT_FILE, load_checkpoint
+        from .training.checkpoint import load_checkpoint
         from .training.config import TrainConfig
+        from .training.train import checkpoint_to_resume
 
-        if not (out / CHECKPOINT_FILE).is_file():
-            raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_FILE} in {out}")
-        ckpt_path = out / CHECKPOINT_FILE
+        ckpt_path = checkpoint_to_resume(out)
         stored = TrainConfig.from_dict(load_checkpoint(ckpt_path)["config"], source=str(ckpt_path))
     layout = getattr(args, "layout", stored.layout if stored is not None else "folder")
     cfg, explicit = _train_config(args, layout)

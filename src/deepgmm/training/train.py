@@ -108,16 +108,34 @@ def _agree(info: DistInfo, fn: Any) -> Any:
     return broadcast_object(result, info) if info.distributed else result
 
 
+def _stopped_before_first_checkpoint(out: Path) -> bool:
+    """A model folder whose training was interrupted in its first epoch: its config, no checkpoint."""
+    return (out / CONFIG_FILE).is_file() and not (out / CHECKPOINT_FILE).is_file()
+
+
+def checkpoint_to_resume(out: Path) -> Path:
+    """The checkpoint ``--resume`` continues from; a FileNotFoundError naming the way on if there is none."""
+    path = out / CHECKPOINT_FILE
+    if not path.is_file():
+        hint = (" (its training stopped before the first epoch ended); pass --overwrite to start again"
+                if _stopped_before_first_checkpoint(out) else "")
+        raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_FILE} in {out}{hint}")
+    return path
+
+
 def _check_out_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     if resume:
-        if not (out / CHECKPOINT_FILE).is_file():
-            raise FileNotFoundError(f"cannot resume: no {CHECKPOINT_FILE} in {out}")
+        checkpoint_to_resume(out)
         return
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"model output path {out} exists and is not a folder")
         entries = [p for p in out.iterdir() if not p.name.startswith(".")]
         if entries and not overwrite:
+            if _stopped_before_first_checkpoint(out):
+                raise ValueError(f"model folder {out} already exists; its training stopped before the first epoch "
+                                 f"ended (no {CHECKPOINT_FILE}), so there is nothing to resume: pass --overwrite to "
+                                 "start again")
             raise ValueError(f"model folder {out} already exists and is not empty; pass --resume to continue its "
                              "training or --overwrite to start again")
         if entries and not (out / CONFIG_FILE).is_file():
