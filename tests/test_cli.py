@@ -227,6 +227,34 @@ def test_cli_choices_match_the_library():
     assert cli.MATCHING_CHOICES == tuple(metrics.MATCHINGS)
 
 
+def test_torch_settings_touch_the_deterministic_mode_only_where_asked(monkeypatch):
+    """train/predict's settings restore torch's state, and leave the deterministic mode alone unless
+    --deterministic changes it: setting it imports torch's compiler stack (about 1.4 s per command)."""
+    import torch
+
+    calls: list[bool] = []
+    real = torch.use_deterministic_algorithms
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda mode, **kw: (calls.append(mode), real(mode, **kw))[1])
+    threads = torch.get_num_threads()
+    assert not torch.are_deterministic_algorithms_enabled()
+    with cli._TorchSettings(threads=1):
+        assert torch.get_num_threads() == 1
+    assert calls == [] and torch.get_num_threads() == threads
+    with cli._TorchSettings(threads=None, deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert calls == [True, False] and not torch.are_deterministic_algorithms_enabled()
+    real(True)  # already on: nothing to set, nothing to restore
+    try:
+        with cli._TorchSettings(threads=None, deterministic=True):
+            assert torch.are_deterministic_algorithms_enabled()
+        assert calls == [True, False] and torch.are_deterministic_algorithms_enabled()
+    finally:
+        real(False)
+    with pytest.raises(ValueError, match="--threads"):
+        cli._TorchSettings(threads=0)
+
+
 # ----------------------------------------------------------------------------- bad inputs
 def test_missing_file(case, capsys):
     folder, paths, *_ = case

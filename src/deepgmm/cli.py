@@ -629,7 +629,7 @@ class _TorchSettings:
         self.saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        if self.deterministic:
+        if self.deterministic and not self.saved[1]:
             torch.use_deterministic_algorithms(True)
         return self
 
@@ -637,7 +637,9 @@ class _TorchSettings:
         import torch
 
         torch.set_num_threads(self.saved[0])
-        torch.use_deterministic_algorithms(self.saved[1])
+        if torch.are_deterministic_algorithms_enabled() != self.saved[1]:
+            # only where it changed: the call imports torch's compiler stack (about 1.4 s, docs/robustness.md §2)
+            torch.use_deterministic_algorithms(self.saved[1])
 
 
 def _train_config(args: argparse.Namespace, layout: str) -> tuple[Any, list[str]]:
