@@ -1,5 +1,11 @@
 """Deep mixtures: the loss agrees with EM, gradients stay finite, the U-Net's shapes, regularisers, errors."""
 
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +27,7 @@ from deepgmm.deep import (
 from deepgmm.deep.regularizers import RegContext
 
 TINY = dict(features=(8, 16), norm="instance")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def pixels(n=500, seed=0):
@@ -142,6 +149,71 @@ def test_unet_inference_pooling_equals_max_pool(dims, shape):
     fast = _max_pool_2(y, [2, 1, 2])
     assert torch.equal(pool.isnan(), fast.isnan()) and fast.isnan().any()
     assert torch.equal(torch.nan_to_num(pool), torch.nan_to_num(fast))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_own_adamw_is_bit_identical_to_torch_adamw(dtype, weight_decay):
+    """deepgmm.deep.optim.AdamW against torch.optim.AdamW(foreach=False): the same weights, bit for bit,
+    over 20 steps of a U-Net with clipped gradients; a parameter without a gradient is left alone."""
+    from deepgmm.deep.optim import AdamW
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=2, out_channels=3, features=(8, 16))).to(dtype)
+    frozen = torch.nn.Parameter(torch.ones(3, dtype=dtype))  # never gets a gradient
+    ours, theirs, start = net, copy.deepcopy(net), copy.deepcopy(net)
+    ours_frozen, theirs_frozen = frozen, copy.deepcopy(frozen)
+    opt_a = AdamW(list(ours.parameters()) + [ours_frozen], lr=3e-3, weight_decay=weight_decay)
+    opt_b = torch.optim.AdamW(list(theirs.parameters()) + [theirs_frozen], lr=3e-3, weight_decay=weight_decay,
+                              foreach=False)
+    x = torch.randn(2, 2, 12, 10, dtype=dtype)
+    for step in range(20):
+        for model, opt in ((ours, opt_a), (theirs, opt_b)):
+            opt.zero_grad(set_to_none=True)
+            y = model(x)
+            loss = (y ** 2).mean() + (y[:, 0] - float(step % 3)).abs().mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(a, b), step
+    assert all(not torch.equal(a, b) for a, b in zip(ours.parameters(), start.parameters()))  # every weight moved
+    assert torch.equal(ours_frozen, torch.ones(3, dtype=dtype)) and torch.equal(theirs_frozen, ours_frozen)
+    opt_a.zero_grad(set_to_none=False)  # zeroed in place, not dropped
+    assert all(p.grad is None or not p.grad.any() for p in ours.parameters())
+
+
+def test_own_adamw_errors():
+    from deepgmm.deep.optim import AdamW
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="empty"):
+        AdamW([])
+    with pytest.raises(ValueError, match="lr"):
+        AdamW([p], lr=-1.0)
+    with pytest.raises(ValueError, match="lr"):
+        AdamW([p], lr=float("nan"))
+    with pytest.raises(ValueError, match="weight_decay"):
+        AdamW([p], weight_decay=-0.1)
+    with pytest.raises(ValueError, match="betas"):
+        AdamW([p], betas=(0.9, 1.0))
+    emb = torch.nn.Embedding(4, 2, sparse=True)
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        AdamW(emb.parameters()).step()
+
+
+def test_a_deep_fit_does_not_import_the_compiler_stack():
+    """A per-image deep fit in a fresh process leaves torch._dynamo unimported (1.4 s of start-up)."""
+    code = ("import sys, numpy as np; from deepgmm import segment; "
+            "img = np.random.default_rng(0).normal(size=(2, 16, 16)); img[:, :8] += 3; "
+            "segment(img, method='deepsvg', n_components=2, max_steps=12); "
+            "print('torch' in sys.modules, 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]
+
 
 @pytest.mark.parametrize("upsample", ["nearest", "linear", "transpose"])
 @pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])

@@ -25,6 +25,7 @@ from torch import Tensor
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..likelihood import COVARIANCE_TYPES
 from .losses import DeepMixtureLoss
+from .optim import AdamW
 from .regularizers import DEFAULT_SMOOTH_SIGMA, MuPrior, Regularizer, SmoothedPosterior, make_regularizer
 from .unet import UNet, UNetConfig, network_config
 
@@ -252,7 +253,7 @@ class DeepGMM:
             target = self._em_posteriors(img, region, seed, prior).to(dev)  # (1, K, *spatial)
             self._distil(net, x, m, target, bar)
 
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         history: list[float] = []
         converged = False
         n_iter = 0
@@ -327,7 +328,7 @@ class DeepGMM:
         """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask."""
         if self.pretrain_steps == 0:
             return
-        opt = torch.optim.AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
+        opt = AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
         denom = m.sum().clamp_min(1.0)
         for _ in range(self.pretrain_steps):
             logp = torch.log_softmax(net(x), dim=1)
