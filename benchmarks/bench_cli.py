@@ -1,0 +1,64 @@
+"""Wall time of whole ``deepgmm`` commands on small synthetic jobs, start-up and shut-down included.
+
+Each command of ``_cli_cases.py`` (``segment``: GMM on a 24x20 image; ``segment-deepsvg``:
+deepSVG's defaults on it; ``predict``: a tiny trained model on 3 cases; ``train``: 6 epochs of a
+tiny U-Net on 4 images, ``--deterministic``; ``table1``: ``myops table1 --methods gmm`` on 2
+synthetic patients) is run ``--repeats`` times as a fresh process, the versions given by
+``--src`` taking turns, so that each sees the same machine load. Prints the median (min-max)
+seconds per command and version and, with two versions, the ratio of medians.
+
+    python benchmarks/bench_cli.py                                  # this checkout
+    python benchmarks/bench_cli.py --src /tmp/old/src --src src     # an older version against this one
+    python benchmarks/bench_cli.py --only predict --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from _cli_cases import SCENARIOS, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", type=Path, action="append",
+                    help="a package source folder to time (repeat it; default: this checkout's src/)")
+    ap.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="commands to time (default: all)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    sources = [s.resolve() for s in (args.src or [ROOT / "src"])]
+    commands = args.only or list(SCENARIOS)
+    envs = [dict(os.environ, PYTHONPATH=str(s), OMP_NUM_THREADS="1") for s in sources]
+    print(f"{args.repeats} runs per command and version, fresh processes, OMP_NUM_THREADS=1\n")
+    print("| command | " + " | ".join(f"`{s}` s, median (min-max)" for s in sources)
+          + (" | ratio of medians (first / second)" if len(sources) == 2 else "") + " |")
+    print("|---|" + "---|" * (len(sources) + (len(sources) == 2)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for command in commands:
+            folder = Path(tmp) / command
+            folder.mkdir()
+            scenario = SCENARIOS[command](folder, 0, envs[0])
+            times: list[list[float]] = [[] for _ in sources]
+            for rep in range(-1, args.repeats):  # the first round warms the file cache and is not counted
+                for v, env in enumerate(envs):
+                    out = folder / f"out-{rep}-{v}"
+                    status, err, wall = run_cli(scenario.argv(out), env)
+                    if status:
+                        raise SystemExit(f"{command} failed with {sources[v]} (status {status}): {err[-2000:]}")
+                    if rep >= 0:
+                        times[v].append(wall)
+            cells = [f"{statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f})" for t in times]
+            if len(sources) == 2:
+                cells.append(f"{statistics.median(times[0]) / statistics.median(times[1]):.2f}")
+            print(f"| {command} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
