@@ -208,6 +208,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         "smooth": 0.3, "smooth_sigma": 4.0, "regularizers": [("balance", 1.0)]}),
     "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, full covariances": ("deepg", {
         "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "covariance_type": "full"}),
+    "deepg, random start (no EM)": ("deepg", {"init": "random"}),
     # deepSVG's spatial term (weight 1, sigma 8, posteriors under the soft labels) on deepG, nothing else changed
     "deepg, label-prior smoothed posterior 1 (sigma 8)": ("deepg", {"regularizers": [_label_prior(1.0, 8.0)]}),
     "deepg, label-prior smoothed posterior 1 (sigma 8), full covariances": ("deepg", {
