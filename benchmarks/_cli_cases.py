@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -156,6 +157,13 @@ class Train(Scenario):
         return {k: v.numpy().tobytes() for k, v in state.items()}, log
 
 
+class TrainDefault(Train):
+    """The same training without ``--deterministic`` (on the CPU it is repeatable all the same)."""
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        return [a for a in super().argv(out, *extra) if a != "--deterministic"]
+
+
 class Predict(Scenario):
     def __init__(self, folder: Path, seed: int, env: dict[str, str]) -> None:
         super().__init__(folder, seed, env)
@@ -211,15 +219,32 @@ class Table1(Scenario):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
+class Table2(Table1):
+    """``myops table2``: train on synthetic patient 1 (3 epochs), test on patient 3 (4 methods x 3 slices)."""
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        return ["myops", "table2", "--data", str(self.data), "--out", str(out), "--train-cases", "1", "--test-cases",
+                "3", "--epochs", "3", "--batch-size", "2", "--threads", "1", "--no-figures", *extra]
+
+
 SCENARIOS: dict[str, type[Scenario]] = {"segment": Segment, "segment-deepsvg": SegmentDeep, "train": Train,
-                                        "predict": Predict, "table1": Table1}
+                                        "train-default": TrainDefault,
+                                        "predict": Predict, "table1": Table1, "table2": Table2}
+
+
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults. A shell starts ``(cmd &)`` with
+    SIGINT ignored, the child would inherit that, and a stress run would then measure nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_cli(argv: list[str], env: dict[str, str], sig: int | None = None, delay: float = 0.0) -> tuple[int, str, float]:
     """Run ``python -m deepgmm argv`` in its own process group; with ``sig``, send it after ``delay`` s."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "deepgmm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+                            stdin=subprocess.DEVNULL, text=True, env=env, start_new_session=True,
+                            preexec_fn=_default_signals)
     if sig is not None:
         try:
             proc.wait(timeout=delay)

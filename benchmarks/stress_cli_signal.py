@@ -25,6 +25,8 @@ Commands (``--command``):
 * ``table1``: ``myops table1 --methods gmm`` on 2 synthetic MyoPS-layout patients (6 slices):
   ``results.json`` is valid JSON whenever it exists, and ``--resume`` ends with the reference's
   records (seconds aside).
+* ``table2``: ``myops table2`` trained on one synthetic patient for 3 epochs and tested on
+  another (two networks, 12 records); checked like ``table1``.
 
 The signal falls uniformly in ``[0.05, --window]`` seconds; by default the window is the
 reference run's wall time, so every phase (start-up, torch's import, work, writing) is hit.

@@ -229,7 +229,7 @@ def test_cli_choices_match_the_library():
 
 def test_torch_settings_touch_the_deterministic_mode_only_where_asked(monkeypatch):
     """train/predict's settings restore torch's state, and leave the deterministic mode alone unless
-    --deterministic changes it: setting it imports torch's compiler stack (about 1.4 s per command)."""
+    --deterministic changes it: setting it imports torch's compiler stack (about 1.3 s per command)."""
     import torch
 
     calls: list[bool] = []

@@ -204,7 +204,7 @@ def test_own_adamw_errors():
 
 
 def test_a_deep_fit_does_not_import_the_compiler_stack():
-    """A per-image deep fit in a fresh process leaves torch._dynamo unimported (1.4 s of start-up)."""
+    """A per-image deep fit in a fresh process leaves torch._dynamo unimported (about 1.3 s of start-up)."""
     code = ("import sys, numpy as np; from deepgmm import segment; "
             "img = np.random.default_rng(0).normal(size=(2, 16, 16)); img[:, :8] += 3; "
             "segment(img, method='deepsvg', n_components=2, max_steps=12); "

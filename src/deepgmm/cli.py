@@ -638,7 +638,7 @@ class _TorchSettings:
 
         torch.set_num_threads(self.saved[0])
         if torch.are_deterministic_algorithms_enabled() != self.saved[1]:
-            # only where it changed: the call imports torch's compiler stack (about 1.4 s, docs/robustness.md §2)
+            # only where it changed: the call imports torch's compiler stack (about 1.3 s, docs/robustness.md §2)
             torch.use_deterministic_algorithms(self.saved[1])
 
 
