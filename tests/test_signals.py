@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -67,9 +68,21 @@ def _argv(paths, out, *extra):
     return ["segment", *paths, "--method", "gmm", "-k", "3", "--out", str(out), *extra]
 
 
-def _start(argv, *, slow_write: bool) -> subprocess.Popen:
+def _signals_at(disposition) -> Callable[[], None]:
+    """A ``preexec_fn`` that sets SIGINT and SIGTERM to ``disposition`` in the child before exec (by default
+    to SIG_DFL: a test run started with SIGINT ignored, e.g. by ``(pytest &)``, would otherwise pass that on)."""
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, disposition)
+        signal.signal(signal.SIGTERM, disposition)
+
+    return preexec
+
+
+def _start(argv, *, slow_write: bool, disposition=signal.SIG_DFL) -> subprocess.Popen:
     cmd = [sys.executable, "-c", _SLOW_WRITE, *argv] if slow_write else [sys.executable, "-m", "deepgmm", *argv]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=_signals_at(disposition))
 
 
 def _wait_for_line(stream, marker: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -180,6 +193,25 @@ def test_signal_while_computing_writes_nothing(case, sig):
     assert _leftovers(folder, out) == []
     assert status == _expected_status(sig), (status, err)
     assert err.strip().splitlines()[-1] == _expected_message(sig), err
+
+
+def test_signals_ignored_by_the_parent_stay_ignored(case):
+    """Started with SIGINT and SIGTERM ignored (``nohup``-like launches, ``(cmd &)`` in a script), the CLI
+    keeps ignoring them, as Python does for SIGINT: the signals arrive while EM runs and change nothing."""
+    folder, paths = case
+    out = folder / "out"
+    proc = _start(["-v", *_argv(paths, out, "--tol", "0", "--max-iter", "1000000")], slow_write=False,
+                  disposition=signal.SIG_IGN)
+    try:
+        _wait_for_line(proc.stderr, "fitting", proc)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            proc.send_signal(sig)
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.slow

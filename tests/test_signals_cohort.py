@@ -183,6 +183,13 @@ def hooks_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT/SIGTERM at their defaults, whatever the test run inherited
+    (a run started by ``(pytest &)`` has SIGINT ignored, and its children would keep ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Run:
     """A ``deepgmm`` subprocess in its own process group, its stdout/stderr in files."""
 
@@ -198,7 +205,7 @@ class Run:
         self.out_file, self.err_file = folder / "stdout.txt", folder / "stderr.txt"
         with open(self.out_file, "wb") as out, open(self.err_file, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=environ,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_default_signals)
 
     @property
     def stderr(self) -> str:

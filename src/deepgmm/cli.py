@@ -909,6 +909,8 @@ def _install_sigterm() -> Any:
 
     if threading.current_thread() is not threading.main_thread():
         return None
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        return None  # ignored by whoever started us: it stays ignored, as Python leaves an ignored SIGINT
 
     def handler(signum: int, frame: Any) -> None:
         raise Terminated()
