@@ -190,6 +190,33 @@ class Predict(Scenario):
         return [_nifti(d / "labels.nii.gz").tolist() for d in sorted(out.glob("case*"))]
 
 
+class PredictImage(Predict):
+    """``predict IMG... --mask M``: one case of the cohort, one output folder."""
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        case = self.data / "case01"
+        return ["predict", "--model", str(self.model), str(case / "A.nii.gz"), str(case / "B.nii.gz"), "--mask",
+                str(case / "mask.nii.gz"), "--out", str(out), *extra]
+
+    def left(self, out: Path, status: int) -> list[str]:
+        return Segment.left(self, out, status)
+
+    def result(self, out: Path) -> object:
+        return _nifti(out / "labels.nii.gz").tolist()
+
+
+class SegmentData(Predict):
+    """``segment --data``: the SVGMM on every case of a cohort of 3, one output folder."""
+
+    def __init__(self, folder: Path, seed: int, env: dict[str, str]) -> None:
+        Scenario.__init__(self, folder, seed, env)
+        self.data = _cohort(folder / "cohort", 3, seed)
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        return ["segment", "--data", str(self.data), "--channels", "A,B", "--method", "svgmm", "-k", "2", "--out",
+                str(out), *extra]
+
+
 class Table1(Scenario):
     def __init__(self, folder: Path, seed: int, env: dict[str, str]) -> None:
         super().__init__(folder, seed, env)
@@ -229,7 +256,8 @@ class Table2(Table1):
 
 SCENARIOS: dict[str, type[Scenario]] = {"segment": Segment, "segment-deepsvg": SegmentDeep, "train": Train,
                                         "train-default": TrainDefault,
-                                        "predict": Predict, "table1": Table1, "table2": Table2}
+                                        "segment-data": SegmentData, "predict": Predict, "predict-image": PredictImage,
+                                        "table1": Table1, "table2": Table2}
 
 
 def _default_signals() -> None:

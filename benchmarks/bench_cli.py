@@ -1,11 +1,13 @@
 """Wall time of whole ``deepgmm`` commands on small synthetic jobs, start-up and shut-down included.
 
-Each command of ``_cli_cases.py`` (``segment``: GMM on a 24x20 image; ``segment-deepsvg``:
-deepSVG's defaults on it; ``predict``: a tiny trained model on 3 cases; ``train``: 6 epochs of a
-tiny U-Net on 4 images, ``--deterministic``; ``table1``: ``myops table1 --methods gmm`` on 2
-synthetic patients; ``table2``: ``myops table2`` trained on one of them for 3 epochs) is run ``--repeats`` times as a fresh process, the versions given by
-``--src`` taking turns, so that each sees the same machine load. Prints the median (min-max)
-seconds per command and version and, with two versions, the ratio of medians.
+Each job of ``_cli_cases.py`` (``segment``: GMM on a 24x20 image; ``segment-deepsvg``: deepSVG's
+defaults on it; ``segment-data``: the SVGMM on a cohort of 3; ``train``: 6 epochs of a tiny U-Net
+on 4 images, ``--deterministic``, ``train-default`` without it; ``predict``: a tiny model on 3
+cases, ``predict-image`` on one; ``table1``: ``myops table1 --methods gmm`` on 2 synthetic patients;
+``table2``: ``myops table2`` trained on one of them for 3 epochs) is run ``--repeats`` times as a
+fresh process, the versions given by ``--src`` taking turns, so that each sees the same machine
+load. Prints the median (min-max) seconds per job and version and, with two versions, the ratio
+of medians.
 
     python benchmarks/bench_cli.py                                  # this checkout
     python benchmarks/bench_cli.py --src /tmp/old/src --src src     # an older version against this one

@@ -20,8 +20,9 @@ Commands (``--command``):
   ``segment-deepsvg``: the same with deepSVG's defaults.
 * ``train``: deepSVG, K=2, a tiny U-Net, 6 epochs on 4 images, ``--deterministic``: the resumed
   training's final weights and log equal the reference's bit for bit.
-* ``predict``: a model trained by the reference run applied to a folder of 3 cases: the output
-  folder is complete (labels equal to the reference's) or absent.
+* ``predict``: a tiny model (trained at set-up) applied to a folder of 3 cases: the output
+  folder is complete (labels equal to the reference's) or absent; ``predict-image``: the same
+  model on one case's files; ``segment-data``: ``segment --data`` (SVGMM) on the 3 cases.
 * ``table1``: ``myops table1 --methods gmm`` on 2 synthetic MyoPS-layout patients (6 slices):
   ``results.json`` is valid JSON whenever it exists, and ``--resume`` ends with the reference's
   records (seconds aside).
