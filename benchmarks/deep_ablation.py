@@ -86,25 +86,11 @@ def _mean_field(lam: float, sigma: float):
     return MeanField(lam, sigma)
 
 
-def _label_prior(lam: float, sigma: float):
-    """deepSVG's smoothed-posterior term for deepG: the target ``G_sigma * p`` with the posteriors taken
-    under the network's own soft labels as per-pixel prior, ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)``, instead of
-    the global weights ``pi_k`` (which favour the large classes and made deepG's small ones collapse)."""
-    import torch
-
-    from deepgmm.deep.regularizers import RegContext, SmoothedPosterior
-
-    class LabelPrior(SmoothedPosterior):
-        name = "label_prior"
-
-        def target(self, ctx):
-            B, K = ctx.log_probs.shape[:2]
-            log_w = ctx.log_probs.detach().reshape(B, K, -1).transpose(1, 2)  # (B, N, K)
-            own = RegContext(ctx.image, ctx.log_probs, ctx.mask, ctx.means, ctx.covariances, log_w)
-            with torch.no_grad():
-                return super().target(own)
-
-    return LabelPrior(lam, sigma)
+def _label_prior(lam: float, sigma: float) -> dict:
+    """deepSVG's smoothed-posterior term for deepG: the posteriors taken under the network's own soft labels
+    as per-pixel prior, ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)``, instead of the global weights ``pi_k`` (which
+    favour the large classes and made deepG's small ones collapse); in the library since as prior "labels"."""
+    return {"name": "smoothed_posterior", "lam": lam, "sigma": sigma, "prior": "labels"}
 
 
 # deepSVG's default of the morning of 2026-11-30 (diagonal covariances, smoothed posterior of sigma 6, no
@@ -161,6 +147,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
                                             "reg_covar": 1e-6, "crop_margin": None, "covariance_type": "diag",
                                             "spare_classes": 0}),
     "gmm (default)": ("gmm", {}),
+    "gmm (default), seed 1": ("gmm", {"random_state": 1}),
+    "gmm (default), seed 2": ("gmm", {"random_state": 2}),
+    "gmm (default), seed 3": ("gmm", {"random_state": 3}),
+    "gmm (default), seed 4": ("gmm", {"random_state": 4}),
     "gmm, 1 spare class": ("gmm", {"spare_classes": 1}),
     "deepg, 1 spare class": ("deepg", {"spare_classes": 1}),
     "deepg, mean field 1, sigma 2": ("deepg", {"regularizers": [_mean_field(1.0, 2.0)]}),
@@ -168,7 +158,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepg, mean field 1, sigma 8": ("deepg", {"regularizers": [_mean_field(1.0, 8.0)]}),
     "deepsvg, mean field sigma 8 (full, instead of the smoothed posterior)": (
         "deepsvg", {**FS8, "smooth": 0.0, "regularizers": [_mean_field(1.0, 8.0)]}),
-    "deepg (default)": ("deepg", {}),
+    "deepg, NLL only (the default before 2026-11-30 evening)": ("deepg", {}),
     "deepg, with TV (weight 2)": ("deepg", {"tv": 2.0}),
     "deepg, TV 0.5": ("deepg", {"tv": 0.5}),
     "deepg, lr 3e-4": ("deepg", {"lr": 3e-4}),
@@ -211,9 +201,34 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepg, random start (no EM)": ("deepg", {"init": "random"}),
     # deepSVG's spatial term (weight 1, sigma 8, posteriors under the soft labels) on deepG, nothing else changed
     "deepg, label-prior smoothed posterior 1 (sigma 8)": ("deepg", {"regularizers": [_label_prior(1.0, 8.0)]}),
+    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1": ("deepg", {
+        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)]}),
+    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 1": ("deepg", {
+        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 1}),
+    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 2": ("deepg", {
+        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 2}),
+    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 3": ("deepg", {
+        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 3}),
+    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 4": ("deepg", {
+        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 4}),
     "deepg, label-prior smoothed posterior 1 (sigma 8), full covariances": ("deepg", {
         "regularizers": [_label_prior(1.0, 8.0)], "covariance_type": "full"}),
 }
+
+# deepG's default gained the smoothed-posterior term (prior "labels") and a balance term on the evening of
+# 2026-11-30. Every deepG row above was run before: pin it to the NLL-only default of then, its `smooth`
+# meaning the term under the mixture's global weights (prior "mixture"), so that it reproduces.
+for _name, (_method, _opts) in list(CONFIGS.items()):
+    if _method == "deepg":
+        _opts = dict(_opts)
+        _regs = list(_opts.pop("regularizers", []))
+        if _opts.get("smooth"):
+            _regs.insert(0, {"name": "smoothed_posterior", "lam": _opts.pop("smooth"),
+                             "sigma": _opts.pop("smooth_sigma", 8.0), "prior": "mixture"})
+        CONFIGS[_name] = ("deepg", {**_opts, "smooth": 0.0, "balance": 0.0, "regularizers": _regs})
+# the present default: smoothed posterior 1 (sigma 8, prior "labels") + balance 1
+CONFIGS.update({"deepg (default)": ("deepg", {})})
+CONFIGS.update({f"deepg (default), seed {k}": ("deepg", {"random_state": k}) for k in range(1, 5)})
 
 
 def _run(job: tuple[str, list[int], list[str]]) -> dict[str, list[tuple[list[float], float, int]]]:

@@ -309,8 +309,12 @@ def test_smoothed_posterior_against_a_naive_reference(mixture):
 def test_smoothed_posterior_settings_and_errors():
     reg = make_regularizer("smoothed_posterior", 2.0, sigma=(0, 3, 3))
     assert isinstance(reg, SmoothedPosterior) and reg.config() == {"name": "smoothed_posterior", "lam": 2.0,
-                                                                   "sigma": (0.0, 3.0, 3.0)}
+                                                                   "sigma": (0.0, 3.0, 3.0), "prior": "mixture"}
     assert make_regularizer("smoothed_posterior").sigma == 8.0
+    assert make_regularizer("smoothed_posterior", prior="labels").prior == "labels"
+    assert make_regularizer(**{**reg.config(), "prior": "labels"}).config() == {**reg.config(), "prior": "labels"}
+    with pytest.raises(ValueError, match=r"prior must be one of \('mixture', 'labels'\), got 'global'"):
+        make_regularizer("smoothed_posterior", prior="global")
     with pytest.raises(ValueError, match=r"unexpected setting\(s\) \['size'\] for the 'smoothed_posterior'"):
         make_regularizer("smoothed_posterior", 1.0, size=3)
     with pytest.raises(ValueError, match="smoothing must be >= 0 pixels with at least one axis > 0"):
@@ -333,16 +337,46 @@ def test_smoothed_posterior_settings_and_errors():
         DeepSVG(n_components=3, network=TINY, max_steps=2, smooth_sigma=-2.0).fit(img)
 
 
-def test_smoothed_posterior_is_deepsvgs_default_and_not_deepgs():
+def test_default_regularisers_of_deepsvg_and_deepg():
+    """deepSVG: the smoothed-posterior term under its mixture's weights (its soft labels); deepG: the same
+    term with the soft labels as the posteriors' prior, and a balance term of weight 1."""
     img, _ = noisy_rings(size=24)
     kw = dict(n_components=3, network=TINY, max_steps=2, pretrain_steps=1)
     names = lambda est: [r["name"] for r in est.regularizers_]  # noqa: E731
     svg = DeepSVG(**kw).fit(img)
-    assert svg.regularizers_ == [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 8.0}]
+    assert svg.regularizers_ == [{"name": "smoothed_posterior", "lam": 1.0, "sigma": 8.0, "prior": "mixture"}]
     assert names(DeepSVG(smooth=0.0, tv=2.0, **kw).fit(img)) == ["tv"]
-    assert names(DeepG(**kw).fit(img)) == []
-    g = DeepG(smooth=0.5, smooth_sigma=(2, 3), **kw).fit(img)
-    assert g.regularizers_ == [{"name": "smoothed_posterior", "lam": 0.5, "sigma": (2.0, 3.0)}]
+    assert names(DeepSVG(balance=0.5, **kw).fit(img)) == ["smoothed_posterior", "balance"]
+    assert DeepG(**kw).fit(img).regularizers_ == [
+        {"name": "smoothed_posterior", "lam": 1.0, "sigma": 8.0, "prior": "labels"}, {"name": "balance", "lam": 1.0}]
+    g = DeepG(smooth=0.5, smooth_sigma=(2, 3), balance=0.0, **kw).fit(img)
+    assert g.regularizers_ == [{"name": "smoothed_posterior", "lam": 0.5, "sigma": (2.0, 3.0), "prior": "labels"}]
+    assert names(DeepG(smooth=0.0, balance=0.0, **kw).fit(img)) == []
+    with pytest.raises(ValueError, match="balance must be >= 0"):
+        DeepG(balance=-1.0, **kw).fit(img)
+
+
+def test_labels_prior_equals_the_mixture_prior_for_deepsvg_and_not_for_deepg():
+    """The target under prior="labels" uses the soft labels as per-pixel weights: for deepSVG (whose
+    mixing weights are the soft labels) it equals prior="mixture"; for deepG it is the naive reference
+    with the soft labels as prior, not the global weights."""
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(2, 9, 11))
+    mask = rng.random((9, 11)) > 0.3
+    log_w = torch.log_softmax(torch.as_tensor(rng.normal(size=(1, 3, 9, 11))), 1)
+    means, variances = rng.normal(size=(3, 2)), rng.uniform(0.5, 2.0, (3, 2))
+    base = dict(image=torch.as_tensor(image)[None], log_probs=log_w, mask=torch.as_tensor(mask)[None, None].double(),
+                means=torch.as_tensor(means)[None], covariances=torch.as_tensor(variances)[None])
+    per_pixel = RegContext(**base, log_weights=log_w.reshape(1, 3, -1).transpose(1, 2))
+    global_w = RegContext(**base, log_weights=torch.log(torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64)))
+    labels = SmoothedPosterior(1.0, sigma=1.5, prior="labels")
+    mixture = SmoothedPosterior(1.0, sigma=1.5, prior="mixture")
+    assert torch.equal(labels.target(per_pixel), mixture.target(per_pixel))
+    _, ref_t = _naive_smoothed_posterior_kl(image, log_w[0].numpy(), mask, means, variances, log_w[0].numpy(), 1.5)
+    np.testing.assert_allclose(labels.target(global_w)[0].numpy()[:, mask], ref_t[:, mask], rtol=1e-10)
+    assert not np.allclose(mixture.target(global_w)[0].numpy()[:, mask], ref_t[:, mask], rtol=1e-3)
+    # it needs no log_weights at all
+    assert torch.equal(labels.target(RegContext(**base)), labels.target(per_pixel))
 
 
 def test_covariance_defaults_full_for_deepsvg_diag_for_deepg():

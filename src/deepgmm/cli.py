@@ -139,10 +139,12 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--tv", "tv", float, "deep: weight of the total-variation term (0: none)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
     SegmentOption("--smooth", "smooth", float, "deep: weight of the smoothed-posterior term, which pulls the soft "
-                  "labels towards their mixture's posteriors smoothed by a Gaussian (default: deepsvg 1, deepg 0)",
-                  minimum=0.0, metavar="L", methods=DEEP_METHODS),
+                  "labels towards posteriors smoothed by a Gaussian (default 1)", minimum=0.0, metavar="L",
+                  methods=DEEP_METHODS),
     SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "deep: that Gaussian's sigma in pixels, or one per axis "
                   "such as 0,8,8 for thick slices (default 8)", metavar="S", methods=DEEP_METHODS),
+    SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
+                  "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "
                   ".json or text, in normalised units): adds lam*||mu - mu_data||^2 and fixes the class order",
                   metavar="FILE", methods=DEEP_METHODS),

@@ -37,15 +37,19 @@ DEEP_INITS = ("em", "random")
 
 
 def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
-                       smooth: float = 0.0, smooth_sigma: Any = DEFAULT_SMOOTH_SIGMA) -> list[Regularizer]:
+                       smooth: float = 0.0, smooth_sigma: Any = DEFAULT_SMOOTH_SIGMA, balance: float = 0.0,
+                       smooth_prior: str = "mixture") -> list[Regularizer]:
     """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
     plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
-    term of this weight and width ``smooth_sigma``) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
+    term of this weight, width ``smooth_sigma`` and prior ``smooth_prior``), ``balance`` (the balance
+    term of this weight) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
     out: list[Regularizer] = []
     if tv:
         out.append(make_regularizer("tv", tv))
     if smooth:
-        out.append(make_regularizer("smoothed_posterior", smooth, sigma=smooth_sigma))
+        out.append(make_regularizer("smoothed_posterior", smooth, sigma=smooth_sigma, prior=smooth_prior))
+    if balance:
+        out.append(make_regularizer("balance", balance))
     for r in regularizers or ():
         if isinstance(r, Regularizer):
             out.append(r)
@@ -78,10 +82,15 @@ class DeepGMM:
     tv : weight of the total-variation term on the soft labels; None: the method's default, 0 (on
         MyoPS it hurts deepG, and adds nothing to deepSVG's smoothed-posterior term: docs/deep.md)
     smooth, smooth_sigma : weight and width (pixels, or one per axis) of the ``smoothed_posterior``
-        term, which pulls the soft labels towards their mixture's posteriors smoothed by a Gaussian
-        (the smoothed SVGMM's weight update); smooth None: the method's default, 1 for deepSVG
-        and 0 for deepG (docs/deep.md: it lifts deepSVG and collapses deepG's small classes). For a
-        volume of thick slices give the slice axis its own width, e.g. ``(0, 8, 8)``
+        term, which pulls the soft labels towards posteriors smoothed by a Gaussian (the smoothed
+        SVGMM's weight update); the posteriors are taken with the soft labels as per-pixel prior
+        (for deepSVG these are its mixing weights; for deepG, ``prior="labels"`` instead of its
+        global weights, which made the small classes collapse). smooth None: the method's
+        default, 1 for both (docs/deep.md). For a volume of thick slices give the slice axis its
+        own width, e.g. ``(0, 8, 8)``
+    balance : weight of the ``balance`` term against vanishing classes; None: the method's
+        default, 1 for deepG (it keeps the smoothed-posterior term from emptying small classes)
+        and 0 for deepSVG
     regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
     mu_prior, lam : shortcut for the ``mu_prior`` regulariser: ``(K, C)`` class means (array or file)
     init : "em" (distil the EM posteriors first) or "random" (the paper)
@@ -108,6 +117,8 @@ class DeepGMM:
     _mixture = "svgmm"
     _default_tv = 0.0
     _default_smooth = 1.0
+    _default_balance = 0.0
+    _smooth_prior = "mixture"  # the soft labels themselves, for deepSVG
     _default_covariance = "full"
 
     def __init__(
@@ -126,6 +137,7 @@ class DeepGMM:
         tv: float | None = None,
         smooth: float | None = None,
         smooth_sigma: float | Sequence[float] = DEFAULT_SMOOTH_SIGMA,
+        balance: float | None = None,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
         lam: float = 1.0,
@@ -151,6 +163,7 @@ class DeepGMM:
         self.tv = tv
         self.smooth = smooth
         self.smooth_sigma = smooth_sigma
+        self.balance = balance
         self.regularizers = regularizers
         self.mu_prior = mu_prior
         self.lam = lam
@@ -202,9 +215,13 @@ class DeepGMM:
             check_int("random_state", self.random_state, minimum=0)
         if self.smooth is not None:
             check_float("smooth", self.smooth, minimum=0.0)
+        if self.balance is not None:
+            check_float("balance", self.balance, minimum=0.0)
         tv = self._default_tv if self.tv is None else self.tv
         smooth = self._default_smooth if self.smooth is None else self.smooth
-        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma)
+        balance = self._default_balance if self.balance is None else self.balance
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma, balance,
+                                  self._smooth_prior)
 
     def _init_sigmas_given(self) -> bool:
         """Whether ``init_smoothing`` asks for smoothing (validated; the number of axes is checked
@@ -383,10 +400,15 @@ class DeepGMM:
 
 
 class DeepG(DeepGMM):
-    """deepG: the network's soft labels define a GMM with ``pi_k = mean_n w_nk``."""
+    """deepG: the network's soft labels define a GMM with ``pi_k = mean_n w_nk``.
+
+    By default its loss adds the smoothed-posterior term with the soft labels as the posteriors'
+    prior (``prior="labels"``) and a balance term of weight 1 (docs/deep.md, "deepG's spatial term").
+    """
 
     _mixture = "gmm"
-    _default_smooth = 0.0
+    _default_balance = 1.0
+    _smooth_prior = "labels"
     _default_covariance = "diag"
 
 

@@ -12,12 +12,16 @@ A regulariser is called with a :class:`RegContext` and returns one value per ima
 * ``"balance"`` — ``lam * (mean_k -log pibar_k - log K)`` with ``pibar_k`` the class proportion
   over the mask: zero for equal classes, large when a class is about to vanish (a Dirichlet
   prior on the proportions); guards small classes against collapsing.
-* ``"smoothed_posterior"`` (setting ``sigma``, pixels) — ``lam * mean_n KL(t_n || w_n)`` with the
-  target ``t = G_sigma * p`` held fixed in each step: the posteriors ``p_nk ~ pi_nk N(x_n | mu_k,
-  Sigma_k)`` of the mixture the soft labels define, smoothed by a Gaussian inside the mask. Its
-  fixed point ``w = G * p`` is the weight update of the smoothed SVGMM
-  (``SpatiallyVariantGMM(smoothing=sigma)``): it pulls each pixel's soft labels towards the classes
-  its neighbourhood's intensities favour, a wider-range spatial prior than TV.
+* ``"smoothed_posterior"`` (settings ``sigma``, pixels, and ``prior``) — ``lam * mean_n KL(t_n || w_n)``
+  with the target ``t = G_sigma * p`` held fixed in each step: posteriors ``p_nk ~ pi_nk N(x_n | mu_k,
+  Sigma_k)`` smoothed by a Gaussian inside the mask. With ``prior="mixture"`` (default) ``pi`` are
+  the mixing weights of the mixture the soft labels define (deepSVG: ``w_nk``; deepG: the global
+  ``mean_n w_nk``); with ``prior="labels"`` they are the soft labels ``w_nk`` themselves, whatever
+  the mixture (the same for deepSVG; deepG's default, where the global weights made the small
+  classes collapse: docs/deep.md). The fixed point ``w = G * p`` under ``pi = w`` is the weight
+  update of the smoothed SVGMM (``SpatiallyVariantGMM(smoothing=sigma)``): it pulls each pixel's
+  soft labels towards the classes its neighbourhood's intensities favour, a wider-range spatial
+  prior than TV.
 """
 
 from __future__ import annotations
@@ -157,10 +161,15 @@ class SmoothedPosterior(Regularizer):
     smoothed posteriors of their own mixture (the smoothed SVGMM's weight update)."""
 
     name = "smoothed_posterior"
+    PRIORS = ("mixture", "labels")
 
-    def __init__(self, lam: float = 1.0, sigma: Any = DEFAULT_SMOOTH_SIGMA) -> None:
+    def __init__(self, lam: float = 1.0, sigma: Any = DEFAULT_SMOOTH_SIGMA, prior: str = "mixture") -> None:
         super().__init__(lam)
         from ..smoothing import as_sigmas
+
+        if prior not in self.PRIORS:
+            raise ValueError(f"the smoothed_posterior term's prior must be one of {self.PRIORS}, got {prior!r}")
+        self.prior = prior
 
         per_axis = np.ndim(sigma) > 0
         # numbers >= 0, one of them > 0; their count is checked against the images' axes in check()
@@ -182,16 +191,20 @@ class SmoothedPosterior(Regularizer):
         from ..likelihood import log_posteriors
         from ..smoothing import blur_in_mask
 
-        if ctx.log_weights is None:
-            raise ValueError("the 'smoothed_posterior' regulariser needs the mixture's log_weights")
         B, C = ctx.image.shape[:2]
         K = ctx.log_probs.shape[1]
         spatial = tuple(ctx.image.shape[2:])
+        if self.prior == "labels":
+            log_weights = ctx.log_probs.detach().reshape(B, K, -1).transpose(1, 2)  # (B, N, K)
+        elif ctx.log_weights is None:
+            raise ValueError("the 'smoothed_posterior' regulariser needs the mixture's log_weights")
+        else:
+            log_weights = ctx.log_weights
         with torch.no_grad():
             x = ctx.image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
             cov = "diag" if ctx.covariances.ndim == 3 else "full"
             log_resp = log_posteriors(x, ctx.means.to(x.dtype), ctx.covariances.to(x.dtype),
-                                      ctx.log_weights.to(x.dtype), cov)  # (B, N, K): the same E-step as EM
+                                      log_weights.to(x.dtype), cov)  # (B, N, K): the same E-step as EM
             post = log_resp.exp().transpose(1, 2).reshape(B, K, *spatial)
             return blur_in_mask(post, ctx.mask, self.sigma)
 
@@ -203,10 +216,10 @@ class SmoothedPosterior(Regularizer):
         return self.lam * kl.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "sigma": self.sigma}
+        return {**super().config(), "sigma": self.sigma, "prior": self.prior}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(lam={self.lam}, sigma={self.sigma})"
+        return f"{type(self).__name__}(lam={self.lam}, sigma={self.sigma}, prior={self.prior!r})"
 
 
 REGULARIZERS: dict[str, type[Regularizer]] = {"mu_prior": MuPrior, "tv": TotalVariation, "entropy": Entropy,
@@ -224,9 +237,11 @@ def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
         return MuPrior(kwargs.pop("mu_data"), lam)
     if cls is SmoothedPosterior:
         sigma = kwargs.pop("sigma", DEFAULT_SMOOTH_SIGMA)
+        prior = kwargs.pop("prior", "mixture")
         if kwargs:
-            raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser (it takes sigma)")
-        return SmoothedPosterior(lam, sigma)
+            raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser (it takes sigma "
+                             "and prior)")
+        return SmoothedPosterior(lam, sigma, prior)
     if kwargs:
         raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser")
     return cls(lam)
