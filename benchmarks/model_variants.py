@@ -63,6 +63,8 @@ K = 4
 # term with full covariances and a spare class: total variation of weight 2, diagonal covariances and
 # exactly K classes instead. Pinned so that the documented rows reproduce.
 DEEPSVG_BEFORE = {"smooth": 0.0, "tv": 2.0, "covariance_type": "diag", "spare_classes": 0}
+# deepG's default of then: the NLL alone (the present one adds the smoothed-posterior and balance terms)
+DEEPG_BEFORE = {"smooth": 0.0, "balance": 0.0}
 
 def _dice(labels: np.ndarray, truth: np.ndarray) -> list[float]:
     from deepgmm import evaluate
@@ -97,7 +99,8 @@ def _readouts(sl, add) -> None:
     X = torch.from_numpy(sl.image[:, m].T).double()
     for name, cls in (("deepsvg", DeepSVG), ("deepg", DeepG)):
         # the estimators fit exactly K classes (spare classes are segment()'s)
-        options = {k: v for k, v in DEEPSVG_BEFORE.items() if k != "spare_classes"} if name == "deepsvg" else {}
+        options = {k: v for k, v in DEEPSVG_BEFORE.items() if k != "spare_classes"} if name == "deepsvg" else \
+            dict(DEEPG_BEFORE)
         fits = [cls(n_components=K, random_state=s, **options).fit(sl.image, m) for s in (0, 1, 2)]
         est = fits[0]
         P = est.probabilities_.astype(np.float64)
