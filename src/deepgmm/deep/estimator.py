@@ -118,7 +118,7 @@ class DeepGMM:
     _default_tv = 0.0
     _default_smooth = 1.0
     _default_balance = 0.0
-    _smooth_prior = "mixture"  # the soft labels themselves, for deepSVG
+    _smooth_prior = "mixture"  # for deepSVG the mixture's weights are its soft labels
     _default_covariance = "full"
 
     def __init__(
