@@ -21,6 +21,13 @@ import nibabel as nib
 import numpy as np
 
 SEGMENT_FILES = [".deepgmm-output", "labels.nii.gz", "probabilities.nii.gz", "summary.json"]
+COHORT_FILES = [".deepgmm-output", "case00", "case01", "case02", "summary.csv", "summary.json"]
+
+
+def _missing(folder: Path, want: list[str]) -> list[str]:
+    """A problem when ``folder`` exists and does not hold exactly the entries ``want``."""
+    names = sorted(p.name for p in folder.iterdir()) if folder.exists() else want
+    return [] if names == want else [f"incomplete {folder.name}: {names}"]
 TRAIN_EPOCHS = 6
 
 
@@ -110,9 +117,7 @@ class Segment(Scenario):
         return ["segment", *self.paths, "--method", "gmm", "-k", "3", "--out", str(out), *extra]
 
     def left(self, out: Path, status: int) -> list[str]:
-        if out.exists() and sorted(p.name for p in out.iterdir()) != SEGMENT_FILES:
-            return [f"incomplete output: {sorted(p.name for p in out.iterdir())}"]
-        return []
+        return _missing(out, SEGMENT_FILES)
 
     def result(self, out: Path) -> object:
         return _nifti(out / "labels.nii.gz").tolist()
@@ -177,14 +182,8 @@ class Predict(Scenario):
         return ["predict", "--model", str(self.model), "--data", str(self.data), "--out", str(out), *extra]
 
     def left(self, out: Path, status: int) -> list[str]:
-        if not out.exists():
-            return []
-        names = sorted(p.name for p in out.iterdir())
-        want = [".deepgmm-output", "case00", "case01", "case02", "summary.csv", "summary.json"]
-        if names != want:
-            return [f"incomplete output: {names}"]
-        return [f"incomplete {d.name}" for d in sorted(out.glob("case*"))
-                if sorted(p.name for p in d.iterdir()) != ["labels.nii.gz", "probabilities.nii.gz", "summary.json"]]
+        problems = _missing(out, COHORT_FILES)
+        return problems or [p for d in sorted(out.glob("case*")) for p in _missing(d, SEGMENT_FILES[1:])]
 
     def result(self, out: Path) -> object:
         return [_nifti(d / "labels.nii.gz").tolist() for d in sorted(out.glob("case*"))]
@@ -199,7 +198,7 @@ class PredictImage(Predict):
                 str(case / "mask.nii.gz"), "--out", str(out), *extra]
 
     def left(self, out: Path, status: int) -> list[str]:
-        return Segment.left(self, out, status)
+        return _missing(out, SEGMENT_FILES)
 
     def result(self, out: Path) -> object:
         return _nifti(out / "labels.nii.gz").tolist()

@@ -93,6 +93,12 @@ def _label_prior(lam: float, sigma: float) -> dict:
     return {"name": "smoothed_posterior", "lam": lam, "sigma": sigma, "prior": "labels"}
 
 
+def _sp_balance(lam: float, sigma: float, balance: float, **extra) -> tuple[str, dict]:
+    """A deepG row: the smoothed-posterior term (weight ``lam``, width ``sigma``; under the global weights
+    once the rows are pinned below) with a balance term of weight ``balance`` and any other ``extra`` options."""
+    return "deepg", {"smooth": lam, "smooth_sigma": sigma, "regularizers": [("balance", balance)], **extra}
+
+
 # deepSVG's default of the morning of 2026-11-30 (diagonal covariances, smoothed posterior of sigma 6, no
 # spare class): the rows of docs/deep.md's 20-slice ablation vary it, so they pin it.
 SP6 = {"covariance_type": "diag", "smooth_sigma": 6.0, "spare_classes": 0}
@@ -175,42 +181,25 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "deepg, EM start smoothed 6": ("deepg", {"init_smoothing": 6.0}),
     "deepg, ELBO loss (posterior gap 1)": ("deepg", {"regularizers": [_posterior_gap(1.0, "gmm")]}),
     "deepg, ELBO loss + TV 1": ("deepg", {"regularizers": [_posterior_gap(1.0, "gmm")], "tv": 1.0}),
-    "deepg, smoothed posterior 1 (sigma 6) + balance 0.3": ("deepg", {"smooth": 1.0, "smooth_sigma": 6.0,
-                                                                      "regularizers": [("balance", 0.3)]}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1": ("deepg", {"smooth": 0.3, "smooth_sigma": 6.0,
-                                                                      "regularizers": [("balance", 1.0)]}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, seed 1": ("deepg", {
-        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "random_state": 1}),
+    "deepg, smoothed posterior 1 (sigma 6) + balance 0.3": _sp_balance(1.0, 6.0, 0.3),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1": _sp_balance(0.3, 6.0, 1.0),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, seed 1": _sp_balance(0.3, 6.0, 1.0, random_state=1),
     "deepg, balance 1 alone": ("deepg", {"regularizers": [("balance", 1.0)]}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 3": ("deepg", {"smooth": 0.3, "smooth_sigma": 6.0,
-                                                                      "regularizers": [("balance", 3.0)]}),
-    "deepg, smoothed posterior 1 (sigma 6) + balance 3": ("deepg", {"smooth": 1.0, "smooth_sigma": 6.0,
-                                                                    "regularizers": [("balance", 3.0)]}),
-    "deepg, smoothed posterior 0.3 (sigma 8) + balance 1": ("deepg", {"smooth": 0.3, "smooth_sigma": 8.0,
-                                                                      "regularizers": [("balance", 1.0)]}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + 1 spare class": ("deepg", {
-        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "spare_classes": 1}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + floor 0.1": ("deepg", {
-        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "reg_covar": 0.1}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + lr 3e-4": ("deepg", {
-        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "lr": 3e-4}),
-    "deepg, smoothed posterior 0.3 (sigma 4) + balance 1": ("deepg", {
-        "smooth": 0.3, "smooth_sigma": 4.0, "regularizers": [("balance", 1.0)]}),
-    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, full covariances": ("deepg", {
-        "smooth": 0.3, "smooth_sigma": 6.0, "regularizers": [("balance", 1.0)], "covariance_type": "full"}),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 3": _sp_balance(0.3, 6.0, 3.0),
+    "deepg, smoothed posterior 1 (sigma 6) + balance 3": _sp_balance(1.0, 6.0, 3.0),
+    "deepg, smoothed posterior 0.3 (sigma 8) + balance 1": _sp_balance(0.3, 8.0, 1.0),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + 1 spare class": _sp_balance(0.3, 6.0, 1.0, spare_classes=1),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + floor 0.1": _sp_balance(0.3, 6.0, 1.0, reg_covar=0.1),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1 + lr 3e-4": _sp_balance(0.3, 6.0, 1.0, lr=3e-4),
+    "deepg, smoothed posterior 0.3 (sigma 4) + balance 1": _sp_balance(0.3, 4.0, 1.0),
+    "deepg, smoothed posterior 0.3 (sigma 6) + balance 1, full covariances": _sp_balance(0.3, 6.0, 1.0,
+                                                                                       covariance_type="full"),
     "deepg, random start (no EM)": ("deepg", {"init": "random"}),
-    # deepSVG's spatial term (weight 1, sigma 8, posteriors under the soft labels) on deepG, nothing else changed
+    # deepSVG's spatial term (weight 1, sigma 8, posteriors under the soft labels) on deepG, nothing else changed;
+    # with balance 1 it became deepG's default ("deepg (default)" and its seeds below: the same fits)
     "deepg, label-prior smoothed posterior 1 (sigma 8)": ("deepg", {"regularizers": [_label_prior(1.0, 8.0)]}),
     "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1": ("deepg", {
         "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)]}),
-    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 1": ("deepg", {
-        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 1}),
-    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 2": ("deepg", {
-        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 2}),
-    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 3": ("deepg", {
-        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 3}),
-    "deepg, label-prior smoothed posterior 1 (sigma 8) + balance 1, seed 4": ("deepg", {
-        "regularizers": [_label_prior(1.0, 8.0), ("balance", 1.0)], "random_state": 4}),
     "deepg, label-prior smoothed posterior 1 (sigma 8), full covariances": ("deepg", {
         "regularizers": [_label_prior(1.0, 8.0)], "covariance_type": "full"}),
 }
