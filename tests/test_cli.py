@@ -216,17 +216,6 @@ def test_extra_segment_option_hook(case, monkeypatch):
     assert calls[-1][2]["momentum"] == 0.001
 
 
-def test_cli_choices_match_the_library():
-    from deepgmm import likelihood, metrics, mixture
-
-    segment = importlib.import_module("deepgmm.segmentation")
-    assert cli.METHOD_CHOICES == tuple(segment.KNOWN_METHODS)
-    assert cli.NORMALIZE_CHOICES == tuple(segment.NORMALIZATIONS)
-    assert cli.COVARIANCE_CHOICES == tuple(likelihood.COVARIANCE_TYPES)
-    assert set(cli.INIT_CHOICES) == set(mixture.INIT_METHODS) - {"means"}
-    assert cli.MATCHING_CHOICES == tuple(metrics.MATCHINGS)
-
-
 def test_torch_settings_touch_the_deterministic_mode_only_where_asked(monkeypatch):
     """train/predict's settings restore torch's state, and leave the deterministic mode alone unless
     --deterministic changes it: setting it imports torch's compiler stack (about 1.3 s per command)."""

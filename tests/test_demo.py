@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import deepgmm.demo as demo
+from deepgmm.choices import METHODS
 from deepgmm.demo import QUICK_SHAPE, run_demo
 from deepgmm.phantom import make_phantom
 
@@ -65,7 +66,7 @@ def test_writes_figure_and_results(quick_run):
 
 def test_every_known_method_is_run_or_skipped(quick_run):
     _, res = quick_run
-    assert set(res["results"]) | set(res["skipped"]) == set(seg_mod.KNOWN_METHODS)
+    assert set(res["results"]) | set(res["skipped"]) == set(METHODS)
     assert not set(res["results"]) & set(res["skipped"])
     assert {"gmm", "svgmm"} <= set(res["results"])
     for m in res["skipped"]:

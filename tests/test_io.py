@@ -14,6 +14,8 @@ import pytest
 from PIL import Image as PILImage
 
 from deepgmm import io as dio
+from deepgmm.io import files as dfiles
+from deepgmm.io import formats as dformats
 from deepgmm.io import (
     MARKER,
     Image,
@@ -495,7 +497,7 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch
             fh.write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(dio.nib, "save", broken_save)
+    monkeypatch.setattr(dformats.nib, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_labels(target, np.ones((3, 3), int))
     assert target.read_bytes() == b"previous"
@@ -574,7 +576,7 @@ def test_output_dir_signal_during_the_swap_is_held_until_it_is_done(tmp_path, mo
         sent.append(path)
         return real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(dio.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(dfiles.shutil, "rmtree", rmtree)
     previous = signal.signal(sig, handler)
     try:
         with pytest.raises(Delivered):
@@ -600,13 +602,13 @@ def test_output_dir_signal_while_the_staging_folder_is_created_leaves_nothing(tm
     def handler(signum, frame):
         raise Delivered(signum)
 
-    real_token_hex = dio.secrets.token_hex
+    real_token_hex = dfiles.secrets.token_hex
 
     def token_hex(n):
         os.kill(os.getpid(), sig)  # arrives while the staging folder is being created
         return real_token_hex(n)
 
-    monkeypatch.setattr(dio.secrets, "token_hex", token_hex)
+    monkeypatch.setattr(dfiles.secrets, "token_hex", token_hex)
     previous = signal.signal(sig, handler)
     entered = []
     try:
@@ -620,7 +622,7 @@ def test_output_dir_signal_while_the_staging_folder_is_created_leaves_nothing(tm
 
 
 def test_output_dir_failure_while_the_staging_folder_is_created_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(dio, "MARKER", "no-such-folder/marker")  # writing the marker fails
+    monkeypatch.setattr(dfiles, "MARKER", "no-such-folder/marker")  # writing the marker fails
     with pytest.raises(FileNotFoundError):
         with OutputDir(tmp_path / "sub" / "out"):
             pass
@@ -632,7 +634,7 @@ def _can_exchange(folder):
     a.mkdir()
     b.mkdir()
     try:
-        return dio._exchange(a, b)
+        return dfiles._exchange(a, b)
     finally:
         a.rmdir()
         b.rmdir()
@@ -642,7 +644,7 @@ def _can_exchange(folder):
 def test_output_dir_overwrite_swaps(tmp_path, monkeypatch, exchange):
     atomic = exchange and _can_exchange(tmp_path)
     if not exchange:
-        monkeypatch.setattr(dio, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(dfiles, "_exchange", lambda a, b: False)
     target = tmp_path / "out"
     with OutputDir(target) as d:
         (d / "old.txt").write_text("old")
@@ -661,7 +663,7 @@ def test_output_dir_overwrite_swaps(tmp_path, monkeypatch, exchange):
         real_rename(a, b)
         seen.append(sorted(p.name for p in target.iterdir()) if os.path.exists(target) else None)
 
-    monkeypatch.setattr(dio.os, "rename", watching_rename)
+    monkeypatch.setattr(dfiles.os, "rename", watching_rename)
     with OutputDir(target, overwrite=True) as d:
         (d / "new.txt").write_text("new")
     new_listing = sorted([MARKER, "new.txt"])
@@ -679,7 +681,7 @@ def test_output_dir_exchange_keeps_a_complete_folder_on_linux(tmp_path):
     b.mkdir()
     (a / "x").write_text("a")
     (b / "y").write_text("b")
-    if not dio._exchange(a, b):
+    if not dfiles._exchange(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) not available here")
     assert [p.name for p in a.iterdir()] == ["y"] and [p.name for p in b.iterdir()] == ["x"]
 
@@ -723,7 +725,7 @@ def test_output_dir_unwritable_parent(tmp_path):
 
 def test_output_dir_unwritable_parent_message(tmp_path, monkeypatch):
     """The same check, simulated (the tests may run as root, who can write anywhere)."""
-    monkeypatch.setattr(dio.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(dfiles.os, "access", lambda path, mode: False)
     with pytest.raises(PermissionError) as info:
         OutputDir(tmp_path / "out").check()
     assert str(info.value) == f"cannot create output folder {tmp_path / 'out'}: folder {tmp_path} is not writable"

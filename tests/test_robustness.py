@@ -24,7 +24,7 @@ import torch
 from deepgmm import segment as segment_fn
 from deepgmm.cli import main
 
-SEGMENT_MODULE = importlib.import_module("deepgmm.segmentation")
+MEMORY = importlib.import_module("deepgmm.memory")
 SRC = Path(__file__).resolve().parents[1] / "src"
 AFFINE = np.diag([1.25, 1.25, 8.0, 1.0])
 AFFINE[:3, 3] = [-20.0, 15.0, 3.0]
@@ -235,24 +235,24 @@ def test_em_option_given_to_a_deep_method(case, capsys):
 
 # ----------------------------------------------------------------------------- resource limits
 def test_memory_estimate_grows_with_the_problem():
-    base = SEGMENT_MODULE.estimate_memory(3, (128, 128, 64), 200_000, 4, "gmm")
-    assert SEGMENT_MODULE.estimate_memory(3, (128, 128, 64), 200_000, 8, "gmm") > base
-    assert SEGMENT_MODULE.estimate_memory(3, (256, 128, 64), 200_000, 4, "gmm") > base
-    assert SEGMENT_MODULE.estimate_memory(3, (128, 128, 64), 400_000, 4, "gmm") > base
-    assert SEGMENT_MODULE.estimate_memory(3, (128, 128, 64), 200_000, 4, "svgmm") > base
+    base = MEMORY.estimate_memory(3, (128, 128, 64), 200_000, 4, "gmm")
+    assert MEMORY.estimate_memory(3, (128, 128, 64), 200_000, 8, "gmm") > base
+    assert MEMORY.estimate_memory(3, (256, 128, 64), 200_000, 4, "gmm") > base
+    assert MEMORY.estimate_memory(3, (128, 128, 64), 400_000, 4, "gmm") > base
+    assert MEMORY.estimate_memory(3, (128, 128, 64), 200_000, 4, "svgmm") > base
     # the probabilities alone, (K, *spatial) float32, are a lower bound
     assert base > 4 * 4 * 128 * 128 * 64
 
 
 def test_available_memory_is_read():
-    have = SEGMENT_MODULE.available_memory()
+    have = MEMORY.available_memory()
     if sys.platform.startswith("linux"):
         assert isinstance(have, int) and have > 0
 
 
 def test_too_large_for_memory_is_refused_up_front(case, capsys, monkeypatch):
     folder, paths = case
-    monkeypatch.setattr(SEGMENT_MODULE, "available_memory", lambda: 1024)  # 1 KiB left
+    monkeypatch.setattr(MEMORY, "available_memory", lambda: 1024)  # 1 KiB left
     line = one_line_error(capsys, seg_argv([paths["ch0"], paths["ch1"]], folder / "out"),
                           "segment needs about", "KiB of memory", "2 channel(s) of 24x20 pixels",
                           "only 1.0 KiB is available")
@@ -261,7 +261,7 @@ def test_too_large_for_memory_is_refused_up_front(case, capsys, monkeypatch):
 
 
 def test_memory_check_can_be_skipped_from_python(monkeypatch):
-    monkeypatch.setattr(SEGMENT_MODULE, "available_memory", lambda: 1024)
+    monkeypatch.setattr(MEMORY, "available_memory", lambda: 1024)
     img = np.random.default_rng(0).normal(size=(1, 30, 30)).astype(np.float32)
     with pytest.raises(ValueError, match="segment needs about"):
         segment_fn(img, n_components=2)
@@ -272,13 +272,14 @@ def test_memory_check_can_be_skipped_from_python(monkeypatch):
 def _peak_and_estimate(warm_up: str, measured: str, estimate: str) -> tuple[int, int]:
     """Run ``warm_up``, reset the peak resident memory, run ``measured`` in a fresh Python process;
     return the rise of the peak (bytes) and the value of the expression ``estimate``.
-    The code may use ``np``, ``S`` (deepgmm.segmentation) and ``segment``."""
+    The code may use ``np``, ``S`` (deepgmm.memory), ``METHODS`` (deepgmm.segmentation.METHODS) and ``segment``."""
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
     code = "\n".join([
         "import sys, gc, numpy as np",
         "from deepgmm import segment",
-        "S = sys.modules['deepgmm.segmentation']",
+        "import deepgmm.memory as S",
+        "from deepgmm.segmentation import METHODS",
         "def rss(field):",
         "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))",
         warm_up,
@@ -322,11 +323,11 @@ def test_deep_fit_refused_when_only_the_network_does_not_fit(monkeypatch):
     from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes
 
     img = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
-    em_part = SEGMENT_MODULE.estimate_memory(2, (64, 64), 64 * 64, 3, "deepsvg")
+    em_part = MEMORY.estimate_memory(2, (64, 64), 64 * 64, 3, "deepsvg")
     cfg = network_config("fast", spatial_dims=2, in_channels=2, out_channels=3)
     net_part = activation_bytes(cfg, (64, 64)) + parameter_bytes(cfg)
     assert net_part > em_part  # the network dominates: this is what the check used to miss
-    monkeypatch.setattr(SEGMENT_MODULE, "available_memory", lambda: em_part + net_part // 2)
+    monkeypatch.setattr(MEMORY, "available_memory", lambda: em_part + net_part // 2)
     with pytest.raises(ValueError, match=r"for the network \(activations and weights\)") as info:
         segment_fn(img, method="deepsvg", n_components=3, max_steps=1)
     assert "a smaller network or a smaller crop_margin" in str(info.value)
@@ -378,7 +379,7 @@ def test_deep_memory_estimate_is_not_far_below_the_real_peak():
     ])
     measured = "segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None)"
     # what segment() checks: the method's own part (network, smoothed-posterior term) on top
-    own = "S.METHOD_MEMORY['deepsvg'](torch.as_tensor(img), torch.ones(256, 256, dtype=torch.bool), {'crop_margin': None})"
+    own = "METHODS['deepsvg'].memory(torch.as_tensor(img), torch.ones(256, 256, dtype=torch.bool), {'crop_margin': None})"
     used, estimate = _peak_and_estimate(warm_up, measured, "S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
                                         f" + {own}")
     network = "activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)"
@@ -426,9 +427,8 @@ def test_output_parent_is_a_file(case, capsys):
 def test_output_folder_not_writable_simulated(case, capsys, monkeypatch):
     """Root may write anywhere, so the permission check is simulated here (a real read-only mount below)."""
     folder, paths = case
-    import deepgmm.io as dio
 
-    monkeypatch.setattr(dio.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     one_line_error(capsys, seg_argv([paths["ch0"]], folder / "out"), "is not writable")
     nothing_written(folder, folder / "out")
 

@@ -84,9 +84,9 @@ def _once(name):
 
 def _wrap_atomic_write(should_hold, name):
     """Hold deepgmm.io.atomic_write once its temporary file is complete, before the rename."""
-    import deepgmm.io as dio
+    import deepgmm.io.files as dfiles
 
-    original = dio.atomic_write
+    original = dfiles.atomic_write
 
     def atomic_write(path, write):
         def write_then_hold(tmp):
@@ -95,7 +95,7 @@ def _wrap_atomic_write(should_hold, name):
                 _hold(name)
         return original(path, write_then_hold)
 
-    dio.atomic_write = atomic_write
+    dfiles.atomic_write = atomic_write
 
 
 def checkpoint_write():

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 from _helpers import check_error, make_cohort
 from deepgmm import evaluate, segment
 from deepgmm.mixture import GaussianMixture, SpatiallyVariantGMM
-from deepgmm.segmentation import METHOD_MEMORY
+from deepgmm.segmentation import METHODS
 from deepgmm.smoothing import MaskSmoother
 
 
@@ -219,12 +219,12 @@ def test_smoothing_per_axis_through_segment_is_recorded_as_a_list():
 def test_smoothing_counts_in_the_memory_check():
     image, mask, _ = _phantom()
     img, region = torch.from_numpy(image), torch.from_numpy(mask)
-    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4}) == 0
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4}) == 0
     rows = np.argwhere(mask)
     box = int(np.prod(rows.max(0) - rows.min(0) + 1))
-    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": 2.0}) == 3 * 4 * box * 8
-    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": np.array([0.0, 2.0])}) > 0
-    assert METHOD_MEMORY["svgmm"](img, region, {"n_components": 4, "smoothing": [0.0, 0.0]}) == 0
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smoothing": 2.0}) == 3 * 4 * box * 8
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smoothing": np.array([0.0, 2.0])}) > 0
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smoothing": [0.0, 0.0]}) == 0
 
 
 def test_cli_smoothing(tmp_path, capsys):

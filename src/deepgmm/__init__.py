@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (re-exported)
 
 # public name -> submodule that defines it
 _EXPORTS = {

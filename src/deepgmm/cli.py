@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
+from ._version import __version__
+from .choices import (COVARIANCE_TYPES, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS, LABEL_FILES, LAYOUTS, MATCHINGS,
+                      METHODS, NAN_POLICIES, NORMALIZATIONS, OUTPUT_FORMATS, PROBABILITY_FILES, READOUTS, SUMMARY_FILE,
+                      TRAIN_METHODS)
 from ._signals import signals_deferred_on_import
 
 __all__ = ["main", "build_parser", "SegmentOption", "SEGMENT_OPTIONS"]
@@ -41,19 +44,15 @@ class Terminated(KeyboardInterrupt):
 
 # Mirrors of the library's choices (kept here so that --help needs no torch import; a test
 # checks that they agree with deepgmm.segment / deepgmm.likelihood / deepgmm.mixture).
-METHOD_CHOICES = ("gmm", "svgmm", "deepg", "deepsvg")
-COVARIANCE_CHOICES = ("diag", "full")
-NORMALIZE_CHOICES = ("none", "mask", "image")
-NAN_POLICY_CHOICES = ("raise", "mask")
-DEVICE_CHOICES = ("cpu", "cuda", "auto")
-READOUT_CHOICES = ("soft_labels", "posterior")  # deepgmm.training.predict.READOUTS (the CLI imports no torch at start)
-INIT_CHOICES = ("kmeans", "kmeans++", "random")  # "means" needs an array: not offered on the command line
-FORMAT_CHOICES = ("nifti", "png", "npy")
-MATCHING_CHOICES = ("hungarian", "greedy", "none")
-
-LABEL_FILES = {"nifti": "labels.nii.gz", "png": "labels.png", "npy": "labels.npy"}
-PROBABILITY_FILES = {"nifti": "probabilities.nii.gz", "png": "probabilities.npy", "npy": "probabilities.npy"}
-SUMMARY_FILE = "summary.json"
+METHOD_CHOICES = METHODS
+COVARIANCE_CHOICES = COVARIANCE_TYPES
+NORMALIZE_CHOICES = NORMALIZATIONS
+NAN_POLICY_CHOICES = NAN_POLICIES
+DEVICE_CHOICES = DEVICES
+READOUT_CHOICES = READOUTS
+INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
+FORMAT_CHOICES = OUTPUT_FORMATS
+MATCHING_CHOICES = MATCHINGS
 
 
 # ----------------------------------------------------------------------------- optional segment flags
@@ -94,8 +93,6 @@ def _sigmas(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-EM_METHODS = ("gmm", "svgmm")
-DEEP_METHODS = ("deepg", "deepsvg")
 
 SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
@@ -296,7 +293,7 @@ def _segment_options(args: argparse.Namespace) -> dict[str, Any]:
     if hasattr(args, "check_memory"):
         options["check_memory"] = False
     if "mu_prior" in options:
-        from .training.config import load_mu_data
+        from .io import load_mu_data
 
         options["mu_prior"] = load_mu_data(options["mu_prior"])
     if args.method in DEEP_METHODS:
@@ -418,9 +415,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- cohorts: train, predict, segment --data
-LAYOUT_CHOICES = ("folder", "myops")
-TRAIN_METHOD_CHOICES = ("deepg", "deepsvg")
-TRAIN_NORMALIZE_CHOICES = ("mask", "image", "none")
+LAYOUT_CHOICES = LAYOUTS
+TRAIN_METHOD_CHOICES = TRAIN_METHODS
+TRAIN_NORMALIZE_CHOICES = NORMALIZATIONS
 
 
 def _add_data_options(p: argparse.ArgumentParser, *, what: str, data_required: bool = False,
@@ -646,7 +643,8 @@ class _TorchSettings:
 
 def _train_config(args: argparse.Namespace, layout: str) -> tuple[Any, list[str]]:
     """The :class:`TrainConfig` of the command line and the config fields given explicitly."""
-    from .training.config import AugmentConfig, TrainConfig, load_mu_data
+    from .io import load_mu_data
+    from .training.config import AugmentConfig, TrainConfig
 
     cfg = TrainConfig(method=args.method)
     if layout == "myops":
@@ -751,7 +749,7 @@ def _infer_channel_names(paths: Sequence[str], model_channels: Sequence[str]) ->
     """The channel names of IMG files named after channels (``DE.nii.gz`` ...), when they name exactly the model's."""
     from . import io as dio
 
-    stems = [dio._split_ext(Path(p))[0] for p in paths]
+    stems = [dio.split_ext(Path(p))[0] for p in paths]
     return stems if sorted(stems) == sorted(model_channels) else None
 
 

@@ -2,7 +2,7 @@
 
 :func:`run_demo` makes the default phantom (:func:`deepgmm.phantom.make_phantom`, one
 160x160 slice), segments its left ventricle into K=4 classes with each method of
-:data:`deepgmm.segmentation.KNOWN_METHODS` that this installation provides (the deep ones only
+:data:`deepgmm.choices.METHODS` that this installation provides (the deep ones only
 when their module is present), scores each against the phantom truth (Dice after Hungarian
 matching, :func:`deepgmm.metrics.evaluate`) and writes ``results.json`` and ``demo.png`` to
 an output folder. The folder is written through :class:`deepgmm.io.OutputDir`: built beside
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._validation import check_choice, check_int
+from .choices import METHODS
 
 __all__ = ["run_demo", "DEFAULT_OUT_DIR", "DEMO_SHAPE", "QUICK_SHAPE", "QUICK_OPTIONS", "CLASS_COLOURS"]
 
@@ -120,7 +121,7 @@ def run_demo(
         (:data:`QUICK_OPTIONS`), to see the whole pipeline run in seconds.
     seed : seeds the phantom and every method (``random_state``).
     overwrite : replace ``out_dir`` if it exists (otherwise that is an error).
-    methods : methods to run (default: all of :data:`deepgmm.segmentation.KNOWN_METHODS`, skipping
+    methods : methods to run (default: all of :data:`deepgmm.choices.METHODS`, skipping
         those this installation lacks; a method named here that is unavailable is an error).
 
     Returns
@@ -143,10 +144,10 @@ def run_demo(
     seed = check_int("seed", seed, minimum=0)
     explicit = methods is not None
     if methods is None:
-        methods = seg_mod.KNOWN_METHODS
+        methods = METHODS
     elif isinstance(methods, str):
         raise ValueError(f"methods must be a list of method names, got the string {methods!r}")
-    methods = [check_choice("methods", m, seg_mod.KNOWN_METHODS) for m in methods]
+    methods = [check_choice("methods", m, METHODS) for m in methods]
     target = Path(DEFAULT_OUT_DIR if out_dir is None else out_dir).expanduser().absolute()
     output = OutputDir(target, overwrite=overwrite)
     output.check()  # refuse before any work

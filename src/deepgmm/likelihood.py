@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .choices import COVARIANCE_TYPES
+
 __all__ = [
     "COVARIANCE_TYPES",
     "Gaussians",
@@ -50,7 +52,6 @@ __all__ = [
     "NumericalWarning",
 ]
 
-COVARIANCE_TYPES = ("diag", "full")
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

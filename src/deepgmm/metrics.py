@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .choices import MATCHINGS
+
 __all__ = ["MATCHINGS", "dice_matrix", "dice", "match_labels", "relabel", "evaluate", "Evaluation"]
 
-MATCHINGS = ("hungarian", "greedy", "none")
 
 
 def _as_label_array(a: Any, name: str) -> np.ndarray:

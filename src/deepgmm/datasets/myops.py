@@ -26,6 +26,8 @@ from typing import Iterable, Mapping
 import nibabel as nib
 import numpy as np
 
+from ..preprocess import crop, zscore
+
 __all__ = [
     "CHANNELS",
     "CLASS_NAMES",
@@ -327,18 +329,14 @@ def crop_window(center: tuple[float, float], shape: tuple[int, int], size: int =
     return out[0], out[1]
 
 
-def _crop(arr: np.ndarray, window: tuple[tuple[int, int], tuple[int, int]], fill: float | int = 0) -> np.ndarray:
-    """Crop axes X and Y of ``arr`` ``(..., X, Y, Z)`` to ``window`` -> ``(..., S, S, Z)``.
+def _crop_xy(arr: np.ndarray, window: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Crop axes X and Y of ``arr`` ``(..., X, Y, Z)`` to ``window`` -> ``(..., S, S, Z)`` (zeros outside)."""
+    return crop(arr, window + ((0, arr.shape[-1]),))
 
-    Parts of the window outside the array are filled with ``fill``.
-    """
-    (x0, x1), (y0, y1) = window
-    X, Y = arr.shape[-3], arr.shape[-2]
-    inner = arr[..., max(x0, 0) : min(x1, X), max(y0, 0) : min(y1, Y), :]
-    pad = [(0, 0)] * (arr.ndim - 3) + [(max(-x0, 0), max(x1 - X, 0)), (max(-y0, 0), max(y1 - Y, 0)), (0, 0)]
-    if any(p != (0, 0) for p in pad):
-        inner = np.pad(inner, pad, constant_values=fill)
-    return inner
+
+def _zscore(image: np.ndarray, valid: np.ndarray, where: str) -> np.ndarray:
+    """Z-score each channel of ``image`` ``(C, *spatial)`` over the pixels where ``valid``; 0 elsewhere."""
+    return zscore(image, valid, where=where, over="the crop", names=CHANNELS, fill=0.0, dtype=np.float32)[0]
 
 
 def _valid_mask(shape_xy: tuple[int, int], window, size: int) -> np.ndarray:
@@ -347,19 +345,6 @@ def _valid_mask(shape_xy: tuple[int, int], window, size: int) -> np.ndarray:
     xs = np.arange(size) + x0
     ys = np.arange(size) + y0
     return ((xs >= 0) & (xs < shape_xy[0]))[:, None] & ((ys >= 0) & (ys < shape_xy[1]))[None, :]
-
-
-def _zscore(image: np.ndarray, valid: np.ndarray, where: str) -> np.ndarray:
-    """Z-score each channel of ``image`` ``(C, *spatial)`` over the pixels where ``valid``; 0 elsewhere."""
-    X = image[:, valid].astype(np.float64)  # (C, N)
-    mean = X.mean(1)
-    std = X.std(1)
-    flat = [CHANNELS[i] if len(CHANNELS) == image.shape[0] else i for i in np.flatnonzero(std <= 0)]
-    if flat:
-        raise ValueError(f"{where}: channel(s) {flat} are constant over the crop; cannot z-score them")
-    shape = (-1,) + (1,) * (image.ndim - 1)
-    out = (image - mean.reshape(shape)) / std.reshape(shape)
-    return np.where(valid[None], out, 0.0).astype(np.float32)
 
 
 def _label_center(labels_xy: np.ndarray) -> tuple[float, float]:
@@ -421,8 +406,8 @@ def paper_slices(root: str | Path, cases: Iterable[int] | None = None, *, crop_s
     for files in _select_cases(root, cases, "train"):
         case = load_case(files)
         window = _case_window(case, crop_size)
-        image = _crop(case.image, window)  # (3, S, S, Z)
-        labels = _crop(case.labels, window)  # (S, S, Z)
+        image = _crop_xy(case.image, window)  # (3, S, S, Z)
+        labels = _crop_xy(case.labels, window)  # (S, S, Z)
         valid = _valid_mask(case.image.shape[1:3], window, crop_size)
         Z = labels.shape[-1]
         present = np.zeros((len(CLASS_NAMES) + 1, Z), dtype=bool)  # (classes incl. background, Z)
@@ -456,11 +441,11 @@ def volumes(
     for files in _select_cases(root, cases, split):
         case = load_case(files)
         window = _case_window(case, crop_size)
-        image = _crop(case.image, window)
+        image = _crop_xy(case.image, window)
         Z = image.shape[-1]
         valid = np.repeat(_valid_mask(case.image.shape[1:3], window, crop_size)[..., None], Z, axis=-1)
         image = _zscore(image, valid, files.images[CHANNELS[0]].name)
-        labels = _crop(case.labels, window) if case.labels is not None else None
+        labels = _crop_xy(case.labels, window) if case.labels is not None else None
         affine = case.affine.copy()
         affine[:3, 3] = case.affine[:3, :3] @ np.array([window[0][0], window[1][0], 0.0]) + case.affine[:3, 3]
         out.append(

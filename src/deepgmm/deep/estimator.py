@@ -22,8 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..choices import DEEP_INITS
 from .._validation import check_choice, check_float, check_int, resolve_device
+from .. import mixture as em
 from ..likelihood import COVARIANCE_TYPES
+from ..mixture import EM_IMAGE_DEFAULTS
+from ..preprocess import box_slices
 from .losses import DeepMixtureLoss
 from .optim import AdamW
 from .regularizers import DEFAULT_SMOOTH_SIGMA, MuPrior, Regularizer, SmoothedPosterior, make_regularizer
@@ -33,7 +37,6 @@ __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "build_regularizers"]
 
 logger = logging.getLogger(__name__)
 
-DEEP_INITS = ("em", "random")
 
 
 def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
@@ -249,7 +252,7 @@ class DeepGMM:
             elif isinstance(r, SmoothedPosterior):
                 r.check(len(spatial))
         full_region = region
-        window = _bounding_box(region, self.crop_margin)
+        window = box_slices(region, self.crop_margin)
         img, region = img[(slice(None),) + window], region[window]
         spatial = tuple(img.shape[1:])
         cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C, out_channels=self.n_components)
@@ -313,9 +316,6 @@ class DeepGMM:
 
     def _em_posteriors(self, img: Tensor, region: Tensor, seed: int, prior: np.ndarray | None) -> Tensor:
         """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``)."""
-        from ..segmentation import EM_IMAGE_DEFAULTS
-        from .. import mixture as em
-
         smooth = self._init_sigmas_given()
         method = "svgmm" if self._mixture == "svgmm" or smooth else "gmm"
         settings = dict(EM_IMAGE_DEFAULTS[method])
@@ -437,16 +437,6 @@ def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
     if tuple(m.shape) != spatial:
         raise ValueError(f"mask must have the image's spatial shape {spatial}, got {tuple(m.shape)}")
     return m != 0
-
-
-def _bounding_box(region: Tensor, margin: int | None) -> tuple[slice, ...]:
-    """Slices of ``region``'s bounding box grown by ``margin`` (clipped); whole axes if ``margin`` is None."""
-    if margin is None:
-        return tuple(slice(None) for _ in region.shape)
-    idx = torch.nonzero(region)
-    lo = (idx.min(0).values - margin).clamp_min(0).tolist()
-    hi = (idx.max(0).values + 1 + margin).tolist()
-    return tuple(slice(a, min(b, n)) for a, b, n in zip(lo, hi, region.shape))
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:

@@ -20,12 +20,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..choices import MIXTURES
 from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
 from .regularizers import RegContext, Regularizer
 
 __all__ = ["MIXTURES", "MixtureFit", "mixture_fit_from_soft_labels", "DeepMixtureLoss", "LossOutput"]
 
-MIXTURES = ("gmm", "svgmm")
 
 
 @dataclass

@@ -86,7 +86,7 @@ class MuPrior(Regularizer):
     def __init__(self, mu_data: Any, lam: float = 1.0) -> None:
         super().__init__(lam)
         if isinstance(mu_data, (str, os.PathLike)):  # a .npy, .json or text file of K rows and C columns
-            from ..training.config import load_mu_data
+            from ..io import load_mu_data
 
             mu_data = load_mu_data(mu_data)
         mu = torch.as_tensor(np.asarray(mu_data, dtype=np.float64))

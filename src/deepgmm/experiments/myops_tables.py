@@ -197,7 +197,7 @@ def _machine() -> dict[str, Any]:
 def _versions() -> dict[str, str]:
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"deepgmm_version": __version__, "torch_version": torch.__version__}
 
@@ -1129,7 +1129,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``myops`` command (sub-commands ``table1`` and ``table2``) to ``subparsers``
     (the object returned by ``ArgumentParser.add_subparsers``); each sets ``func``."""
-    from ..cli import READOUT_CHOICES  # torch-free, like this parser
+    from ..choices import READOUTS as READOUT_CHOICES
 
     p = subparsers.add_parser(
         "myops", help="reproduce the paper's MyoPS 2020 tables",

@@ -12,7 +12,8 @@
 
 from .augment import augment_batch, sample_seed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import FORMAT_VERSION, AugmentConfig, TrainConfig, load_mu_data
+from ..io import load_mu_data
+from .config import FORMAT_VERSION, AugmentConfig, TrainConfig
 from .data import CohortDataset, FolderDataset, MyoPSDataset, find_folder_cases, make_dataset
 from .predict import EnsembleModel, Prediction, TrainedModel, load_ensemble, load_model
 from .train import TrainResult, train

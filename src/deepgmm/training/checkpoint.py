@@ -59,7 +59,7 @@ MODEL_FILES = (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, LOG_FILE, PLOT_FILE, SU
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Serialise ``state`` (tensors and plain Python values only) into a verified container, atomically."""
-    from .. import __version__
+    from .._version import __version__
 
     buf = io.BytesIO()
     torch.save(state, buf)

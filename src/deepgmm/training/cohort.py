@@ -22,15 +22,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import io as dio
+from ..choices import LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE as SUMMARY_JSON
 from .distributed import DistInfo, barrier, broadcast_object, shard
 
 __all__ = ["segment_cohort", "predict_cohort", "cohort_units", "LABEL_FILES", "PROBABILITY_FILES"]
 
 logger = logging.getLogger(__name__)
 
-LABEL_FILES = {"nifti": "labels.nii.gz", "png": "labels.png", "npy": "labels.npy"}
-PROBABILITY_FILES = {"nifti": "probabilities.nii.gz", "png": "probabilities.npy", "npy": "probabilities.npy"}
-SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 
 
@@ -178,7 +176,7 @@ def _summarise(rows: list[dict[str, Any]], header: dict[str, Any], info: DistInf
 def segment_cohort(items: list[_Item], out: str | Path, *, method: str, n_components: int, options: dict[str, Any],
                    fmt: str | None = None, overwrite: bool = False, info: DistInfo | None = None) -> dict[str, Any]:
     """Run :func:`deepgmm.segment` on every unit; returns the summary (rank 0)."""
-    from .. import __version__
+    from .._version import __version__
     from ..segmentation import segment
 
     info = info or DistInfo()
@@ -205,7 +203,7 @@ def predict_cohort(model: Any, items: list[_Item], out: str | Path, *, fmt: str 
                    overwrite: bool = False, batch_size: int | None = None, check_names: bool = True,
                    info: DistInfo | None = None) -> dict[str, Any]:
     """Apply a trained model (:func:`deepgmm.training.load_model`) to every unit; returns the summary."""
-    from .. import __version__
+    from .._version import __version__
 
     info = info or DistInfo()
     K = model.n_components

@@ -22,30 +22,26 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS
 from .._validation import check_choice, check_float, check_int
 
 __all__ = [
     "FORMAT_VERSION",
     "METHOD_MIXTURES",
     "LAYOUTS",
-    "TRAIN_NORMALIZATIONS",
     "TRAIN_NETWORKS",
     "DEFAULT_NETWORK",
     "AugmentConfig",
     "TrainConfig",
     "check_format",
-    "load_mu_data",
     "resolve_network",
 ]
 
 FORMAT_VERSION = 1
 """Version of the model folder's format (config.json, checkpoint.pt, model.pt)."""
 
-METHOD_MIXTURES: dict[str, str] = {"deepg": "gmm", "deepsvg": "svgmm"}
 """Method name -> mixture type of :class:`deepgmm.deep.DeepMixtureLoss`."""
 
-LAYOUTS = ("folder", "myops")
-TRAIN_NORMALIZATIONS = ("mask", "image", "none")
 
 # Networks for cohort training, on top of deepgmm.deep.NETWORKS. "cohort" is the default: instance
 # norm keeps every sample independent of its batch (exact DDP equivalence, no running statistics);
@@ -217,7 +213,7 @@ class TrainConfig:
         if self.class_names is not None and len(self.class_names) != self.n_components:
             raise ValueError(f"class_names has {len(self.class_names)} name(s) but n_components is "
                              f"{self.n_components}")
-        check_choice("normalize", self.normalize, TRAIN_NORMALIZATIONS)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
         if self.crop_size is not None:
             if len(self.crop_size) != self.spatial_dims or any(
                     isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.crop_size):
@@ -254,7 +250,7 @@ class TrainConfig:
 
     def finalize(self) -> "TrainConfig":
         """Resolve the network name into full U-Net settings, normalise types, validate."""
-        from .. import __version__
+        from .._version import __version__
 
         if self.crop_size is not None:
             cs = [self.crop_size] if isinstance(self.crop_size, int) else list(self.crop_size)
@@ -347,45 +343,10 @@ class TrainConfig:
 
 def check_format(version: Any, written_by: Any, source: str) -> None:
     """Refuse a model folder of another format version, with a message naming both versions."""
-    from .. import __version__
+    from .._version import __version__
 
     if version != FORMAT_VERSION:
         by = f" by deepgmm {written_by}" if written_by else ""
         raise ValueError(f"{source} was written{by} in model format version {version!r}; this deepgmm "
                          f"({__version__}) reads format version {FORMAT_VERSION} only: retrain the model "
                          "or use the deepgmm version that wrote it")
-
-
-def load_mu_data(path: str | Path, *, n_components: int | None = None, n_channels: int | None = None) -> np.ndarray:
-    """Read ``mu_data`` ``(K, C)`` from a ``.npy``, ``.json`` (nested list, or ``{"mu_data": ...}``)
-    or text file (one row per class, values separated by spaces or commas)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"mu_data file not found: {p}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            mu = np.load(p, allow_pickle=False)
-        elif suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                if "mu_data" not in data:
-                    raise ValueError("a JSON object must hold the key 'mu_data'")
-                data = data["mu_data"]
-            mu = np.asarray(data, dtype=np.float64)
-        else:
-            rows = [line.replace(",", " ").split() for line in p.read_text(encoding="utf-8").splitlines()]
-            rows = [r for r in rows if r and not r[0].startswith("#")]
-            mu = np.asarray([[float(v) for v in r] for r in rows], dtype=np.float64)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read mu_data from {p}: {' '.join(str(exc).split())}") from None
-    mu = np.asarray(mu, dtype=np.float64)
-    if mu.ndim != 2:
-        raise ValueError(f"mu_data in {p} must be a table of shape (n_components, n_channels), got shape {mu.shape}")
-    if not np.isfinite(mu).all():
-        raise ValueError(f"mu_data in {p} contains NaN or Inf")
-    if n_components is not None and mu.shape[0] != n_components:
-        raise ValueError(f"mu_data in {p} has {mu.shape[0]} row(s) but there are {n_components} classes")
-    if n_channels is not None and mu.shape[1] != n_channels:
-        raise ValueError(f"mu_data in {p} has {mu.shape[1]} column(s) but there are {n_channels} channels")
-    return mu

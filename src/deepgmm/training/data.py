@@ -28,7 +28,6 @@ and :meth:`CohortDataset.unit` gives the whole normalised sample with its metada
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import zlib
 from collections import OrderedDict
@@ -41,6 +40,8 @@ import torch
 from nibabel.filebasedimages import ImageFileError
 
 from .. import io as dio
+from ..choices import NORMALIZATIONS
+from ..preprocess import crop, window_around, zscore
 
 __all__ = [
     "Unit",
@@ -52,9 +53,6 @@ __all__ = [
     "find_folder_cases",
     "parse_channels",
     "parse_myops_cases",
-    "zscore",
-    "window_around",
-    "crop",
     "make_dataset",
 ]
 
@@ -121,81 +119,14 @@ def parse_channels(text: str | Sequence[str]) -> list[str]:
     return names
 
 
-def zscore(image: np.ndarray, region: np.ndarray | None, where: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Z-score each channel of ``image`` ``(C, *spatial)`` over ``region`` ``(*spatial)`` (None: all pixels).
-
-    A channel that is constant over the region is an error naming ``where``.
-    """
-    X = image.reshape(image.shape[0], -1) if region is None else image[:, region]
-    X = X.astype(np.float64)
-    if X.shape[1] == 0:
-        raise ValueError(f"{where}: the normalisation region is empty")
-    mean = X.mean(1)
-    std = X.std(1)
-    flat = np.flatnonzero(std <= 1e-12 * np.maximum(np.abs(mean), 1.0))
-    if flat.size:
-        raise ValueError(f"{where}: channel(s) {flat.tolist()} are constant over the normalisation region "
-                         "(std 0); cannot z-score them")
-    shape = (-1,) + (1,) * (image.ndim - 1)
-    out = ((image - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
-    return out, {"mean": mean.tolist(), "std": std.tolist()}
-
-
 def normalize_unit(image: np.ndarray, mask: np.ndarray, how: str, where: str) -> tuple[np.ndarray, dict | None]:
     """Apply the configured normalisation (``"mask"``, ``"image"`` or ``"none"``)."""
     if how == "none":
         return image.astype(np.float32, copy=False), None
-    out, info = zscore(image, mask if how == "mask" else None, where)
+    out, info = zscore(image, mask if how == "mask" else None, where=where, over="the normalisation region",
+                       dtype=np.float32)
     info["over"] = how
     return out, info
-
-
-def window_around(mask: np.ndarray, size: Sequence[int] | None, *, margin: int = 0,
-                  grow: bool = False) -> tuple[tuple[int, int], ...]:
-    """Half-open window ``((lo, hi), ...)`` per spatial axis, centred on the bounding box of ``mask``.
-
-    Each axis is ``size[a]`` long (``grow=True``: at least ``size[a]`` and at least the bounding box
-    grown by ``margin`` on each side, rounded up to a multiple of 16). A window is shifted to lie inside the image where the image
-    is long enough; otherwise it is centred on the image and reaches past both ends (``crop`` pads
-    there). ``size=None``: the whole image. An empty mask centres the window on the image.
-    """
-    shape = mask.shape
-    if size is None:
-        return tuple((0, n) for n in shape)
-    if len(size) != len(shape):
-        raise ValueError(f"crop size {tuple(size)} does not match the {len(shape)}D image of shape {shape}")
-    if mask.any():
-        lo = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))).min())
-              for a in range(mask.ndim)]
-        hi = [int(np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))).max()) + 1
-              for a in range(mask.ndim)]
-    else:
-        lo, hi = [0] * mask.ndim, list(shape)
-    out = []
-    for a, n in enumerate(shape):
-        length = int(size[a])
-        if grow and hi[a] - lo[a] + 2 * margin > length:  # grown in steps of 16: few distinct shapes to batch
-            length = -(-(hi[a] - lo[a] + 2 * margin) // 16) * 16
-        centre = (lo[a] + hi[a]) / 2.0
-        if n >= length:
-            start = int(math.floor(centre - length / 2.0 + 0.5))
-            start = min(max(start, 0), n - length)
-        else:
-            start = -((length - n) // 2)
-        out.append((start, start + length))
-    return tuple(out)
-
-
-def crop(arr: np.ndarray, window: Sequence[tuple[int, int]], fill: float = 0) -> np.ndarray:
-    """Cut the last ``len(window)`` axes of ``arr`` to ``window``; parts outside the array are ``fill``."""
-    d = len(window)
-    shape = arr.shape[-d:]
-    inner = tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(window, shape))
-    out = arr[(Ellipsis,) + inner]
-    pad = [(max(-lo, 0), max(hi - n, 0)) for (lo, hi), n in zip(window, shape)]
-    if any(p != (0, 0) for p in pad):
-        out = np.pad(out, [(0, 0)] * (arr.ndim - d) + pad, constant_values=fill)
-    return np.ascontiguousarray(out)
 
 
 class _LRU:
@@ -228,10 +159,9 @@ class CohortDataset(torch.utils.data.Dataset):
     layout = "base"
 
     def __init__(self, *, normalize: str, crop_size: Sequence[int] | None, cache_size: int) -> None:
-        from .config import TRAIN_NORMALIZATIONS
 
-        if normalize not in TRAIN_NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {', '.join(map(repr, TRAIN_NORMALIZATIONS))}, "
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(map(repr, NORMALIZATIONS))}, "
                              f"got {normalize!r}")
         self.normalize = normalize
         self.crop_size = None if crop_size is None else [int(s) for s in crop_size]

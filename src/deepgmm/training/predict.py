@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..choices import READOUTS
 from .checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_checkpoint
 from .config import TrainConfig, check_format
 from .data import crop, normalize_unit, window_around
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 PREDICT_MARGIN = 8
 """Pixels of context kept around the mask's bounding box at prediction (at least)."""
 
-READOUTS = ("soft_labels", "posterior")
 """What a prediction's probabilities are: the network's soft labels (the paper's) or the posteriors of
 the mixture they define (one E-step; docs/training.md "Read-outs and spare classes")."""
 

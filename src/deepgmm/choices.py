@@ -1,0 +1,46 @@
+"""Every choice of a setting that the library validates and the command line offers, defined once.
+
+Torch-free, so that the command line can build its parser (and ``deepgmm --help`` answer) without
+importing torch. The modules that implement a choice import its tuple from here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "METHODS", "EM_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "DEVICES",
+    "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
+    "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE",
+]
+
+# segment(method=...): EM mixtures and their deep counterparts
+EM_METHODS: tuple[str, ...] = ("gmm", "svgmm")
+DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg")
+METHODS: tuple[str, ...] = EM_METHODS + DEEP_METHODS
+# the mixture behind each deep method: global weights (GMM) or per-pixel weights (SVGMM)
+MIXTURES: tuple[str, ...] = ("gmm", "svgmm")
+METHOD_MIXTURES: dict[str, str] = {"deepg": "gmm", "deepsvg": "svgmm"}
+# networks trained on a cohort (deepgmm train)
+TRAIN_METHODS: tuple[str, ...] = DEEP_METHODS
+
+COVARIANCE_TYPES: tuple[str, ...] = ("diag", "full")
+# z-score every channel over the mask's pixels, over the whole image, or not at all
+NORMALIZATIONS: tuple[str, ...] = ("none", "mask", "image")
+NAN_POLICIES: tuple[str, ...] = ("raise", "mask")
+DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+# EM starts ("means" needs an array of class means)
+INIT_METHODS: tuple[str, ...] = ("kmeans++", "kmeans", "random", "means")
+# deep fits: distil the EM solution into the network first, or start from a random network
+DEEP_INITS: tuple[str, ...] = ("em", "random")
+# matching of unsupervised labels to a ground truth
+MATCHINGS: tuple[str, ...] = ("hungarian", "greedy", "none")
+# a trained network's output: its soft labels, or the posteriors of the mixture they define
+READOUTS: tuple[str, ...] = ("soft_labels", "posterior")
+# cohort layouts: a folder per case, or the MyoPS 2020 release
+LAYOUTS: tuple[str, ...] = ("folder", "myops")
+
+# output files of one segmented image, by format
+OUTPUT_FORMATS: tuple[str, ...] = ("nifti", "png", "npy")
+LABEL_FILES: dict[str, str] = {"nifti": "labels.nii.gz", "png": "labels.png", "npy": "labels.npy"}
+PROBABILITY_FILES: dict[str, str] = {"nifti": "probabilities.nii.gz", "png": "probabilities.npy",
+                                     "npy": "probabilities.npy"}
+SUMMARY_FILE = "summary.json"

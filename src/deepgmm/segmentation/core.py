@@ -1,0 +1,251 @@
+"""``deepgmm.segment``: segment one multi-channel image (2D or 3D) with any method of the package.
+
+The image is ``(C, H, W)`` or ``(C, D, H, W)``; the mixture is fitted to the pixels of the
+region ``mask`` (all pixels by default). Labels come out as 1..K inside the mask and 0
+outside; probabilities as ``(K, *spatial)``, zero outside the mask. The methods are the rows
+of :data:`deepgmm.segmentation.methods.METHODS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import memory
+from .._validation import check_choice, check_int, resolve_device
+from ..choices import COVARIANCE_TYPES, METHODS as METHOD_NAMES, NAN_POLICIES, NORMALIZATIONS
+from ..preprocess import zscore
+from .methods import METHODS
+from .result import Segmentation
+from .spare import drop_spare_classes, resolve_spare_classes
+
+__all__ = ["segment"]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_image(image: Any) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+    else:
+        arr = np.asarray(image)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise ValueError(f"image must hold numbers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim not in (3, 4):
+        raise ValueError(
+            f"image must have shape (C, H, W) or (C, D, H, W), got shape {tuple(t.shape)} "
+            "(add a channel axis for a single-channel image)"
+        )
+    if t.shape[0] < 1 or any(s < 1 for s in t.shape[1:]):
+        raise ValueError(f"image has an empty axis: shape {tuple(t.shape)}")
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _as_mask(mask: Any, spatial: tuple[int, ...]) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(spatial, dtype=torch.bool)
+    m = mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(mask)))
+    if tuple(m.shape) != spatial:
+        raise ValueError(f"mask must have the image's spatial shape {spatial}, got {tuple(m.shape)}")
+    if m.dtype.is_floating_point and not bool(torch.isfinite(m).all()):
+        raise ValueError("mask contains NaN or Inf; a mask must be 0 outside the region and non-zero inside")
+    return m != 0
+
+
+def _normalize(image: torch.Tensor, region: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Z-score every channel over ``region`` (None: the whole image), in the image's dtype."""
+    out, info = zscore(image.numpy(), None if region is None else region.numpy(), where="image",
+                       over="the normalisation region", hint="drop the channel or use normalize='none'")
+    return torch.from_numpy(out), info
+
+
+def _count_distinct_rows(X: torch.Tensor, at_least: int) -> int:
+    """Number of distinct rows of ``X`` ``(N, C)``, or any number >= ``at_least`` once that is known.
+
+    A strided sample answers for ordinary images; the full ``unique`` only runs on degenerate
+    data (or for a huge ``at_least``).
+    """
+    step = max(1, X.shape[0] // 16384)
+    n = int(torch.unique(X[::step], dim=0).shape[0])
+    if n >= at_least or step == 1:
+        return n
+    return int(torch.unique(X, dim=0).shape[0])
+
+
+def _check_memory(img: torch.Tensor, region: torch.Tensor, n_pix: int, n_components: int, method: str,
+                  settings: dict[str, Any]) -> None:
+    need = memory.estimate_memory(img.shape[0], tuple(img.shape[1:]), n_pix, n_components, method,
+                           itemsize=img.element_size())
+    extra = METHODS[method].memory(img, region, settings)
+    have = memory.available_memory()
+    logger.debug("segment: estimated memory %.2f GiB (method's own part %.2f GiB), available %s",
+                 (need + extra) / 2**30, extra / 2**30, "unknown" if have is None else f"{have / 2**30:.2f} GiB")
+    if have is not None and need + extra > have:
+        shape = "x".join(str(s) for s in img.shape[1:])
+        own = f", of which {memory.format_bytes(extra)} for the network (activations and weights)" if extra else ""
+        hint = "crop the image, use a smaller mask or fewer classes"
+        if extra:
+            hint += ", a smaller network or a smaller crop_margin"
+        raise ValueError(
+            f"segment needs about {memory.format_bytes(need + extra)} of memory for this image{own} ({img.shape[0]} "
+            f"channel(s) of {shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) "
+            f"but only {memory.format_bytes(have)} is available; {hint} (or pass check_memory=False to try anyway)"
+        )
+
+
+def segment(
+    image: Any,
+    mask: Any = None,
+    *,
+    method: str = "gmm",
+    n_components: int = 4,
+    covariance_type: str | None = None,
+    normalize: str = "mask",
+    nan_policy: str = "raise",
+    random_state: int | None = 0,
+    device: str = "cpu",
+    check_memory: bool = True,
+    spare_classes: int | None = None,
+    **options: Any,
+) -> Segmentation:
+    """Segment a multi-channel image into ``n_components`` classes.
+
+    Parameters
+    ----------
+    image : array ``(C, H, W)`` or ``(C, D, H, W)`` (numpy or torch)
+    mask : array of the spatial shape, optional
+        The region to segment (non-zero inside). Default: the whole image.
+    method : "gmm", "svgmm", "deepg" or "deepsvg"
+    n_components : number of classes K
+    covariance_type : "diag" or "full"; None (default): the method's own default, "full" for
+        "deepsvg" (docs/deep.md) and "diag" for the others
+    normalize : "none", "mask" or "image"
+        Z-score every channel over the mask's pixels or over the whole image first.
+    nan_policy : "raise" or "mask"
+        NaN/Inf pixels are an error, or are left out of the mask (with a warning).
+    random_state : seed (default 0, so results repeat); None draws a fresh one.
+    device : "cpu", "cuda" or "auto"
+    check_memory : refuse up front (``ValueError`` with the estimate) when :func:`estimate_memory`
+        exceeds :func:`available_memory`.
+    spare_classes : fit ``n_components + spare_classes`` classes, then drop the smallest one at a
+        time (fewest pixels by the most probable label) until ``n_components`` remain; a dropped
+        class's pixels go to the likelier of the classes left (:func:`drop_spare_classes`). A spare
+        class takes up what no class of interest models well, such as the blurred fringe between
+        two structures. None (default): the method's own, :data:`DEFAULT_SPARE_CLASSES` (1 for
+        "deepsvg", docs/deep.md; 0 for the others), and 0 where a class-order prior is given
+        (``mu_prior``, ``means_init``), which fixes ``n_components`` classes; fewer where the pixels
+        take too few distinct values. The result then describes the ``n_components`` kept classes,
+        except ``nll``, ``nll_history`` and ``model``, which are those of the fitted mixture;
+        ``settings["dropped_classes"]`` gives the dropped classes' indices in it.
+    **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
+        ``smoothing`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
+
+    Returns
+    -------
+    Segmentation
+    """
+    t0 = time.perf_counter()
+    check_choice("method", method, METHOD_NAMES)
+    check_int("n_components", n_components, minimum=1)
+    if covariance_type is not None:
+        check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    check_choice("nan_policy", nan_policy, NAN_POLICIES)
+    resolve_device(device)
+    img = _as_image(image)
+    spatial = tuple(img.shape[1:])
+    region = _as_mask(mask, spatial)
+
+    finite = torch.isfinite(img).all(0)
+    n_bad = int((~finite & region).sum())
+    if n_bad:
+        if nan_policy == "raise":
+            bad_ch = torch.nonzero((~torch.isfinite(img[:, region])).any(1)).flatten().tolist()
+            raise ValueError(
+                f"image has {n_bad} NaN or Inf pixel(s) inside the mask (channel(s) {bad_ch}); "
+                "fix the image or pass nan_policy='mask' to leave them out"
+            )
+        msg = f"{n_bad} pixel(s) with NaN or Inf values were left out of the mask"
+        warnings.warn(msg, UserWarning, stacklevel=2)
+        logger.warning(msg)
+        region = region & finite
+    img = torch.where(finite.unsqueeze(0), img, torch.zeros((), dtype=img.dtype))
+
+    n_pix = int(region.sum())
+    if n_pix == 0:
+        raise ValueError("mask is empty: it selects no pixel of the image")
+    if n_pix < n_components:
+        raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
+    settings = METHODS[method].defaults()
+    settings.update(options)
+    settings.update(random_state=random_state, device=device)
+    if covariance_type is not None:
+        settings["covariance_type"] = covariance_type
+    spare = resolve_spare_classes(spare_classes, method, settings)
+    settings["n_components"] = n_components + spare
+    if check_memory:
+        _check_memory(img, region, n_pix, n_components + spare, method, settings)
+
+    norm_info = None
+    if normalize != "none":
+        img, norm_info = _normalize(img, region if normalize == "mask" else None)
+        norm_info["over"] = normalize
+    n_distinct = _count_distinct_rows(img[:, region].T, n_components + spare)
+    if n_distinct < n_components:
+        raise ValueError(
+            f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s) over {img.shape[0]} channel(s), "
+            f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
+        )
+    if n_distinct < n_components + spare:
+        if spare_classes is not None:
+            raise ValueError(f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s), fewer than "
+                             f"n_components + spare_classes = {n_components + spare}; lower spare_classes")
+        spare = n_distinct - n_components  # the method's default asks for more classes than the data hold
+        settings["n_components"] = n_components + spare
+
+    logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
+                f" + {spare} spare" if spare else "", n_pix, img.shape[0])
+    fit = METHODS[method].fit(img, region, settings)
+    dropped: list[int] = []
+    if spare:
+        fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
+    settings.update(n_components=n_components, spare_classes=spare)
+
+    K = n_components
+    region_np = region.numpy()
+    labels = np.zeros(spatial, dtype=np.uint8 if K < 255 else np.int32)
+    labels[region_np] = fit.labels + 1
+    probs = np.zeros((K,) + spatial, dtype=np.float32)
+    probs[:, region_np] = fit.probabilities.T
+    seconds = time.perf_counter() - t0
+    logger.info("segment(method=%s, K=%d): NLL %.5f after %d iterations in %.2f s",
+                method, K, fit.nll, fit.n_iter, seconds)
+    public_settings = {k: (list(v) if isinstance(v, tuple) else
+                           v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+                       for k, v in settings.items()}
+    public_settings.update(normalize=normalize, nan_policy=nan_policy,  # the covariance the method used
+                           covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
+    if spare:
+        public_settings["dropped_classes"] = dropped
+    return Segmentation(
+        labels=labels,
+        probabilities=probs,
+        nll=float(fit.nll),
+        method=method,
+        means=np.asarray(fit.means),
+        covariances=np.asarray(fit.covariances),
+        weights=np.asarray(fit.weights),
+        n_iter=int(fit.n_iter),
+        converged=bool(fit.converged),
+        seconds=seconds,
+        nll_history=[float(v) for v in fit.nll_history],
+        settings=public_settings,
+        normalization=norm_info,
+        model=fit.model,
+    )

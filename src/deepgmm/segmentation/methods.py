@@ -1,0 +1,125 @@
+"""The methods of :func:`deepgmm.segment`: an explicit table from a method's name to its estimator.
+
+Each :class:`Method` adapts an estimator to one call, ``fit(image, mask, settings) -> MethodFit``
+on a (normalised) image ``(C, *spatial)`` and its region ``(*spatial)``, and says how many bytes
+it needs on top of :func:`deepgmm.memory.estimate_memory` (``memory``). A new method is a new
+estimator plus one row of :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .._validation import resolve_device
+from ..deep.estimator import DeepG, DeepGMM, DeepSVG
+from ..deep.regularizers import SmoothedPosterior
+from ..deep.unet import activation_bytes, network_config, parameter_bytes
+from ..mixture import EM_IMAGE_DEFAULTS, GaussianMixture, SpatiallyVariantGMM
+from ..preprocess import bounding_box, box_slices
+from ..smoothing import wants_smoothing
+from .result import MethodFit
+
+__all__ = ["Method", "METHODS"]
+
+FitFn = Callable[[type, torch.Tensor, torch.Tensor, dict[str, Any]], MethodFit]
+# extra peak bytes: (estimator class, image (C, *spatial), mask, settings) -> bytes
+MemoryFn = Callable[[type, torch.Tensor, torch.Tensor, dict[str, Any]], int]
+
+
+def _check_options(cls: type, settings: dict[str, Any]) -> None:
+    unknown = sorted(set(settings) - set(cls._param_names()))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for this method; valid: {', '.join(cls._param_names())}")
+
+
+def _fit_em(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> MethodFit:
+    _check_options(cls, settings)
+    X = image[:, mask].T  # (N, C)
+    est = cls(**settings).fit(X, **({"mask": mask.numpy()} if cls._spatial else {}))
+    proba = est.predict_proba(X)
+    labels = est.predict(X)
+    weights = est.weights_ if est.weights_.ndim == 1 else est.weights_.mean(0)
+    return MethodFit(proba, labels, est.means_, est.covariances_, weights, est.nll_, est.nll_history_,
+                     est.n_iter_, est.converged_, est)
+
+
+def _fit_deep(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> MethodFit:
+    _check_options(cls, settings)
+    est = cls(**settings).fit(image, mask)
+    region = mask.numpy()
+    proba = est.probabilities_[:, region].T  # (N, K)
+    return MethodFit(proba, est.labels_[region].astype(np.int64) - 1, est.means_, est.covariances_,
+                     est.weights_, est.nll_, est.nll_history_, est.n_iter_, est.converged_, est)
+
+
+def _no_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
+    return 0
+
+
+def _svgmm_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
+    """The ``smoothing`` option's grids over the mask's bounding box (0 without smoothing)."""
+    try:
+        smooths = wants_smoothing("smoothing", settings.get("smoothing", 0.0))
+    except ValueError:  # bad values: the estimator names the problem
+        smooths = False
+    if not smooths:
+        return 0
+    box = bounding_box(mask)
+    n_box = math.prod(hi - lo for lo, hi in box) if box else 0
+    # the grid, the convolution's output and the gathered copy, in the EM's dtype
+    return 3 * int(settings.get("n_components", 1)) * n_box * image.element_size()
+
+
+def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
+    """Training bytes of the estimator's network: activations on the window it fits (the mask's
+    box + margin) and AdamW's four copies of the weights, plus the smoothed-posterior term's
+    window-sized arrays (about 8 of ``K + 1`` channels). Zero on a GPU: the check compares
+    with host memory."""
+    est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
+    try:
+        regs = est._validate()
+        if resolve_device(est.device).type != "cpu":
+            return 0
+        window = box_slices(mask, est.crop_margin)
+        shape = tuple(len(range(*w.indices(n))) for w, n in zip(window, mask.shape))
+        cfg = network_config(est.network, spatial_dims=len(shape), in_channels=image.shape[0],
+                             out_channels=est.n_components)
+    except (ValueError, TypeError):  # bad settings: fit() reports them by name
+        return 0
+    smooth = 0
+    if any(isinstance(r, SmoothedPosterior) for r in regs):
+        smooth = 8 * (est.n_components + 1) * math.prod(shape) * image.element_size()
+    return activation_bytes(cfg, shape) + parameter_bytes(cfg) + smooth
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of :func:`deepgmm.segment`: its estimator, how it is fitted to an image, its
+    own memory need and its defaults for images (on top of the estimator's own)."""
+
+    estimator: type
+    fit_image: FitFn
+    memory_fn: MemoryFn = _no_memory
+    image_defaults: dict[str, Any] | None = None
+
+    def fit(self, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> MethodFit:
+        return self.fit_image(self.estimator, image, mask, settings)
+
+    def memory(self, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
+        return self.memory_fn(self.estimator, image, mask, settings)
+
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.image_defaults or {})
+
+
+METHODS: dict[str, Method] = {
+    "gmm": Method(GaussianMixture, _fit_em, image_defaults=EM_IMAGE_DEFAULTS["gmm"]),
+    "svgmm": Method(SpatiallyVariantGMM, _fit_em, _svgmm_memory, image_defaults=EM_IMAGE_DEFAULTS["svgmm"]),
+    "deepg": Method(DeepG, _fit_deep, _deep_memory),
+    "deepsvg": Method(DeepSVG, _fit_deep, _deep_memory),
+}
