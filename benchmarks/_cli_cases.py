@@ -1,17 +1,12 @@
-"""Small synthetic jobs for each ``deepgmm`` command, run as fresh processes (the stress and timing scripts).
+"""Small synthetic jobs for each ``deepgmm`` command, run as fresh processes (``bench_cli.py``).
 
-Each :class:`Scenario` writes its data into a folder and gives the command's argv, what an
-interrupted run may leave, the documented way on after an interruption, and the result that must
-equal an uninterrupted run's. :func:`run_cli` runs ``python -m deepgmm`` in a process group of its
-own, optionally sending it a signal after a delay.
+Each :class:`Scenario` writes its data into a folder and gives the command's argv; :func:`run_cli`
+runs ``python -m deepgmm`` and returns its status, stderr and wall time. (The stress tests in
+``tests/stress/`` keep their own copy, with what an interrupted run may leave and how to go on.)
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,23 +15,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-SEGMENT_FILES = [".deepgmm-output", "labels.nii.gz", "probabilities.nii.gz", "summary.json"]
-COHORT_FILES = [".deepgmm-output", "case00", "case01", "case02", "summary.csv", "summary.json"]
-
-
-def _missing(folder: Path, want: list[str]) -> list[str]:
-    """A problem when ``folder`` exists and does not hold exactly the entries ``want``."""
-    names = sorted(p.name for p in folder.iterdir()) if folder.exists() else want
-    return [] if names == want else [f"incomplete {folder.name}: {names}"]
 TRAIN_EPOCHS = 6
 
 
 def _save(path: Path, array: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
-
-
-def _nifti(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.load(str(path)).dataobj)
 
 
 # ----------------------------------------------------------------------------- data
@@ -80,7 +63,7 @@ def _myops(root: Path, cases: tuple[int, ...], seed: int) -> Path:
 
 # ----------------------------------------------------------------------------- scenarios
 class Scenario:
-    """One command: its argv, what an interrupted run may leave, how to go on, and the final check."""
+    """One command on data of its own: its argv."""
 
     def __init__(self, folder: Path, seed: int, env: dict[str, str]) -> None:
         self.folder = folder
@@ -88,18 +71,6 @@ class Scenario:
         self.env = env
 
     def argv(self, out: Path, *extra: str) -> list[str]:
-        raise NotImplementedError
-
-    def left(self, out: Path, status: int) -> list[str]:
-        """Problems with what an interrupted (or finished) run left in ``out``."""
-        return []
-
-    def way_on(self, out: Path) -> list[str] | None:
-        """The argv that finishes the job after an interruption (None: nothing to do)."""
-        return None if out.exists() else self.argv(out)
-
-    def result(self, out: Path) -> object:
-        """What must equal the reference's once the job is finished."""
         raise NotImplementedError
 
 
@@ -115,12 +86,6 @@ class Segment(Scenario):
 
     def argv(self, out: Path, *extra: str) -> list[str]:
         return ["segment", *self.paths, "--method", "gmm", "-k", "3", "--out", str(out), *extra]
-
-    def left(self, out: Path, status: int) -> list[str]:
-        return _missing(out, SEGMENT_FILES)
-
-    def result(self, out: Path) -> object:
-        return _nifti(out / "labels.nii.gz").tolist()
 
 
 class SegmentDeep(Segment):
@@ -140,30 +105,9 @@ class Train(Scenario):
                 '{"features": [8, 16]}', "--epochs", str(TRAIN_EPOCHS), "--batch-size", "2", "--tol", "0",
                 "--out", str(out), "--threads", "1", "--deterministic", "--no-progress", *extra]
 
-    def left(self, out: Path, status: int) -> list[str]:
-        if status == 0 and not (out / "model.pt").is_file():
-            return ["finished without model.pt"]
-        return []
-
-    def way_on(self, out: Path) -> list[str] | None:
-        if (out / "model.pt").is_file():
-            return None
-        if (out / "checkpoint.pt").is_file():
-            return self.argv(out, "--resume")
-        if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
-            return self.argv(out, "--overwrite")
-        return self.argv(out)
-
-    def result(self, out: Path) -> object:
-        from deepgmm.training import load_checkpoint
-
-        state = load_checkpoint(out / "model.pt")["model"]
-        log = [r["nll"] for r in csv.DictReader(open(out / "log.csv", encoding="utf-8"))]
-        return {k: v.numpy().tobytes() for k, v in state.items()}, log
-
 
 class TrainDefault(Train):
-    """The same training without ``--deterministic`` (on the CPU it is repeatable all the same)."""
+    """The same training without ``--deterministic``."""
 
     def argv(self, out: Path, *extra: str) -> list[str]:
         return [a for a in super().argv(out, *extra) if a != "--deterministic"]
@@ -181,13 +125,6 @@ class Predict(Scenario):
     def argv(self, out: Path, *extra: str) -> list[str]:
         return ["predict", "--model", str(self.model), "--data", str(self.data), "--out", str(out), *extra]
 
-    def left(self, out: Path, status: int) -> list[str]:
-        problems = _missing(out, COHORT_FILES)
-        return problems or [p for d in sorted(out.glob("case*")) for p in _missing(d, SEGMENT_FILES[1:])]
-
-    def result(self, out: Path) -> object:
-        return [_nifti(d / "labels.nii.gz").tolist() for d in sorted(out.glob("case*"))]
-
 
 class PredictImage(Predict):
     """``predict IMG... --mask M``: one case of the cohort, one output folder."""
@@ -197,18 +134,12 @@ class PredictImage(Predict):
         return ["predict", "--model", str(self.model), str(case / "A.nii.gz"), str(case / "B.nii.gz"), "--mask",
                 str(case / "mask.nii.gz"), "--out", str(out), *extra]
 
-    def left(self, out: Path, status: int) -> list[str]:
-        return _missing(out, SEGMENT_FILES)
 
-    def result(self, out: Path) -> object:
-        return _nifti(out / "labels.nii.gz").tolist()
-
-
-class SegmentData(Predict):
+class SegmentData(Scenario):
     """``segment --data``: the SVGMM on every case of a cohort of 3, one output folder."""
 
     def __init__(self, folder: Path, seed: int, env: dict[str, str]) -> None:
-        Scenario.__init__(self, folder, seed, env)
+        super().__init__(folder, seed, env)
         self.data = _cohort(folder / "cohort", 3, seed)
 
     def argv(self, out: Path, *extra: str) -> list[str]:
@@ -225,25 +156,6 @@ class Table1(Scenario):
         return ["myops", "table1", "--data", str(self.data), "--out", str(out), "--methods", "gmm", "--threads", "1",
                 "--no-figures", *extra]
 
-    def left(self, out: Path, status: int) -> list[str]:
-        path = out / "results.json"
-        if path.exists():
-            try:
-                json.loads(path.read_text())
-            except ValueError as e:
-                return [f"results.json is not valid JSON: {e}"]
-        return []
-
-    def way_on(self, out: Path) -> list[str] | None:
-        path = out / "results.json"
-        if path.exists() and json.loads(path.read_text()).get("complete"):
-            return None
-        return self.argv(out, "--resume") if out.exists() else self.argv(out)
-
-    def result(self, out: Path) -> object:
-        records = json.loads((out / "results.json").read_text())["records"]
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-
 
 class Table2(Table1):
     """``myops table2``: train on synthetic patient 1 (3 epochs), test on patient 3 (4 methods x 3 slices)."""
@@ -259,23 +171,9 @@ SCENARIOS: dict[str, type[Scenario]] = {"segment": Segment, "segment-deepsvg": S
                                         "table1": Table1, "table2": Table2}
 
 
-def _default_signals() -> None:
-    """In the child before exec: SIGINT and SIGTERM at their defaults. A shell starts ``(cmd &)`` with
-    SIGINT ignored, the child would inherit that, and a stress run would then measure nothing."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def run_cli(argv: list[str], env: dict[str, str], sig: int | None = None, delay: float = 0.0) -> tuple[int, str, float]:
-    """Run ``python -m deepgmm argv`` in its own process group; with ``sig``, send it after ``delay`` s."""
+def run_cli(argv: list[str], env: dict[str, str]) -> tuple[int, str, float]:
+    """Run ``python -m deepgmm argv``; return its status, its stderr and its wall time in seconds."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "deepgmm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=env, start_new_session=True,
-                            preexec_fn=_default_signals)
-    if sig is not None:
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, sig)
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err, time.perf_counter() - t0
+    proc = subprocess.run([sys.executable, "-m", "deepgmm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True, env=env, timeout=300)
+    return proc.returncode, proc.stderr, time.perf_counter() - t0

@@ -6,8 +6,10 @@ on 4 images, ``--deterministic``, ``train-default`` without it; ``predict``: a t
 cases, ``predict-image`` on one; ``table1``: ``myops table1 --methods gmm`` on 2 synthetic patients;
 ``table2``: ``myops table2`` trained on one of them for 3 epochs) is run ``--repeats`` times as a
 fresh process, the versions given by ``--src`` taking turns, so that each sees the same machine
-load. Prints the median (min-max) seconds per job and version and, with two versions, the ratio
-of medians.
+load. The baseline, measured in the same run and the same way, is a fresh interpreter that imports
+torch and exits (``python -c "import torch"``): the floor of any command that computes. Prints the
+median (min-max) seconds per job and version, each job's median as a multiple of the baseline's
+(first version), and, with two versions, the ratio of medians.
 
     python benchmarks/bench_cli.py                                  # this checkout
     python benchmarks/bench_cli.py --src /tmp/old/src --src src     # an older version against this one
@@ -19,12 +21,22 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _cli_cases import SCENARIOS, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _baseline(env: dict[str, str]) -> float:
+    """Wall time of a fresh interpreter that imports torch and exits."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -37,10 +49,19 @@ def main() -> int:
     sources = [s.resolve() for s in (args.src or [ROOT / "src"])]
     commands = args.only or list(SCENARIOS)
     envs = [dict(os.environ, PYTHONPATH=str(s), OMP_NUM_THREADS="1") for s in sources]
-    print(f"{args.repeats} runs per command and version, fresh processes, OMP_NUM_THREADS=1\n")
+    print(f"{args.repeats} runs per command and version, fresh processes, OMP_NUM_THREADS=1")
+    base_times: list[list[float]] = [[] for _ in sources]
+    for rep in range(-1, args.repeats):  # the first round warms the file cache and is not counted
+        for v, env in enumerate(envs):
+            wall = _baseline(env)
+            if rep >= 0:
+                base_times[v].append(wall)
+    base = statistics.median(base_times[0])
+    print("baseline `python -c \"import torch\"`: " + ", ".join(
+        f"{statistics.median(t):.2f} s ({min(t):.2f}-{max(t):.2f})" for t in base_times) + "\n")
     print("| command | " + " | ".join(f"`{s}` s, median (min-max)" for s in sources)
-          + (" | ratio of medians (first / second)" if len(sources) == 2 else "") + " |")
-    print("|---|" + "---|" * (len(sources) + (len(sources) == 2)))
+          + " | x baseline" + (" | ratio of medians (first / second)" if len(sources) == 2 else "") + " |")
+    print("|---|" + "---|" * (len(sources) + 1 + (len(sources) == 2)))
     with tempfile.TemporaryDirectory() as tmp:
         for command in commands:
             folder = Path(tmp) / command
@@ -56,6 +77,7 @@ def main() -> int:
                     if rep >= 0:
                         times[v].append(wall)
             cells = [f"{statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f})" for t in times]
+            cells.append(f"{statistics.median(times[0]) / base:.2f}")
             if len(sources) == 2:
                 cells.append(f"{statistics.median(times[0]) / statistics.median(times[1]):.2f}")
             print(f"| {command} | " + " | ".join(cells) + " |", flush=True)

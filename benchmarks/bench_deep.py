@@ -1,6 +1,6 @@
 """deepSVG speed and accuracy on MyoPS slices: the paper's configuration against deepgmm's default, in one process.
 
-For each slice of a fixed subset of the 79 MyoPS slices (GUIDE §2 protocol), fits deepSVG
+For each slice of a fixed subset of the 79 MyoPS slices (the paper's protocol), fits deepSVG
 with the paper's settings (network "paper": 4 down-sampling steps, 32 filters at the top,
 instance norm, LeakyReLU, nearest up-sampling; random start; AdamW lr 1e-4, weight decay
 1e-3, clip 12; tol 1e-3 after 10 steps, at most 200; whole 160x160 image; no variance floor

@@ -1,6 +1,6 @@
 """Speed of cohort training and of prediction with the trained network, on MyoPS 2020 (not a test).
 
-Measures, on the 79 paper slices (160 x 160 x 3, GUIDE §2) and with the load average printed:
+Measures, on the 79 paper slices (160 x 160 x 3, the paper's protocol) and with the load average printed:
 
 1. prediction throughput of the default training network (slices per wall-clock second, and per
    CPU second of the process, which the other jobs of a shared machine disturb less) through
@@ -28,15 +28,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from _common import default_data  # noqa: E402
+from _common import default_data
 
 
 def load() -> str:

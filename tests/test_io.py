@@ -594,7 +594,7 @@ def test_output_dir_signal_during_the_swap_is_held_until_it_is_done(tmp_path, mo
 def test_output_dir_signal_while_the_staging_folder_is_created_leaves_nothing(tmp_path, monkeypatch, sig):
     """A real signal right after the staging folder is made (before it was recorded, once a stress run hit
     this: __exit__ does not run when __enter__ raises): the signal is delivered and nothing is left behind,
-    the created parents included. Found by benchmarks/stress_cli_signal.py."""
+    the created parents included. Found by tests/stress/test_stress_cli_signal.py."""
 
     class Delivered(Exception):
         pass
