@@ -37,12 +37,12 @@ def main() -> int:
 
     from deepgmm.datasets.myops import paper_slices
     from deepgmm.deep import NETWORKS, DeepMixtureLoss, TotalVariation, UNet
-    from deepgmm.deep.estimator import _bounding_box
+    from deepgmm.preprocess import box_slices
     from deepgmm.deep.unet import network_config
 
     sl = paper_slices(args.data, [101])[0]
     image, mask = torch.from_numpy(sl.image), torch.from_numpy(sl.mask)
-    window = _bounding_box(mask, 16)
+    window = box_slices(mask, 16)
     inputs = {"crop": (image[(slice(None),) + window], mask[window]), "whole": (image, mask)}
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, slice {sl.case}:{sl.slice_index}, "
           f"crop {tuple(inputs['crop'][1].shape)}, median of {args.steps} steps")

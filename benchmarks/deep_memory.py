@@ -22,7 +22,7 @@ import sys, gc, numpy as np, torch
 torch.set_num_threads(1)
 from deepgmm import segment
 from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes
-S = sys.modules['deepgmm.segmentation']
+import deepgmm.memory as S
 def rss(field):
     return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))
 shape, net = tuple(int(s) for s in sys.argv[1].split('x')), sys.argv[2]
