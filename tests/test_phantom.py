@@ -8,13 +8,13 @@ from scipy import ndimage
 
 from deepgmm.phantom import CHANNEL_NAMES, CLASS_NAMES, Phantom, make_phantom
 
-# GUIDE.md section 2, typed in again here as the independent reference (rows: background,
+# The MyoPS class statistics (79 slices, per-crop z-score), typed in again here as the independent reference (rows: background,
 # blood pool, myocardium, edema, scar; columns DE, T2, C0).
-GUIDE_MEANS = np.array([[-0.15, -0.13, -0.24], [1.12, -0.17, 1.60], [-0.45, 0.52, -0.05],
+MYOPS_TABLE_MEANS = np.array([[-0.15, -0.13, -0.24], [1.12, -0.17, 1.60], [-0.45, 0.52, -0.05],
                         [0.29, 1.24, 0.53], [1.13, 1.08, 0.40]])
-GUIDE_STDS = np.array([[0.91, 1.00, 0.90], [0.66, 0.63, 0.60], [0.55, 0.41, 0.44],
+MYOPS_TABLE_STDS = np.array([[0.91, 1.00, 0.90], [0.66, 0.63, 0.60], [0.55, 0.41, 0.44],
                        [0.70, 0.45, 0.58], [0.82, 0.53, 0.52]])
-GUIDE_PIXELS = np.array([18975, 2627, 2406, 690, 901])
+MYOPS_TABLE_PIXELS = np.array([18975, 2627, 2406, 690, 901])
 
 FOUR = np.ones((3, 3), dtype=bool)
 
@@ -66,13 +66,13 @@ def test_geometry_does_not_depend_on_intensity_settings():
 def test_class_sizes_follow_the_myops_table(seed):
     counts = np.bincount(make_phantom(seed=seed).labels.ravel(), minlength=5)
     assert counts.sum() == 160 * 160
-    # within 20 % of the mean MyoPS slice (GUIDE table)
-    np.testing.assert_allclose(counts[1:], GUIDE_PIXELS[1:], rtol=0.2)
+    # within 20 % of the mean MyoPS slice (the table above)
+    np.testing.assert_allclose(counts[1:], MYOPS_TABLE_PIXELS[1:], rtol=0.2)
 
 
 def test_class_sizes_scale_with_the_image():
     counts = np.bincount(make_phantom(shape=(80, 96), seed=1).labels.ravel(), minlength=5)
-    scaled = GUIDE_PIXELS[1:] * (80 / 160) ** 2  # min(H, W) sets the scale
+    scaled = MYOPS_TABLE_PIXELS[1:] * (80 / 160) ** 2  # min(H, W) sets the scale
     np.testing.assert_allclose(counts[1:], scaled, rtol=0.25)
 
 
@@ -107,23 +107,23 @@ def test_scar_depth():
 def test_class_statistics_are_the_requested_ones_before_bias():
     ph = make_phantom(seed=1, bias=0.0, partial_volume=0.0)
     means, stds = _class_stats(ph.image, ph.labels)
-    np.testing.assert_allclose(means, GUIDE_MEANS, atol=1e-4)
-    np.testing.assert_allclose(stds, GUIDE_STDS, atol=1e-4)
+    np.testing.assert_allclose(means, MYOPS_TABLE_MEANS, atol=1e-4)
+    np.testing.assert_allclose(stds, MYOPS_TABLE_STDS, atol=1e-4)
 
 
 def test_class_means_with_partial_volume_stay_close():
     ph = make_phantom(seed=1, bias=0.0)
     means, _ = _class_stats(ph.image, ph.labels)
-    np.testing.assert_allclose(means, GUIDE_MEANS, atol=0.2)
+    np.testing.assert_allclose(means, MYOPS_TABLE_MEANS, atol=0.2)
 
 
 def test_noise_scales_the_class_std():
     ph = make_phantom(seed=1, bias=0.0, partial_volume=0.0, noise=0.5)
     means, stds = _class_stats(ph.image, ph.labels)
-    np.testing.assert_allclose(means, GUIDE_MEANS, atol=1e-4)
-    np.testing.assert_allclose(stds, 0.5 * GUIDE_STDS, atol=1e-4)
+    np.testing.assert_allclose(means, MYOPS_TABLE_MEANS, atol=1e-4)
+    np.testing.assert_allclose(stds, 0.5 * MYOPS_TABLE_STDS, atol=1e-4)
     flat = make_phantom(seed=1, bias=0.0, partial_volume=0.0, noise=0.0)
-    np.testing.assert_allclose(flat.image, np.moveaxis(GUIDE_MEANS[flat.labels], -1, 0), atol=1e-6)
+    np.testing.assert_allclose(flat.image, np.moveaxis(MYOPS_TABLE_MEANS[flat.labels], -1, 0), atol=1e-6)
 
 
 def test_custom_class_statistics():
@@ -152,7 +152,7 @@ def test_bias_field_is_multiplicative_on_a_positive_scale():
 
 def test_texture_is_spatially_correlated():
     def lag1(ph: Phantom) -> float:
-        res = ph.image - np.moveaxis(GUIDE_MEANS[ph.labels], -1, 0)  # noise only (no bias, no blur)
+        res = ph.image - np.moveaxis(MYOPS_TABLE_MEANS[ph.labels], -1, 0)  # noise only (no bias, no blur)
         a, b = res[..., :-1].ravel(), res[..., 1:].ravel()
         return float(np.corrcoef(a, b)[0, 1])
 
@@ -180,8 +180,8 @@ def test_volume():
     # requested statistics over the volume
     flat = make_phantom(shape=(8, 96, 96), seed=2, bias=0.0, partial_volume=0.0)
     means, stds = _class_stats(flat.image, flat.labels)
-    np.testing.assert_allclose(means, GUIDE_MEANS, atol=1e-4)
-    np.testing.assert_allclose(stds, GUIDE_STDS, atol=1e-4)
+    np.testing.assert_allclose(means, MYOPS_TABLE_MEANS, atol=1e-4)
+    np.testing.assert_allclose(stds, MYOPS_TABLE_STDS, atol=1e-4)
 
 
 def test_single_slice_volume():

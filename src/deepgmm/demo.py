@@ -23,6 +23,9 @@ import numpy as np
 
 from ._validation import check_choice, check_int
 from .choices import METHODS
+from .io import OutputDir
+from .metrics import evaluate, relabel
+from .phantom import make_phantom
 
 __all__ = ["run_demo", "DEFAULT_OUT_DIR", "DEMO_SHAPE", "QUICK_SHAPE", "QUICK_OPTIONS", "CLASS_COLOURS"]
 
@@ -133,10 +136,6 @@ def run_demo(
     """
     # the module, not the function that the package re-exports under the same name
     seg_mod = importlib.import_module(".segmentation", __package__)
-    from .io import OutputDir
-    from .metrics import evaluate, relabel
-    from .phantom import make_phantom
-
     if not isinstance(quick, bool):
         raise ValueError(f"quick must be True or False, got {quick!r}")
     if not isinstance(overwrite, bool):

@@ -3,8 +3,7 @@
 :func:`make_phantom` draws a left ventricle (blood pool, myocardial ring, an edema sector of
 the ring and a scar inside or beside it) in a 2D slice ``(H, W)`` or a stack of slices
 ``(D, H, W)`` and fills every class with the per-channel statistics measured on the MyoPS
-2020 slices of the paper's protocol (channels DE, T2, C0 after a per-crop z-score; see
-``GUIDE.md`` section 2), so that the mixture models meet the contrasts they meet on real data.
+2020 slices of the paper's protocol (channels DE, T2, C0 after a per-crop z-score), so that the mixture models meet the contrasts they meet on real data.
 
 Construction, all vectorised:
 
@@ -58,7 +57,7 @@ logger = logging.getLogger(__name__)
 CHANNEL_NAMES: tuple[str, ...] = ("DE", "T2", "C0")
 CLASS_NAMES: tuple[str, ...] = ("background", "blood pool", "myocardium", "edema", "scar")
 
-# GUIDE.md section 2: class statistics on the 79 MyoPS slices after the per-crop z-score.
+# Class statistics on the 79 MyoPS slices of the paper's protocol after the per-crop z-score.
 # Rows: background ("rest of the crop"), blood pool, myocardium, edema, scar; columns DE, T2, C0.
 MYOPS_MEANS = np.array(
     [

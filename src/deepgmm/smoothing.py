@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._validation import check_float
+
 __all__ = ["MaskSmoother", "as_sigmas", "blur_in_mask", "gaussian_kernel", "wants_smoothing"]
 
 
@@ -25,8 +27,6 @@ def wants_smoothing(name: str, sigma: Any) -> bool:
     """Whether ``sigma`` (one number of pixels, or one per axis; 0: none) asks for any smoothing,
     after checking that every value is a finite number >= 0 (a ``ValueError`` naming ``name``).
     The number of axes is checked by :func:`as_sigmas` once the image is known."""
-    from ._validation import check_float
-
     values = np.atleast_1d(np.asarray(sigma, dtype=object))
     if values.ndim != 1:
         raise ValueError(f"{name} must be one number of pixels or one per axis, got {sigma!r}")

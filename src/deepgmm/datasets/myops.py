@@ -384,7 +384,7 @@ def _select_cases(root: str | Path, cases: Iterable[int] | None, split: str) -> 
 
 # ----------------------------------------------------------------------------- protocols
 def paper_slices(root: str | Path, cases: Iterable[int] | None = None, *, crop_size: int = CROP_SIZE) -> list[MyoPSSlice]:
-    """The 2D slices of the paper's MyoPS protocol (GUIDE §2), in case then slice order.
+    """The 2D slices of the paper's MyoPS protocol, in case then slice order.
 
     For every training case (all by default, else ``cases`` in the given order):
 

@@ -22,52 +22,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..choices import DEEP_INITS
-from .._validation import check_choice, check_float, check_int, resolve_device
 from .. import mixture as em
+from .._validation import check_choice, check_float, check_int, resolve_device
+from ..choices import DEEP_INITS
 from ..likelihood import COVARIANCE_TYPES
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from .losses import DeepMixtureLoss
 from .optim import AdamW
-from .regularizers import DEFAULT_SMOOTH_SIGMA, MuPrior, Regularizer, SmoothedPosterior, make_regularizer
+from .regularizers import (
+    DEFAULT_SMOOTH_SIGMA,
+    MuPrior,
+    Regularizer,
+    SmoothedPosterior,
+    build_regularizers,
+)
 from .unet import UNet, UNetConfig, network_config
 
-__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "build_regularizers"]
+__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS"]
 
 logger = logging.getLogger(__name__)
 
-
-
-def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
-                       smooth: float = 0.0, smooth_sigma: Any = DEFAULT_SMOOTH_SIGMA, balance: float = 0.0,
-                       smooth_prior: str = "mixture") -> list[Regularizer]:
-    """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
-    plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
-    term of this weight, width ``smooth_sigma`` and prior ``smooth_prior``), ``balance`` (the balance
-    term of this weight) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
-    out: list[Regularizer] = []
-    if tv:
-        out.append(make_regularizer("tv", tv))
-    if smooth:
-        out.append(make_regularizer("smoothed_posterior", smooth, sigma=smooth_sigma, prior=smooth_prior))
-    if balance:
-        out.append(make_regularizer("balance", balance))
-    for r in regularizers or ():
-        if isinstance(r, Regularizer):
-            out.append(r)
-        elif isinstance(r, str):
-            out.append(make_regularizer(r))
-        elif isinstance(r, dict):
-            r = dict(r)
-            out.append(make_regularizer(r.pop("name", None), r.pop("lam", 1.0), **r))
-        elif isinstance(r, (tuple, list)) and len(r) == 2:
-            out.append(make_regularizer(r[0], r[1]))
-        else:
-            raise ValueError(f"cannot build a regulariser from {r!r}; use a name, (name, lam) or a Regularizer")
-    if mu_prior is not None:
-        out.append(MuPrior(mu_prior, lam))
-    return out
 
 
 class DeepGMM:

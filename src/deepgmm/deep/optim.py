@@ -1,9 +1,8 @@
 """AdamW for the per-image deep fits, without ``torch.optim``'s import of the compiler stack.
 
-Constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` (about 1.3 s on the 2-core test
-machine, once per process): a one-image ``deepgmm segment --method deepsvg`` took 3.91 s with it and
-takes 2.57 s without (``benchmarks/bench_cli.py``). :class:`AdamW` here is the same algorithm (Loshchilov & Hutter: Adam with decoupled
-weight decay and bias correction), written as the same sequence of in-place tensor operations as
+Constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` once per process, a cost a
+one-image command feels (``benchmarks/bench_cli.py``, docs/robustness.md). :class:`AdamW` here is the
+same algorithm (Loshchilov & Hutter: Adam with decoupled weight decay and bias correction), written as the same sequence of in-place tensor operations as
 ``torch.optim.AdamW(foreach=False)``, so that on the CPU both give bit-identical weights
 (``tests/test_deep.py``). Training on a cohort (``deepgmm.training``) keeps ``torch.optim.AdamW``:
 its state goes into resumable checkpoints and its learning rate follows a scheduler.

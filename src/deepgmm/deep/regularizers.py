@@ -34,8 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..io import load_mu_data
+from ..likelihood import log_posteriors
+from ..smoothing import as_sigmas, blur_in_mask
+
 __all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "Balance", "SmoothedPosterior",
-           "REGULARIZERS", "make_regularizer", "DEFAULT_SMOOTH_SIGMA"]
+           "REGULARIZERS", "make_regularizer", "build_regularizers", "DEFAULT_SMOOTH_SIGMA"]
 
 DEFAULT_SMOOTH_SIGMA = 8.0  # pixels; the smoothed-posterior term's width everywhere it is not given (docs/deep.md)
 
@@ -86,8 +90,6 @@ class MuPrior(Regularizer):
     def __init__(self, mu_data: Any, lam: float = 1.0) -> None:
         super().__init__(lam)
         if isinstance(mu_data, (str, os.PathLike)):  # a .npy, .json or text file of K rows and C columns
-            from ..io import load_mu_data
-
             mu_data = load_mu_data(mu_data)
         mu = torch.as_tensor(np.asarray(mu_data, dtype=np.float64))
         if mu.ndim != 2:
@@ -165,8 +167,6 @@ class SmoothedPosterior(Regularizer):
 
     def __init__(self, lam: float = 1.0, sigma: Any = DEFAULT_SMOOTH_SIGMA, prior: str = "mixture") -> None:
         super().__init__(lam)
-        from ..smoothing import as_sigmas
-
         if prior not in self.PRIORS:
             raise ValueError(f"the smoothed_posterior term's prior must be one of {self.PRIORS}, got {prior!r}")
         self.prior = prior
@@ -188,9 +188,6 @@ class SmoothedPosterior(Regularizer):
 
     def target(self, ctx: RegContext) -> Tensor:
         """The smoothed posteriors ``t`` ``(B, K, *spatial)`` (no gradient)."""
-        from ..likelihood import log_posteriors
-        from ..smoothing import blur_in_mask
-
         B, C = ctx.image.shape[:2]
         K = ctx.log_probs.shape[1]
         spatial = tuple(ctx.image.shape[2:])
@@ -245,3 +242,34 @@ def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
     if kwargs:
         raise ValueError(f"unexpected setting(s) {sorted(kwargs)} for the {name!r} regulariser")
     return cls(lam)
+
+
+def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
+                       smooth: float = 0.0, smooth_sigma: Any = DEFAULT_SMOOTH_SIGMA, balance: float = 0.0,
+                       smooth_prior: str = "mixture") -> list[Regularizer]:
+    """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
+    plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
+    term of this weight, width ``smooth_sigma`` and prior ``smooth_prior``), ``balance`` (the balance
+    term of this weight) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
+    out: list[Regularizer] = []
+    if tv:
+        out.append(make_regularizer("tv", tv))
+    if smooth:
+        out.append(make_regularizer("smoothed_posterior", smooth, sigma=smooth_sigma, prior=smooth_prior))
+    if balance:
+        out.append(make_regularizer("balance", balance))
+    for r in regularizers or ():
+        if isinstance(r, Regularizer):
+            out.append(r)
+        elif isinstance(r, str):
+            out.append(make_regularizer(r))
+        elif isinstance(r, dict):
+            r = dict(r)
+            out.append(make_regularizer(r.pop("name", None), r.pop("lam", 1.0), **r))
+        elif isinstance(r, (tuple, list)) and len(r) == 2:
+            out.append(make_regularizer(r[0], r[1]))
+        else:
+            raise ValueError(f"cannot build a regulariser from {r!r}; use a name, (name, lam) or a Regularizer")
+    if mu_prior is not None:
+        out.append(MuPrior(mu_prior, lam))
+    return out

@@ -1,9 +1,27 @@
 """Input and output: image formats (:mod:`~deepgmm.io.formats`), the crash-safe file layer
 (:mod:`~deepgmm.io.files`) and class-statistics tables (:mod:`~deepgmm.io.tables`)."""
 
-from .files import MARKER, OutputDir, atomic_write, atomic_write_bytes, atomic_write_csv, save_json, split_ext
-from .formats import (IMAGE_KINDS, READ_EXTENSIONS, Image, affines_match, kind_of, load_image, load_labels, load_mask,
-                      save_labels, save_probabilities)
+from .files import (
+                      MARKER,
+                      OutputDir,
+                      atomic_write,
+                      atomic_write_bytes,
+                      atomic_write_csv,
+                      save_json,
+                      split_ext,
+)
+from .formats import (
+                      IMAGE_KINDS,
+                      READ_EXTENSIONS,
+                      Image,
+                      affines_match,
+                      kind_of,
+                      load_image,
+                      load_labels,
+                      load_mask,
+                      save_labels,
+                      save_probabilities,
+)
 from .tables import load_mu_data
 
 __all__ = [

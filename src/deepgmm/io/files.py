@@ -7,8 +7,10 @@ under the final name. :class:`OutputDir` does the same for a whole output folder
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import errno
+import io as _io
 import json
 import logging
 import math
@@ -105,9 +107,6 @@ def atomic_write_bytes(path: PathLike, data: bytes | Callable[[Any], None]) -> P
 def atomic_write_csv(path: PathLike, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` as CSV (UTF-8) to ``path`` atomically; the columns are the union of the rows'
     keys in order of first appearance, a missing or None value is an empty cell."""
-    import csv
-    import io as _io
-
     keys: list[str] = []
     for row in rows:
         keys.extend(k for k in row if k not in keys)

@@ -29,8 +29,8 @@ nibabel/Pillow tracebacks.
 from __future__ import annotations
 
 import gzip
-import math
 import logging
+import math
 import os
 import struct
 import zlib

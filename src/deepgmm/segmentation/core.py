@@ -18,7 +18,8 @@ import torch
 
 from .. import memory
 from .._validation import check_choice, check_int, resolve_device
-from ..choices import COVARIANCE_TYPES, METHODS as METHOD_NAMES, NAN_POLICIES, NORMALIZATIONS
+from ..choices import COVARIANCE_TYPES, NAN_POLICIES, NORMALIZATIONS
+from ..choices import METHODS as METHOD_NAMES
 from ..preprocess import zscore
 from .methods import METHODS
 from .result import Segmentation
@@ -248,4 +249,5 @@ def segment(
         settings=public_settings,
         normalization=norm_info,
         model=fit.model,
+        dropped_classes=dropped,
     )

@@ -29,15 +29,27 @@ class MethodFit:
 
 @dataclass
 class Segmentation:
-    """Result of :func:`segment`.
+    """A segmented image: the result of :func:`deepgmm.segment` and of a trained model's
+    :meth:`~deepgmm.training.TrainedModel.predict`.
 
     Attributes
     ----------
-    labels : ndarray ``(*spatial)`` uint8/int16, 0 outside the mask, 1..K inside
+    labels : ndarray ``(*spatial)`` uint8/int32, 0 outside the mask, 1..K inside
     probabilities : ndarray ``(K, *spatial)`` float32, zero outside the mask
-    nll : float, mean negative log-likelihood of the masked pixels at the fitted parameters
-    means, covariances : fitted component parameters in the (normalised) image units
+    nll : float, mean negative log-likelihood of the masked pixels at the fitted parameters (with
+        spare classes: of the fitted mixture, spare classes included)
+    method : the method's name ("gmm", "svgmm", "deepg", "deepsvg")
+    means : ``(K, C)`` class means, covariances ``(K, C)`` or ``(K, C, C)`` (None where not
+        computed), in the (normalised) image units
     weights : ``(K,)`` global class proportions (for the SVGMM/deepSVG: the mean per-pixel weight)
+    n_iter, converged, seconds, nll_history : the fit's; None (empty) for a trained model's
+        prediction, which fits nothing
+    settings : the method's settings, JSON-ready
+    normalization : the per-channel mean/std the image was z-scored with (None: not normalised)
+    model : the fitted estimator, or the trained model that predicted
+    dropped_classes : the spare classes dropped (indices among the fitted classes; empty without)
+    readout : a trained model's read-out (one of :data:`deepgmm.choices.READOUTS`); None for a fit
+    windows : the windows a trained network saw (half-open, per spatial axis); empty for a fit
     """
 
     labels: np.ndarray
@@ -45,33 +57,41 @@ class Segmentation:
     nll: float
     method: str
     means: np.ndarray
-    covariances: np.ndarray
     weights: np.ndarray
-    n_iter: int
-    converged: bool
-    seconds: float
-    nll_history: list[float]
+    covariances: np.ndarray | None = None
+    n_iter: int | None = None
+    converged: bool | None = None
+    seconds: float | None = None
+    nll_history: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     normalization: dict[str, Any] | None = None
     model: Any = None
+    dropped_classes: list[int] = field(default_factory=list)
+    readout: str | None = None
+    windows: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
 
     @property
     def n_components(self) -> int:
         return int(self.probabilities.shape[0])
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready description of the fit (no per-pixel arrays)."""
-        return {
+        """JSON-ready description of the result (no per-pixel arrays)."""
+        out = {
             "method": self.method,
             "settings": self.settings,
             "nll": self.nll,
             "iterations": self.n_iter,
             "converged": self.converged,
             "seconds": self.seconds,
-            "class_means": self.means.tolist(),
-            "class_covariances": self.covariances.tolist(),
-            "class_weights": self.weights.tolist(),
-            "class_pixels": np.bincount(self.labels.ravel(), minlength=self.n_components + 1)[1:].tolist(),
+            "class_means": np.asarray(self.means).tolist(),
+            "class_covariances": None if self.covariances is None else np.asarray(self.covariances).tolist(),
+            "class_weights": np.asarray(self.weights).tolist(),
+            "class_pixels": np.bincount(self.labels.ravel().astype(np.int64),
+                                        minlength=self.n_components + 1)[1:].tolist(),
             "normalization": self.normalization,
             "nll_history": self.nll_history,
+            "dropped_classes": list(self.dropped_classes),
         }
+        if self.readout is not None:
+            out["readout"] = self.readout
+        return out

@@ -10,17 +10,23 @@
 * :mod:`~deepgmm.training.distributed`: the torchrun helpers.
 """
 
+from ..io import load_mu_data
 from .augment import augment_batch, sample_seed
 from .checkpoint import load_checkpoint, save_checkpoint
-from ..io import load_mu_data
 from .config import FORMAT_VERSION, AugmentConfig, TrainConfig
-from .data import CohortDataset, FolderDataset, MyoPSDataset, find_folder_cases, make_dataset
-from .predict import EnsembleModel, Prediction, TrainedModel, load_ensemble, load_model
+from .data import (
+    CohortDataset,
+    FolderDataset,
+    MyoPSDataset,
+    find_folder_cases,
+    make_dataset,
+)
+from .predict import EnsembleModel, TrainedModel, load_ensemble, load_model
 from .train import TrainResult, train
 
 __all__ = [
     "augment_batch", "sample_seed", "load_checkpoint", "save_checkpoint", "FORMAT_VERSION", "AugmentConfig",
     "TrainConfig", "load_mu_data", "CohortDataset", "FolderDataset", "MyoPSDataset", "find_folder_cases",
-    "make_dataset", "Prediction", "TrainedModel", "EnsembleModel", "load_model", "load_ensemble", "TrainResult",
+    "make_dataset", "TrainedModel", "EnsembleModel", "load_model", "load_ensemble", "TrainResult",
     "train",
 ]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..io import atomic_write_bytes
 from .config import FORMAT_VERSION, check_format
 
@@ -59,8 +60,6 @@ MODEL_FILES = (CONFIG_FILE, CHECKPOINT_FILE, MODEL_FILE, LOG_FILE, PLOT_FILE, SU
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Serialise ``state`` (tensors and plain Python values only) into a verified container, atomically."""
-    from .._version import __version__
-
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()

@@ -14,7 +14,9 @@ named ``<case>_z<slice>``, with ``.npy`` (or PNG) outputs and the Dice against t
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,8 +24,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import io as dio
-from ..choices import LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE as SUMMARY_JSON
+from .._version import __version__
+from ..choices import LABEL_FILES, PROBABILITY_FILES
+from ..choices import SUMMARY_FILE as SUMMARY_JSON
+from ..datasets import myops
+from ..metrics import evaluate
+from ..segmentation import segment
+from .data import find_folder_cases, parse_channels, parse_myops_cases
 from .distributed import DistInfo, barrier, broadcast_object, shard
+from .train import _agree
 
 __all__ = ["segment_cohort", "predict_cohort", "cohort_units", "LABEL_FILES", "PROBABILITY_FILES"]
 
@@ -44,8 +53,6 @@ def cohort_units(layout: str, root: str | Path, *, channels: Sequence[str] | Non
                  cases: Any, skip_bad: bool, default_myops_cases: str = "all") -> list[_Item]:
     """The units of work of a cohort, in a fixed order (identical on every rank)."""
     if layout == "folder":
-        from .data import find_folder_cases, parse_channels
-
         if not channels:
             raise ValueError("the folder layout needs the channel names, e.g. --channels DE,T2,C0")
         chans = parse_channels(channels)
@@ -62,9 +69,6 @@ def cohort_units(layout: str, root: str | Path, *, channels: Sequence[str] | Non
 
         return [_Item(fc.name, loader(fc)) for fc in found]
     if layout == "myops":
-        from ..datasets import myops
-        from .data import parse_myops_cases
-
         if channels is not None and list(channels) != list(myops.CHANNELS):
             raise ValueError(f"the MyoPS layout has the channels {','.join(myops.CHANNELS)} in this order, "
                              f"got --channels {','.join(channels)}")
@@ -94,8 +98,6 @@ def _format_for(requested: str | None, image: Any, ndim: int) -> str:
 def _dice(labels: np.ndarray, truth: np.ndarray | None, K: int, prior_order: bool) -> dict[str, Any]:
     if truth is None:
         return {}
-    from ..metrics import evaluate
-
     present = [int(v) for v in np.unique(truth) if v != 0]
     ev = evaluate(labels, truth, labels=present, matching="hungarian")
     out: dict[str, Any] = {"dice": {str(k): v for k, v in ev.dice.items()}, "mean_dice": ev.mean}
@@ -117,8 +119,6 @@ def _write_unit(folder: Path, labels: np.ndarray, probabilities: np.ndarray, sum
 def _run_cohort(items: list[_Item], out: str | Path, *, overwrite: bool, info: DistInfo,
                 work: Callable[[_Item, Path], dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
     """Stage the output folder on rank 0, run ``work`` on this rank's share, then summarise on rank 0."""
-    from .train import _agree
-
     target = dio.OutputDir(out, overwrite=overwrite)
     _agree(info, target.check)
     staging: Path | None = None
@@ -134,8 +134,6 @@ def _run_cohort(items: list[_Item], out: str | Path, *, overwrite: bool, info: D
         barrier(info)
         rows: list[dict[str, Any]] = []
         if info.is_main:
-            import json
-
             for item in items:
                 s = json.loads((staging / item.name / SUMMARY_JSON).read_text(encoding="utf-8"))
                 rows.append({"name": item.name, **{k: v for k, v in s.items() if not isinstance(v, (dict, list))},
@@ -147,8 +145,6 @@ def _run_cohort(items: list[_Item], out: str | Path, *, overwrite: bool, info: D
         ok = True
     finally:
         if info.is_main:
-            import sys
-
             target.__exit__(*(sys.exc_info() if not ok else (None, None, None)))
     barrier(info)
     return summary if info.is_main else {}
@@ -176,9 +172,6 @@ def _summarise(rows: list[dict[str, Any]], header: dict[str, Any], info: DistInf
 def segment_cohort(items: list[_Item], out: str | Path, *, method: str, n_components: int, options: dict[str, Any],
                    fmt: str | None = None, overwrite: bool = False, info: DistInfo | None = None) -> dict[str, Any]:
     """Run :func:`deepgmm.segment` on every unit; returns the summary (rank 0)."""
-    from .._version import __version__
-    from ..segmentation import segment
-
     info = info or DistInfo()
 
     def work(item: _Item, folder: Path) -> dict[str, Any]:

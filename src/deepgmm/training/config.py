@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS
 from .._validation import check_choice, check_float, check_int
+from .._version import __version__
+from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS
+from ..deep.losses import DeepMixtureLoss
+from ..deep.regularizers import build_regularizers
+from ..deep.unet import NETWORKS, UNet, UNetConfig, network_config
+from ..io import save_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -57,8 +63,6 @@ DEFAULT_NETWORK = "cohort"
 def resolve_network(network: str | dict[str, Any], *, spatial_dims: int, in_channels: int,
                     out_channels: int) -> dict[str, Any]:
     """The full U-Net settings (a JSON-ready dict) for a network name or a dict of settings."""
-    from ..deep.unet import NETWORKS, network_config
-
     if isinstance(network, str) and network in TRAIN_NETWORKS:
         network = dict(TRAIN_NETWORKS[network])
     elif isinstance(network, str) and network not in NETWORKS:
@@ -250,8 +254,6 @@ class TrainConfig:
 
     def finalize(self) -> "TrainConfig":
         """Resolve the network name into full U-Net settings, normalise types, validate."""
-        from .._version import __version__
-
         if self.crop_size is not None:
             cs = [self.crop_size] if isinstance(self.crop_size, int) else list(self.crop_size)
             self.crop_size = cs * self.spatial_dims if len(cs) == 1 else cs
@@ -268,32 +270,21 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ building blocks
     def build_regularizers(self) -> list[Any]:
-        from ..deep.regularizers import MuPrior, make_regularizer
-
-        regs = []
+        """The loss's regularisers: ``regularizers`` (dicts with a ``name``) and ``lam * ||mu - mu_data||^2``."""
         for r in self.regularizers:
             if not isinstance(r, dict) or "name" not in r:
                 raise ValueError(f"each regulariser must be a dict with a 'name', got {r!r}")
-            r = dict(r)
             if r["name"] == "mu_prior":
                 raise ValueError("give the mu_prior regulariser through mu_data and lam, not in regularizers")
-            regs.append(make_regularizer(r.pop("name"), r.pop("lam", 1.0), **r))
-        if self.mu_data is not None:
-            regs.append(MuPrior(self.mu_data, self.lam))
-        return regs
+        return build_regularizers(self.regularizers, mu_prior=self.mu_data, lam=self.lam)
 
     def build_loss(self, *, with_regularizers: bool = True) -> Any:
-        from ..deep.losses import DeepMixtureLoss
-
+        """The training loss: the mixture NLL (plus the regularisers)."""
         return DeepMixtureLoss(mixture=self.mixture, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
                                regularizers=self.build_regularizers() if with_regularizers else ())
 
     def build_network(self) -> Any:
         """A freshly initialised U-Net, seeded by ``seed`` without touching the global RNG."""
-        import torch
-
-        from ..deep.unet import UNet, UNetConfig
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return UNet(UNetConfig(**self.network))
@@ -324,8 +315,6 @@ class TrainConfig:
             raise ValueError(f"{source}: invalid configuration: {' '.join(str(exc).split())}") from None
 
     def save(self, path: str | Path) -> Path:
-        from ..io import save_json
-
         return save_json(path, self.to_dict())
 
     @classmethod
@@ -343,8 +332,6 @@ class TrainConfig:
 
 def check_format(version: Any, written_by: Any, source: str) -> None:
     """Refuse a model folder of another format version, with a message naming both versions."""
-    from .._version import __version__
-
     if version != FORMAT_VERSION:
         by = f" by deepgmm {written_by}" if written_by else ""
         raise ValueError(f"{source} was written{by} in model format version {version!r}; this deepgmm "

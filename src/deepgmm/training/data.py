@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 from nibabel.filebasedimages import ImageFileError
 
 from .. import io as dio
 from ..choices import NORMALIZATIONS
+from ..datasets import myops
 from ..preprocess import crop, window_around, zscore
 
 __all__ = [
@@ -235,8 +237,6 @@ def _channel_file(folder: Path, name: str) -> tuple[Path | None, str | None]:
 def _probe_shape(path: Path) -> tuple[int, ...]:
     """The spatial shape of a one-channel file, reading only the header where the format allows."""
     if dio.kind_of(path) == "nifti":
-        import nibabel as nib
-
         try:
             shape = tuple(int(s) for s in nib.load(str(path)).header.get_data_shape())
         except _NIFTI_HEADER_ERRORS as exc:
@@ -403,8 +403,6 @@ class FolderDataset(CohortDataset):
 def parse_myops_cases(spec: str | Sequence[int] | None, available: Sequence[int]) -> list[int]:
     """MyoPS case selection: ``"train"`` (all but the paper's test patients), ``"test"``
     (:data:`deepgmm.datasets.myops.TEST_CASES`), ``"all"``, or ids such as ``"101,102"``."""
-    from ..datasets import myops
-
     avail = sorted(int(c) for c in available)
     if spec is None or spec == "all":
         return avail
@@ -438,8 +436,6 @@ class MyoPSDataset(CohortDataset):
     def __init__(self, root: str | Path, cases: str | Sequence[int] | None = "train", *,
                  normalize: str = "image", crop_size: Sequence[int] | None = None,
                  slice_crop: int | None = None, cache_size: int = 64) -> None:
-        from ..datasets import myops
-
         super().__init__(normalize=normalize, crop_size=crop_size, cache_size=cache_size)
         self.root = Path(root)
         self.channels = list(myops.CHANNELS)

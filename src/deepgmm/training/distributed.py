@@ -18,6 +18,8 @@ from typing import Any, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from .._validation import resolve_device
+
 __all__ = ["DistInfo", "in_torchrun", "init_distributed", "joined_process_group", "shutdown", "shard",
            "all_reduce_sum", "broadcast_object", "barrier"]
 
@@ -80,8 +82,6 @@ def init_distributed(device: str | torch.device | None = "cpu", *, timeout_s: fl
 
     ``device``: "cpu" uses gloo; "cuda" (or "auto" with a GPU) uses NCCL and ``cuda:LOCAL_RANK``.
     """
-    from .._validation import resolve_device
-
     dev = resolve_device(device)
     if not in_torchrun():
         return DistInfo(device=dev)

@@ -13,7 +13,7 @@ so every mask pixel is inside), passed through the network in batches, and paste
   their argmax, 1..K inside the mask, 0 outside (the conventions of :class:`deepgmm.deep.DeepGMM`).
   A model trained with ``spare_classes`` outputs ``K + spare_classes`` classes; each image drops
   the smallest (fewest pixels by the most probable label, counted over the whole image or volume)
-  until K remain, the kept ones renormalised (``Prediction.dropped_classes`` names the dropped);
+  until K remain, the kept ones renormalised (``Segmentation.dropped_classes`` names the dropped);
 * ``nll``: the mixture NLL of the image's mask pixels, computed by
   :class:`deepgmm.deep.DeepMixtureLoss` (no regularisers) from those soft labels, in normalised
   units: the closed-form M-step of the image, then its NLL.
@@ -24,21 +24,26 @@ A 2D model applied to a 3D volume ``(C, X, Y, Z)`` segments it slice by slice al
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy.special import logsumexp
 
+from .._validation import check_choice, resolve_device
 from ..choices import READOUTS
+from ..preprocess import crop, window_around
+from ..segmentation import Segmentation, largest_classes
 from .checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_checkpoint
 from .config import TrainConfig, check_format
-from .data import crop, normalize_unit, window_around
+from .data import normalize_unit
 
-__all__ = ["load_model", "load_ensemble", "TrainedModel", "EnsembleModel", "Prediction", "PREDICT_MARGIN", "READOUTS"]
+__all__ = ["load_model", "load_ensemble", "TrainedModel", "EnsembleModel", "PREDICT_MARGIN", "READOUTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,36 +56,6 @@ the mixture they define (one E-step; docs/training.md "Read-outs and spare class
 PREDICT_BATCH_SIZE = 8
 """Samples per network pass at prediction: on the 2-core CPU, batches of 8 windows of 128x128 ran
 faster than 16 or 32 (their activations stay in cache; benchmarks/bench_train.py --batch-size)."""
-
-
-@dataclass
-class Prediction:
-    """Result of :meth:`TrainedModel.predict`.
-
-    labels ``(*spatial)`` uint8 (0 outside the mask, 1..K); probabilities ``(K, *spatial)``
-    float32 (zero outside the mask); nll (float, normalised units: that of the fitted mixture, spare
-    classes included); means ``(K, C)`` and weights ``(K,)`` of the mixture implied by the soft labels
-    (the kept classes'); normalization (per sample: mean/std); readout: what the probabilities are
-    (:data:`READOUTS`); dropped_classes: the spare classes dropped (indices among the network's
-    ``K + spare_classes`` outputs; empty without spare classes).
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    nll: float
-    means: np.ndarray
-    weights: np.ndarray
-    normalization: Any = None
-    windows: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
-    readout: str = "soft_labels"
-    dropped_classes: list[int] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        K = self.probabilities.shape[0]
-        return {"nll": self.nll, "class_means": self.means.tolist(), "class_weights": self.weights.tolist(),
-                "class_pixels": np.bincount(self.labels.ravel().astype(np.int64), minlength=K + 1)[1:].tolist(),
-                "normalization": self.normalization, "readout": self.readout,
-                "dropped_classes": list(self.dropped_classes)}
 
 
 @dataclass
@@ -103,8 +78,6 @@ class TrainedModel:
 
     def __init__(self, config: TrainConfig, state_dict: dict[str, torch.Tensor], *, device: Any = "cpu",
                  source: str = "model", readout: str = "soft_labels") -> None:
-        from .._validation import resolve_device
-
         self.config = config
         self.source = source
         self.readout = readout
@@ -125,8 +98,6 @@ class TrainedModel:
 
     @readout.setter
     def readout(self, value: str) -> None:
-        from .._validation import check_choice
-
         check_choice("readout", value, READOUTS)
         self._readout = value
 
@@ -183,7 +154,7 @@ class TrainedModel:
         return arr, m
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, image: Any, mask: Any = None, *, channels: Sequence[str] | None = None) -> Prediction:
+    def predict(self, image: Any, mask: Any = None, *, channels: Sequence[str] | None = None) -> Segmentation:
         """Segment one image ``(C, *spatial)`` over ``mask`` ``(*spatial)`` (default: every pixel).
 
         ``channels``: the image's channel names, checked against the model's (count always).
@@ -192,7 +163,7 @@ class TrainedModel:
 
     def predict_many(self, images: Sequence[Any], masks: Sequence[Any] | None = None, *,
                      channels: Sequence[str] | None = None,
-                     batch_size: int = PREDICT_BATCH_SIZE) -> list[Prediction]:
+                     batch_size: int = PREDICT_BATCH_SIZE) -> list[Segmentation]:
         """Segment several images, batching the network's passes over all their samples."""
         if masks is not None and len(masks) != len(images):
             raise ValueError(f"got {len(images)} image(s) but {len(masks)} mask(s)")
@@ -276,10 +247,6 @@ class TrainedModel:
         (:func:`deepgmm.segmentation.largest_classes`) and the kept ones renormalised in the log
         domain, so a dropped class's pixels go to the likeliest kept class. Also returns the kept
         and the dropped classes."""
-        from scipy.special import logsumexp
-
-        from ..segmentation import largest_classes
-
         inside = log_probs[:, m].T  # (N, K')
         kept, dropped = largest_classes(inside, self.n_components)
         sub = inside[:, kept]
@@ -293,7 +260,7 @@ class TrainedModel:
         return probs, labels, kept, dropped
 
     @torch.inference_mode()
-    def _assemble(self, i: int, arr: np.ndarray, m: np.ndarray, parts: list[tuple[_Unit, dict[str, Any]]]) -> Prediction:
+    def _assemble(self, i: int, arr: np.ndarray, m: np.ndarray, parts: list[tuple[_Unit, dict[str, Any]]]) -> Segmentation:
         K1 = self.config.n_fitted
         spatial = m.shape
         if len(parts) == 1 and parts[0][0].slice_index is None:  # one image: everything was computed on its window
@@ -318,7 +285,9 @@ class TrainedModel:
             windows = [u.window for u, _ in parts]
         probs, labels, kept, dropped = self._reduce(log_probs, m)
         nk = nk[kept]
-        return Prediction(labels, probs, nll, means[kept], nk / nk.sum(), norm, windows, self.readout, dropped)
+        return Segmentation(labels=labels, probabilities=probs, nll=nll, method=self.config.method, means=means[kept],
+                            weights=nk / nk.sum(), normalization=norm, model=self, dropped_classes=dropped,
+                            readout=self.readout, windows=windows)
 
 
 class EnsembleModel(TrainedModel):
@@ -404,15 +373,11 @@ def load_model(path: str | Path, *, device: Any = "cpu", readout: str = "soft_la
     A folder of another format version, a corrupt or truncated file, or weights that do not fit
     the stored configuration are refused with a one-line ``ValueError`` naming the file.
     """
-    from .._validation import check_choice
-
     check_choice("readout", readout, READOUTS)
     p = Path(path)
     if p.is_dir():
         cfg_file = p / CONFIG_FILE
         if cfg_file.is_file():
-            import json
-
             try:
                 raw = json.loads(cfg_file.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

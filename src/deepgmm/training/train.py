@@ -38,10 +38,22 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..io import atomic_write_bytes, atomic_write_csv
+from .._validation import resolve_device
+from ..io import atomic_write_bytes, atomic_write_csv, save_json
 from .augment import augment_batch
-from .checkpoint import (CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, MODEL_FILE, MODEL_FILES, PLOT_FILE, SUMMARY_FILE,
-                         load_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    MODEL_FILE,
+    MODEL_FILES,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .data import CohortDataset
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
@@ -223,8 +235,6 @@ def train(
     num_workers : DataLoader worker processes
     progress : show a progress bar (rank 0 only)
     """
-    from .._validation import resolve_device
-
     t_start = time.perf_counter()
     info = dist_info if dist_info is not None else DistInfo(device=resolve_device(device))
     dev = info.device
@@ -384,8 +394,6 @@ def train(
     if info.is_main:
         save_checkpoint(out / MODEL_FILE, {"format_version": config.format_version, "config": config.to_dict(),
                                            "epoch": epochs_run, "model": _state_dict(model)})
-        from ..io import save_json
-
         save_json(out / SUMMARY_FILE, {
             "method": config.method, "epochs": epochs_run, "converged": converged, "final_nll": final_nll,
             "train_samples": len(train_set), "val_samples": 0 if val_set is None else len(val_set),
