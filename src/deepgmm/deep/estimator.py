@@ -335,7 +335,9 @@ class DeepGMM:
         else:
             cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
             est = cls(**settings).fit(X)
-        proba = torch.as_tensor(est.predict_proba(X), dtype=img.dtype)  # (N, K)
+        # the fitted pixels' probabilities (the SVGMM's per-pixel ones exist for them only)
+        proba = torch.as_tensor(est.probabilities_ if est._spatial else est.predict_proba(X),
+                                dtype=img.dtype)  # (N, K)
         target = torch.zeros((self.n_components,) + tuple(region.shape), dtype=img.dtype)
         target[:, region] = proba.T
         self.em_model_ = est
