@@ -29,7 +29,7 @@ class NotFittedError(ValueError, AttributeError):
     """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _with_sklearn_base(sk_error: type) -> type:
     return type("NotFittedError", (NotFittedError, sk_error), {"__module__": __name__})
 
