@@ -59,6 +59,8 @@ class ParamsMixin:
 
     #: scikit-learn's ``estimator_type`` tag ("density_estimator", "clusterer", ... or None)
     _estimator_type_tag: str | None = None
+    #: scikit-learn's input tags that differ from its defaults
+    _input_tags: dict[str, bool] = {}
 
     @classmethod
     def _init_parameters(cls) -> list[inspect.Parameter]:
@@ -86,9 +88,10 @@ class ParamsMixin:
         return {p.name: p.default for p in cls._init_parameters()}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The settings ``{name: value}``; with ``deep``, also ``name__sub`` of nested estimators."""
+        """The settings ``{name: value}`` in ``__init__``'s order; with ``deep``, also ``name__sub`` of
+        nested estimators."""
         out: dict[str, Any] = {}
-        for key in self._get_param_names():
+        for key in self._param_names():
             value = getattr(self, key)
             if deep and hasattr(value, "get_params") and not isinstance(value, type):
                 out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
@@ -143,4 +146,4 @@ class ParamsMixin:
         from sklearn.utils import InputTags, Tags, TargetTags
 
         return Tags(estimator_type=self._estimator_type_tag, target_tags=TargetTags(required=False),
-                    input_tags=InputTags(two_d_array=True, allow_nan=False, sparse=False))
+                    input_tags=InputTags(**self._input_tags))

@@ -122,6 +122,7 @@ class DeepGMM(ParamsMixin):
     nll_ : final NLL; nll_history_ : NLL at every step; n_iter_, converged_, fit_seconds_
     """
 
+    _input_tags = {"two_d_array": False, "three_d_array": True}  # one image (C, *spatial), not (N, C) rows
     _mixture = "svgmm"
     _default_tv = 0.0
     _default_smooth = 1.0
