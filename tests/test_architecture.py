@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "deepgmm"
 
 # lowest first; a module belongs to the first layer with a prefix of its dotted name
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("deepgmm._version", "deepgmm._validation", "deepgmm._signals", "deepgmm.choices",
+    ("core", ("deepgmm._version", "deepgmm._validation", "deepgmm._signals", "deepgmm._params", "deepgmm.choices",
               "deepgmm.likelihood", "deepgmm.smoothing", "deepgmm._init", "deepgmm.metrics", "deepgmm.preprocess",
               "deepgmm.memory", "deepgmm.io", "deepgmm.phantom", "deepgmm.datasets", "deepgmm.figures")),
     ("estimators", ("deepgmm.mixture", "deepgmm.deep")),

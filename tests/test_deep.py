@@ -579,3 +579,33 @@ def test_spare_class_lets_deepsvg_find_the_phantoms_edema():
         scores[spare] = evaluate(seg.labels, ph.labels, labels=[1, 2, 3, 4]).dice
     assert scores[None][3] > 0.3 and scores[0][3] < 0.1, scores  # label 3: edema
     assert np.mean(list(scores[None].values())) > np.mean(list(scores[0].values())) + 0.05
+
+
+# ---------------------------------------------------------------- scikit-learn-style prediction
+@pytest.mark.parametrize("cls", [DeepG, DeepSVG])
+def test_predict_needs_an_image_and_reads_out_as_the_fit(cls):
+    img, truth = noisy_rings(size=32, noise=0.5)
+    mask = np.zeros(truth.shape, bool)
+    mask[4:26, 6:28] = True  # a box smaller than the image: the fit and the prediction crop to it
+    kw = dict(n_components=3, network=TINY, max_steps=3, pretrain_steps=2, crop_margin=2)
+    est = cls(**kw)
+    with pytest.raises(ValueError, match=f"this {cls.__name__} is not fitted yet; call fit"):
+        est.predict(img, mask)
+    labels = est.fit_predict(img, mask)
+    assert labels is est.labels_ and labels.dtype == np.uint8
+    assert labels[~mask].max() == 0 and labels[mask].min() >= 1 and labels[mask].max() <= 3
+    np.testing.assert_array_equal(est.predict(img, mask), est.labels_)
+    np.testing.assert_array_equal(est.predict_proba(img, mask), est.probabilities_)
+    # without a mask: every pixel labelled 1..K
+    assert est.predict(img).min() >= 1 and est.predict_proba(img).shape == (3, 32, 32)
+    for method in (est.predict, est.predict_proba):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}\.{method.__name__} needs an image: "
+                                             rf"{method.__name__}\(image, mask\)\. The results on the fitted image "
+                                             "are labels_ and probabilities_"):
+            method(None)
+        with pytest.raises(TypeError):
+            method()
+    with pytest.raises(ValueError, match=r"image has shape \(1, 32, 32\) but this .* was fitted on 2 channel"):
+        est.predict(img[:1])
+    with pytest.raises(ValueError, match="mask is empty"):
+        est.predict(img, np.zeros_like(mask))

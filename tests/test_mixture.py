@@ -8,7 +8,7 @@ import torch
 from sklearn.mixture import GaussianMixture as SkGMM
 
 from deepgmm import GaussianMixture, SpatiallyVariantGMM
-from deepgmm.mixture import ConvergenceWarning, EmptyComponentWarning
+from deepgmm.mixture import ConvergenceWarning, EmptyComponentWarning, NotFittedError
 
 
 def blobs(n=400, seed=0, C=3):
@@ -81,22 +81,23 @@ def test_recovers_well_separated_classes():
     assert agree > 0.97
 
 
-def test_score_is_final_nll_and_samples_agree():
+def test_score_is_the_mean_log_likelihood_and_nll_its_negative():
     X, _ = blobs()
-    for cls in (GaussianMixture, SpatiallyVariantGMM):
-        m = cls(n_components=3, random_state=0).fit(X)
-        assert m.score(X) == pytest.approx(m.nll_, rel=1e-6)
-        assert -m.score_samples(X).mean() == pytest.approx(m.nll_, rel=1e-6)
+    m = GaussianMixture(n_components=3, random_state=0).fit(X)
+    assert m.score(X) == pytest.approx(-m.nll_, rel=1e-6)
+    assert m.nll(X) == -m.score(X)
+    assert m.score_samples(X).mean() == pytest.approx(m.score(X), rel=1e-6)
 
 
-def test_svgmm_weights_are_per_pixel_and_predict_is_their_argmax():
+def test_svgmm_fitted_labels_and_probabilities_are_the_per_pixel_weights():
     X, _ = blobs()
     m = SpatiallyVariantGMM(n_components=3, random_state=0).fit(X)
     assert m.weights_.shape == (len(X), 3)
-    np.testing.assert_array_equal(m.predict(X), m.weights_.argmax(1))
-    np.testing.assert_allclose(m.predict_proba(X), m.weights_)
-    with pytest.raises(ValueError, match="fitted on 400"):
-        m.predict(X[:10])
+    assert m.labels_.shape == (len(X),) and m.labels_.dtype == np.int64
+    np.testing.assert_array_equal(m.labels_, m.weights_.argmax(1))
+    np.testing.assert_array_equal(m.probabilities_, m.weights_)
+    np.testing.assert_array_equal(m.mean_weights_, m.weights_.mean(0))
+    np.testing.assert_array_equal(SpatiallyVariantGMM(n_components=3, random_state=0).fit_predict(X), m.labels_)
 
 
 def test_svgmm_fits_better_than_gmm():
@@ -213,7 +214,7 @@ def test_get_set_params_and_repr():
     assert m.get_params()["n_components"] == 5
     assert m.set_params(n_components=2) is m and m.n_components == 2
     assert "n_components=2" in repr(m)
-    with pytest.raises(ValueError, match="unknown parameter 'bogus'"):
+    with pytest.raises(ValueError, match="unknown parameter 'bogus' for GaussianMixture"):
         m.set_params(bogus=1)
 
 
@@ -245,7 +246,7 @@ def test_bad_settings_are_clear_errors(kwargs, match):
 
 def test_bad_data_are_clear_errors():
     X, _ = blobs()
-    with pytest.raises(ValueError, match="X must be 2-dimensional, got shape"):
+    with pytest.raises(ValueError, match=r"X must be 2-dimensional \(N, C\), got shape \(400,\)\. Reshape"):
         GaussianMixture(n_components=2).fit(X[:, 0])
     bad = X.copy()
     bad[3, 1] = np.nan
@@ -257,8 +258,9 @@ def test_bad_data_are_clear_errors():
     with pytest.raises(ValueError, match="must hold numbers"):
         GaussianMixture(n_components=2).fit(np.array([["a", "b"]]))
     m = GaussianMixture(n_components=2)
-    with pytest.raises(ValueError, match="not fitted yet"):
-        m.predict(X)
+    for method in (m.predict, m.predict_proba, m.score, m.score_samples, m.nll, m.bic, m.aic):
+        with pytest.raises(NotFittedError, match="this GaussianMixture is not fitted yet; call fit"):
+            method(X)
     m.fit(X)
-    with pytest.raises(ValueError, match="X has 2 channel.* fitted on 3"):
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features"):
         m.predict(X[:, :2])

@@ -124,10 +124,10 @@ def test_smoothed_svgmm_matches_a_naive_em_loop():
     ref_history, _ = _naive_smoothed_svgmm(X, mask, means, variances, weights, 0.05, 1.5, 6)
     np.testing.assert_allclose(est.nll_history_, ref_history + [est.nll_], rtol=1e-10)
     assert est.n_iter_ == 6
-    # predict_proba is the posterior at the fitted parameters: rows sum to 1, predict is its argmax
-    proba = est.predict_proba(X)
+    # probabilities_ is the posterior at the fitted parameters: rows sum to 1, labels_ is its argmax
+    proba = est.probabilities_
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-12)
-    assert np.array_equal(est.predict(X), proba.argmax(1))
+    assert np.array_equal(est.labels_, proba.argmax(1))
     assert est.weights_.shape == (X.shape[0], 2)
 
 
@@ -149,7 +149,7 @@ def test_smoothing_zero_is_the_plain_svgmm_with_or_without_a_mask():
     plain = SpatiallyVariantGMM(n_components=2, random_state=0).fit(X)
     masked = SpatiallyVariantGMM(n_components=2, random_state=0, smoothing=0.0).fit(X, mask=mask)
     assert plain.nll_history_ == masked.nll_history_
-    assert np.array_equal(plain.predict_proba(X), masked.predict_proba(X))
+    assert np.array_equal(plain.probabilities_, masked.probabilities_)
 
 
 def test_smoothing_lifts_the_dice_on_a_noisy_image():

@@ -7,14 +7,19 @@ matrix and its peak memory stays a small multiple of the data. The SVGMM keeps i
 per-pixel log-weights ``(N, K)`` (two buffers), which is inherent to the model.
 
 Conventions follow scikit-learn: keyword-only settings stored unchanged by ``__init__``,
-``fit`` returns ``self``, learned attributes end in ``_``. One deliberate difference:
-:meth:`score` returns the mean *negative* log-likelihood (lower is better), the quantity
-the paper minimises.
+``fit`` returns ``self``, learned attributes end in ``_``, :meth:`~_BaseMixture.score` is the
+mean log-likelihood (higher is better; :meth:`~_BaseMixture.nll` is its negative, the quantity
+the paper minimises and ``nll_`` reports), labels of pixel arrays are ``0..K-1``, and
+``sklearn.base.clone`` works without scikit-learn being a dependency.
+
+Fitted vs new pixels: the SVGMM's per-pixel weights only describe the pixels it was fitted on.
+What the fit found for them is in ``labels_`` ``(N,)`` and ``probabilities_`` ``(N, K)``;
+``predict`` / ``predict_proba`` / ``score`` take *new* pixels and use the global weights
+(the mean of the per-pixel weights), as a :class:`GaussianMixture` would.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -26,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _init
+from ._params import NotFittedError, ParamsMixin, not_fitted
 from .choices import INIT_METHODS
 from ._validation import as_tensor, check_choice, check_float, check_int, resolve_device, resolve_dtype
 from .likelihood import (
@@ -41,7 +47,7 @@ from .likelihood import (
 )
 
 __all__ = ["GaussianMixture", "SpatiallyVariantGMM", "INIT_METHODS", "ConvergenceWarning", "EmptyComponentWarning",
-           "EM_IMAGE_DEFAULTS"]
+           "NotFittedError", "EM_IMAGE_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,33 @@ def _to_numpy(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _input_array(X: Any) -> Any:
+    """``X`` as a tensor or numpy array of numbers, with scikit-learn's errors for sparse and complex
+    input; object arrays of numbers become float64 (a non-number there raises numpy's TypeError)."""
+    if isinstance(X, Tensor):
+        if X.is_complex():
+            raise ValueError(f"Complex data not supported: X must be real-valued, got dtype {X.dtype}")
+        return _check_2d(X)
+    if type(X).__module__.startswith("scipy.sparse"):
+        raise ValueError(f"X is a {type(X).__name__}: sparse input is not supported; pass a dense array (X.toarray())")
+    try:
+        arr = np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"X must be array-like, got {type(X).__name__}: {exc}") from None
+    if arr.dtype == object:
+        arr = arr.astype(np.float64)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"Complex data not supported: X must be real-valued, got dtype {arr.dtype}")
+    return _check_2d(arr)
+
+
+def _check_2d(X: Any) -> Any:
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-dimensional (N, C), got shape {tuple(X.shape)}. Reshape your data: "
+                         "X.reshape(-1, 1) for a single channel, X.reshape(1, -1) for a single pixel")
+    return X
+
+
 class _EMState:
     """Parameters during one EM run (all tensors on the fitting device).
 
@@ -83,9 +116,10 @@ class _EMState:
         self.covariances = covariances
 
 
-class _BaseMixture:
+class _BaseMixture(ParamsMixin):
     """Shared settings, validation, initialisation and EM loop."""
 
+    _estimator_type_tag = "density_estimator"
     _spatial = False
     _init_methods: tuple[str, ...] = INIT_METHODS
 
@@ -122,44 +156,6 @@ class _BaseMixture:
         self.dtype = dtype
         self.chunk_size = chunk_size
 
-    # ------------------------------------------------------------------ sklearn plumbing
-    @classmethod
-    def _param_defaults(cls) -> dict[str, Any]:
-        """``{name: default}`` of every setting, over the ``__init__`` of this class and its bases."""
-        out: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__[:-1]):  # without object
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            for p in inspect.signature(init).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                    out[p.name] = p.default
-        return out
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return list(cls._param_defaults())
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> "_BaseMixture":
-        valid = set(self._param_names())
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"unknown parameter {key!r} for {type(self).__name__}; valid: {sorted(valid)}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = self._param_defaults()
-        changed = []
-        for k, v in self.get_params().items():
-            d = defaults.get(k)
-            if isinstance(v, (np.ndarray, Tensor)) or not (v is d or v == d):
-                changed.append(f"{k}={v!r}" if not isinstance(v, (np.ndarray, Tensor)) else f"{k}=<array>")
-        return f"{type(self).__name__}({', '.join(changed)})"
-
     # ------------------------------------------------------------------ validation
     def _validate_settings(self) -> None:
         check_int("n_components", self.n_components, minimum=1)
@@ -170,23 +166,37 @@ class _BaseMixture:
         check_int("n_init", self.n_init, minimum=1)
         check_choice("init", self.init, self._init_methods)
         check_int("chunk_size", self.chunk_size, minimum=1)
-        if self.random_state is not None:
-            check_int("random_state", self.random_state, minimum=0)
         if self.init == "means" and self.means_init is None:
             raise ValueError("init='means' needs means_init, an array of shape (n_components, n_channels)")
+        if not isinstance(self.random_state, (type(None), np.random.RandomState, np.random.Generator)):
+            check_int("random_state", self.random_state, minimum=0)
+
+    def _seed(self) -> int:
+        """The seed of this fit: ``random_state`` itself (an int >= 0), one drawn from it (a numpy
+        ``RandomState`` or ``Generator``, as scikit-learn allows; it advances) or fresh entropy (None)."""
+        rs = self.random_state
+        if rs is None:
+            return int(np.random.SeedSequence().generate_state(1)[0])
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(np.iinfo(np.int32).max))
+        if isinstance(rs, np.random.Generator):
+            return int(rs.integers(np.iinfo(np.int32).max))
+        return check_int("random_state", rs, minimum=0)
 
     def _prepare(self, X: Any) -> Tensor:
         self._validate_settings()
         self._device = resolve_device(self.device)
+        X = _input_array(X)
         self._dtype = resolve_dtype(self.dtype, X)
         X = as_tensor(X, name="X", ndim=2, dtype=self._dtype, device=self._device)
         N, C = X.shape
+        if C < 1:
+            raise ValueError(f"X has 0 feature(s) (shape=({N}, 0)) while a minimum of 1 is required: "
+                             "X must have at least one channel (column)")
         if N < self.n_components:
             raise ValueError(
                 f"X has {N} sample(s) but n_components={self.n_components}; need at least one sample per component"
             )
-        if C < 1:
-            raise ValueError("X must have at least one channel (column), got shape (N, 0)")
         return X
 
     def _given(self, name: str, value: Any, shape: tuple[int, ...]) -> Tensor:
@@ -198,7 +208,8 @@ class _BaseMixture:
     def _check_X_features(self, X: Tensor) -> None:
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {X.shape[1]} channel(s) but the model was fitted on {self.n_features_in_}"
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                "features as input (the channels it was fitted on)"
             )
 
     # ------------------------------------------------------------------ initialisation
@@ -358,9 +369,7 @@ class _BaseMixture:
                 f"X has values {spread:.3g} away from their mean, too large for {str(self._dtype).split('.')[-1]} "
                 f"(sums of squares overflow beyond ~{limit:.2g}); rescale the data or use dtype='float64'"
             )
-        seed = self.random_state
-        if seed is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        seed = self._seed()
         generator = torch.Generator().manual_seed(seed)
         self._warned_empty: set[int] = set()
         best = None
@@ -387,45 +396,80 @@ class _BaseMixture:
         self.nll_ = history[-1]
         self.n_iter_ = n_iter
         self.converged_ = converged
-        self.fit_seconds_ = time.perf_counter() - t0
         self.n_samples_fit_ = X.shape[0]
+        self._set_fitted_labels(Xc, state)
+        self.fit_seconds_ = time.perf_counter() - t0
         return self
 
+    def _set_fitted_labels(self, Xc: Tensor, state: _EMState) -> None:
+        """Set ``labels_`` (and the SVGMM's ``probabilities_``) of the fitted pixels ``Xc`` (centred)."""
+        self.labels_ = self._labels(Xc)
+
+    def _is_fitted(self) -> bool:
+        return hasattr(self, "_state")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "_state"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+        if not self._is_fitted():
+            raise not_fitted(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
 
     def _as_input(self, X: Any) -> Tensor:
         self._check_fitted()
-        X = as_tensor(X, name="X", ndim=2, dtype=self._dtype, device=self._device)
+        X = as_tensor(_input_array(X), name="X", ndim=2, dtype=self._dtype, device=self._device)
         self._check_X_features(X)
         return X - self._shift
 
-    def _log_posterior(self, Xc: Tensor) -> tuple[Tensor, Tensor]:
-        """``(log_norm (N,), log_resp (N, K))`` at the fitted parameters, streamed in chunks."""
+    def _posterior_chunks(self, Xc: Tensor, log_weights: Tensor | None = None):
+        """``(log_norm (n,), log_resp (n, K))`` per chunk of ``Xc`` at the fitted parameters, under
+        ``log_weights`` ``(K,)`` (default: the global weights) or ``(N, K)`` (one row per pixel of ``Xc``)."""
         comps = Gaussians(self._state.means, self._state.covariances, self.covariance_type)
         xmax = abs_max_per_channel(Xc)
-        norms, resps = [], []
+        log_w = self._log_weights if log_weights is None else log_weights
         chunk = self.chunk_size
         for s in range(0, Xc.shape[0], chunk):
-            lw = self._log_weights[s : s + chunk] if self._spatial else self._log_weights
-            ln, lr = log_mixture(comps.log_prob(Xc[s : s + chunk], xmax), lw)
-            norms.append(ln)
-            resps.append(lr)
+            lw = log_w[s : s + chunk] if log_w.ndim == 2 else log_w
+            yield log_mixture(comps.log_prob(Xc[s : s + chunk], xmax), lw)
+
+    def _log_posterior(self, Xc: Tensor, log_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(log_norm (N,), log_resp (N, K))`` at the fitted parameters, streamed in chunks."""
+        norms, resps = zip(*self._posterior_chunks(Xc, log_weights)) if Xc.shape[0] else ((), ())
+        if not norms:
+            K = self.n_components
+            return Xc.new_zeros((0,)), Xc.new_zeros((0, K))
         return torch.cat(norms), torch.cat(resps)
 
+    def _labels(self, Xc: Tensor) -> np.ndarray:
+        """Posterior argmax ``(N,)`` under the global weights, without keeping the ``(N, K)`` posteriors."""
+        if Xc.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        return _to_numpy(torch.cat([lr.argmax(1) for _, lr in self._posterior_chunks(Xc)]))
+
     def score_samples(self, X: Any) -> np.ndarray:
-        """Per-pixel log-likelihood ``log p(x_n)`` ``(N,)``."""
+        """Per-pixel log-likelihood ``log p(x_n)`` ``(N,)`` of new pixels ``X`` ``(N, C)``."""
         Xc = self._as_input(X)
         return _to_numpy(self._log_posterior(Xc)[0])
 
     def score(self, X: Any, y: Any = None) -> float:
-        """Mean negative log-likelihood of ``X`` (lower is better; sklearn's ``score`` is its negative)."""
+        """Mean log-likelihood of ``X`` ``(N, C)`` (higher is better; scikit-learn's sign). :meth:`nll` is its
+        negative."""
         Xc = self._as_input(X)
-        return -float(self._log_posterior(Xc)[0].mean(dtype=torch.float64))
+        return float(self._log_posterior(Xc)[0].mean(dtype=torch.float64))
+
+    def nll(self, X: Any) -> float:
+        """Mean negative log-likelihood of ``X`` ``(N, C)`` (lower is better; the quantity EM minimises)."""
+        return -self.score(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Posterior class probabilities ``(N, K)`` of new pixels ``X`` ``(N, C)``."""
+        Xc = self._as_input(X)
+        return _to_numpy(self._log_posterior(Xc)[1].exp())
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class ``(N,)`` (posterior argmax) of new pixels ``X`` ``(N, C)``, in 0..K-1."""
+        return self._labels(self._as_input(X))
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        return self.fit(X).predict(X)
+        """Fit to ``X`` ``(N, C)`` and return ``labels_`` ``(N,)``, in 0..K-1."""
+        return self.fit(X).labels_
 
 
 class GaussianMixture(_BaseMixture):
@@ -450,10 +494,12 @@ class GaussianMixture(_BaseMixture):
         "means" starts from ``means_init``.
     means_init, weights_init, covariances_init : array-like, optional
         ``(K, C)``, ``(K,)``, ``(K, C)`` or ``(K, C, C)``: override the corresponding initial values.
-    random_state : int, optional
-        Seed; the same seed gives the same result on the same device.
+    random_state : int, numpy RandomState or Generator, optional
+        Seed; the same int gives the same result on the same device. A numpy random state
+        (scikit-learn's convention) is drawn from, once per ``fit``; None: fresh entropy.
     device : "cpu", "cuda", "cuda:N" or "auto"
-    dtype : "float32", "float64" or None (float64 input stays float64, otherwise float32)
+    dtype : "float32", "float64" or None (float64 input, and lists of Python floats, stay
+        float64; otherwise float32)
     chunk_size : int, default 262144
         Pixels per streamed block of the E-step (bounds memory for huge images).
 
@@ -462,21 +508,21 @@ class GaussianMixture(_BaseMixture):
     weights_ : ndarray (K,)
     means_ : ndarray (K, C)
     covariances_ : ndarray (K, C) or (K, C, C)
+    labels_ : ndarray (N,) int64
+        Class of every fitted pixel in 0..K-1: ``predict`` of the fitted ``X`` (``fit_predict``).
+    n_features_in_ : int
+        Number of channels C.
     nll_history_ : list of float
         NLL at the initial parameters and after every iteration (never rises).
     nll_ : float
-        Final mean NLL. ``n_iter_``, ``converged_``, ``fit_seconds_`` likewise.
+        Final mean NLL of the fitted pixels (``-score(X)``). ``n_iter_``, ``converged_``,
+        ``fit_seconds_`` likewise.
+
+    Notes
+    -----
+    Labels of pixel arrays are 0..K-1, as in scikit-learn; label *images*
+    (:func:`deepgmm.segment`, the deep estimators) are 0 outside the mask and 1..K inside.
     """
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Posterior class probabilities ``(N, K)``."""
-        Xc = self._as_input(X)
-        return _to_numpy(self._log_posterior(Xc)[1].exp())
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable class ``(N,)`` (posterior argmax), in 0..K-1."""
-        Xc = self._as_input(X)
-        return _to_numpy(self._log_posterior(Xc)[1].argmax(1))
 
     def n_parameters(self) -> int:
         """Number of free parameters (weights, means, covariances)."""
@@ -485,10 +531,19 @@ class GaussianMixture(_BaseMixture):
         cov = K * C if self.covariance_type == "diag" else K * C * (C + 1) // 2
         return (K - 1) + K * C + cov
 
+    def _n_rows(self, X: Any) -> int:
+        return X.shape[0] if hasattr(X, "shape") else len(X)
+
     def bic(self, X: Any) -> float:
-        """Bayesian information criterion on ``X`` (lower is better); helps to choose K."""
-        n = np.asarray(X).shape[0] if not isinstance(X, Tensor) else X.shape[0]
-        return 2.0 * n * self.score(X) + self.n_parameters() * math.log(n)
+        """Bayesian information criterion on ``X`` ``(N, C)``, ``-2 N score(X) + p log N`` with ``p``
+        free parameters (scikit-learn's formula; lower is better); helps to choose K."""
+        n = self._n_rows(X)
+        return -2.0 * n * self.score(X) + self.n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on ``X`` ``(N, C)``, ``-2 N score(X) + 2 p`` (scikit-learn's formula)."""
+        n = self._n_rows(X)
+        return -2.0 * n * self.score(X) + 2.0 * self.n_parameters()
 
 
 class SpatiallyVariantGMM(_BaseMixture):
@@ -498,6 +553,18 @@ class SpatiallyVariantGMM(_BaseMixture):
     so they converge towards one-hot labels. Settings as :class:`GaussianMixture`; the initial
     per-pixel weights are the initial (global) weights on every pixel.
 
+    The model is transductive: the per-pixel weights describe the fitted pixels only. What the
+    fit found for them is ``labels_`` / ``probabilities_`` (and ``fit_predict``). ``predict``,
+    ``predict_proba``, ``score_samples`` and ``score`` take *new* pixels (any number of rows) and
+    use the fitted Gaussians with the global weights ``mean_weights_``, the mean of the
+    per-pixel weights over the fitted pixels, as a :class:`GaussianMixture` with those
+    parameters would.
+
+    Parameters
+    ----------
+    n_components, covariance_type, tol, reg_covar, max_iter, n_init, init, means_init, weights_init,
+    covariances_init, random_state, device, dtype, chunk_size :
+        As :class:`GaussianMixture`.
     smoothing : float or sequence of floats, default 0
         Standard deviation, in pixels (one for all axes, or one per axis of the mask, e.g.
         ``(0, 6, 6)`` for a volume of thick slices), of a Gaussian that smooths the posteriors
@@ -506,21 +573,49 @@ class SpatiallyVariantGMM(_BaseMixture):
         a pixel leans towards the classes of its neighbourhood. Needs the pixels' layout,
         ``fit(X, mask=mask)`` with ``X = image[:, mask].T``. 0 is the paper's SVGMM. With
         smoothing the EM is no longer exact, so the NLL may rise; the fit stops once the NLL
-        changes by less than ``tol`` either way (or at ``max_iter``), and ``predict_proba`` is the
+        changes by less than ``tol`` either way (or at ``max_iter``), and ``probabilities_`` is the
         posterior ``pi_nk N(x_n | mu_k, Sigma_k)`` (normalised) at the fitted parameters.
 
     Attributes
     ----------
     weights_ : ndarray (N, K)
-        Per-pixel mixing weights of the fitted pixels; without smoothing ``predict`` is their argmax.
-    means_, covariances_, nll_history_, nll_, n_iter_, converged_ : as :class:`GaussianMixture`
-        (without smoothing the NLL never rises).
+        Per-pixel mixing weights of the fitted pixels.
+    probabilities_ : ndarray (N, K)
+        Label probabilities of the fitted pixels: ``weights_`` without smoothing, with smoothing
+        the posterior at the fitted parameters (see ``smoothing``).
+    labels_ : ndarray (N,) int64
+        Class of every fitted pixel in 0..K-1, the argmax of ``probabilities_``.
+    mean_weights_ : ndarray (K,)
+        ``weights_.mean(0)``: the global weights that ``predict`` and the scores use on new pixels.
+    means_, covariances_, n_features_in_, nll_history_, nll_, n_iter_, converged_ : as :class:`GaussianMixture`
+        (``nll_`` is under the per-pixel weights; without smoothing it never rises).
     """
 
     _spatial = True
 
-    def __init__(self, *, smoothing: float = 0.0, **settings: Any) -> None:
-        super().__init__(**settings)
+    def __init__(
+        self,
+        *,
+        n_components: int = 4,
+        covariance_type: str = "diag",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 200,
+        n_init: int = 1,
+        init: str = "kmeans",
+        means_init: Any = None,
+        weights_init: Any = None,
+        covariances_init: Any = None,
+        random_state: int | None = None,
+        device: str | torch.device | None = "cpu",
+        dtype: str | torch.dtype | None = None,
+        chunk_size: int = 262144,
+        smoothing: float | tuple[float, ...] = 0.0,
+    ) -> None:
+        super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
+                         max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
+                         weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
+                         device=device, dtype=dtype, chunk_size=chunk_size)
         self.smoothing = smoothing
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "SpatiallyVariantGMM":
@@ -546,6 +641,26 @@ class SpatiallyVariantGMM(_BaseMixture):
         self._smoother = None
         return super().fit(X, y)
 
+    def fit_predict(self, X: Any, y: Any = None, *, mask: Any = None) -> np.ndarray:
+        """Fit to ``X`` ``(N, C)`` (``mask`` as in :meth:`fit`) and return ``labels_`` ``(N,)``, in 0..K-1."""
+        return self.fit(X, y, mask=mask).labels_
+
+    def _set_fitted_labels(self, Xc: Tensor, state: _EMState) -> None:
+        per_pixel = state.log_weights  # (N, K)
+        if self._sigmas is None:
+            self.labels_ = _to_numpy(per_pixel.argmax(1))
+            self.probabilities_ = self.weights_.copy()
+        else:
+            log_resp = self._log_posterior(Xc, per_pixel)[1]
+            self.labels_ = _to_numpy(log_resp.argmax(1))
+            self.probabilities_ = _to_numpy(log_resp.exp())
+        self.mean_weights_ = self.weights_.mean(0)
+        tiny = torch.finfo(self._dtype).tiny
+        self._log_weights = torch.log(torch.as_tensor(self.mean_weights_, device=self._device).clamp_min(tiny))
+        # the per-pixel weights live on in weights_; the state keeps what prediction needs
+        self._state = _EMState(self._log_weights, state.means, state.covariances)
+        self._mask = self._smoother = None
+
     def _smooths(self) -> bool:
         """Whether ``smoothing`` asks for any (validated: numbers >= 0)."""
         from .smoothing import wants_smoothing
@@ -566,26 +681,3 @@ class SpatiallyVariantGMM(_BaseMixture):
             self._smoother = MaskSmoother(self._mask, self._sigmas, dtype=log_resp.dtype, device=log_resp.device)
         smoothed = self._smoother(log_resp.exp())  # (N, K), rows sum to 1
         return log_resp.copy_(torch.log(smoothed.clamp_min(torch.finfo(log_resp.dtype).tiny)))
-
-    def _check_X_features(self, X: Tensor) -> None:
-        super()._check_X_features(X)
-        if X.shape[0] != self.n_samples_fit_:
-            raise ValueError(
-                f"X has {X.shape[0]} pixel(s) but this SpatiallyVariantGMM was fitted on {self.n_samples_fit_}: "
-                "its weights are per pixel, so it only describes the pixels it was fitted on"
-            )
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """The per-pixel label probabilities ``(N, K)`` (``X`` must be the fitted pixels): ``weights_``,
-        or with smoothing the posterior at the fitted parameters."""
-        Xc = self._as_input(X)
-        if self._sigmas is not None:
-            return _to_numpy(self._log_posterior(Xc)[1].exp())
-        return self.weights_.copy()
-
-    def predict(self, X: Any) -> np.ndarray:
-        """The argmax of :meth:`predict_proba` ``(N,)`` (``X`` must be the fitted pixels)."""
-        Xc = self._as_input(X)
-        if self._sigmas is not None:
-            return _to_numpy(self._log_posterior(Xc)[1].argmax(1))
-        return _to_numpy(self._log_weights.argmax(1))

@@ -12,7 +12,6 @@ the EM solution's basin instead of at random labels.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import mixture as em
+from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS
 from ..likelihood import COVARIANCE_TYPES
@@ -45,8 +45,15 @@ logger = logging.getLogger(__name__)
 
 
 
-class DeepGMM:
+class DeepGMM(ParamsMixin):
     """Deep Gaussian mixture fitted to one image (use :class:`DeepG` or :class:`DeepSVG`).
+
+    A per-image (transductive) model: ``fit(image, mask)`` trains a fresh network on that image
+    and stores what it finds there in ``labels_`` / ``probabilities_`` (``fit_predict`` returns
+    ``labels_``); ``predict(image, mask)`` / ``predict_proba(image, mask)`` apply the fitted
+    network to an image, which they require, read out as the fit does. Its results are label
+    *images*: 0 outside the mask, 1..K inside (as :func:`deepgmm.segment`), unlike the 0..K-1
+    labels of the pixel-array estimators in :mod:`deepgmm.mixture`.
 
     Parameters
     ----------
@@ -85,13 +92,15 @@ class DeepGMM:
     Attributes
     ----------
     network_ : the fitted :class:`UNet`
-    probabilities_ : ndarray ``(K, *spatial)`` soft labels (zero outside the mask)
-    labels_ : ndarray ``(*spatial)`` 0 outside the mask, 1..K inside
+    probabilities_ : ndarray ``(K, *spatial)`` float32 soft labels of the fitted image (zero outside the mask)
+    labels_ : ndarray ``(*spatial)`` uint8 (int32 for K >= 255) labels of the fitted image: 0 outside
+        the mask, 1..K inside (the argmax of ``probabilities_`` plus one)
     means_, covariances_ : ``(K, C)``, ``(K, C)`` or ``(K, C, C)``; covariance_type_ : the one fitted
     weights_ : ``(K,)`` class proportions over the mask
     nll_ : final NLL; nll_history_ : NLL at every step; n_iter_, converged_, fit_seconds_
     """
 
+    _input_tags = {"two_d_array": False, "three_d_array": True}  # one image (C, *spatial), not (N, C) rows
     _mixture = "svgmm"
     _default_tv = 0.0
     _default_smooth = 1.0
@@ -153,21 +162,6 @@ class DeepGMM:
         self.random_state = random_state
         self.device = device
         self.progress = progress
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._param_names()}
-
-    def set_params(self, **params: Any) -> "DeepGMM":
-        valid = set(self._param_names())
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"unknown parameter {k!r} for {type(self).__name__}; valid: {sorted(valid)}")
-            setattr(self, k, v)
-        return self
 
     def _validate(self) -> list[Regularizer]:
         check_int("n_components", self.n_components, minimum=1)
@@ -278,12 +272,8 @@ class DeepGMM:
         self.network_ = net.eval()
         self.network_config_ = cfg
         self._set_results(logits[0], out, region, history, n_iter, converged, regs)
-        if window != tuple(slice(None) for _ in window):
-            probs = np.zeros((self.n_components,) + tuple(full_region.shape), dtype=np.float32)
-            labels = np.zeros(tuple(full_region.shape), dtype=self.labels_.dtype)
-            probs[(slice(None),) + window] = self.probabilities_
-            labels[window] = self.labels_
-            self.probabilities_, self.labels_ = probs, labels
+        self.probabilities_, self.labels_ = _uncrop(self.probabilities_, self.labels_, window,
+                                                    tuple(full_region.shape))
         self.window_ = window
         self.fit_seconds_ = time.perf_counter() - t0
         logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
@@ -310,7 +300,9 @@ class DeepGMM:
         else:
             cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
             est = cls(**settings).fit(X)
-        proba = torch.as_tensor(est.predict_proba(X), dtype=img.dtype)  # (N, K)
+        # the fitted pixels' probabilities (the SVGMM's per-pixel ones exist for them only)
+        proba = torch.as_tensor(est.probabilities_ if est._spatial else est.predict_proba(X),
+                                dtype=img.dtype)  # (N, K)
         target = torch.zeros((self.n_components,) + tuple(region.shape), dtype=img.dtype)
         target[:, region] = proba.T
         self.em_model_ = est
@@ -333,13 +325,18 @@ class DeepGMM:
                 bar.update(1)
                 bar.set_postfix(distil=f"{float(loss):.4f}")
 
-    def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
-                     converged: bool, regs: list[Regularizer]) -> None:
+    def _read_out(self, logits: Tensor, region: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Soft labels ``(K, *spatial)`` float32 (zero outside ``region``) and labels ``(*spatial)``
+        (0 outside ``region``, 1..K inside) from the network's ``logits`` ``(K, *spatial)``."""
         region_dev = region.to(logits.device)
         probs = torch.softmax(logits, 0) * region_dev  # (K, *spatial)
         labels = torch.where(region_dev, probs.argmax(0) + 1, torch.zeros((), dtype=torch.long, device=logits.device))
-        self.probabilities_ = probs.cpu().numpy().astype(np.float32)
-        self.labels_ = labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32)
+        return (probs.cpu().numpy().astype(np.float32),
+                labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32))
+
+    def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
+                     converged: bool, regs: list[Regularizer]) -> None:
+        self.probabilities_, self.labels_ = self._read_out(logits, region)
         fit = out.fit
         self.means_ = fit.means[0].cpu().numpy()
         self.covariances_ = fit.covariances[0].cpu().numpy()
@@ -352,26 +349,55 @@ class DeepGMM:
         self.regularizers_ = [r.config() for r in regs]
 
     # ------------------------------------------------------------------ prediction
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "network_"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(image, mask) first")
+    def _is_fitted(self) -> bool:
+        return hasattr(self, "network_")
 
-    def predict_proba(self, image: Any = None) -> np.ndarray:
-        """Soft labels ``(K, *spatial)``: of the fitted image (``image=None``) or of the network applied to ``image``."""
+    def _check_fitted(self) -> None:
+        if not self._is_fitted():
+            raise not_fitted(f"this {type(self).__name__} is not fitted yet; call fit(image, mask) first")
+
+    def fit_predict(self, image: Any, mask: Any = None) -> np.ndarray:
+        """Fit to ``image`` ``(C, *spatial)`` over ``mask`` and return ``labels_`` ``(*spatial)``
+        (0 outside the mask, 1..K inside)."""
+        return self.fit(image, mask).labels_
+
+    def _apply(self, image: Any, mask: Any, caller: str) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted network on ``image``, read out as the fit does: on the mask's bounding box grown
+        by ``crop_margin``, soft labels zero and labels 0 outside the mask."""
         self._check_fitted()
         if image is None:
-            return self.probabilities_
+            raise ValueError(f"{type(self).__name__}.{caller} needs an image: {caller}(image, mask). The results "
+                             "on the fitted image are labels_ and probabilities_ (fit_predict returns labels_)")
         img = _image_tensor(image)
+        C, spatial = img.shape[0], tuple(img.shape[1:])
+        cfg = self.network_config_
+        if C != cfg.in_channels or len(spatial) != cfg.spatial_dims:
+            raise ValueError(f"image has shape {tuple(img.shape)} but this {type(self).__name__} was fitted on "
+                             f"{cfg.in_channels} channel(s) of a {cfg.spatial_dims}D image")
+        region = torch.ones(spatial, dtype=torch.bool) if mask is None else _mask_tensor(mask, spatial)
+        if not bool(region.any()):
+            raise ValueError("mask is empty: it selects no pixel of the image")
+        window = box_slices(region, self.crop_margin)
+        x = img[(slice(None),) + window].unsqueeze(0)  # (1, C, *window)
+        self.network_.check_input(tuple(x.shape))
         dev = next(self.network_.parameters()).device
         with torch.no_grad():
-            return torch.softmax(self.network_(img.unsqueeze(0).to(dev))[0], 0).cpu().numpy()
+            logits = self.network_(x.to(dev))[0]
+        probs, labels = self._read_out(logits, region[window])
+        return _uncrop(probs, labels, window, spatial)
 
-    def predict(self, image: Any = None) -> np.ndarray:
-        """Labels 1..K ``(*spatial)`` (0 outside the mask for the fitted image)."""
-        if image is None:
-            self._check_fitted()
-            return self.labels_
-        return self.predict_proba(image).argmax(0).astype(np.int64) + 1
+    def predict_proba(self, image: Any, mask: Any = None) -> np.ndarray:
+        """Soft labels ``(K, *spatial)`` float32 of the fitted network applied to ``image``
+        ``(C, *spatial)`` (prepared as the fitted image was, e.g. z-scored), zero outside ``mask``
+        ``(*spatial)`` (default: all pixels). On the fitted image and mask this is ``probabilities_``
+        (for a network with batch norm or dropout up to the train/eval mode: the fit's read-out
+        ran in train mode, prediction runs in eval mode)."""
+        return self._apply(image, mask, "predict_proba")[0]
+
+    def predict(self, image: Any, mask: Any = None) -> np.ndarray:
+        """Labels ``(*spatial)`` of the fitted network applied to ``image`` ``(C, *spatial)``:
+        0 outside ``mask`` (default: all pixels), 1..K inside; the dtype of ``labels_``."""
+        return self._apply(image, mask, "predict")[1]
 
 
 class DeepG(DeepGMM):
@@ -412,6 +438,18 @@ def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
     if tuple(m.shape) != spatial:
         raise ValueError(f"mask must have the image's spatial shape {spatial}, got {tuple(m.shape)}")
     return m != 0
+
+
+def _uncrop(probs: np.ndarray, labels: np.ndarray, window: tuple[slice, ...],
+            spatial: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Soft labels ``(K, *window)`` and labels ``(*window)`` placed in zero arrays of ``spatial``."""
+    if window == tuple(slice(None) for _ in window):
+        return probs, labels
+    full_probs = np.zeros((probs.shape[0],) + spatial, dtype=probs.dtype)
+    full_labels = np.zeros(spatial, dtype=labels.dtype)
+    full_probs[(slice(None),) + window] = probs
+    full_labels[window] = labels
+    return full_probs, full_labels
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:

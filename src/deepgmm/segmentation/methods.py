@@ -41,8 +41,9 @@ def _fit_em(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[s
     _check_options(cls, settings)
     X = image[:, mask].T  # (N, C)
     est = cls(**settings).fit(X, **({"mask": mask.numpy()} if cls._spatial else {}))
-    proba = est.predict_proba(X)
-    labels = est.predict(X)
+    # the fitted pixels' labels; the SVGMM's per-pixel probabilities only exist for them
+    proba = est.probabilities_ if cls._spatial else est.predict_proba(X)
+    labels = est.labels_
     weights = est.weights_ if est.weights_.ndim == 1 else est.weights_.mean(0)
     return MethodFit(proba, labels, est.means_, est.covariances_, weights, est.nll_, est.nll_history_,
                      est.n_iter_, est.converged_, est)

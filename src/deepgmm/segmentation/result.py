@@ -34,7 +34,7 @@ class Segmentation:
 
     Attributes
     ----------
-    labels : ndarray ``(*spatial)`` uint8/int32, 0 outside the mask, 1..K inside
+    labels : ndarray ``(*spatial)`` uint8 (int32 for K >= 255), 0 outside the mask, 1..K inside
     probabilities : ndarray ``(K, *spatial)`` float32, zero outside the mask
     nll : float, mean negative log-likelihood of the masked pixels at the fitted parameters (with
         spare classes: of the fitted mixture, spare classes included)
