@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "deepgmm"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("deepgmm._version", "deepgmm._validation", "deepgmm._signals", "deepgmm._params", "deepgmm.choices",
               "deepgmm.likelihood", "deepgmm.smoothing", "deepgmm._init", "deepgmm.metrics", "deepgmm.preprocess",
-              "deepgmm.memory", "deepgmm.io", "deepgmm.phantom", "deepgmm.datasets", "deepgmm.figures")),
+              "deepgmm.memory", "deepgmm.io", "deepgmm.phantom", "deepgmm.datasets", "deepgmm.figures",
+              "deepgmm._torch_settings")),
     ("estimators", ("deepgmm.mixture", "deepgmm.deep")),
     ("segment", ("deepgmm.segmentation",)),
     ("training", ("deepgmm.training",)),
@@ -142,3 +143,34 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_import_reader_sees_relative_and_function_level_imports():
     deps = imports_of("deepgmm.segmentation.core")
     assert {"deepgmm.memory", "deepgmm.segmentation.methods", "deepgmm.preprocess"} <= deps
+
+
+CLI_MAX_FUNCTION_LINES = 80
+CLI_MAX_MODULE_LINES = 500
+
+
+def _long_functions(source: str, limit: int) -> list[tuple[str, int, int]]:
+    """(name, first line, length) of every function or method of ``source`` longer than ``limit`` lines."""
+    return [(node.name, node.lineno, node.end_lineno - node.lineno + 1)
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_cli_functions_are_short():
+    """The command line stays a set of named steps: no function of deepgmm.cli is longer than 80 lines,
+    no module longer than 500."""
+    paths = sorted((PACKAGE / "cli").glob("*.py"))
+    assert paths, "deepgmm.cli is not a package"
+    for path in paths:
+        source = path.read_text(encoding="utf-8")
+        long = _long_functions(source, CLI_MAX_FUNCTION_LINES)
+        assert not long, f"{path.name}: " + ", ".join(f"{name} (line {line}) has {n} lines" for name, line, n in long)
+        n_lines = len(source.splitlines())
+        assert n_lines <= CLI_MAX_MODULE_LINES, f"{path.name} has {n_lines} lines (at most {CLI_MAX_MODULE_LINES})"
+
+
+def test_the_length_check_counts_a_function_from_def_to_its_last_line():
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    assert _long_functions(f"def short():\n{body[: body.rfind(chr(10))]}\n", 80) == []
+    assert _long_functions(f"def long():\n{body}\n", 80) == [("long", 1, 81)]

@@ -20,6 +20,9 @@ from _helpers import check_error
 from deepgmm import cli
 from deepgmm import io as dio
 from deepgmm.cli import main
+from deepgmm.cli import options as cli_options
+from deepgmm.cli import supervise
+from deepgmm.cli.common import torch_settings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 AFFINE = np.diag([1.25, 1.25, 8.0, 1.0])
@@ -208,8 +211,8 @@ def test_spare_classes_flag_end_to_end(case, capsys):
 def test_extra_segment_option_hook(case, monkeypatch):
     """A new entry of SEGMENT_OPTIONS becomes a flag forwarded as a keyword."""
     folder, paths, img, truth = case
-    monkeypatch.setattr(cli, "SEGMENT_OPTIONS", cli.SEGMENT_OPTIONS + [
-        cli.SegmentOption("--momentum", "momentum", float, "momentum", minimum=0.0)])
+    monkeypatch.setattr(cli_options, "SEGMENT_OPTIONS", cli_options.SEGMENT_OPTIONS + [
+        cli_options.SegmentOption("--momentum", "momentum", float, "momentum", minimum=0.0)])
     calls = capture_segment_kwargs(monkeypatch)
     with pytest.raises(_Stop):
         main(seg_args(paths, folder / "o", "--momentum", "0.001"))
@@ -227,21 +230,21 @@ def test_torch_settings_touch_the_deterministic_mode_only_where_asked(monkeypatc
                         lambda mode, **kw: (calls.append(mode), real(mode, **kw))[1])
     threads = torch.get_num_threads()
     assert not torch.are_deterministic_algorithms_enabled()
-    with cli._TorchSettings(threads=1):
+    with torch_settings(threads=1):
         assert torch.get_num_threads() == 1
     assert calls == [] and torch.get_num_threads() == threads
-    with cli._TorchSettings(threads=None, deterministic=True):
+    with torch_settings(threads=None, deterministic=True):
         assert torch.are_deterministic_algorithms_enabled()
     assert calls == [True, False] and not torch.are_deterministic_algorithms_enabled()
     real(True)  # already on: nothing to set, nothing to restore
     try:
-        with cli._TorchSettings(threads=None, deterministic=True):
+        with torch_settings(threads=None, deterministic=True):
             assert torch.are_deterministic_algorithms_enabled()
         assert calls == [True, False] and torch.are_deterministic_algorithms_enabled()
     finally:
         real(False)
     with pytest.raises(ValueError, match="--threads"):
-        cli._TorchSettings(threads=0)
+        torch_settings(threads=0)
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -480,7 +483,7 @@ def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, n
     module, done = f"deepgmm_test_held_{name.lower()}", tmp_path / "done"
     (tmp_path / f"{module}.py").write_text(_SIGNAL_DURING_IMPORT.format(name=name, done=str(done)))
     monkeypatch.syspath_prepend(str(tmp_path))
-    previous_term = cli._install_sigterm()  # as in main: SIGTERM raises Terminated
+    previous_term = supervise._install_sigterm()  # as in main: SIGTERM raises Terminated
     try:
         handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         with pytest.raises(raised) as info:
@@ -490,7 +493,7 @@ def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, n
         assert done.exists(), "the module's code was cut half-way"
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     finally:
-        cli._restore_sigterm(previous_term)
+        supervise._restore_sigterm(previous_term)
         sys.modules.pop(module, None)
 
 

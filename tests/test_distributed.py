@@ -245,13 +245,13 @@ def _log_nll(folder: Path) -> list[tuple[str, str]]:
 def test_peer_failure_is_one_line_only_under_torchrun(tmp_path, monkeypatch, capsys):
     """A collective failing because another rank died: one line and exit 2 under torchrun;
     outside torchrun the same RuntimeError is not disguised."""
-    import deepgmm.cli as cli
+    import deepgmm.cli.segment as segment_cmd
 
     def failing(args):
         raise RuntimeError("[/src/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:44223. "
                            "This is typically caused by a remote worker crashing.")
 
-    monkeypatch.setattr(cli, "cmd_segment", failing)
+    monkeypatch.setattr(segment_cmd, "cmd_segment", failing)
     make_cohort(tmp_path / "d", n=1)
     argv = ["segment", str(tmp_path / "d" / "case00" / "A.nii.gz"), "--method", "gmm", "-k", "2", "--out",
             str(tmp_path / "o")]
@@ -267,7 +267,7 @@ def test_peer_failure_is_one_line_only_under_torchrun(tmp_path, monkeypatch, cap
     def other(args):
         raise RuntimeError(message)
 
-    monkeypatch.setattr(cli, "cmd_segment", other)
+    monkeypatch.setattr(segment_cmd, "cmd_segment", other)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["deepgmm: error: a collective operation of this torchrun job failed (Timed out waiting 1800000ms "
@@ -276,7 +276,7 @@ def test_peer_failure_is_one_line_only_under_torchrun(tmp_path, monkeypatch, cap
     monkeypatch.delenv("WORLD_SIZE")
     with pytest.raises(RuntimeError, match="Timed out waiting"):
         main(argv)
-    monkeypatch.setattr(cli, "cmd_segment", failing)
+    monkeypatch.setattr(segment_cmd, "cmd_segment", failing)
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         main(argv)
 
@@ -285,6 +285,7 @@ _LEAVE_SCRIPT = """
 import sys, time
 from pathlib import Path
 import deepgmm.cli as cli
+import deepgmm.cli.segment as segment_cmd
 import deepgmm.training.distributed as dist_mod
 
 marker, joined, kind = Path(sys.argv[1]), sys.argv[2] == "joined", sys.argv[3]
@@ -303,7 +304,7 @@ def command(args):
         raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1. Remote worker crashed.")
     raise RuntimeError("an unexpected bug")
 
-cli.cmd_segment = command
+segment_cmd.cmd_segment = command  # what the parser registers
 sys.exit(cli.main(["segment", sys.argv[4], "--method", "gmm", "-k", "2", "--out", sys.argv[5]]))
 """
 

@@ -1,0 +1,80 @@
+"""Checks and conversions of command-line values shared by several commands (torch-free)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, ContextManager, Sequence
+
+from .. import _torch_settings
+
+__all__ = ["check_minimum", "output_format", "parse_int_list", "parse_names", "refuse_data_options",
+           "data_settings", "torch_settings"]
+
+
+def check_minimum(flag: str, value: Any, minimum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{flag} must be >= {minimum:g}, got {value:g}")
+
+
+def output_format(requested: str | None, kind: str, ndim: int) -> str:
+    """The output format: ``--format`` if given (png only for 2D), else one like the input's ``kind``."""
+    if requested is None:
+        if kind == "nifti":
+            return "nifti"
+        if kind == "npy":
+            return "npy"
+        return "png" if ndim == 2 else "npy"
+    if requested == "png" and ndim != 2:
+        raise ValueError(f"--format png needs a 2D image, got a {ndim}D one; use --format nifti or npy")
+    return requested
+
+
+def parse_int_list(flag: str, text: str) -> list[int]:
+    items = [t.strip() for t in text.split(",")]
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers such as 500,200,1220,2221, got {text!r}") from None
+    if len(set(values)) != len(values):
+        raise ValueError(f"{flag} lists a label twice: {text!r}")
+    return values
+
+
+def parse_names(flag: str, text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",")]
+    if any(not n for n in names):
+        raise ValueError(f"{flag} must be comma-separated non-empty names such as blood,myocardium, got {text!r}")
+    return names
+
+
+# ----------------------------------------------------------------------------- data folders (--data)
+_DATA_FLAGS = {"layout": "--layout", "channels": "--channels", "mask_name": "--mask-name", "cases": "--cases",
+               "skip_bad": "--skip-bad"}
+
+
+def refuse_data_options(args: argparse.Namespace) -> None:
+    """Refuse the data-folder flags when no data folder is given."""
+    given = [flag for dest, flag in _DATA_FLAGS.items() if hasattr(args, dest)]
+    if given:
+        raise ValueError(f"{', '.join(given)} only apply with --data DIR")
+
+
+def data_settings(args: argparse.Namespace, *, layout_default: str = "folder",
+                  channels_default: Sequence[str] | None = None) -> dict[str, Any]:
+    """The data-folder flags' values (the defaults where not given)."""
+    from ..training.data import parse_channels
+
+    layout = getattr(args, "layout", layout_default)
+    channels = parse_channels(args.channels) if hasattr(args, "channels") else channels_default
+    return {"layout": layout, "channels": None if channels is None else list(channels),
+            "mask_name": getattr(args, "mask_name", "mask") or None, "cases": getattr(args, "cases", None),
+            "skip_bad": bool(getattr(args, "skip_bad", False))}
+
+
+# ----------------------------------------------------------------------------- torch
+def torch_settings(threads: int | None, deterministic: bool = False) -> ContextManager[None]:
+    """:func:`deepgmm._torch_settings.torch_settings` for ``--threads`` (checked here, so that the error
+    names the flag) and ``--deterministic``."""
+    if threads is not None:
+        check_minimum("--threads", threads, 1)
+    return _torch_settings.torch_settings(threads, deterministic)

@@ -1,0 +1,200 @@
+"""The optional flags of ``deepgmm segment`` and ``deepgmm train``, as tables (torch-free).
+
+Each entry becomes one flag of the parser (:mod:`deepgmm.cli.parser`) and, when the user gives it,
+one keyword of :func:`deepgmm.segment` or one field of :class:`deepgmm.training.TrainConfig`.
+The choices come from :mod:`deepgmm.choices`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..choices import (COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS, NAN_POLICIES,
+                       NORMALIZATIONS)
+
+__all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES"]
+
+INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
+
+
+# ----------------------------------------------------------------------------- deepgmm segment
+@dataclass(frozen=True)
+class SegmentOption:
+    """An optional ``deepgmm segment`` flag forwarded to :func:`deepgmm.segment`.
+
+    The flag is passed as ``keyword=value`` only when the user gives it, so the library's
+    defaults apply otherwise. ``minimum`` is checked here so that the error names the flag.
+    To expose a new option (e.g. a deep-model setting), append a :class:`SegmentOption` to
+    :data:`SEGMENT_OPTIONS`.
+    """
+
+    flag: str
+    keyword: str
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    metavar: str | None = None
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+    methods: tuple[str, ...] | None = None  # None: every method
+
+    @property
+    def dest(self) -> str:
+        return "opt_" + self.keyword
+
+
+def _sigmas(text: str) -> float | list[float]:
+    """``--smoothing``: ``6`` or ``0,6,6`` (pixels per axis), each a number >= 0."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels or one per axis (e.g. 0,6,6), got {text!r}") from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every sigma must be a number >= 0, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+SEGMENT_OPTIONS: list[SegmentOption] = [
+    SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
+                  "otherwise)",
+                  choices=COVARIANCE_TYPES),
+    SegmentOption("--spare-classes", "spare_classes", int, "fit this many extra classes, then drop the smallest "
+                  "ones (their pixels to the likelier class left) so that -k classes remain (default: deepsvg 1, "
+                  "others 0; 0 with --mu-prior)", minimum=0, metavar="N"),
+    SegmentOption("--normalize", "normalize", str,
+                  "z-score every channel over the mask or the whole image first (default: mask)",
+                  choices=NORMALIZATIONS),
+    SegmentOption("--nan-policy", "nan_policy", str,
+                  "NaN/Inf pixels inside the mask: an error, or leave them out of the mask (default: raise)",
+                  choices=NAN_POLICIES),
+    SegmentOption("--seed", "random_state", int, "random seed (default 0: results repeat)", minimum=0,
+                  metavar="S"),
+    SegmentOption("--device", "device", str, "where to compute (default: cpu)", choices=DEVICES),
+    SegmentOption("--reg-covar", "reg_covar", float, "variance floor added in every M-step, in normalised units "
+                  "(default: gmm 0.1, svgmm 0.2, deep 0.3)", minimum=0.0, metavar="V"),
+    SegmentOption("--tol", "tol", float, "stop when the NLL changes by less than T per iteration/step "
+                  "(default 1e-3)", minimum=0.0, metavar="T"),
+    # no argparse choices: the valid values depend on the method, and the library names them on error
+    SegmentOption("--init", "init", str, f"initialisation (EM: {', '.join(INIT_CHOICES)}, default kmeans; "
+                  f"deep: {', '.join(DEEP_INITS)}, default em)", metavar="INIT"),
+    SegmentOption("--max-iter", "max_iter", int, "EM: maximum number of iterations", minimum=0, metavar="N",
+                  methods=EM_METHODS),
+    SegmentOption("--n-init", "n_init", int, "EM: number of starts; the lowest final NLL wins", minimum=1,
+                  metavar="N", methods=EM_METHODS),
+    SegmentOption("--smoothing", "smoothing", _sigmas, "svgmm: Gaussian smoothing (sigma in pixels, or one per "
+                  "axis such as 0,6,6 for thick slices) of the posteriors that become the per-pixel weights, a spatial "
+                  "prior (default 0: the paper's SVGMM)", metavar="S", methods=("svgmm",)),
+    SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of optimiser steps", minimum=0,
+                  metavar="N", methods=DEEP_METHODS),
+    SegmentOption("--min-steps", "min_steps", int, "deep: never stop before this step", minimum=0, metavar="N",
+                  methods=DEEP_METHODS),
+    SegmentOption("--lr", "lr", float, "deep: AdamW learning rate", minimum=0.0, metavar="LR", methods=DEEP_METHODS),
+    SegmentOption("--network", "network", str, "deep: U-Net by name (fast, tiny, paper)", metavar="NET",
+                  methods=DEEP_METHODS),
+    SegmentOption("--pretrain-steps", "pretrain_steps", int, "deep: steps distilling the EM start into the network",
+                  minimum=0, metavar="N", methods=DEEP_METHODS),
+    SegmentOption("--tv", "tv", float, "deep: weight of the total-variation term (0: none)", minimum=0.0,
+                  metavar="L", methods=DEEP_METHODS),
+    SegmentOption("--smooth", "smooth", float, "deep: weight of the smoothed-posterior term, which pulls the soft "
+                  "labels towards posteriors smoothed by a Gaussian (default 1)", minimum=0.0, metavar="L",
+                  methods=DEEP_METHODS),
+    SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "deep: that Gaussian's sigma in pixels, or one per axis "
+                  "such as 0,8,8 for thick slices (default 8)", metavar="S", methods=DEEP_METHODS),
+    SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
+                  "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
+    SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "
+                  ".json or text, in normalised units): adds lam*||mu - mu_data||^2 and fixes the class order",
+                  metavar="FILE", methods=DEEP_METHODS),
+    SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
+                  metavar="L", methods=DEEP_METHODS),
+]
+
+
+# ----------------------------------------------------------------------------- deepgmm train
+@dataclass(frozen=True)
+class TrainOption:
+    """A ``deepgmm train`` flag that sets the field ``key`` of :class:`deepgmm.training.TrainConfig`
+    (``augment.<name>`` for an augmentation setting). Given flags are recorded so that ``--resume``
+    can check them against the stored configuration."""
+
+    flag: str
+    key: str
+    type: Callable[[str], Any]
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return "topt_" + self.key.replace(".", "__")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 128 or 128,128, got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+TRAIN_OPTIONS: list[TrainOption] = [
+    TrainOption("--n-components", "n_components", int, "number of classes K (default 4)", minimum=1, metavar="K"),
+    TrainOption("--spare-classes", "spare_classes", int, "extra classes the network fits; each prediction drops the "
+                "smallest until K remain (default 0; not with --mu-prior)", minimum=0, metavar="N"),
+    TrainOption("--covariance", "covariance_type", str, "covariance of each class (default diag)",
+                choices=COVARIANCE_TYPES),
+    TrainOption("--reg-covar", "reg_covar", float, "variance floor of the M-step (default 1e-6)", minimum=0.0,
+                metavar="V"),
+    TrainOption("--network", "network", str, "U-Net: cohort (default), tiny, fast, paper, or a JSON object of U-Net "
+                "settings such as '{\"features\": [8, 16, 32]}'", metavar="NET"),
+    TrainOption("--class-names", "class_names", str, "names of the classes 1..K in order (default: the layout's, "
+                "MyoPS: blood,myocardium,edema,scar)", metavar="N1,N2,..."),
+    TrainOption("--normalize", "normalize", str, "z-score every channel over each sample's mask or whole image "
+                "(default: mask; MyoPS: image, i.e. the 160x160 crop)", choices=NORMALIZATIONS),
+    TrainOption("--crop-size", "crop_size", _int_list, "train on windows of this size centred on each mask's "
+                "bounding box (default: whole images; MyoPS: 128)", metavar="S[,S]"),
+    TrainOption("--dims", "spatial_dims", int, "2: train on 2D images or slices of volumes along their last axis "
+                "(default); 3: on volumes", choices=(2, 3)),
+    TrainOption("--mu-prior", "mu_data", str, "file of class means mu_data (K rows, C columns; .npy, .json or "
+                "text, in normalised units): adds lam*||mu - mu_data||^2 and fixes the class order", metavar="FILE"),
+    TrainOption("--lam", "lam", float, "weight of the --mu-prior term (default 1)", minimum=0.0, metavar="L"),
+    TrainOption("--tv", "regularizers.tv", float, "add a total-variation term of this weight", minimum=0.0,
+                metavar="L"),
+    TrainOption("--entropy", "regularizers.entropy", float, "add an entropy term of this weight", minimum=0.0,
+                metavar="L"),
+    TrainOption("--epochs", "epochs", int, "maximum number of epochs (default 100)", minimum=1, metavar="N"),
+    TrainOption("--batch-size", "batch_size", int, "global batch size, over all processes (default 4)", minimum=1,
+                metavar="B"),
+    TrainOption("--lr", "lr", float, "AdamW learning rate (default 1e-3)", minimum=0.0, metavar="LR"),
+    TrainOption("--weight-decay", "weight_decay", float, "AdamW weight decay (default 1e-3)", minimum=0.0,
+                metavar="W"),
+    TrainOption("--lr-power", "lr_power", float, "power of the polynomial learning-rate decay (default 0.9)",
+                minimum=0.0, metavar="P"),
+    TrainOption("--grad-clip", "grad_clip", float, "gradient-norm clip (default 12)", minimum=0.0, metavar="G"),
+    TrainOption("--tol", "tol", float, "stop when the epoch-mean NLL changes by less (default 5e-3)", minimum=0.0,
+                metavar="T"),
+    TrainOption("--patience", "patience", int, "stop only once --tol held for this many epochs in a row "
+                "(default 1, the paper's rule)", minimum=1, metavar="N"),
+    TrainOption("--min-epochs", "min_epochs", int, "never stop before this epoch (default 2)", minimum=1,
+                metavar="N"),
+    TrainOption("--seed", "seed", int, "seed of the weights, the shuffling and the augmentation (default 0)",
+                minimum=0, metavar="S"),
+    TrainOption("--val-fraction", "val_fraction", float, "fraction of the cases held out for a validation NLL "
+                "(default 0)", minimum=0.0, metavar="F"),
+    TrainOption("--flip", "augment.flip", float, "probability of flipping each in-plane axis (default 0.5)",
+                minimum=0.0, metavar="P"),
+    TrainOption("--rotate", "augment.rotate", float, "maximum rotation in degrees (default 10)", minimum=0.0,
+                metavar="DEG"),
+    TrainOption("--scale", "augment.scale", float, "maximum relative zoom (default 0.1)", minimum=0.0, metavar="S"),
+    TrainOption("--elastic", "augment.elastic", float, "std of the elastic displacement in pixels (default 2)",
+                minimum=0.0, metavar="PX"),
+    TrainOption("--noise", "augment.noise", float, "maximum std of the added noise (default 0.05)", minimum=0.0,
+                metavar="S"),
+]

@@ -1,0 +1,125 @@
+"""``deepgmm segment``: one image (its channel files) or, with ``--data``, every case of a data folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..choices import DEEP_METHODS, LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE
+from . import options as cli_options
+from .common import check_minimum, data_settings, output_format, refuse_data_options
+
+__all__ = ["cmd_segment", "cmd_segment_cohort"]
+
+logger = logging.getLogger(__name__)
+
+
+def segment_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``segment()`` keyword options of the flags the user gave (library defaults otherwise)."""
+    options: dict[str, Any] = {}
+    for opt in cli_options.SEGMENT_OPTIONS:
+        if not hasattr(args, opt.dest):
+            continue
+        if opt.methods is not None and args.method not in opt.methods:
+            raise ValueError(f"{opt.flag} applies to the {'/'.join(opt.methods)} methods, "
+                             f"not to --method {args.method}")
+        value = getattr(args, opt.dest)
+        check_minimum(opt.flag, value, opt.minimum)
+        options[opt.keyword] = value
+    if hasattr(args, "check_memory"):
+        options["check_memory"] = False
+    if "mu_prior" in options:
+        from ..io import load_mu_data
+
+        options["mu_prior"] = load_mu_data(options["mu_prior"])
+    if args.method in DEEP_METHODS:
+        options.setdefault("progress", sys.stderr.isatty())
+    return options
+
+
+def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str,
+             options: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: the segmentation's summary, the inputs, the output files and the options given."""
+    summary = seg.summary()
+    summary.update(
+        deepgmm_version=__version__,
+        inputs={
+            "images": [str(p) for p in image.paths],
+            "mask": None if args.mask is None else str(args.mask),
+            "format": image.kind,
+            "n_channels": image.n_channels,
+            "spatial_shape": list(image.spatial_shape),
+            "mask_pixels": None if mask is None else int(mask.sum()),
+        },
+        outputs={"labels": LABEL_FILES[fmt], "probabilities": PROBABILITY_FILES[fmt], "summary": SUMMARY_FILE},
+        options_given=options,
+    )
+    return summary
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``deepgmm segment``: load, segment, write labels, probabilities and summary.json atomically."""
+    from .. import io as dio
+
+    check_minimum("-k/--n-components", args.n_components, 1)
+    if args.data is not None:
+        return cmd_segment_cohort(args)
+    if not args.images:
+        raise ValueError("give the image file(s) to segment, or --data DIR to segment every case of a data folder")
+    refuse_data_options(args)
+    options = segment_options(args)
+    target = dio.OutputDir(args.out, overwrite=args.overwrite)
+    target.check()  # refuse an existing folder before any work
+
+    image = dio.load_image(args.images)
+    mask = dio.load_mask(args.mask, image.spatial_shape, like=image) if args.mask is not None else None
+    fmt = output_format(args.format, image.kind, image.ndim)
+    if fmt == "png" and args.n_components > 255:
+        raise ValueError(f"--format png holds at most 255 classes, got -k {args.n_components}; use nifti or npy")
+    logger.info("read %d channel(s) of spatial shape %s from %d file(s)",
+                image.n_channels, image.spatial_shape, len(image.paths))
+
+    from ..segmentation import segment  # heavy: torch
+
+    seg = segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
+
+    labels_name, probs_name = LABEL_FILES[fmt], PROBABILITY_FILES[fmt]
+    summary = _summary(seg, image, mask, args, fmt, options)
+    with target as folder:
+        dio.save_labels(folder / labels_name, seg.labels, like=image)
+        dio.save_probabilities(folder / probs_name, seg.probabilities, like=image)
+        dio.save_json(folder / SUMMARY_FILE, summary)
+    print(f"{args.method}: K={args.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
+          f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
+    print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}")
+    return 0
+
+
+def cmd_segment_cohort(args: argparse.Namespace) -> int:
+    """``deepgmm segment --data DIR``: a per-image method on every case, sharded over torchrun ranks."""
+    if args.images or args.mask is not None:
+        raise ValueError("give either IMG files (with --mask) or --data DIR, not both")
+    options = segment_options(args)
+    from ..training.cohort import cohort_units, segment_cohort
+    from ..training.distributed import init_distributed, shutdown
+
+    data = data_settings(args)
+    items = cohort_units(data["layout"], args.data, channels=data["channels"], mask_name=data["mask_name"],
+                         cases=data["cases"], skip_bad=data["skip_bad"], default_myops_cases="all")
+    info = init_distributed("cpu")  # the process group only coordinates; each rank computes on options' device
+    try:
+        summary = segment_cohort(items, args.out, method=args.method, n_components=args.n_components,
+                                 options=options, fmt=args.format, overwrite=args.overwrite, info=info)
+    finally:
+        shutdown(info)
+    if info.is_main:
+        line = f"{args.method}: {summary['units']} sample(s), mean NLL {summary['mean_nll']:.5f}"
+        if summary.get("mean_dice_over_classes") is not None:
+            line += f", mean Dice {summary['mean_dice_over_classes']:.3f} (Hungarian)"
+        print(line + (f" on {info.world_size} processes" if info.world_size > 1 else ""))
+        print(f"wrote {args.out}")
+    return 0
