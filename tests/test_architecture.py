@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("segment", ("deepgmm.segmentation",)),
     ("training", ("deepgmm.training",)),
     ("applications", ("deepgmm.experiments", "deepgmm.demo")),
-    ("cli", ("deepgmm.cli", "deepgmm.__main__")),
+    ("cli", ("deepgmm.cli", "deepgmm._cli_myops", "deepgmm.__main__")),
 ]
 
 
@@ -137,6 +137,32 @@ def test_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+LONG_FUNCTION_LINES = 80
+SHORT_FUNCTION_FILES = sorted((PACKAGE / "experiments").glob("*.py")) + [PACKAGE / "_cli_myops.py"]
+
+
+def long_functions(path: Path, limit: int = LONG_FUNCTION_LINES) -> list[str]:
+    """The functions (methods and nested ones included) of ``path`` longer than ``limit`` lines."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            if n > limit:
+                out.append(f"{node.name} ({n} lines, line {node.lineno})")
+    return out
+
+
+@pytest.mark.parametrize("path", SHORT_FUNCTION_FILES, ids=lambda p: p.name)
+def test_no_long_function_in_the_experiments(path):
+    assert not long_functions(path), f"{path.name}: functions over {LONG_FUNCTION_LINES} lines: {long_functions(path)}"
+
+
+def test_the_long_function_finder_finds_one(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n" + "    x = 1\n" * 80 + "\n\ndef g():\n    pass\n")
+    assert long_functions(f) == ["f (81 lines, line 1)"]
 
 
 def test_the_import_reader_sees_relative_and_function_level_imports():
