@@ -140,37 +140,35 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_the_import_reader_sees_relative_and_function_level_imports():
-    deps = imports_of("deepgmm.segmentation.core")
-    assert {"deepgmm.memory", "deepgmm.segmentation.methods", "deepgmm.preprocess"} <= deps
+LONG_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 500
+# the application layers stay sets of named steps
+SHORT_FUNCTION_FILES = sorted((PACKAGE / "experiments").glob("*.py")) + sorted((PACKAGE / "cli").glob("*.py"))
 
 
-CLI_MAX_FUNCTION_LINES = 80
-CLI_MAX_MODULE_LINES = 500
-
-
-def _long_functions(source: str, limit: int) -> list[tuple[str, int, int]]:
-    """(name, first line, length) of every function or method of ``source`` longer than ``limit`` lines."""
-    return [(node.name, node.lineno, node.end_lineno - node.lineno + 1)
+def long_functions(source: str, limit: int = LONG_FUNCTION_LINES) -> list[str]:
+    """The functions (methods and nested ones included) of ``source`` longer than ``limit`` lines."""
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
             for node in ast.walk(ast.parse(source))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > limit]
 
 
-def test_cli_functions_are_short():
-    """The command line stays a set of named steps: no function of deepgmm.cli is longer than 80 lines,
-    no module longer than 500."""
-    paths = sorted((PACKAGE / "cli").glob("*.py"))
-    assert paths, "deepgmm.cli is not a package"
-    for path in paths:
-        source = path.read_text(encoding="utf-8")
-        long = _long_functions(source, CLI_MAX_FUNCTION_LINES)
-        assert not long, f"{path.name}: " + ", ".join(f"{name} (line {line}) has {n} lines" for name, line, n in long)
-        n_lines = len(source.splitlines())
-        assert n_lines <= CLI_MAX_MODULE_LINES, f"{path.name} has {n_lines} lines (at most {CLI_MAX_MODULE_LINES})"
+@pytest.mark.parametrize("path", SHORT_FUNCTION_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_long_function_or_module_in_the_experiments_and_the_cli(path):
+    source = path.read_text(encoding="utf-8")
+    long = long_functions(source)
+    assert not long, f"{path.name}: functions over {LONG_FUNCTION_LINES} lines: {long}"
+    n_lines = len(source.splitlines())
+    assert n_lines <= MAX_MODULE_LINES, f"{path.name} has {n_lines} lines (at most {MAX_MODULE_LINES})"
 
 
-def test_the_length_check_counts_a_function_from_def_to_its_last_line():
+def test_the_long_function_finder_counts_from_def_to_the_last_line():
     body = "\n".join(f"    x{i} = {i}" for i in range(80))
-    assert _long_functions(f"def short():\n{body[: body.rfind(chr(10))]}\n", 80) == []
-    assert _long_functions(f"def long():\n{body}\n", 80) == [("long", 1, 81)]
+    assert long_functions(f"def short():\n{body[: body.rfind(chr(10))]}\n") == []
+    assert long_functions(f"def long():\n{body}\n\n\ndef g():\n    pass\n") == ["long (81 lines, line 1)"]
+
+
+def test_the_import_reader_sees_relative_and_function_level_imports():
+    deps = imports_of("deepgmm.segmentation.core")
+    assert {"deepgmm.memory", "deepgmm.segmentation.methods", "deepgmm.preprocess"} <= deps

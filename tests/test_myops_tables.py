@@ -1,4 +1,4 @@
-"""Tests of the MyoPS table commands (deepgmm.experiments.myops_tables).
+"""Tests of the MyoPS table commands (deepgmm.experiments.myops and its runners, deepgmm.cli.myops).
 
 Real data (skipped when absent): a fast ``table1 --methods gmm,svgmm --cases 101,102`` run
 through the command's parser, checked against independent references (Dice recomputed from the
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from deepgmm.datasets import myops
-from deepgmm.experiments import _report, _store, compute_mu_data, myops_tables as mt
+from deepgmm.cli import myops as cli_myops
+from deepgmm.experiments import _report, _run, _store, cases, compute_mu_data, fit_runner, myops as mt
 from deepgmm.io import MARKER
 from deepgmm.metrics import dice
 
@@ -39,7 +40,7 @@ def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="deepgmm")
     parser.add_argument("-v", "--verbose", action="store_true", default=False)
     parser.add_argument("--debug", action="store_true", default=False)
-    mt.add_parser(parser.add_subparsers(dest="command", required=True))
+    cli_myops.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
     return args.func(args)
 
@@ -182,13 +183,13 @@ def test_table1_resume_reruns_only_deleted_records(table1_run, tmp_path, monkeyp
     doc["records"] = [r for r in original if (r["method"], r["case"], r["slice"]) not in drop]
     (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
     calls = []
-    fit = mt._segment_fit
+    fit = cases.segment_fit
 
-    def counting(sl, method, seed, options):
-        calls.append((method, sl.case, sl.slice_index))
-        return fit(sl, method, seed, options)
+    def counting(dataset, case, method, seed, options):
+        calls.append((method, *case.key))
+        return fit(dataset, case, method, seed, options)
 
-    monkeypatch.setattr(mt, "_segment_fit", counting)
+    monkeypatch.setattr(cases, "segment_fit", counting)
     rc = _cli("myops", "table1", "--data", str(DATA), "--out", str(out), "--resume", "--threads", "1")
     assert rc == 0
     assert sorted(calls) == sorted(drop)
@@ -211,7 +212,7 @@ def test_table1_jobs2_interrupted_then_resumed_gives_the_same_records(table1_run
     import multiprocessing
 
     out = tmp_path / "j2"
-    add = mt._Run.add
+    add = _run.Run.add
     arrived = []
 
     def interrupted_add(self, records, settings):
@@ -220,7 +221,7 @@ def test_table1_jobs2_interrupted_then_resumed_gives_the_same_records(table1_run
         if len(arrived) == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(mt._Run, "add", interrupted_add)
+    monkeypatch.setattr(_run.Run, "add", interrupted_add)
     with pytest.raises(KeyboardInterrupt):
         mt.run_table1(DATA, out, methods="gmm,svgmm", cases=[101], jobs=2, figures=False, progress=False)
     assert multiprocessing.active_children() == []  # the workers were stopped
@@ -228,7 +229,7 @@ def test_table1_jobs2_interrupted_then_resumed_gives_the_same_records(table1_run
     ref = [r for r in _load(table1_run)["records"] if r["case"] == 101]
     assert len(doc["records"]) == 8 and doc["runs"][-1]["interrupted"] is True and not doc["complete"]
     assert all(r in _strip(ref) for r in _strip(doc["records"]))  # the --jobs 1 records
-    monkeypatch.setattr(mt._Run, "add", add)
+    monkeypatch.setattr(_run.Run, "add", add)
     res = mt.run_table1(DATA, out, resume=True, threads=1, figures=False, progress=False)
     assert res.added == len(ref) - 8 and res.complete
     assert _strip(_load(out)["records"]) == _strip(ref)
@@ -239,7 +240,7 @@ def test_table1_jobs2_interrupted_then_resumed_gives_the_same_records(table1_run
 @pytest.mark.myops
 def test_table1_interrupt_leaves_valid_results(table1_run, tmp_path, monkeypatch):
     out = tmp_path / "int"
-    task = mt._run_table1_task
+    task = fit_runner.run_fit_task
     seen, on_disk = [], []
 
     def interrupted(t):
@@ -250,7 +251,7 @@ def test_table1_interrupt_leaves_valid_results(table1_run, tmp_path, monkeypatch
         seen.append(t)
         return task(t)
 
-    monkeypatch.setattr(mt, "_run_table1_task", interrupted)
+    monkeypatch.setattr(fit_runner, "run_fit_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mt.run_table1(DATA, out, methods=["gmm", "svgmm"], cases=[102], threads=1, figures=False, progress=False)
     assert on_disk == [4]
@@ -259,7 +260,7 @@ def test_table1_interrupt_leaves_valid_results(table1_run, tmp_path, monkeypatch
     assert doc["runs"][-1]["interrupted"] is True and doc["summary"]["gmm"]["slices"] == 2
     assert "Incomplete" in (out / "table.md").read_text(encoding="utf-8")
     assert not (out / ".lock").exists()
-    monkeypatch.setattr(mt, "_run_table1_task", task)
+    monkeypatch.setattr(fit_runner, "run_fit_task", task)
     res = mt.run_table1(DATA, out, resume=True, threads=1, figures=False, progress=False)
     assert res.added == 2 and res.complete
     assert _strip(res.records) == _strip([r for r in _load(table1_run)["records"] if r["case"] == 102])
@@ -543,12 +544,12 @@ def test_summarize_and_format_table_by_hand():
 
 
 def test_parse_cases():
-    assert mt.parse_cases("101, 102") == [101, 102]
-    assert mt.parse_cases(None) is None and mt.parse_cases([5, 3]) == [5, 3]
+    assert _run.parse_cases("101, 102") == [101, 102]
+    assert _run.parse_cases(None) is None and _run.parse_cases([5, 3]) == [5, 3]
     for bad, msg in (("", "comma-separated"), ("-1", "non-negative"), ([1.5], "integer case ids"),
                      ([True], "integer case ids")):
         with pytest.raises(ValueError, match=msg):
-            mt.parse_cases(bad)
+            _run.parse_cases(bad)
 
 
 # ----------------------------------------------------------------------------- table 2: --ensemble
@@ -638,7 +639,7 @@ def test_table2_readout_choices_are_the_library_s():
     from deepgmm.training.predict import READOUTS
 
     parser = argparse.ArgumentParser(prog="deepgmm")
-    sub = mt.add_parser(parser.add_subparsers(dest="command", required=True))
+    sub = cli_myops.add_parser(parser.add_subparsers(dest="command", required=True))
     t2 = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["table2"]
     assert tuple(next(a for a in t2._actions if a.dest == "readout").choices) == READOUTS
 

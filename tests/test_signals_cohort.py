@@ -142,35 +142,35 @@ def _hold_at_call(module, attr, n, name):
 
 def table_fit():
     """Hold the SIGTEST_AT-th (default: second) EM fit of a table run (in this process: --jobs 1)."""
-    from deepgmm.experiments import myops_tables as mt
+    from deepgmm.experiments import cases
 
-    _hold_at_call(mt, "_segment_fit", int(os.environ.get("SIGTEST_AT", "2")), "fitting")
+    _hold_at_call(cases, "segment_fit", int(os.environ.get("SIGTEST_AT", "2")), "fitting")
 
 
 def table2_train():
     """Table 2: hold the training of the second network, once the first one is trained."""
-    from deepgmm.experiments import myops_tables as mt
+    from deepgmm.experiments import train_runner
 
-    _hold_at_call(mt, "_train_model", 2, "training")
+    _hold_at_call(train_runner, "train_model", 2, "training")
 
 
 def table_workers():
     """--jobs N: the first task anywhere runs, every other one holds its worker process."""
-    from deepgmm.experiments import myops_tables as mt
+    from deepgmm.experiments import fit_runner as mt
 
-    mt._sigtest_original = mt._run_table1_task
-    mt._run_table1_task = held_task
+    mt._sigtest_original = mt.run_fit_task
+    mt.run_fit_task = held_task
 
 
 def held_task(task):
-    from deepgmm.experiments import myops_tables as mt
+    from deepgmm.experiments import fit_runner as mt
 
-    original = getattr(mt, "_sigtest_original", mt._run_table1_task)
+    original = getattr(mt, "_sigtest_original", mt.run_fit_task)
     try:
         fd = os.open(Path(os.environ["SIGTEST_MARKS"], "first-task"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         os.close(fd)
     except FileExistsError:
-        _hold(f"busy-{os.getpid()}-{task.slice.case}-{task.slice.slice_index}")
+        _hold(f"busy-{os.getpid()}-{task.case.name}")
     return original(task)
 '''
 

@@ -44,3 +44,10 @@ LABEL_FILES: dict[str, str] = {"nifti": "labels.nii.gz", "png": "labels.png", "n
 PROBABILITY_FILES: dict[str, str] = {"nifti": "probabilities.nii.gz", "png": "probabilities.npy",
                                      "npy": "probabilities.npy"}
 SUMMARY_FILE = "summary.json"
+
+# the MyoPS 2020 tables of the paper (deepgmm myops table1/table2), in the paper's row order
+MYOPS_TABLE1_METHODS: tuple[str, ...] = ("gmm", "deepg", "svgmm", "deepsvg")
+MYOPS_TABLE2_METHODS: tuple[str, ...] = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
+# how the experiments match predicted classes to the truth
+TABLE_MATCHINGS: tuple[str, ...] = ("hungarian", "greedy")
+__all__ += ["MYOPS_TABLE1_METHODS", "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS"]

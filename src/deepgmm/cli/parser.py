@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_parser(subs)
     _add_train_parser(subs)
     _add_predict_parser(subs)
-    from ..experiments.myops_tables import add_parser as add_myops_parser  # light: no torch at import
+    from .myops import add_parser as add_myops_parser  # light: no torch at import
 
     add_myops_parser(subs)
     return parser

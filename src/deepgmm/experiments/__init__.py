@@ -1,13 +1,15 @@
-"""Reproductions of the paper's experiments (Schwab, Mayr & Haltmeier 2024).
+"""Reproductions of the paper's experiments (Schwab, Mayr & Haltmeier 2024), as configurations of
+two runners that share resume, lock, worker processes, ``results.json``, ``table.md`` and figures:
 
-* :mod:`~deepgmm.experiments.myops_tables`: the MyoPS 2020 tables, :func:`run_table1`
-  (single-image optimisation) and :func:`run_table2` (trained networks), and the ``deepgmm myops``
-  command (:func:`add_parser`).
+* :mod:`~deepgmm.experiments.fit_runner`: fit every case of a data set with each method, score it;
+* :mod:`~deepgmm.experiments.train_runner`: train networks on some cases, test on others;
+* :mod:`~deepgmm.experiments.cases`: what a data set provides (:class:`~.cases.Case`, :class:`~.cases.DataSet`);
+* :mod:`~deepgmm.experiments.myops`: the MyoPS 2020 tables, :func:`run_table1` and :func:`run_table2`.
 
-The heavy modules (torch, the data loader, matplotlib) are imported when a table runs, so importing
-this package (and ``deepgmm --help``) stays fast.
+The ``deepgmm myops`` command lives in the CLI layer; importing this package imports torch.
 """
 
-from .myops_tables import TableResult, add_parser, compute_mu_data, run_table1, run_table2
+from ._run import TableResult
+from .myops import compute_mu_data, run_table1, run_table2
 
-__all__ = ["TableResult", "add_parser", "compute_mu_data", "run_table1", "run_table2"]
+__all__ = ["TableResult", "compute_mu_data", "run_table1", "run_table2"]

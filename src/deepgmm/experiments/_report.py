@@ -1,6 +1,6 @@
-"""Summaries, Markdown tables and figures of the MyoPS table commands.
+"""Summaries, Markdown tables and figures of the experiment runners (default classes: MyoPS's).
 
-A *record* is one ``(method, case, slice)`` result (see :mod:`deepgmm.experiments.myops_tables`);
+A *record* is one ``(method, case, slice)`` result (see :mod:`deepgmm.experiments.fit_runner`);
 here they are summarised per method (mean and standard deviation over slices), laid out as the
 paper's tables and drawn (one figure per slice like the paper's Figure 2, one overview figure).
 Figures are drawn on bare :class:`matplotlib.figure.Figure` objects with the Agg canvas, so the
@@ -53,14 +53,16 @@ def _stats(values: np.ndarray) -> dict[str, float | None]:
     return {"mean": float(v.mean()), "std": float(v.std())}
 
 
-def _dice_summary(rows: Sequence[Mapping[str, Any]], key: str, mean_key: str) -> dict[str, Any]:
-    dice = np.array([[np.nan if r[key].get(c) is None else r[key][c] for c in CLASS_COLUMNS] for r in rows],
-                    dtype=np.float64)  # (slices, 4)
+def _dice_summary(rows: Sequence[Mapping[str, Any]], key: str, mean_key: str,
+                  classes: Sequence[str] = CLASS_COLUMNS) -> dict[str, Any]:
+    dice = np.array([[np.nan if r[key].get(c) is None else r[key][c] for c in classes] for r in rows],
+                    dtype=np.float64)  # (slices, K)
     means = np.array([np.nan if r[mean_key] is None else r[mean_key] for r in rows], dtype=np.float64)
-    return {"dice": {c: _stats(dice[:, j]) for j, c in enumerate(CLASS_COLUMNS)}, "mean_dice": _stats(means)}
+    return {"dice": {c: _stats(dice[:, j]) for j, c in enumerate(classes)}, "mean_dice": _stats(means)}
 
 
-def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str],
+              classes: Sequence[str] = CLASS_COLUMNS) -> dict[str, dict[str, Any]]:
     """Per method (in the order of ``methods``; those without records are left out)::
 
         {"slices": n, "cases": n, "matching": str, "dice": {class: {"mean", "std"}},
@@ -81,7 +83,7 @@ def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> d
             "cases": len({r["case"] for r in rows}),
             "matching": rows[0]["matching"],
         }
-        entry.update(_dice_summary(rows, "dice", "mean_dice"))
+        entry.update(_dice_summary(rows, "dice", "mean_dice", classes))
         secs = np.array([r["seconds"] for r in rows], dtype=np.float64)
         nll = np.array([np.nan if r["nll"] is None else r["nll"] for r in rows], dtype=np.float64)
         its = [r["iterations"] for r in rows if r.get("iterations") is not None]
@@ -93,7 +95,7 @@ def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> d
         )
         matched = [r["matched"] for r in rows if r.get("matched")]
         if matched:
-            entry["matched"] = {"matching": matched[0]["matching"], **_dice_summary(matched, "dice", "mean_dice")}
+            entry["matched"] = {"matching": matched[0]["matching"], **_dice_summary(matched, "dice", "mean_dice", classes)}
         out[m] = entry
     return out
 
@@ -105,7 +107,8 @@ def _cell(stats: Mapping[str, Any]) -> str:
     return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
-def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes: Sequence[str] = ()) -> str:
+def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes: Sequence[str] = (),
+                 classes: Sequence[str] = CLASS_COLUMNS) -> str:
     """The Markdown of ``table.md``: a Dice table like the paper's (rows: methods; columns blood |
     myocardium | edema | scar | mean, each mean ± std over slices), then a table of the cost."""
     rows: list[tuple[str, str, Mapping[str, Any]]] = []
@@ -116,11 +119,11 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes:
             rows.append((f"{display_name(m)}, matched", s["matched"]["matching"], s["matched"]))
     matchings = list(dict.fromkeys(r[1] for r in rows))
     with_matching = len(matchings) > 1
-    head = "| method | " + " | ".join(CLASS_COLUMNS) + " | mean |" + (" matching |" if with_matching else "")
-    rule = "|---" * (len(CLASS_COLUMNS) + 2 + with_matching) + "|"
+    head = "| method | " + " | ".join(classes) + " | mean |" + (" matching |" if with_matching else "")
+    rule = "|---" * (len(classes) + 2 + with_matching) + "|"
     lines = [f"# {title}", "", head, rule]
     for name, matching, s in rows:
-        cells = " | ".join(_cell(s["dice"][c]) for c in CLASS_COLUMNS)
+        cells = " | ".join(_cell(s["dice"][c]) for c in classes)
         lines.append(f"| {name} | {cells} | {_cell(s['mean_dice'])} |" + (f" {matching} |" if with_matching else ""))
     lines.append("")
     lines.append("Dice per class, mean ± standard deviation (ddof 0) over the slices; "
@@ -184,6 +187,7 @@ def slice_figure(
     *,
     channels: Sequence[str],
     title: str,
+    classes: Sequence[str] = CLASS_COLUMNS,
 ) -> None:
     """One slice like the paper's Figure 2: the channels, the ground truth and each method's
     matched prediction (label maps 0..4), zoomed on the left ventricle.
@@ -222,14 +226,15 @@ def slice_figure(
         ax.imshow(labels[view], cmap=cmap, norm=norm, interpolation="nearest")
         ax.set_title(f"{display_name(method)}\nmean Dice {score:.3f}" if score is not None else display_name(method),
                      fontsize=9)
-    names = ("background",) + CLASS_COLUMNS
+    names = ("background",) + tuple(classes)
     fig.legend(handles=[Patch(color=col, label=lab) for col, lab in zip(CLASS_COLOURS, names)],
                loc="outside lower center", ncol=len(names), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     _save_png(fig, path)
 
 
-def overview_figure(path: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], *, title: str) -> None:
+def overview_figure(path: Path, records: Sequence[Mapping[str, Any]], methods: Sequence[str], *, title: str,
+                    classes: Sequence[str] = CLASS_COLUMNS) -> None:
     """Box plots of the Dice over slices, one panel per class and one for the mean, one box per method."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -237,7 +242,7 @@ def overview_figure(path: Path, records: Sequence[Mapping[str, Any]], methods: S
     methods = [m for m in methods if any(r["method"] == m for r in records)]
     if not methods:
         return
-    panels = list(CLASS_COLUMNS) + ["mean"]
+    panels = list(classes) + ["mean"]
     fig = Figure(figsize=(2.6 * len(panels), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 logger = logging.getLogger(__name__)
 
 __all__ = ["RESULTS_FILE", "TABLE_FILE", "FIGURES_DIR", "PREDICTIONS_DIR", "OVERVIEW_FILE", "FORMAT_VERSION",
-           "ResultsFolder", "record_key", "plain"]
+           "ResultsFolder", "record_key", "plain", "KEY_FIELDS"]
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -38,12 +38,14 @@ LOCK_FILE = ".lock"
 FORMAT_VERSION = 1
 """Version of the ``results.json`` layout."""
 
-RECORD_KEYS = ("method", "case", "slice", "dice", "mean_dice", "nll", "seconds", "iterations", "matching")
+KEY_FIELDS = ("case", "slice")
+"""The record fields that name a case by default (MyoPS: patient and slice)."""
+RECORD_KEYS = ("method", "dice", "mean_dice", "nll", "seconds", "iterations", "matching")
 
 
-def record_key(record: Mapping[str, Any]) -> tuple[str, int, int]:
-    """``(method, case, slice)``: what identifies a record."""
-    return str(record["method"]), int(record["case"]), int(record["slice"])
+def record_key(record: Mapping[str, Any], key_fields: Sequence[str] = KEY_FIELDS) -> tuple[Any, ...]:
+    """``(method, *case key)``, e.g. ``(method, case, slice)``: what identifies a record."""
+    return (str(record["method"]),) + tuple(int(record[k]) for k in key_fields)
 
 
 def plain(obj: Any) -> Any:
@@ -71,11 +73,14 @@ def plain(obj: Any) -> Any:
 
 
 class ResultsFolder:
-    """The working output folder of one table experiment (``"myops-table1"`` or ``"myops-table2"``)."""
+    """The working output folder of one experiment (e.g. ``"myops-table1"``); its records are
+    identified by ``method`` and the ``key_fields`` (integers) of their case."""
 
-    def __init__(self, path: str | Path, *, experiment: str, resume: bool, overwrite: bool) -> None:
+    def __init__(self, path: str | Path, *, experiment: str, resume: bool, overwrite: bool,
+                 key_fields: Sequence[str] = KEY_FIELDS) -> None:
         self.path = Path(path)
         self.experiment = experiment
+        self.key_fields = tuple(key_fields)
         self.resume = bool(resume)
         self.overwrite = bool(overwrite)
         self.stored: dict[str, Any] | None = None
@@ -126,9 +131,10 @@ class ResultsFolder:
             raise ValueError(f"cannot resume: {path} has no list of records")
         seen = set()
         for i, r in enumerate(records):
-            if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
-                raise ValueError(f"cannot resume: record {i} of {path} lacks some of the keys {list(RECORD_KEYS)}")
-            key = record_key(r)
+            needed = RECORD_KEYS[:1] + self.key_fields + RECORD_KEYS[1:]
+            if not isinstance(r, dict) or any(k not in r for k in needed):
+                raise ValueError(f"cannot resume: record {i} of {path} lacks some of the keys {list(needed)}")
+            key = record_key(r, self.key_fields)
             if key in seen:
                 raise ValueError(f"cannot resume: {path} holds two records for {key}")
             seen.add(key)
@@ -184,13 +190,13 @@ class ResultsFolder:
     def records(self) -> list[dict[str, Any]]:
         return self.doc["records"]
 
-    def keys(self) -> set[tuple[str, int, int]]:
-        return {record_key(r) for r in self.records}
+    def keys(self) -> set[tuple[Any, ...]]:
+        return {record_key(r, self.key_fields) for r in self.records}
 
     def add(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records (replacing any of the same key); :meth:`save` writes them."""
-        new = {record_key(r): r for r in records}
-        self.doc["records"] = [r for r in self.records if record_key(r) not in new] + list(new.values())
+        new = {record_key(r, self.key_fields): r for r in records}
+        self.doc["records"] = [r for r in self.records if record_key(r, self.key_fields) not in new] + list(new.values())
 
     def save(self) -> None:
         from ..io import save_json
@@ -201,7 +207,9 @@ class ResultsFolder:
         return self.path.joinpath(*parts)
 
 
-def sort_records(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """Records by method (in the order of ``methods``, others after), then case, then slice."""
+def sort_records(records: Sequence[dict[str, Any]], methods: Sequence[str],
+                 key_fields: Sequence[str] = KEY_FIELDS) -> list[dict[str, Any]]:
+    """Records by method (in the order of ``methods``, others after), then by their case key."""
     order = {m: i for i, m in enumerate(methods)}
-    return sorted(records, key=lambda r: (order.get(r["method"], len(order)), r["method"], r["case"], r["slice"]))
+    return sorted(records, key=lambda r: (order.get(r["method"], len(order)), r["method"])
+                  + tuple(r[k] for k in key_fields))

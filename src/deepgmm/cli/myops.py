@@ -1,0 +1,166 @@
+"""The ``deepgmm myops`` command: the paper's MyoPS 2020 tables (:mod:`deepgmm.experiments.myops`).
+
+Building the parser imports neither torch nor the experiments; a command imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..choices import MYOPS_TABLE1_METHODS, READOUTS as READOUT_CHOICES, TABLE_MATCHINGS
+
+__all__ = ["add_parser", "cmd_table1", "cmd_table2"]
+
+
+# ----------------------------------------------------------------------------- command line
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--debug`` as the other sub-commands have them (not resetting a value given earlier)."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log the library's progress (INFO) to stderr")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="the MyoPS 2020 folder (train25/, train25_myops_gd/)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
+    p.add_argument("--matching", choices=TABLE_MATCHINGS,
+                   help="how predicted classes are matched to the truth (default: hungarian; greedy: the paper's "
+                        "class-by-class order)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
+    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip the per-slice figures (the overview figure is always drawn)")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``myops`` command (sub-commands ``table1`` and ``table2``) to ``subparsers``
+    (the object returned by ``ArgumentParser.add_subparsers``); each sets ``func``."""
+    p = subparsers.add_parser(
+        "myops", help="reproduce the paper's MyoPS 2020 tables",
+        description="Reproduce the tables of Schwab, Mayr & Haltmeier (2024) on MyoPS 2020: Table 1 (single-image "
+                    "optimisation on the 79 slices) and Table 2 (networks trained on 20 patients, tested on five).")
+    _add_common(p)
+    sub = p.add_subparsers(dest="myops_command", metavar="TABLE", required=True)
+
+    t1 = sub.add_parser(
+        "table1", help="single-image optimisation on every kept slice",
+        description="Segment every kept slice of the paper's protocol with each method at the library's default "
+                    "settings (K=4, ground-truth left-ventricle mask) and write results.json, table.md, "
+                    "overview.png and one figure per slice into DIR. Interrupted runs continue with --resume.")
+    _add_run_options(t1)
+    t1.add_argument("--methods", metavar="M1,M2,...",
+                    help=f"methods to run, from {','.join(MYOPS_TABLE1_METHODS)} (default: all)")
+    t1.add_argument("--cases", metavar="ID,ID,...", help="patients to use, e.g. 101,102 (default: all 25)")
+    t1.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="worker processes, each with max(1, cpus // N) torch threads (default 1); the results "
+                         "do not depend on N")
+    t1.add_argument("--threads", type=int, metavar="T",
+                    help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
+    t1.add_argument("--options", metavar="JSON",
+                    help="per-method settings on top of the defaults, as JSON, e.g. '{\"svgmm\": {\"smoothing\": "
+                         "6}}' (recorded in results.json; a resumed run must give the same)")
+    _add_common(t1)
+    t1.set_defaults(func=cmd_table1)
+
+    t2 = sub.add_parser(
+        "table2", help="networks trained on 20 patients, tested on five",
+        description="Train deepSVG and deepSVGμ (mu_data prior, lam 1) on the training patients, compute mu_data "
+                    "from 10 random training slices, and evaluate SVGMM, deepSVG, SVGMMμ and deepSVGμ on the test "
+                    "patients 109, 114, 117, 120, 122. Writes results.json, table.md, mu_data.json, models/, "
+                    "figures into DIR.")
+    _add_run_options(t2)
+    t2.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: deepgmm train's, 100)")
+    t2.add_argument("--batch-size", dest="batch_size", type=int, metavar="B",
+                    help="training batch size (default: deepgmm train's, 4)")
+    t2.add_argument("--ensemble", type=int, metavar="N",
+                    help="networks per deep method, segmenting with their mean soft labels (default 1, the paper's)")
+    t2.add_argument("--lam", type=float, metavar="L",
+                    help="weight of deepSVGμ's mu_prior term (default 1, the paper's)")
+    t2.add_argument("--readout", choices=READOUT_CHOICES,
+                    help="what the deep methods segment with: the networks' soft labels (default, the paper's) or "
+                         "the posteriors of the mixture they define on the test slice (one E-step)")
+    t2.add_argument("--spare-classes", dest="spare_classes", type=int, metavar="N",
+                    help="extra classes deepSVG's networks fit, dropped (the smallest) on each test slice (default "
+                         "0, the paper's; deepSVGμ's prior fixes its classes)")
+    t2.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                    help="where the networks are trained and applied (default: cpu)")
+    t2.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's setting)")
+    t2.add_argument("--train-cases", dest="train_cases", metavar="ID,ID,...",
+                    help="training patients (default: all but the test patients; for quick checks)")
+    t2.add_argument("--test-cases", dest="test_cases", metavar="ID,ID,...",
+                    help="test patients (default: 109,114,117,120,122; for quick checks)")
+    _add_common(t2)
+    t2.set_defaults(func=cmd_table2)
+    return p
+
+
+def _command_line(args: argparse.Namespace, names: Sequence[str]) -> str:
+    """The equivalent command line of ``args`` (the options in ``names`` that were set)."""
+    parts = ["deepgmm", "myops", args.myops_command]
+    for name in names:
+        value = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if name == "figures":
+            if value is False:
+                parts.append("--no-figures")
+        elif isinstance(value, bool):
+            if value:
+                parts.append(flag)
+        elif value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def cmd_table1(args: argparse.Namespace) -> int:
+    """``deepgmm myops table1``."""
+    command = _command_line(args, ["data", "out", "methods", "cases", "matching", "seed", "jobs", "threads",
+                                   "options", "resume", "overwrite", "figures"])
+    options = None
+    if args.options is not None:
+        try:
+            options = json.loads(args.options)
+        except ValueError as exc:
+            raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. "
+                             '\'{"svgmm": {"smoothing": 6}}\'') from None
+    from ..experiments._run import parse_cases
+    from ..experiments.myops import run_table1
+
+    res = run_table1(args.data, args.out, methods=args.methods, cases=parse_cases(args.cases), matching=args.matching,
+                     seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
+                     overwrite=args.overwrite, figures=args.figures, options=options, command=command)
+    _report(res, args.out)
+    return 0
+
+
+def cmd_table2(args: argparse.Namespace) -> int:
+    """``deepgmm myops table2``."""
+    command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
+                                   "readout", "spare_classes", "device", "threads", "train_cases", "test_cases",
+                                   "resume", "overwrite", "figures"])
+    from ..experiments._run import parse_cases
+    from ..experiments.myops import run_table2
+
+    res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                     matching=args.matching, ensemble=args.ensemble, lam=args.lam, readout=args.readout,
+                     spare_classes=args.spare_classes,
+                     train_cases=parse_cases(args.train_cases, "--train-cases"),
+                     test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
+                     resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)
+    _report(res, args.out)
+    return 0
+
+
+def _report(res: Any, out: str) -> None:
+    """Print the table and what was written."""
+    from ..experiments._store import OVERVIEW_FILE, RESULTS_FILE, TABLE_FILE
+
+    print(res.table, end="")
+    print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(out) / RESULTS_FILE}, "
+          f"{TABLE_FILE}, {OVERVIEW_FILE}")
