@@ -505,11 +505,11 @@ def test_random_init_without_em():
         (dict(init="kmeans"), "init must be one of 'em', 'random'"),
         (dict(lr=0.0), "lr must be > 0"),
         (dict(max_steps=-1), "max_steps must be >= 0"),
-        (dict(init_smoothing=-1.0), "init_smoothing must be >= 0"),
-        (dict(init_smoothing=float("nan")), "init_smoothing must be finite"),
-        (dict(init_smoothing="six"), "init_smoothing must be a number"),
-        (dict(init_smoothing=[[1.0]]), "init_smoothing must be one number of pixels or one per axis"),
-        (dict(init_smoothing=(1.0, 2.0, 3.0)), r"init_smoothing: smoothing must be one number of pixels or one per axis \(2\)"),
+        (dict(init_smooth_sigma=-1.0), "init_smooth_sigma must be >= 0"),
+        (dict(init_smooth_sigma=float("nan")), "init_smooth_sigma must be finite"),
+        (dict(init_smooth_sigma="six"), "init_smooth_sigma must be a number"),
+        (dict(init_smooth_sigma=[[1.0]]), "init_smooth_sigma must be one number of pixels or one per axis"),
+        (dict(init_smooth_sigma=(1.0, 2.0, 3.0)), r"init_smooth_sigma: smoothing must be one number of pixels or one per axis \(2\)"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -519,22 +519,22 @@ def test_bad_settings(kwargs, match):
 
 
 @pytest.mark.parametrize("cls", [DeepG, DeepSVG])
-def test_init_smoothing_starts_from_the_smoothed_svgmm(cls):
-    """A positive init_smoothing distils the smoothed SVGMM's posteriors, for deepG too; 0 keeps the
+def test_init_smooth_sigma_starts_from_the_smoothed_svgmm(cls):
+    """A positive init_smooth_sigma distils the smoothed SVGMM's posteriors, for deepG too; 0 keeps the
     EM mixture of the method's own kind. The start is that EM fit, same settings and seed."""
     img, truth = noisy_rings(size=32, noise=1.0)
     mask = truth > 0
-    est = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smoothing=(2.0, 3.0),
+    est = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smooth_sigma=(2.0, 3.0),
               reg_covar=0.3, random_state=1).fit(img, mask)
-    assert isinstance(est.em_model_, SpatiallyVariantGMM) and est.em_model_.smoothing == (2.0, 3.0)
+    assert isinstance(est.em_model_, SpatiallyVariantGMM) and est.em_model_.smooth_sigma == (2.0, 3.0)
     window = est.window_
     X = torch.as_tensor(img)[(slice(None),) + window][:, torch.as_tensor(mask)[window]].T.double()
-    ref = SpatiallyVariantGMM(n_components=3, smoothing=(2.0, 3.0), reg_covar=0.3, random_state=1, init="kmeans",
+    ref = SpatiallyVariantGMM(n_components=3, smooth_sigma=(2.0, 3.0), reg_covar=0.3, random_state=1, init="kmeans",
                               tol=1e-3, covariance_type=est.covariance_type_).fit(X, mask=mask[window])
     np.testing.assert_allclose(est.em_model_.means_, ref.means_)
-    plain = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smoothing=0).fit(img, mask)
+    plain = cls(n_components=3, network=TINY, max_steps=2, pretrain_steps=2, init_smooth_sigma=0).fit(img, mask)
     assert type(plain.em_model_) is (GaussianMixture if cls is DeepG else SpatiallyVariantGMM)
-    assert getattr(plain.em_model_, "smoothing", 0.0) == 0.0
+    assert getattr(plain.em_model_, "smooth_sigma", 0.0) == 0.0
 
 
 def test_unknown_option_through_segment():

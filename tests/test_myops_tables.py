@@ -446,20 +446,20 @@ def test_cli_table1_options(synth, tmp_path):
     """--options: JSON per-method settings reach segment(), are recorded and named in table.md;
     bad JSON and a different value on --resume are errors."""
     out = tmp_path / "o"
-    options = '{"svgmm": {"smoothing": 2}}'
+    options = '{"svgmm": {"smooth_sigma": 2}}'
     assert _cli("myops", "table1", "--data", str(synth), "--out", str(out), "--methods", "svgmm", "--cases", "1",
                 "--no-figures", "--options", options) == 0
     doc = _load(out)
-    assert doc["config"]["options"] == {"svgmm": {"smoothing": 2}}
-    assert doc["method_settings"]["svgmm"]["smoothing"] == 2
+    assert doc["config"]["options"] == {"svgmm": {"smooth_sigma": 2}}
+    assert doc["method_settings"]["svgmm"]["smooth_sigma"] == 2
     table = (out / "table.md").read_text()
-    assert "Settings on top of the defaults: SVGMM: smoothing=2." in table and "--options" in table
+    assert "Settings on top of the defaults: SVGMM: smooth_sigma=2." in table and "--options" in table
     # the same slices without smoothing: a different fit
     plain = mt.run_table1(synth, tmp_path / "plain", methods="svgmm", cases=[1], figures=False, progress=False)
     assert [r["nll"] for r in plain.records] != [r["nll"] for r in doc["records"]]
     with pytest.raises(ValueError, match="cannot resume with options"):
         _cli("myops", "table1", "--data", str(synth), "--out", str(out), "--resume", "--options",
-             '{"svgmm": {"smoothing": 3}}')
+             '{"svgmm": {"smooth_sigma": 3}}')
     with pytest.raises(ValueError, match=r"--options is not valid JSON \(.*\); expected e.g."):
         _cli("myops", "table1", "--data", str(synth), "--out", str(tmp_path / "p"), "--options", '{"svgmm": ')
     with pytest.raises(ValueError, match="options must map method names"):

@@ -69,11 +69,11 @@ ESTIMATORS = [
     GaussianMixture(n_components=3, covariance_type="full", tol=1e-5, init="means",
                     means_init=np.arange(6.0).reshape(3, 2), weights_init=np.array([0.2, 0.3, 0.5]),
                     random_state=7, dtype="float64", chunk_size=128),
-    SpatiallyVariantGMM(n_components=2, smoothing=(0.0, 1.5), reg_covar=0.2, means_init=np.ones((2, 3)),
+    SpatiallyVariantGMM(n_components=2, smooth_sigma=(0.0, 1.5), reg_covar=0.2, means_init=np.ones((2, 3)),
                         random_state=3, max_iter=17),
     DeepG(n_components=5, network={"features": (8, 16)}, smooth_sigma=(1.0, 2.0), regularizers=[("tv", 0.5)],
           mu_prior=np.zeros((5, 3)), lam=2.0, init="random", crop_margin=None, random_state=11, balance=0.5),
-    DeepSVG(n_components=2, covariance_type="diag", network="tiny", tv=0.1, init_smoothing=2.0, max_steps=7),
+    DeepSVG(n_components=2, covariance_type="diag", network="tiny", tv=0.1, init_smooth_sigma=2.0, max_steps=7),
 ]
 
 
@@ -104,19 +104,19 @@ def test_svgmm_lists_its_parameters_explicitly():
 
     params = inspect.signature(SpatiallyVariantGMM.__init__).parameters
     assert all(p.kind == p.KEYWORD_ONLY for name, p in params.items() if name != "self")
-    assert set(params) - {"self"} == set(GaussianMixture().get_params()) | {"smoothing"}
+    assert set(params) - {"self"} == set(GaussianMixture().get_params()) | {"smooth_sigma"}
     with pytest.raises(TypeError):
         SpatiallyVariantGMM(bogus=1)
 
 
 def test_set_params_validates_names_and_reaches_nested_estimators():
     est = SpatiallyVariantGMM()
-    assert est.set_params(smoothing=2.0, n_components=3) is est
-    assert est.smoothing == 2.0 and est.n_components == 3
+    assert est.set_params(smooth_sigma=2.0, n_components=3) is est
+    assert est.smooth_sigma == 2.0 and est.n_components == 3
     with pytest.raises(ValueError, match="unknown parameter 'smoothness' for SpatiallyVariantGMM"):
         est.set_params(smoothness=1.0)
-    with pytest.raises(ValueError, match="parameter 'smoothing' of SpatiallyVariantGMM has no nested parameters"):
-        est.set_params(smoothing__x=1.0)
+    with pytest.raises(ValueError, match="parameter 'smooth_sigma' of SpatiallyVariantGMM has no nested parameters"):
+        est.set_params(smooth_sigma__x=1.0)
 
     class Holder(GaussianMixture):  # a parameter that is itself an estimator
         def __init__(self, *, inner=None, n_components=4):
@@ -183,7 +183,7 @@ def test_svgmm_predicts_new_pixels_under_the_mean_weights(cov_type, smoothing):
     mask = np.zeros((20, 20), bool).ravel()
     mask[:400] = True
     mask = mask.reshape(20, 20)
-    est = SpatiallyVariantGMM(n_components=3, covariance_type=cov_type, smoothing=smoothing, random_state=0,
+    est = SpatiallyVariantGMM(n_components=3, covariance_type=cov_type, smooth_sigma=smoothing, random_state=0,
                               dtype="float64").fit(X, mask=mask)
     np.testing.assert_array_equal(est.mean_weights_, est.weights_.mean(0))
     for X_new in (blobs(n=37, seed=5), blobs(n=1, seed=6), X):
@@ -204,7 +204,7 @@ def test_svgmm_labels_are_the_old_fitted_pixel_predict():
     np.testing.assert_array_equal(plain.labels_, plain.weights_.argmax(1))
     np.testing.assert_array_equal(plain.probabilities_, plain.weights_)
     assert plain.probabilities_ is not plain.weights_
-    smooth = SpatiallyVariantGMM(n_components=3, random_state=0, dtype="float64", smoothing=1.0).fit(X, mask=mask)
+    smooth = SpatiallyVariantGMM(n_components=3, random_state=0, dtype="float64", smooth_sigma=1.0).fit(X, mask=mask)
     proba = smooth.weights_ * np.exp(
         np.stack([scipy.stats.multivariate_normal(smooth.means_[k], np.diag(smooth.covariances_[k])).logpdf(X)
                   for k in range(3)], axis=1))
@@ -212,7 +212,7 @@ def test_svgmm_labels_are_the_old_fitted_pixel_predict():
     np.testing.assert_allclose(smooth.probabilities_, proba, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(smooth.labels_, smooth.probabilities_.argmax(1))
     np.testing.assert_array_equal(
-        SpatiallyVariantGMM(n_components=3, random_state=0, dtype="float64", smoothing=1.0).fit_predict(X, mask=mask),
+        SpatiallyVariantGMM(n_components=3, random_state=0, dtype="float64", smooth_sigma=1.0).fit_predict(X, mask=mask),
         smooth.labels_)
 
 

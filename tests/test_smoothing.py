@@ -1,4 +1,4 @@
-"""The SVGMM's ``smoothing`` option and its :class:`deepgmm.smoothing.MaskSmoother`.
+"""The SVGMM's ``smooth_sigma`` option and its :class:`deepgmm.smoothing.MaskSmoother`.
 
 References: scipy's ``gaussian_filter`` (normalised convolution) and a naive numpy EM loop.
 """
@@ -118,7 +118,7 @@ def test_smoothed_svgmm_matches_a_naive_em_loop():
     means = np.array([[0.0], [2.0]])
     variances = np.array([[1.0], [1.0]])
     weights = np.array([0.6, 0.4])
-    est = SpatiallyVariantGMM(n_components=2, smoothing=1.5, init="means", means_init=means, weights_init=weights,
+    est = SpatiallyVariantGMM(n_components=2, smooth_sigma=1.5, init="means", means_init=means, weights_init=weights,
                               covariances_init=variances, reg_covar=0.05, tol=0, max_iter=6, dtype="float64")
     est.fit(X, mask=mask)
     ref_history, _ = _naive_smoothed_svgmm(X, mask, means, variances, weights, 0.05, 1.5, 6)
@@ -136,7 +136,7 @@ def test_smoothed_fit_stops_only_once_the_nll_settles():
     so there any gain below tol is); a converged fit's last change is below tol either way."""
     image, mask, _ = _phantom()
     X = image[:, mask].T
-    est = SpatiallyVariantGMM(n_components=2, smoothing=2.0, tol=1e-4).fit(X, mask=mask)
+    est = SpatiallyVariantGMM(n_components=2, smooth_sigma=2.0, tol=1e-4).fit(X, mask=mask)
     assert est.converged_ and abs(est.nll_history_[-2] - est.nll_history_[-1]) < 1e-4
     assert not est._converged(1.0, 1.5) and est._converged(1.0, 1.0 + 5e-5)
     plain = SpatiallyVariantGMM(n_components=2, tol=1e-4).fit(X, mask=mask)
@@ -147,7 +147,7 @@ def test_smoothing_zero_is_the_plain_svgmm_with_or_without_a_mask():
     image, mask, _ = _phantom()
     X = image[:, mask].T
     plain = SpatiallyVariantGMM(n_components=2, random_state=0).fit(X)
-    masked = SpatiallyVariantGMM(n_components=2, random_state=0, smoothing=0.0).fit(X, mask=mask)
+    masked = SpatiallyVariantGMM(n_components=2, random_state=0, smooth_sigma=0.0).fit(X, mask=mask)
     assert plain.nll_history_ == masked.nll_history_
     assert np.array_equal(plain.probabilities_, masked.probabilities_)
 
@@ -156,7 +156,7 @@ def test_smoothing_lifts_the_dice_on_a_noisy_image():
     image, mask, truth = _phantom(noise=1.2)
     dice = {}
     for sigma in (0.0, 2.0):
-        seg = segment(image, mask, method="svgmm", n_components=2, smoothing=sigma)
+        seg = segment(image, mask, method="svgmm", n_components=2, smooth_sigma=sigma)
         dice[sigma] = evaluate(seg.labels, truth, labels=[1, 2]).mean
         assert np.allclose(seg.probabilities[:, mask].sum(0), 1.0, atol=1e-5)
     assert dice[2.0] > dice[0.0] + 0.05, dice
@@ -168,52 +168,52 @@ def test_smoothing_in_3d_through_segment():
     truth[:, :7] = 1
     image = truth[None] * 2.0 + rng.normal(0, 1.0, (1,) + truth.shape)
     plain = segment(image, None, method="svgmm", n_components=2)
-    smooth = segment(image, None, method="svgmm", n_components=2, smoothing=1.5)
+    smooth = segment(image, None, method="svgmm", n_components=2, smooth_sigma=1.5)
     score = {n: evaluate(s.labels, truth + 1, labels=[1, 2]).mean for n, s in (("plain", plain),
                                                                                     ("smooth", smooth))}
     assert score["smooth"] > score["plain"], score
-    assert smooth.settings["smoothing"] == 1.5
+    assert smooth.settings["smooth_sigma"] == 1.5
 
 
 def test_smoothing_settings_and_repr():
-    est = SpatiallyVariantGMM(smoothing=2.5, n_components=3)
-    assert est.get_params()["smoothing"] == 2.5 and est.get_params()["n_components"] == 3
-    assert "smoothing=2.5" in repr(est)
-    assert "smoothing" not in repr(SpatiallyVariantGMM())
-    est.set_params(smoothing=1.0)
-    assert est.smoothing == 1.0
-    assert "smoothing" not in GaussianMixture().get_params()
+    est = SpatiallyVariantGMM(smooth_sigma=2.5, n_components=3)
+    assert est.get_params()["smooth_sigma"] == 2.5 and est.get_params()["n_components"] == 3
+    assert "smooth_sigma=2.5" in repr(est)
+    assert "smooth_sigma" not in repr(SpatiallyVariantGMM())
+    est.set_params(smooth_sigma=1.0)
+    assert est.smooth_sigma == 1.0
+    assert "smooth_sigma" not in GaussianMixture().get_params()
 
 
 def test_smoothing_errors():
     image, mask, _ = _phantom()
     X = image[:, mask].T
-    with pytest.raises(ValueError, match="smoothing must be >= 0"):
-        SpatiallyVariantGMM(smoothing=-1.0).fit(X, mask=mask)
-    with pytest.raises(ValueError, match="smoothing must be a number"):
-        SpatiallyVariantGMM(smoothing="6").fit(X, mask=mask)
-    with pytest.raises(ValueError, match=r"smoothing must be one number of pixels or one per axis \(2\)"):
-        SpatiallyVariantGMM(smoothing=(1.0, 1.0, 1.0)).fit(X, mask=mask)
-    with pytest.raises(ValueError, match=r"smoothing needs the pixels' layout: call fit\(X, mask=mask\)"):
-        SpatiallyVariantGMM(smoothing=1.0).fit(X)
+    with pytest.raises(ValueError, match="smooth_sigma must be >= 0"):
+        SpatiallyVariantGMM(smooth_sigma=-1.0).fit(X, mask=mask)
+    with pytest.raises(ValueError, match="smooth_sigma must be a number"):
+        SpatiallyVariantGMM(smooth_sigma="6").fit(X, mask=mask)
+    with pytest.raises(ValueError, match=r"smooth_sigma must be one number of pixels or one per axis \(2\)"):
+        SpatiallyVariantGMM(smooth_sigma=(1.0, 1.0, 1.0)).fit(X, mask=mask)
+    with pytest.raises(ValueError, match=r"smooth_sigma needs the pixels' layout: call fit\(X, mask=mask\)"):
+        SpatiallyVariantGMM(smooth_sigma=1.0).fit(X)
     with pytest.raises(ValueError, match=r"mask selects \d+ pixel\(s\) but X has 10 row\(s\)"):
-        SpatiallyVariantGMM(smoothing=1.0).fit(X[:10], mask=mask)
+        SpatiallyVariantGMM(smooth_sigma=1.0).fit(X[:10], mask=mask)
     with pytest.raises(ValueError, match="mask must be a boolean array"):
-        SpatiallyVariantGMM(smoothing=1.0).fit(X, mask=mask.astype(int))
+        SpatiallyVariantGMM(smooth_sigma=1.0).fit(X, mask=mask.astype(int))
     with pytest.raises(TypeError):
-        GaussianMixture(smoothing=1.0)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['smoothing'\]"):
-        segment(image, mask, method="gmm", smoothing=1.0)
+        GaussianMixture(smooth_sigma=1.0)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['smooth_sigma'\]"):
+        segment(image, mask, method="gmm", smooth_sigma=1.0)
 
 
 def test_smoothing_per_axis_through_segment_is_recorded_as_a_list():
     image, mask, truth = _phantom()
-    seg = segment(image, mask, method="svgmm", n_components=2, smoothing=np.array([2.0, 0.0]))
-    assert seg.settings["smoothing"].startswith("array(")  # recorded as given (not JSON: its repr)
-    seg = segment(image, mask, method="svgmm", n_components=2, smoothing=(2.0, 0.0))
-    assert seg.settings["smoothing"] == [2.0, 0.0]
-    with pytest.raises(ValueError, match="smoothing must be a number"):
-        segment(image, mask, method="svgmm", n_components=2, smoothing=("a", 1.0))
+    seg = segment(image, mask, method="svgmm", n_components=2, smooth_sigma=np.array([2.0, 0.0]))
+    assert seg.settings["smooth_sigma"].startswith("array(")  # recorded as given (not JSON: its repr)
+    seg = segment(image, mask, method="svgmm", n_components=2, smooth_sigma=(2.0, 0.0))
+    assert seg.settings["smooth_sigma"] == [2.0, 0.0]
+    with pytest.raises(ValueError, match="smooth_sigma must be a number"):
+        segment(image, mask, method="svgmm", n_components=2, smooth_sigma=("a", 1.0))
 
 
 def test_smoothing_counts_in_the_memory_check():
@@ -222,9 +222,9 @@ def test_smoothing_counts_in_the_memory_check():
     assert METHODS["svgmm"].memory(img, region, {"n_components": 4}) == 0
     rows = np.argwhere(mask)
     box = int(np.prod(rows.max(0) - rows.min(0) + 1))
-    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smoothing": 2.0}) == 3 * 4 * box * 8
-    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smoothing": np.array([0.0, 2.0])}) > 0
-    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smoothing": [0.0, 0.0]}) == 0
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smooth_sigma": 2.0}) == 3 * 4 * box * 8
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smooth_sigma": np.array([0.0, 2.0])}) > 0
+    assert METHODS["svgmm"].memory(img, region, {"n_components": 4, "smooth_sigma": [0.0, 0.0]}) == 0
 
 
 def test_cli_smoothing(tmp_path, capsys):
@@ -232,25 +232,25 @@ def test_cli_smoothing(tmp_path, capsys):
 
     make_cohort(tmp_path / "d", n=1)
     img = tmp_path / "d" / "case00" / "A.nii.gz"
-    assert main(["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "1.5", "--out",
+    assert main(["segment", str(img), "--method", "svgmm", "-k", "2", "--smooth-sigma", "1.5", "--out",
                  str(tmp_path / "o")]) == 0
     capsys.readouterr()
     import json
 
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["settings"]["smoothing"] == 1.5
-    check_error(capsys, ["segment", str(img), "--method", "gmm", "-k", "2", "--smoothing", "1", "--out",
-                         str(tmp_path / "p")], "--smoothing applies to the svgmm")
+    assert summary["settings"]["smooth_sigma"] == 1.5
+    check_error(capsys, ["segment", str(img), "--method", "gmm", "-k", "2", "--smooth-sigma", "1", "--out",
+                         str(tmp_path / "p")], "--smooth-sigma applies to the svgmm")
     for bad in ("-1", "x", "1,nan"):
-        check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", bad, "--out",
-                             str(tmp_path / "p")], "--smoothing")
+        check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smooth-sigma", bad, "--out",
+                             str(tmp_path / "p")], "--smooth-sigma")
     # one sigma per axis; the NIfTI is 32x32x1, segmented as a 32x32 image, so two values
-    assert main(["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "1.5,0", "--out",
+    assert main(["segment", str(img), "--method", "svgmm", "-k", "2", "--smooth-sigma", "1.5,0", "--out",
                  str(tmp_path / "q")]) == 0
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
-    assert summary["settings"]["smoothing"] == [1.5, 0.0]
-    check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smoothing", "1.5,1.5,0", "--out",
-                         str(tmp_path / "p")], "smoothing must be one number of pixels or one per axis (2)")
+    assert summary["settings"]["smooth_sigma"] == [1.5, 0.0]
+    check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smooth-sigma", "1.5,1.5,0", "--out",
+                         str(tmp_path / "p")], "smooth_sigma must be one number of pixels or one per axis (2)")
     assert not (tmp_path / "p").exists()
 
 

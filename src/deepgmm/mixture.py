@@ -32,8 +32,8 @@ from torch import Tensor
 
 from . import _init
 from ._params import NotFittedError, ParamsMixin, not_fitted
-from .choices import INIT_METHODS
 from ._validation import as_tensor, check_choice, check_float, check_int, resolve_device, resolve_dtype
+from .choices import INIT_METHODS
 from .likelihood import (
     AMPLIFICATION_LIMIT,
     COVARIANCE_TYPES,
@@ -45,6 +45,7 @@ from .likelihood import (
     params_from_moments,
     weighted_moments,
 )
+from .smoothing import MaskSmoother, as_sigmas, wants_smoothing
 
 __all__ = ["GaussianMixture", "SpatiallyVariantGMM", "INIT_METHODS", "ConvergenceWarning", "EmptyComponentWarning",
            "NotFittedError", "EM_IMAGE_DEFAULTS"]
@@ -565,7 +566,7 @@ class SpatiallyVariantGMM(_BaseMixture):
     n_components, covariance_type, tol, reg_covar, max_iter, n_init, init, means_init, weights_init,
     covariances_init, random_state, device, dtype, chunk_size :
         As :class:`GaussianMixture`.
-    smoothing : float or sequence of floats, default 0
+    smooth_sigma : float or sequence of floats, default 0
         Standard deviation, in pixels (one for all axes, or one per axis of the mask, e.g.
         ``(0, 6, 6)`` for a volume of thick slices), of a Gaussian that smooths the posteriors
         before they become the next mixing weights: ``pi_nk`` = the Gaussian-weighted mean of
@@ -582,7 +583,7 @@ class SpatiallyVariantGMM(_BaseMixture):
         Per-pixel mixing weights of the fitted pixels.
     probabilities_ : ndarray (N, K)
         Label probabilities of the fitted pixels: ``weights_`` without smoothing, with smoothing
-        the posterior at the fitted parameters (see ``smoothing``).
+        the posterior at the fitted parameters (see ``smooth_sigma``).
     labels_ : ndarray (N,) int64
         Class of every fitted pixel in 0..K-1, the argmax of ``probabilities_``.
     mean_weights_ : ndarray (K,)
@@ -610,17 +611,17 @@ class SpatiallyVariantGMM(_BaseMixture):
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype | None = None,
         chunk_size: int = 262144,
-        smoothing: float | tuple[float, ...] = 0.0,
+        smooth_sigma: float | tuple[float, ...] = 0.0,
     ) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
                          device=device, dtype=dtype, chunk_size=chunk_size)
-        self.smoothing = smoothing
+        self.smooth_sigma = smooth_sigma
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "SpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)``; ``mask`` ``(*spatial)`` boolean with ``N`` True
-        entries places them (C order, as ``image[:, mask].T``); needed with ``smoothing``."""
+        entries places them (C order, as ``image[:, mask].T``); needed with ``smooth_sigma``."""
         self._mask = None
         if mask is not None:
             m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
@@ -634,10 +635,8 @@ class SpatiallyVariantGMM(_BaseMixture):
         self._sigmas = None
         if self._smooths():
             if self._mask is None:
-                raise ValueError("smoothing needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
-            from .smoothing import as_sigmas
-
-            self._sigmas = as_sigmas(self.smoothing, self._mask.ndim)
+                raise ValueError("smooth_sigma needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
+            self._sigmas = as_sigmas(self.smooth_sigma, self._mask.ndim, "smooth_sigma")
         self._smoother = None
         return super().fit(X, y)
 
@@ -662,10 +661,8 @@ class SpatiallyVariantGMM(_BaseMixture):
         self._mask = self._smoother = None
 
     def _smooths(self) -> bool:
-        """Whether ``smoothing`` asks for any (validated: numbers >= 0)."""
-        from .smoothing import wants_smoothing
-
-        return wants_smoothing("smoothing", self.smoothing)
+        """Whether ``smooth_sigma`` asks for any (validated: numbers >= 0)."""
+        return wants_smoothing("smooth_sigma", self.smooth_sigma)
 
     def _converged(self, previous: float, nll: float) -> bool:
         if self._sigmas is None:
@@ -676,8 +673,6 @@ class SpatiallyVariantGMM(_BaseMixture):
         if self._sigmas is None:
             return log_resp
         if self._smoother is None:
-            from .smoothing import MaskSmoother
-
             self._smoother = MaskSmoother(self._mask, self._sigmas, dtype=log_resp.dtype, device=log_resp.device)
         smoothed = self._smoother(log_resp.exp())  # (N, K), rows sum to 1
         return log_resp.copy_(torch.log(smoothed.clamp_min(torch.finfo(log_resp.dtype).tiny)))

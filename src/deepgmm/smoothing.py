@@ -1,6 +1,6 @@
 """Normalised Gaussian smoothing of per-pixel values inside a mask.
 
-Used by the spatially variant GMM's ``smoothing`` option: between EM iterations each pixel's
+Used by the spatially variant GMM's ``smooth_sigma`` option: between EM iterations each pixel's
 mixing weights become the Gaussian-weighted mean of the posteriors of the masked pixels
 around it. Pixels outside the mask take no part: the blurred values are divided by the blurred
 mask (normalised convolution), so a pixel at the mask's edge averages only masked neighbours
@@ -33,17 +33,17 @@ def wants_smoothing(name: str, sigma: Any) -> bool:
     return any([check_float(name, v, minimum=0.0) > 0 for v in values])  # a list: every value is checked
 
 
-def as_sigmas(sigma: Any, ndim: int) -> tuple[float, ...]:
+def as_sigmas(sigma: Any, ndim: int, name: str = "smoothing") -> tuple[float, ...]:
     """``sigma`` (one number, or one per axis) -> ``ndim`` standard deviations in pixels, validated:
-    finite, >= 0, at least one positive."""
+    finite, >= 0, at least one positive; errors name the setting ``name``."""
     try:
         values = np.atleast_1d(np.asarray(sigma, dtype=np.float64)) if not isinstance(sigma, str) else None
     except (TypeError, ValueError):
         values = None
     if values is None or values.ndim != 1 or len(values) not in (1, ndim):
-        raise ValueError(f"smoothing must be one number of pixels or one per axis ({ndim}), got {sigma!r}")
+        raise ValueError(f"{name} must be one number of pixels or one per axis ({ndim}), got {sigma!r}")
     if not (np.isfinite(values).all() and (values >= 0).all() and (values > 0).any()):
-        raise ValueError(f"smoothing must be >= 0 pixels with at least one axis > 0, got {sigma!r}")
+        raise ValueError(f"{name} must be >= 0 pixels with at least one axis > 0, got {sigma!r}")
     return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
 
 

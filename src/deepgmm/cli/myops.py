@@ -64,7 +64,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t1.add_argument("--threads", type=int, metavar="T",
                     help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
     t1.add_argument("--options", metavar="JSON",
-                    help="per-method settings on top of the defaults, as JSON, e.g. '{\"svgmm\": {\"smoothing\": "
+                    help="per-method settings on top of the defaults, as JSON, e.g. '{\"svgmm\": {\"smooth_sigma\": "
                          "6}}' (recorded in results.json; a resumed run must give the same)")
     _add_common(t1)
     t1.set_defaults(func=cmd_table1)
@@ -128,7 +128,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
             options = json.loads(args.options)
         except ValueError as exc:
             raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. "
-                             '\'{"svgmm": {"smoothing": 6}}\'') from None
+                             '\'{"svgmm": {"smooth_sigma": 6}}\'') from None
     from ..experiments._run import parse_cases
     from ..experiments.myops import run_table1
 

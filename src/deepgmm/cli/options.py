@@ -47,7 +47,7 @@ class SegmentOption:
 
 
 def _sigmas(text: str) -> float | list[float]:
-    """``--smoothing``: ``6`` or ``0,6,6`` (pixels per axis), each a number >= 0."""
+    """``--smooth-sigma``: ``6`` or ``0,6,6`` (pixels per axis), each a number >= 0."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
@@ -85,9 +85,6 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   methods=EM_METHODS),
     SegmentOption("--n-init", "n_init", int, "EM: number of starts; the lowest final NLL wins", minimum=1,
                   metavar="N", methods=EM_METHODS),
-    SegmentOption("--smoothing", "smoothing", _sigmas, "svgmm: Gaussian smoothing (sigma in pixels, or one per "
-                  "axis such as 0,6,6 for thick slices) of the posteriors that become the per-pixel weights, a spatial "
-                  "prior (default 0: the paper's SVGMM)", metavar="S", methods=("svgmm",)),
     SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of optimiser steps", minimum=0,
                   metavar="N", methods=DEEP_METHODS),
     SegmentOption("--min-steps", "min_steps", int, "deep: never stop before this step", minimum=0, metavar="N",
@@ -102,8 +99,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--smooth", "smooth", float, "deep: weight of the smoothed-posterior term, which pulls the soft "
                   "labels towards posteriors smoothed by a Gaussian (default 1)", minimum=0.0, metavar="L",
                   methods=DEEP_METHODS),
-    SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "deep: that Gaussian's sigma in pixels, or one per axis "
-                  "such as 0,8,8 for thick slices (default 8)", metavar="S", methods=DEEP_METHODS),
+    SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "width (sigma, in pixels, or one per axis such as "
+                  "0,6,6 for thick slices) of the Gaussian that smooths the posteriors, a spatial prior: svgmm: the "
+                  "posteriors that become the per-pixel weights (default 0: the paper's SVGMM); deep: the "
+                  "smoothed-posterior term's (default 8)", metavar="S", methods=("svgmm",) + DEEP_METHODS),
     SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
                   "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "

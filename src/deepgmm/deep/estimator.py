@@ -28,6 +28,7 @@ from ..choices import DEEP_INITS
 from ..likelihood import COVARIANCE_TYPES
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
+from ..smoothing import as_sigmas, wants_smoothing
 from .losses import DeepMixtureLoss
 from .optim import AdamW
 from .regularizers import (
@@ -79,9 +80,9 @@ class DeepGMM(ParamsMixin):
     regularizers : further loss terms (see :mod:`deepgmm.deep.regularizers`)
     mu_prior, lam : shortcut for the ``mu_prior`` regulariser: ``(K, C)`` class means (array or file)
     init : "em" (distil the EM posteriors first) or "random" (the paper)
-    init_smoothing : with ``init="em"``, a positive value (pixels, or one per axis) starts both deep
+    init_smooth_sigma : with ``init="em"``, a positive value (pixels, or one per axis) starts both deep
         methods from the smoothed SVGMM (:class:`deepgmm.mixture.SpatiallyVariantGMM` with this
-        ``smoothing``) instead of the plain EM mixture of the same kind; 0 (default): plain EM
+        ``smooth_sigma``) instead of the plain EM mixture of the same kind; 0 (default): plain EM
     pretrain_steps, pretrain_lr : the distillation phase of ``init="em"``
     crop_margin : fit on the mask's bounding box grown by this many pixels (None: the whole image).
         The loss only sees the mask, so this saves time without changing what is modelled.
@@ -129,7 +130,7 @@ class DeepGMM(ParamsMixin):
         mu_prior: Any = None,
         lam: float = 1.0,
         init: str = "em",
-        init_smoothing: float | Sequence[float] = 0.0,
+        init_smooth_sigma: float | Sequence[float] = 0.0,
         pretrain_steps: int = 30,
         pretrain_lr: float = 3e-3,
         crop_margin: int | None = 16,
@@ -155,7 +156,7 @@ class DeepGMM(ParamsMixin):
         self.mu_prior = mu_prior
         self.lam = lam
         self.init = init
-        self.init_smoothing = init_smoothing
+        self.init_smooth_sigma = init_smooth_sigma
         self.pretrain_steps = pretrain_steps
         self.pretrain_lr = pretrain_lr
         self.crop_margin = crop_margin
@@ -196,11 +197,9 @@ class DeepGMM(ParamsMixin):
                                   self._smooth_prior)
 
     def _init_sigmas_given(self) -> bool:
-        """Whether ``init_smoothing`` asks for smoothing (validated; the number of axes is checked
+        """Whether ``init_smooth_sigma`` asks for smoothing (validated; the number of axes is checked
         once the image is known)."""
-        from ..smoothing import wants_smoothing
-
-        return wants_smoothing("init_smoothing", self.init_smoothing)
+        return wants_smoothing("init_smooth_sigma", self.init_smooth_sigma)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
@@ -290,13 +289,11 @@ class DeepGMM(ParamsMixin):
             settings.update(init="means", means_init=prior, n_init=1)
         X = img[:, region].T.double()
         if smooth:
-            from ..smoothing import as_sigmas
-
             try:
-                sigmas = as_sigmas(self.init_smoothing, region.ndim)
+                sigmas = as_sigmas(self.init_smooth_sigma, region.ndim)
             except ValueError as exc:  # a wrong number of axes
-                raise ValueError(f"init_smoothing: {exc}") from None
-            est = em.SpatiallyVariantGMM(smoothing=sigmas, **settings).fit(X, mask=region)
+                raise ValueError(f"init_smooth_sigma: {exc}") from None
+            est = em.SpatiallyVariantGMM(smooth_sigma=sigmas, **settings).fit(X, mask=region)
         else:
             cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
             est = cls(**settings).fit(X)

@@ -19,7 +19,7 @@ A regulariser is called with a :class:`RegContext` and returns one value per ima
   ``mean_n w_nk``); with ``prior="labels"`` they are the soft labels ``w_nk`` themselves, whatever
   the mixture (the same for deepSVG; deepG's default, where the global weights made the small
   classes collapse: docs/deep.md). The fixed point ``w = G * p`` under ``pi = w`` is the weight
-  update of the smoothed SVGMM (``SpatiallyVariantGMM(smoothing=sigma)``): it pulls each pixel's
+  update of the smoothed SVGMM (``SpatiallyVariantGMM(smooth_sigma=sigma)``): it pulls each pixel's
   soft labels towards the classes its neighbourhood's intensities favour, a wider-range spatial
   prior than TV.
 """

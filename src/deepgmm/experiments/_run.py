@@ -122,7 +122,7 @@ def check_options(options: Mapping[str, Mapping[str, Any]] | None, known: Sequen
 
 
 def options_text(options: Mapping[str, Mapping[str, Any]]) -> str:
-    """``{"svgmm": {"smoothing": 6}}`` -> ``SVGMM: smoothing=6`` (for table.md)."""
+    """``{"svgmm": {"smooth_sigma": 6}}`` -> ``SVGMM: smooth_sigma=6`` (for table.md)."""
     return "; ".join(f"{display_name(m)}: " + ", ".join(f"{k}={v}" for k, v in kw.items())
                      for m, kw in options.items() if kw)
 

@@ -145,7 +145,7 @@ def segment(
         except ``nll``, ``nll_history`` and ``model``, which are those of the fitted mixture;
         ``settings["dropped_classes"]`` gives the dropped classes' indices in it.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
-        ``smoothing`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
+        ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
     Returns
     -------

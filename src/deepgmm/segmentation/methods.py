@@ -63,9 +63,9 @@ def _no_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dic
 
 
 def _svgmm_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
-    """The ``smoothing`` option's grids over the mask's bounding box (0 without smoothing)."""
+    """The ``smooth_sigma`` option's grids over the mask's bounding box (0 without smoothing)."""
     try:
-        smooths = wants_smoothing("smoothing", settings.get("smoothing", 0.0))
+        smooths = wants_smoothing("smooth_sigma", settings.get("smooth_sigma", 0.0))
     except ValueError:  # bad values: the estimator names the problem
         smooths = False
     if not smooths:
