@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "deepgmm"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("deepgmm._version", "deepgmm._validation", "deepgmm._signals", "deepgmm._params", "deepgmm.choices",
               "deepgmm.likelihood", "deepgmm.smoothing", "deepgmm._init", "deepgmm.metrics", "deepgmm.preprocess",
-              "deepgmm.memory", "deepgmm.io", "deepgmm.phantom", "deepgmm.datasets", "deepgmm.figures",
+              "deepgmm.memory", "deepgmm.units", "deepgmm.io", "deepgmm.phantom", "deepgmm.datasets", "deepgmm.figures",
               "deepgmm._torch_settings")),
     ("estimators", ("deepgmm.mixture", "deepgmm.deep")),
     ("segment", ("deepgmm.segmentation",)),

@@ -201,10 +201,10 @@ def test_spare_classes_flag_end_to_end(case, capsys):
     prior = folder / "mu.json"
     prior.write_text(json.dumps([list(m) for m in MEANS.values()]))
     check_error(capsys, seg_args(paths, folder / "bad", "--spare-classes", "1", "--mu-prior", str(prior),
-                                 method="deepsvg"), "spare_classes=1 cannot be combined with a class-order prior")
+                                 method="deepsvg"), "--spare-classes 1 cannot be combined with a class-order prior")
     assert not (folder / "bad").exists()
     check_error(capsys, seg_args(paths, folder / "bad", "--spare-classes", "10000", method="gmm"),
-                "fewer than n_components + spare_classes = 10003; lower spare_classes")
+                "fewer than -k + --spare-classes = 10003; lower --spare-classes")
     assert not (folder / "bad").exists()
 
 
@@ -300,7 +300,7 @@ def test_nan_pixels_error_then_nan_policy_mask_runs(case, capsys):
     nib.save(nib.Nifti1Image(bad[..., None], AFFINE), folder / "nan.nii.gz")
     argv = seg_args(paths, folder / "out")
     argv[1] = str(folder / "nan.nii.gz")
-    check_error(capsys, argv, "NaN", "nan_policy")
+    check_error(capsys, argv, "NaN", "pass --nan-policy mask")
     assert not (folder / "out").exists()
     assert main(argv + ["--nan-policy", "mask"]) == 0
     err = capsys.readouterr().err
@@ -323,7 +323,7 @@ def test_fewer_masked_pixels_than_classes(case, capsys):
     m[5, 5] = m[6, 6] = 1
     nib.save(nib.Nifti1Image(m, AFFINE), folder / "tiny.nii.gz")
     argv = seg_args(paths, folder / "out", mask=False) + ["--mask", str(folder / "tiny.nii.gz")]
-    check_error(capsys, argv, "2 pixel(s)", "n_components=3")
+    check_error(capsys, argv, "2 pixel(s)", "fewer than -k 3")
     assert not (folder / "out").exists()
 
 

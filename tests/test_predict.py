@@ -157,6 +157,25 @@ def _permuted_copy(model, order):
     return other
 
 
+def test_prediction_reports_class_means_in_the_image_units(trained):
+    """A trained model's class means are the soft-label means of the image as given (numpy), and the
+    normalised ones are their z-score."""
+    root, ds, _ = trained
+    model = load_model(root / "model")
+    u = ds.unit(3)
+    scale, offset = np.array([40.0, 3.0, 900.0])[:, None, None], np.array([300.0, -5.0, 1e4])[:, None, None]
+    raw = (u.image * scale + offset).astype(np.float32)
+    pred = model.predict(raw, u.mask)
+    w = pred.probabilities[:, u.mask].astype(np.float64)  # (K, N): the soft labels (read-out soft_labels)
+    ref = (w @ raw[:, u.mask].T.astype(np.float64)) / w.sum(1, keepdims=True)
+    np.testing.assert_allclose(pred.means, ref, rtol=1e-5)
+    mean, std = np.array(pred.normalization["mean"]), np.array(pred.normalization["std"])
+    np.testing.assert_allclose(pred.means_normalized, (pred.means - mean) / std, atol=1e-4)
+    summary = pred.summary()
+    np.testing.assert_allclose(summary["class_means"], pred.means)
+    assert summary["class_covariances"] is None and summary["iterations"] is None
+
+
 def test_ensemble_of_copies_and_of_permuted_members(trained):
     """Identical members give the single model's prediction; a member with permuted classes is
     aligned back without ground truth (and is not, with align=False)."""
@@ -490,5 +509,5 @@ def test_cli_train_with_spare_classes(tmp_path, capsys):
     check_error(capsys, base + ["--spare-classes", "-1", "--out", str(tmp_path / "x")], "--spare-classes must be >= 0")
     (tmp_path / "mu.txt").write_text("0 0\n1 1\n")
     check_error(capsys, base + ["--spare-classes", "1", "--mu-prior", str(tmp_path / "mu.txt"), "--out",
-                                str(tmp_path / "y")], "spare_classes must be 0 with mu_data")
+                                str(tmp_path / "y")], "--spare-classes must be 0 with --mu-prior")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -186,7 +186,7 @@ def test_inf_pixels(case, capsys):
     img = np.asanyarray(nib.load(paths["ch0"]).dataobj).copy()
     img[4, 4] = -np.inf
     bad = save_nifti(folder / "inf.nii.gz", img)
-    one_line_error(capsys, seg_argv([bad, paths["ch1"]], folder / "out"), "NaN or Inf", "nan_policy")
+    one_line_error(capsys, seg_argv([bad, paths["ch1"]], folder / "out"), "NaN or Inf", "--nan-policy mask")
     nothing_written(folder, folder / "out")
 
 
@@ -203,14 +203,14 @@ def test_all_zero_image(case, capsys, normalize):
 def test_k_larger_than_the_number_of_distinct_values(case, capsys):
     folder, paths = case
     binary = save_nifti(folder / "binary.nii.gz", (np.arange(480).reshape(24, 20, 1) % 2).astype(np.float32))
-    one_line_error(capsys, seg_argv([binary], folder / "out", k="3"), "2 distinct value(s)", "n_components=3")
+    one_line_error(capsys, seg_argv([binary], folder / "out", k="3"), "2 distinct value(s)", "-k 3", "lower -k")
     nothing_written(folder, folder / "out")
     assert main(seg_argv([binary], folder / "out", k="2")) == 0  # as many classes as values: fine
 
 
 def test_huge_k_with_fewer_pixels(case, capsys):
     folder, paths = case
-    one_line_error(capsys, seg_argv([paths["ch0"]], folder / "out", k="10000"), "480 pixel(s)", "n_components=10000")
+    one_line_error(capsys, seg_argv([paths["ch0"]], folder / "out", k="10000"), "480 pixel(s)", "-k 10000")
     nothing_written(folder, folder / "out")
 
 
@@ -404,7 +404,7 @@ def test_memory_estimate_is_not_far_below_the_real_peak():
 def test_cuda_without_a_gpu(case, capsys):
     folder, paths = case
     one_line_error(capsys, seg_argv([paths["ch0"]], folder / "out", "--device", "cuda"),
-                   "device='cuda' was requested but no CUDA GPU is available", "use device='cpu'")
+                   "--device cuda was requested but no CUDA GPU is available", "use --device cpu")
     nothing_written(folder, folder / "out")
 
 

@@ -55,7 +55,9 @@ def test_normalisation_is_a_z_score_over_the_region():
     s = segment(img, method="gmm", n_components=4, normalize="image", n_init=2)
     means = np.array(s.normalization["mean"])
     np.testing.assert_allclose(means, img.reshape(2, -1).mean(1), rtol=1e-5)
-    assert abs(s.means.mean()) < 1.0  # fitted in z-scored units
+    assert abs(s.means_normalized.mean()) < 1.0  # fitted in z-scored units
+    # reported in the image's units: the z-score undone
+    np.testing.assert_allclose(s.means, s.means_normalized * np.array(s.normalization["std"]) + means, rtol=1e-10)
 
 
 def test_torch_input_and_same_seed_same_result():

@@ -250,7 +250,7 @@ def test_cli_smoothing(tmp_path, capsys):
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["settings"]["smooth_sigma"] == [1.5, 0.0]
     check_error(capsys, ["segment", str(img), "--method", "svgmm", "-k", "2", "--smooth-sigma", "1.5,1.5,0", "--out",
-                         str(tmp_path / "p")], "smooth_sigma must be one number of pixels or one per axis (2)")
+                         str(tmp_path / "p")], "--smooth-sigma must be one number of pixels or one per axis (2)")
     assert not (tmp_path / "p").exists()
 
 

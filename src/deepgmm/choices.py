@@ -7,7 +7,8 @@ importing torch. The modules that implement a choice import its tuple from here.
 from __future__ import annotations
 
 __all__ = [
-    "METHODS", "EM_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "DEVICES",
+    "METHODS", "EM_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS",
+    "DEVICES",
     "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE",
 ]
@@ -26,6 +27,9 @@ COVARIANCE_TYPES: tuple[str, ...] = ("diag", "full")
 # z-score every channel over the mask's pixels, over the whole image, or not at all
 NORMALIZATIONS: tuple[str, ...] = ("none", "mask", "image")
 NAN_POLICIES: tuple[str, ...] = ("raise", "mask")
+# the units of class statistics a user gives (mu_prior, means_init, covariances_init): the image's own,
+# or the normalised units the method fits in
+PRIOR_UNITS: tuple[str, ...] = ("image", "normalized")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 # EM starts ("means" needs an array of class means)
 INIT_METHODS: tuple[str, ...] = ("kmeans++", "kmeans", "random", "means")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..choices import (COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS, NAN_POLICIES,
-                       NORMALIZATIONS)
+                       NORMALIZATIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES"]
 
@@ -106,8 +106,13 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
                   "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "
-                  ".json or text, in normalised units): adds lam*||mu - mu_data||^2 and fixes the class order",
-                  metavar="FILE", methods=DEEP_METHODS),
+                  ".json or text; in the image's units, see --prior-units): adds lam*||mu - mu_data||^2 and fixes "
+                  "the class order", metavar="FILE", methods=DEEP_METHODS),
+    SegmentOption("--prior-units", "prior_units", str, "units of the class statistics given (--mu-prior): image "
+                  "(default: the units of the input image, mapped with --normalize's z-score) or normalized (already "
+                  "in the z-scored units the method fits in)", choices=PRIOR_UNITS),
+    SegmentOption("--crop-margin", "crop_margin", int, "deep: pixels of context around the mask's bounding box "
+                  "that the network sees (default 16)", minimum=0, metavar="N", methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

@@ -21,6 +21,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from .wording import in_cli_terms
+
 from .._signals import signals_deferred_on_import
 
 __all__ = ["PROG", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_FAILURE", "Terminated", "run_command"]
@@ -237,7 +239,7 @@ def _report(exc: BaseException) -> int | None:
     if isinstance(exc, RuntimeError) and not _is_out_of_memory(exc):
         return None
     text = str(exc) if str(exc) else type(exc).__name__  # ValueError, OSError (FileNotFoundError), out of memory
-    _error(text if not isinstance(exc, RuntimeError) else f"out of memory: {text}")
+    _error(in_cli_terms(text) if not isinstance(exc, RuntimeError) else f"out of memory: {text}")
     return EXIT_ERROR
 
 

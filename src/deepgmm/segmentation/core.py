@@ -9,6 +9,7 @@ of :data:`deepgmm.segmentation.methods.METHODS`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from typing import Any
@@ -18,9 +19,12 @@ import torch
 
 from .. import memory
 from .._validation import check_choice, check_int, resolve_device
-from ..choices import COVARIANCE_TYPES, NAN_POLICIES, NORMALIZATIONS
+from ..choices import COVARIANCE_TYPES, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
 from ..choices import METHODS as METHOD_NAMES
+from ..deep.regularizers import MuPrior
+from ..io import load_mu_data
 from ..preprocess import zscore
+from ..units import PRIOR_SETTINGS, ChannelScaling
 from .methods import METHODS
 from .result import Segmentation
 from .spare import drop_spare_classes, resolve_spare_classes
@@ -64,6 +68,31 @@ def _normalize(image: torch.Tensor, region: torch.Tensor | None) -> tuple[torch.
     out, info = zscore(image.numpy(), None if region is None else region.numpy(), where="image",
                        over="the normalisation region", hint="drop the channel or use normalize='none'")
     return torch.from_numpy(out), info
+
+
+def _priors_to_normalized(settings: dict[str, Any], scaling: ChannelScaling) -> dict[str, Any]:
+    """``settings`` with every class statistic (:data:`deepgmm.units.PRIOR_SETTINGS`, and the
+    ``mu_data`` of a ``mu_prior`` regulariser) mapped from image units to normalised units."""
+    out = dict(settings)
+    for key, kind in PRIOR_SETTINGS.items():
+        value = out.get(key)
+        if value is None:
+            continue
+        if key == "mu_prior" and isinstance(value, (str, os.PathLike)):
+            value = load_mu_data(value)
+        out[key] = scaling.means_to_normalized(value) if kind == "means" else scaling.covariances_to_normalized(value)
+    regs = []
+    for r in out.get("regularizers") or ():
+        if isinstance(r, MuPrior):
+            r = MuPrior(scaling.means_to_normalized(r.mu_data.numpy()), r.lam)
+        elif isinstance(r, dict) and r.get("name") == "mu_prior" and r.get("mu_data") is not None:
+            mu = r["mu_data"]
+            mu = load_mu_data(mu) if isinstance(mu, (str, os.PathLike)) else mu
+            r = dict(r, mu_data=scaling.means_to_normalized(mu))
+        regs.append(r)
+    if regs:
+        out["regularizers"] = regs
+    return out
 
 
 def _count_distinct_rows(X: torch.Tensor, at_least: int) -> int:
@@ -113,6 +142,7 @@ def segment(
     device: str = "cpu",
     check_memory: bool = True,
     spare_classes: int | None = None,
+    prior_units: str = "image",
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -144,6 +174,13 @@ def segment(
         take too few distinct values. The result then describes the ``n_components`` kept classes,
         except ``nll``, ``nll_history`` and ``model``, which are those of the fitted mixture;
         ``settings["dropped_classes"]`` gives the dropped classes' indices in it.
+    prior_units : "image" (default) or "normalized": the units of the class statistics given in
+        ``options`` (``mu_prior``, ``means_init``, ``covariances_init``, a ``mu_prior`` regulariser's
+        ``mu_data``). "image": the units of ``image`` as given, the natural ones (class means read
+        off labelled images of the same kind); they are mapped with the normalisation applied
+        here (:class:`deepgmm.units.ChannelScaling`). "normalized": already in the z-scored units
+        the method fits in, taken as they are. Without normalisation (``normalize="none"``) both
+        are the same.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -158,6 +195,7 @@ def segment(
         check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
     check_choice("normalize", normalize, NORMALIZATIONS)
     check_choice("nan_policy", nan_policy, NAN_POLICIES)
+    check_choice("prior_units", prior_units, PRIOR_UNITS)
     resolve_device(device)
     img = _as_image(image)
     spatial = tuple(img.shape[1:])
@@ -197,6 +235,7 @@ def segment(
     if normalize != "none":
         img, norm_info = _normalize(img, region if normalize == "mask" else None)
         norm_info["over"] = normalize
+    scaling = ChannelScaling.from_normalization(norm_info, img.shape[0])
     n_distinct = _count_distinct_rows(img[:, region].T, n_components + spare)
     if n_distinct < n_components:
         raise ValueError(
@@ -212,7 +251,8 @@ def segment(
 
     logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
                 f" + {spare} spare" if spare else "", n_pix, img.shape[0])
-    fit = METHODS[method].fit(img, region, settings)
+    given_in_image_units = norm_info is not None and prior_units == "image"
+    fit = METHODS[method].fit(img, region, _priors_to_normalized(settings, scaling) if given_in_image_units else settings)
     dropped: list[int] = []
     if spare:
         fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
@@ -230,7 +270,8 @@ def segment(
     public_settings = {k: (list(v) if isinstance(v, tuple) else
                            v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
                        for k, v in settings.items()}
-    public_settings.update(normalize=normalize, nan_policy=nan_policy,  # the covariance the method used
+    public_settings.update(normalize=normalize, nan_policy=nan_policy, prior_units=prior_units,
+                           # the covariance the method used
                            covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
     if spare:
         public_settings["dropped_classes"] = dropped
@@ -239,8 +280,10 @@ def segment(
         probabilities=probs,
         nll=float(fit.nll),
         method=method,
-        means=np.asarray(fit.means),
-        covariances=np.asarray(fit.covariances),
+        means=scaling.means_to_image(fit.means),
+        covariances=scaling.covariances_to_image(fit.covariances),
+        means_normalized=np.asarray(fit.means),
+        covariances_normalized=np.asarray(fit.covariances),
         weights=np.asarray(fit.weights),
         n_iter=int(fit.n_iter),
         converged=bool(fit.converged),

@@ -36,11 +36,13 @@ class Segmentation:
     ----------
     labels : ndarray ``(*spatial)`` uint8 (int32 for K >= 255), 0 outside the mask, 1..K inside
     probabilities : ndarray ``(K, *spatial)`` float32, zero outside the mask
-    nll : float, mean negative log-likelihood of the masked pixels at the fitted parameters (with
-        spare classes: of the fitted mixture, spare classes included)
+    nll : float, mean negative log-likelihood of the masked pixels at the fitted parameters, in the
+        normalised units (with spare classes: of the fitted mixture, spare classes included)
     method : the method's name ("gmm", "svgmm", "deepg", "deepsvg")
     means : ``(K, C)`` class means, covariances ``(K, C)`` or ``(K, C, C)`` (None where not
-        computed), in the (normalised) image units
+        computed), in the units of the image as given
+    means_normalized, covariances_normalized : the same in the normalised units the method
+        fitted in (equal to ``means``/``covariances`` without normalisation)
     weights : ``(K,)`` global class proportions (for the SVGMM/deepSVG: the mean per-pixel weight)
     n_iter, converged, seconds, nll_history : the fit's; None (empty) for a trained model's
         prediction, which fits nothing
@@ -59,6 +61,8 @@ class Segmentation:
     means: np.ndarray
     weights: np.ndarray
     covariances: np.ndarray | None = None
+    means_normalized: np.ndarray | None = None
+    covariances_normalized: np.ndarray | None = None
     n_iter: int | None = None
     converged: bool | None = None
     seconds: float | None = None
@@ -83,8 +87,10 @@ class Segmentation:
             "iterations": self.n_iter,
             "converged": self.converged,
             "seconds": self.seconds,
-            "class_means": np.asarray(self.means).tolist(),
-            "class_covariances": None if self.covariances is None else np.asarray(self.covariances).tolist(),
+            "class_means": _list(self.means),
+            "class_covariances": _list(self.covariances),
+            "class_means_normalized": _list(self.means_normalized),
+            "class_covariances_normalized": _list(self.covariances_normalized),
             "class_weights": np.asarray(self.weights).tolist(),
             "class_pixels": np.bincount(self.labels.ravel().astype(np.int64),
                                         minlength=self.n_components + 1)[1:].tolist(),
@@ -95,3 +101,7 @@ class Segmentation:
         if self.readout is not None:
             out["readout"] = self.readout
         return out
+
+
+def _list(values: np.ndarray | None) -> list | None:
+    return None if values is None else np.asarray(values).tolist()

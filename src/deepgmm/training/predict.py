@@ -268,6 +268,8 @@ class TrainedModel:
             inner, src = _inner(u.window, spatial), _source(u.window, spatial)
             log_probs = np.zeros((K1,) + spatial, dtype=np.float32)
             log_probs[(slice(None),) + inner] = r["log_probs"].numpy()[(slice(None),) + src]
+            soft = np.zeros((K1,) + spatial, dtype=np.float32)
+            soft[(slice(None),) + inner] = torch.softmax(r["logits"], 0).numpy()[(slice(None),) + src]
             nll, means, nk, norm, windows = r["nll"], r["means"].numpy(), r["nk"].numpy(), u.norm, [u.window]
         else:  # slices of a volume: paste them, then one loss over the whole (normalised) volume
             x_full = torch.zeros((arr.shape[0],) + spatial, dtype=torch.float32)
@@ -280,12 +282,14 @@ class TrainedModel:
                 logits_full[(slice(None),) + inner + (z,)] = r["logits"][(slice(None),) + src]
                 log_probs[(slice(None),) + inner + (z,)] = r["log_probs"].numpy()[(slice(None),) + src]
             res = self.loss(x_full[None], logits_full[None], torch.from_numpy(m)[None])
+            soft = torch.softmax(logits_full, 0).numpy()
             nll, means, nk = float(res.nll[0]), res.fit.means[0].numpy(), res.fit.nk[0].numpy()
             norm = {"per_slice": {int(u.slice_index): u.norm for u, _ in parts}}
             windows = [u.window for u, _ in parts]
         probs, labels, kept, dropped = self._reduce(log_probs, m)
         nk = nk[kept]
-        return Segmentation(labels=labels, probabilities=probs, nll=nll, method=self.config.method, means=means[kept],
+        return Segmentation(labels=labels, probabilities=probs, nll=nll, method=self.config.method,
+                            means=_weighted_means(soft[kept][:, m], arr[:, m]), means_normalized=means[kept],
                             weights=nk / nk.sum(), normalization=norm, model=self, dropped_classes=dropped,
                             readout=self.readout, windows=windows)
 
@@ -353,6 +357,13 @@ def load_ensemble(paths: Sequence[str | Path], *, device: Any = "cpu", align: bo
     if not models:
         raise ValueError("give at least one model")
     return models[0] if len(models) == 1 else EnsembleModel(models, align=align, readout=readout)
+
+
+def _weighted_means(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Class means ``(K, C)`` of the pixels ``x`` ``(C, N)`` (image units) under the soft labels
+    ``w`` ``(K, N)``: the M-step's means, in the units of the image as given."""
+    w = w.astype(np.float64)
+    return (w @ x.astype(np.float64).T) / np.maximum(w.sum(1, keepdims=True), np.finfo(np.float64).tiny)
 
 
 def _inner(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[slice, ...]:
