@@ -732,3 +732,21 @@ def test_help_does_not_import_torch():
     eager, loaded = r.stdout.strip().splitlines()[-1].split(" ", 1)
     assert eager == "False"
     assert loaded == "[]", loaded
+
+
+@pytest.mark.parametrize("library, cli", [
+    ("fix the image or pass nan_policy='mask' to leave them out", "fix the image or pass --nan-policy mask to leave them out"),
+    ("a smaller crop_margin (or pass check_memory=False to try anyway)",
+     "a smaller --crop-margin (or pass --no-memory-check to try anyway)"),
+    ("the deep fit diverged: NLL nan at step 3; lower lr or raise reg_covar",
+     "the deep fit diverged: NLL nan at step 3; lower --lr or raise --reg-covar"),
+    ("fewer than n_components + spare_classes = 7; lower spare_classes", "fewer than -k + --spare-classes = 7; lower --spare-classes"),
+    ("mu_data must have shape (n_components, n_channels) = (2, 2)", "--mu-prior must have shape (n_components, n_channels) = (2, 2)"),
+    ("cannot z-score them; drop the channel or use normalize='none'", "cannot z-score them; drop the channel or use --normalize none"),
+    ("image file not found: /data/n_components/spare_classes.nii.gz", "image file not found: /data/n_components/spare_classes.nii.gz"),
+    ("the learning rate is too high", "the learning rate is too high"),
+])
+def test_errors_name_flags_not_python_keywords(library, cli):
+    from deepgmm.cli.wording import in_cli_terms
+
+    assert in_cli_terms(library) == cli

@@ -346,7 +346,7 @@ def test_cli_corrupt_checkpoint_and_bad_resume(tmp_path, capsys):
     assert main(argv) == 0
     capsys.readouterr()
     check_error(capsys, argv, "already exists", "--resume")
-    check_error(capsys, argv + ["--resume", "--lr", "0.5"], "cannot resume with lr=0.5", "0.001")
+    check_error(capsys, argv + ["--resume", "--lr", "0.5"], "cannot resume with --lr 0.5", "0.001")
     ck = tmp_path / "m" / CHECKPOINT_FILE
     blob = ck.read_bytes()
     ck.write_bytes(blob[: len(blob) - 100])  # a half-written checkpoint under the final name
@@ -382,7 +382,7 @@ def test_cli_bad_settings(tmp_path, capsys):
     check_error(capsys, _train_argv(tmp_path / "d", tmp_path / "m", "--network", "huge"), "network must be one of")
     (tmp_path / "mu.txt").write_text("1 2 3\n4 5 6\n")
     check_error(capsys, _train_argv(tmp_path / "d", tmp_path / "m", "--mu-prior", tmp_path / "mu.txt"),
-                "mu_data must have shape (n_components, n_channels) = (2, 2), got (2, 3)")
+                "--mu-prior must have shape (n_components, n_channels) = (2, 2), got (2, 3)")
     check_error(capsys, _train_argv(tmp_path / "d", tmp_path / "m", "--lr", "-1"), "--lr must be >= 0")
 
 

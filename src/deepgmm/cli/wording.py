@@ -13,6 +13,7 @@ __all__ = ["in_cli_terms"]
 
 # keywords without a flag of the same name
 _EXTRA_FLAGS = {"n_components": "-k"}
+
 _VERBS = r"(?:lower|raise|increase|decrease|use|pass|set|give|a smaller|a larger)"
 
 
@@ -37,8 +38,8 @@ def in_cli_terms(message: str) -> str:
     for keyword, flag in sorted(_flags().items(), key=lambda kv: -len(kv[0])):
         word = re.escape(keyword)
         text = re.sub(rf"(?<![\w/.-]){word}=(['\"]?)([^'\"\s,;)]+)\1", lambda m: f"{flag} {m.group(2)}", text)
-        if "_" in keyword:
-            text = re.sub(rf"(?<![\w/.-]){word}(?![\w/-]|\.\w)", flag, text)
+        if "_" in keyword:  # not where it names a dimension of a shape, "(n_components, n_channels)"
+            text = re.sub(rf"(?<![\w/.-]){word}(?![\w/-]|\.\w|,\s*n_)", flag, text)
         else:
             text = re.sub(rf"\b({_VERBS})\s+{word}\b(?![\w/-])", lambda m: f"{m.group(1)} {flag}", text)
     return text
