@@ -386,6 +386,19 @@ def test_cli_bad_settings(tmp_path, capsys):
     check_error(capsys, _train_argv(tmp_path / "d", tmp_path / "m", "--lr", "-1"), "--lr must be >= 0")
 
 
+def test_cli_train_records_the_prior_units(tmp_path, capsys):
+    make_cohort(tmp_path / "d", n=3)
+    (tmp_path / "mu.txt").write_text("1 2\n4 5\n")
+    base = ["--mu-prior", str(tmp_path / "mu.txt"), "--epochs", "1", "--batch-size", "3"]
+    assert main(_train_argv(tmp_path / "d", tmp_path / "a", *base)) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["prior_units"] == "image"
+    assert main(_train_argv(tmp_path / "d", tmp_path / "b", *base, "--prior-units", "normalized")) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["prior_units"] == "normalized"
+    capsys.readouterr()
+    check_error(capsys, _train_argv(tmp_path / "d", tmp_path / "c", *base, "--prior-units", "z"),
+                "argument --prior-units: invalid choice: 'z'")
+
+
 def test_cli_train_options_set_real_config_fields():
     from deepgmm import cli
     from deepgmm.training.config import TrainConfig

@@ -177,3 +177,47 @@ def test_trained_model_reports_means_in_image_units():
     x = rng.normal(size=(2, 50)) * 10 + 5
     ref = np.array([[sum(w[k, n] * x[c, n] for n in range(50)) / w[k].sum() for c in range(2)] for k in range(3)])
     np.testing.assert_allclose(_weighted_means(w, x), ref, rtol=1e-12)
+
+
+def test_mu_prior_in_image_units_is_mapped_per_sample_as_a_naive_loop_does():
+    import torch
+
+    from deepgmm.deep.regularizers import MuPrior, RegContext
+
+    rng = np.random.default_rng(3)
+    B, K, C = 3, 2, 2
+    mu = rng.normal(size=(K, C)) * 50 + 100
+    shift, scale = rng.normal(size=(B, C)) * 20 + 90, rng.uniform(5, 30, (B, C))
+    means = torch.as_tensor(rng.normal(size=(B, K, C)))
+    ctx = RegContext(image=torch.zeros(B, C, 4, 4), log_probs=torch.zeros(B, K, 4, 4), mask=torch.ones(B, 1, 4, 4),
+                     means=means, covariances=torch.ones(B, K, C), channel_shift=torch.as_tensor(shift),
+                     channel_scale=torch.as_tensor(scale))
+    got = MuPrior(mu, lam=0.5, units="image")(ctx).numpy()
+    ref = [0.5 * sum((means[b, k, c].item() - (mu[k, c] - shift[b, c]) / scale[b, c]) ** 2
+                     for k in range(K) for c in range(C)) for b in range(B)]
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    # normalised units (the default) ignore the samples' z-scores
+    plain = MuPrior(mu, lam=0.5)(ctx).numpy()
+    np.testing.assert_allclose(plain, 0.5 * ((means.numpy() - mu[None]) ** 2).sum((1, 2)), rtol=1e-12)
+    with pytest.raises(ValueError, match="units must be one of"):
+        MuPrior(mu, units="z")
+
+
+def test_training_samples_carry_their_z_score_and_configs_their_prior_units(tmp_path):
+    from deepgmm.training import FolderDataset, TrainConfig
+
+    from _helpers import make_cohort
+
+    make_cohort(tmp_path / "d", channels=("A", "B"))
+    ds = FolderDataset(tmp_path / "d", ["A", "B"])
+    item = ds[0]
+    raw, mask = ds._load(ds.refs[0])[:2]
+    np.testing.assert_allclose(item["shift"].numpy(), raw[:, mask].astype(np.float64).mean(1), rtol=1e-10)
+    np.testing.assert_allclose(item["scale"].numpy(), raw[:, mask].astype(np.float64).std(1), rtol=1e-10)
+    cfg = TrainConfig(method="deepsvg", n_components=2, channels=["A", "B"], mu_data=[[1.0, 2.0], [3.0, 4.0]])
+    assert cfg.prior_units == "image" and cfg.build_regularizers()[0].units == "image"
+    old = cfg.finalize().to_dict()
+    del old["prior_units"]  # a configuration saved before the setting existed
+    assert TrainConfig.from_dict(old).prior_units == "normalized"
+    with pytest.raises(ValueError, match="prior_units must be one of"):
+        TrainConfig(method="deepsvg", channels=["A", "B"], prior_units="raw").validate()

@@ -167,7 +167,11 @@ TRAIN_OPTIONS: list[TrainOption] = [
     TrainOption("--dims", "spatial_dims", int, "2: train on 2D images or slices of volumes along their last axis "
                 "(default); 3: on volumes", choices=(2, 3)),
     TrainOption("--mu-prior", "mu_data", str, "file of class means mu_data (K rows, C columns; .npy, .json or "
-                "text, in normalised units): adds lam*||mu - mu_data||^2 and fixes the class order", metavar="FILE"),
+                "text; in the images' units, see --prior-units): adds lam*||mu - mu_data||^2 and fixes the class "
+                "order", metavar="FILE"),
+    TrainOption("--prior-units", "prior_units", str, "units of --mu-prior: image (default: the units of the images "
+                "as given, mapped through each sample's --normalize z-score) or normalized (already z-scored)",
+                choices=PRIOR_UNITS),
     TrainOption("--lam", "lam", float, "weight of the --mu-prior term (default 1)", minimum=0.0, metavar="L"),
     TrainOption("--tv", "regularizers.tv", float, "add a total-variation term of this weight", minimum=0.0,
                 metavar="L"),

@@ -115,8 +115,11 @@ class DeepMixtureLoss(nn.Module):
         self.reg_covar = reg_covar
         self.regularizers = list(regularizers)
 
-    def forward(self, image: Tensor, logits: Tensor, mask: Tensor | None = None) -> LossOutput:
-        """image ``(B, C, *spatial)``, logits ``(B, K, *spatial)``, mask ``(B, *spatial)`` (optional)."""
+    def forward(self, image: Tensor, logits: Tensor, mask: Tensor | None = None,
+                scaling: tuple[Tensor, Tensor] | None = None) -> LossOutput:
+        """image ``(B, C, *spatial)``, logits ``(B, K, *spatial)``, mask ``(B, *spatial)`` (optional);
+        scaling: each sample's z-score ``(shift, scale)``, both ``(B, C)``, for regularisers given in
+        image units (optional)."""
         if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
             raise ValueError(
                 f"image {tuple(image.shape)} and logits {tuple(logits.shape)} must share batch and spatial sizes"
@@ -133,8 +136,10 @@ class DeepMixtureLoss(nn.Module):
         terms: dict[str, Tensor] = {}
         if self.regularizers:
             mask_img = (torch.ones_like(image[:, :1]) if mask is None else mask.unsqueeze(1)).to(image.dtype)
+            shift, scale = scaling if scaling is not None else (None, None)
             ctx = RegContext(image=image, log_probs=log_w_img, mask=mask_img, means=fit.means,
-                             covariances=fit.covariances, log_weights=fit.log_weights)
+                             covariances=fit.covariances, log_weights=fit.log_weights, channel_shift=shift,
+                             channel_scale=scale)
             for reg in self.regularizers:
                 value = reg(ctx)
                 terms[reg.name] = value

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..choices import PRIOR_UNITS
 from ..io import load_mu_data
 from ..likelihood import log_posteriors
 from ..smoothing import as_sigmas, blur_in_mask
@@ -50,7 +51,9 @@ class RegContext:
 
     image ``(B, C, *spatial)``; log_probs ``(B, K, *spatial)`` log soft labels; mask
     ``(B, 1, *spatial)`` 0/1; means ``(B, K, C)`` (input units); covariances ``(B, K, C[, C])``;
-    log_weights: the mixture's log mixing weights, ``(B, K)`` (deepG) or ``(B, N, K)`` (deepSVG).
+    log_weights: the mixture's log mixing weights, ``(B, K)`` (deepG) or ``(B, N, K)`` (deepSVG);
+    channel_shift, channel_scale ``(B, C)``: each sample's z-score ``(x - shift) / scale`` (None:
+    the images were not normalised).
     """
 
     image: Tensor
@@ -59,6 +62,8 @@ class RegContext:
     means: Tensor
     covariances: Tensor
     log_weights: Tensor | None = None
+    channel_shift: Tensor | None = None
+    channel_scale: Tensor | None = None
 
 
 class Regularizer:
@@ -83,12 +88,21 @@ class Regularizer:
 
 
 class MuPrior(Regularizer):
-    """``lam * ||mu - mu_data||_F^2`` with ``mu_data`` ``(K, C)`` (an array, or a ``.npy``/``.json``/text file)."""
+    """``lam * ||mu - mu_data||_F^2`` with ``mu_data`` ``(K, C)`` (an array, or a ``.npy``/``.json``/text file).
+
+    ``units``: "normalized" (default): ``mu_data`` is in the units the means are fitted in;
+    "image": in the units of the images before their z-score, mapped per sample to
+    ``(mu_data - shift_b) / scale_b`` with the context's ``channel_shift``/``channel_scale``.
+    """
 
     name = "mu_prior"
+    UNITS = PRIOR_UNITS
 
-    def __init__(self, mu_data: Any, lam: float = 1.0) -> None:
+    def __init__(self, mu_data: Any, lam: float = 1.0, units: str = "normalized") -> None:
         super().__init__(lam)
+        if units not in self.UNITS:
+            raise ValueError(f"the mu_prior term's units must be one of {self.UNITS}, got {units!r}")
+        self.units = units
         if isinstance(mu_data, (str, os.PathLike)):  # a .npy, .json or text file of K rows and C columns
             mu_data = load_mu_data(mu_data)
         mu = torch.as_tensor(np.asarray(mu_data, dtype=np.float64))
@@ -107,11 +121,14 @@ class MuPrior(Regularizer):
 
     def __call__(self, ctx: RegContext) -> Tensor:
         self.check(ctx.means.shape[-2], ctx.means.shape[-1])
-        mu = self.mu_data.to(ctx.means)
+        mu = self.mu_data.to(ctx.means)  # (K, C)
+        if self.units == "image" and ctx.channel_shift is not None:
+            shift, scale = ctx.channel_shift.to(ctx.means), ctx.channel_scale.to(ctx.means)  # (B, C)
+            mu = (mu.unsqueeze(0) - shift.unsqueeze(1)) / scale.unsqueeze(1)  # (B, K, C)
         return self.lam * ((ctx.means - mu) ** 2).sum((-2, -1))
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "mu_data": self.mu_data.tolist()}
+        return {**super().config(), "mu_data": self.mu_data.tolist(), "units": self.units}
 
 
 class TotalVariation(Regularizer):
@@ -246,11 +263,11 @@ def make_regularizer(name: str, lam: float = 1.0, **kwargs: Any) -> Regularizer:
 
 def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0, tv: float = 0.0,
                        smooth: float = 0.0, smooth_sigma: Any = DEFAULT_SMOOTH_SIGMA, balance: float = 0.0,
-                       smooth_prior: str = "mixture") -> list[Regularizer]:
+                       smooth_prior: str = "mixture", prior_units: str = "normalized") -> list[Regularizer]:
     """Regularisers from objects, ``(name, lam)`` pairs, ``{"name": ..., "lam": ...}`` dicts or names,
     plus the shortcuts ``tv`` (total variation of this weight), ``smooth`` (the smoothed-posterior
     term of this weight, width ``smooth_sigma`` and prior ``smooth_prior``), ``balance`` (the balance
-    term of this weight) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``)."""
+    term of this weight) and ``mu_prior`` (``lam * ||mu - mu_prior||^2``, ``mu_prior`` in ``prior_units``)."""
     out: list[Regularizer] = []
     if tv:
         out.append(make_regularizer("tv", tv))
@@ -271,5 +288,5 @@ def build_regularizers(regularizers: Any, mu_prior: Any = None, lam: float = 1.0
         else:
             raise ValueError(f"cannot build a regulariser from {r!r}; use a name, (name, lam) or a Regularizer")
     if mu_prior is not None:
-        out.append(MuPrior(mu_prior, lam))
+        out.append(MuPrior(mu_prior, lam, units=prior_units))
     return out

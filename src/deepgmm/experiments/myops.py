@@ -170,7 +170,9 @@ def _train_config(settings: Mapping[str, Any], mu: np.ndarray | None, seed: int,
     kwargs.update(method="deepsvg", n_components=N_COMPONENTS, class_names=list(myops.CLASS_NAMES), seed=seed,
                   channels=list(myops.CHANNELS))
     if mu is not None:
-        kwargs.update(mu_data=mu.tolist(), lam=lam)
+        # mu_data is read off the loader's crops, which are z-scored already and which training's
+        # z-score leaves as they are: the prior is in the units the network's mixture is fitted in
+        kwargs.update(mu_data=mu.tolist(), lam=lam, prior_units="normalized")
     elif spare_classes:
         kwargs.update(spare_classes=spare_classes)
     try:

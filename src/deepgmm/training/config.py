@@ -25,7 +25,7 @@ import torch
 
 from .._validation import check_choice, check_float, check_int
 from .._version import __version__
-from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS
+from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS, PRIOR_UNITS
 from ..deep.losses import DeepMixtureLoss
 from ..deep.regularizers import build_regularizers
 from ..deep.unet import NETWORKS, UNet, UNetConfig, network_config
@@ -138,6 +138,10 @@ class TrainConfig:
         images, which must then share one shape); prediction uses a window of at least this size
     mu_data : ``(K, C)`` class means; adds ``lam * ||mu - mu_data||^2`` and fixes the class order
     lam : weight of that term
+    prior_units : "image" (default): ``mu_data`` is in the units of the images as given (class means
+        read off labelled images), mapped per sample through its normalisation; "normalized": in the
+        z-scored units the network's mixture is fitted in. A configuration saved without it was
+        written when ``mu_data`` was always normalised, and reads as "normalized".
     regularizers : other loss terms, ``[{"name": "tv", "lam": 0.1}, ...]``
 
     Training
@@ -165,6 +169,7 @@ class TrainConfig:
     crop_size: list[int] | None = None
     mu_data: list[list[float]] | None = None
     lam: float = 1.0
+    prior_units: str = "image"
     regularizers: list[dict[str, Any]] = field(default_factory=list)
 
     epochs: int = 100
@@ -232,6 +237,7 @@ class TrainConfig:
             if self.spare_classes:
                 raise ValueError("spare_classes must be 0 with mu_data: its class order fixes the K classes")
         check_float("lam", self.lam, minimum=0.0)
+        check_choice("prior_units", self.prior_units, PRIOR_UNITS)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_float("lr", self.lr, minimum=0.0, strict=True)
@@ -276,7 +282,7 @@ class TrainConfig:
                 raise ValueError(f"each regulariser must be a dict with a 'name', got {r!r}")
             if r["name"] == "mu_prior":
                 raise ValueError("give the mu_prior regulariser through mu_data and lam, not in regularizers")
-        return build_regularizers(self.regularizers, mu_prior=self.mu_data, lam=self.lam)
+        return build_regularizers(self.regularizers, mu_prior=self.mu_data, lam=self.lam, prior_units=self.prior_units)
 
     def build_loss(self, *, with_regularizers: bool = True) -> Any:
         """The training loss: the mixture NLL (plus the regularisers)."""
@@ -305,6 +311,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {unknown}")
         d = dict(data)
+        d.setdefault("prior_units", "normalized")  # saved before the setting existed: mu_data was normalised
         aug = d.pop("augment", None) or {}
         if not isinstance(aug, dict) or set(aug) - {f.name for f in fields(AugmentConfig)}:
             raise ValueError(f"{source}: 'augment' must be an object of augmentation settings, got {aug!r}")

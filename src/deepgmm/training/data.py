@@ -220,6 +220,11 @@ class CohortDataset(torch.utils.data.Dataset):
             "image": torch.from_numpy(crop(u.image, window)),
             "mask": torch.from_numpy(crop(u.mask, window, fill=False)),
             "index": int(index),
+            # the sample's z-score (x - shift) / scale, per channel: maps priors given in image units
+            "shift": torch.as_tensor(u.normalization["mean"] if u.normalization else np.zeros(u.image.shape[0]),
+                                     dtype=torch.float64),
+            "scale": torch.as_tensor(u.normalization["std"] if u.normalization else np.ones(u.image.shape[0]),
+                                     dtype=torch.float64),
         }
 
 

@@ -341,7 +341,8 @@ def train(
                 masks = batch["mask"].to(dev, non_blocking=True)
                 images, masks = augment_batch(images, masks, batch["index"].tolist(), epoch=epoch, seed=config.seed,
                                               config=config.augment)
-                out_loss = loss_fn(images, model(images), masks)
+                scaling = (batch["shift"].to(dev), batch["scale"].to(dev))
+                out_loss = loss_fn(images, model(images), masks, scaling)
                 opt.zero_grad(set_to_none=True)
                 out_loss.total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
