@@ -195,8 +195,6 @@ class SmoothedPosterior(Regularizer):
 
     def check(self, spatial_dims: int) -> None:
         """A clear error where ``sigma`` gives a number of axes other than the images' ``spatial_dims``."""
-        from ..smoothing import as_sigmas
-
         try:
             as_sigmas(self.sigma, spatial_dims)
         except ValueError:

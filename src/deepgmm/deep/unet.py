@@ -121,7 +121,7 @@ def activation_bytes(config: UNetConfig, spatial: Sequence[int], *, batch: int =
     inputs, the logits) and doubles them for the gradients that coexist with them during the
     backward pass. Measured peaks of a whole deep fit on CPU (2D 160x160 to 320x320, 3D 96x96x48,
     the "fast" and "paper" networks) against this plus :func:`parameter_bytes` and
-    :func:`deepgmm.segment.estimate_memory`: ``python benchmarks/deep_memory.py``.
+    :func:`deepgmm.memory.estimate_memory`: ``python benchmarks/deep_memory.py``.
     """
     f = config.features
     sizes = [math.prod(s) for s in level_shapes(spatial, config.depth)]

@@ -16,6 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..demo import CLASS_COLOURS
+from ..io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLASS_COLUMNS", "DISPLAY_NAMES", "summarize", "format_table", "slice_figure", "overview_figure"]
@@ -146,8 +149,6 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes:
 
 # ----------------------------------------------------------------------------- figures
 def _save_png(fig: Any, path: Path) -> None:
-    from ..io import atomic_write
-
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, facecolor="white")
     data = buf.getvalue()
@@ -171,7 +172,6 @@ def _zoom(mask: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
 def _label_style() -> tuple[Any, Any]:
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    from ..demo import CLASS_COLOURS
 
     cmap = ListedColormap(CLASS_COLOURS)
     return cmap, BoundaryNorm(np.arange(len(CLASS_COLOURS) + 1) - 0.5, len(CLASS_COLOURS))
@@ -199,7 +199,6 @@ def slice_figure(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from ..demo import CLASS_COLOURS
 
     cmap, norm = _label_style()
     view = _zoom(mask)

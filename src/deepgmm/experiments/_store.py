@@ -17,12 +17,17 @@ Rules for the folder (checked by :meth:`ResultsFolder.check`, before any work):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..io import MARKER, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +56,6 @@ def record_key(record: Mapping[str, Any], key_fields: Sequence[str] = KEY_FIELDS
 def plain(obj: Any) -> Any:
     """``obj`` as plain JSON values (numpy scalars/arrays, tuples and paths converted; other
     objects by their ``repr``), so that settings compare equal after a round trip through JSON."""
-    import dataclasses
-
-    import numpy as np
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return plain(dataclasses.asdict(obj))
     if isinstance(obj, Mapping):
@@ -104,8 +105,6 @@ class ResultsFolder:
                 raise FileNotFoundError(f"cannot resume: no {RESULTS_FILE} in {p}")
             self.stored = self._read(results)
             return self.stored
-        from ..io import MARKER
-
         if exists and any(e.name != LOCK_FILE for e in p.iterdir()):
             if not self.overwrite:
                 raise ValueError(f"output folder {p} already exists; pass --resume to continue its run or "
@@ -143,8 +142,6 @@ class ResultsFolder:
     # ------------------------------------------------------------------ lifetime
     def start(self, doc: dict[str, Any]) -> None:
         """Create (or clear, on overwrite) the folder, take its lock and write the first ``results.json``."""
-        from ..io import MARKER
-
         p = self.path
         p.mkdir(parents=True, exist_ok=True)
         self._lock()
@@ -199,8 +196,6 @@ class ResultsFolder:
         self.doc["records"] = [r for r in self.records if record_key(r, self.key_fields) not in new] + list(new.values())
 
     def save(self) -> None:
-        from ..io import save_json
-
         save_json(self.path / RESULTS_FILE, self.doc)
 
     def file(self, *parts: str) -> Path:

@@ -196,8 +196,6 @@ def predict_cohort(model: Any, items: list[_Item], out: str | Path, *, fmt: str 
                    overwrite: bool = False, batch_size: int | None = None, check_names: bool = True,
                    info: DistInfo | None = None) -> dict[str, Any]:
     """Apply a trained model (:func:`deepgmm.training.load_model`) to every unit; returns the summary."""
-    from .._version import __version__
-
     info = info or DistInfo()
     K = model.n_components
     prior = model.config.mu_data is not None

@@ -458,8 +458,6 @@ class MyoPSDataset(CohortDataset):
         logger.info("MyoPS data set: %d case(s), %d slice(s)", len(self.case_ids), len(self.refs))
 
     def _case_slices(self, case: int) -> list[Any]:
-        from ..datasets import myops
-
         def make() -> dict[int, Any]:
             return {s.slice_index: s for s in myops.paper_slices(self.root, [case], crop_size=self.slice_crop)}
 
@@ -481,8 +479,6 @@ def make_dataset(layout: str, root: str | Path, *, channels: Sequence[str] | Non
                  default_myops_cases: str = "train") -> CohortDataset:
     """Build a dataset of either layout (``channels`` is required for the folder layout)."""
     if layout == "myops":
-        from ..datasets import myops
-
         if channels is not None and list(channels) != list(myops.CHANNELS):
             raise ValueError(f"the MyoPS layout has the channels {','.join(myops.CHANNELS)} in this order, "
                              f"got --channels {','.join(channels)}")
