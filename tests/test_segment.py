@@ -221,3 +221,14 @@ def test_spare_class_defaults_and_errors():
     assert seg.settings["spare_classes"] == 0 and "dropped_classes" not in seg.settings
     with pytest.raises(ValueError, match=r"only 4 distinct value\(s\), fewer than n_components \+ spare_classes = 5"):
         segment(four, method="gmm", n_components=4, spare_classes=1)
+
+
+def test_every_method_choice_has_a_row_in_the_method_table():
+    from deepgmm.choices import DEEP_METHODS, EM_METHODS, METHODS
+    from deepgmm.deep import DeepGMM
+    from deepgmm.mixture import GaussianMixture, SpatiallyVariantGMM
+    from deepgmm.segmentation import METHODS as TABLE
+
+    assert tuple(TABLE) == METHODS == EM_METHODS + DEEP_METHODS
+    assert all(issubclass(TABLE[m].estimator, (GaussianMixture, SpatiallyVariantGMM)) for m in EM_METHODS)
+    assert all(issubclass(TABLE[m].estimator, DeepGMM) for m in DEEP_METHODS)
