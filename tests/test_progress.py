@@ -193,3 +193,38 @@ def test_segment_v_with_stderr_in_a_file_logs_the_progress(tmp_path: Path):
     assert "deepgmm: info: DeepSVG: step 1/" in text and " elapsed, " in text
     assert "deepgmm: info: DeepSVG: done, step " in text
     assert "\r" not in text and "it/s" not in text  # no tqdm bar in the file
+
+
+def test_training_logs_within_an_epoch_without_a_bar(tmp_path, caplog, monkeypatch, one_thread):
+    from _helpers import make_cohort
+    from deepgmm.training import FolderDataset, TrainConfig, train
+
+    make_cohort(tmp_path / "d")
+    ds = FolderDataset(tmp_path / "d", ["A", "B"])
+    monkeypatch.setenv(ENV_SECONDS, "0")
+    caplog.set_level(logging.INFO, logger="deepgmm")
+    cfg = TrainConfig(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=1, batch_size=2)
+    train(cfg, ds, tmp_path / "m", progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "deepgmm.training.train"]
+    assert lines[0].startswith("epoch 1/1: batch 1/4 (25%), ") and ", nll " in lines[0]
+    assert lines[4].startswith("epoch 1/1: done, batch 4/4 (100%) in ")
+    assert lines[5].startswith("epoch 1/1: NLL ")
+
+
+def test_the_experiments_progress_is_a_bar_or_lines(caplog, monkeypatch):
+    from deepgmm.experiments._pool import progress_bar
+
+    monkeypatch.setenv(ENV_SECONDS, "0")
+    caplog.set_level(logging.INFO, logger="deepgmm")
+    assert progress_bar(None, 0, "table1") is None
+    monkeypatch.setattr(sys, "stderr", File())
+    bar = progress_bar(None, 2, "table1")
+    assert not bar.has_bar
+    bar.step(last="101_z1: gmm 0.512")
+    bar.close(ok=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "deepgmm.experiments._pool"]
+    assert lines[0].startswith("table1: slice 1/2 (50%), ") and lines[0].endswith(", last 101_z1: gmm 0.512")
+    assert lines[1].startswith("table1: stopped at slice 1/2 (50%) after ")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert progress_bar(None, 2, "table1").has_bar and progress_bar(True, 2, "x").has_bar
+    assert not progress_bar(False, 2, "table1").has_bar

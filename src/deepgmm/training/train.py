@@ -318,7 +318,8 @@ def train(
                                          persistent_workers=num_workers > 0)
     val_indices = list(range(len(val_set)))[info.rank::W] if val_set is not None else []
 
-    # a bar over the epochs (the epochs' log lines are those below); within an epoch, a line every few seconds
+    # a bar over the epochs (the epochs' log lines are those below); without it, a line every few seconds
+    # within a long epoch
     bar = Progress(config.epochs, "train", None, bar=progress and info.is_main and not finished, unit="epoch",
                    initial=start_epoch - 1)
     last_plot = -float("inf")
@@ -331,7 +332,8 @@ def train(
             model.train()
             lr = float(sched.get_last_lr()[0])
             stats = torch.zeros(3 + len(loss_fn.regularizers), dtype=torch.float64)  # nll, loss, count, regs
-            batches = Progress(len(loader), f"epoch {epoch}/{config.epochs}", logger if info.is_main else None,
+            batches = Progress(len(loader), f"epoch {epoch}/{config.epochs}",
+                               logger if info.is_main and not bar.has_bar else None,
                                bar=False, unit="batch", final=None)
             for batch in loader:
                 images = batch["image"].to(dev, non_blocking=True)
