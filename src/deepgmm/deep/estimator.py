@@ -28,6 +28,7 @@ from ..choices import DEEP_INITS
 from ..likelihood import COVARIANCE_TYPES
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
+from ..progress import Progress
 from ..smoothing import as_sigmas, wants_smoothing
 from .losses import DeepMixtureLoss
 from .optim import AdamW
@@ -88,7 +89,8 @@ class DeepGMM(ParamsMixin):
         The loss only sees the mask, so this saves time without changing what is modelled.
     random_state : seed of the network's weights and of the EM start
     device : "cpu", "cuda" or "auto"
-    progress : show a progress bar (steps, NLL) on stderr
+    progress : show a progress bar (steps, NLL) on stderr; without one, the fit's progress is logged
+        (INFO, at most one line every few seconds: :class:`deepgmm.progress.Progress`)
 
     Attributes
     ----------
@@ -235,35 +237,33 @@ class DeepGMM(ParamsMixin):
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs)
 
-        bar = _progress(self.progress, self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__)
-        if self.init == "em":
-            prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
-            target = self._em_posteriors(img, region, seed, prior).to(dev)  # (1, K, *spatial)
-            self._distil(net, x, m, target, bar)
+        bar = Progress(self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__, logger,
+                       bar=bool(self.progress), final=None, leave=False)
+        with bar:  # the bar closed, or the last line logged, also on an error
+            if self.init == "em":
+                prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
+                target = self._em_posteriors(img, region, seed, prior).to(dev)  # (1, K, *spatial)
+                self._distil(net, x, m, target, bar)
 
-        opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        history: list[float] = []
-        converged = False
-        n_iter = 0
-        for step in range(1, self.max_steps + 1):
-            out = loss_fn(x, net(x), m)
-            opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
-            opt.step()
-            nll = float(out.nll.detach()[0])
-            if not math.isfinite(nll):
-                raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
-            history.append(nll)
-            n_iter = step
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(nll=f"{nll:.4f}")
-            if step >= max(self.min_steps, 2) and abs(history[-2] - nll) < self.tol:
-                converged = True
-                break
-        if bar is not None:
-            bar.close()
+            opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            history: list[float] = []
+            converged = False
+            n_iter = 0
+            for step in range(1, self.max_steps + 1):
+                out = loss_fn(x, net(x), m)
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+                opt.step()
+                nll = float(out.nll.detach()[0])
+                if not math.isfinite(nll):
+                    raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
+                history.append(nll)
+                n_iter = step
+                bar.step(nll=nll)
+                if step >= max(self.min_steps, 2) and abs(history[-2] - nll) < self.tol:
+                    converged = True
+                    break
 
         with torch.no_grad():
             logits = net(x)
@@ -305,7 +305,7 @@ class DeepGMM(ParamsMixin):
         self.em_model_ = est
         return target.unsqueeze(0)
 
-    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Any) -> None:
+    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress) -> None:
         """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask."""
         if self.pretrain_steps == 0:
             return
@@ -318,9 +318,7 @@ class DeepGMM(ParamsMixin):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
             opt.step()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(distil=f"{float(loss):.4f}")
+            bar.step(distil=loss.detach())  # a tensor: read only for a line or the bar
 
     def _read_out(self, logits: Tensor, region: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Soft labels ``(K, *spatial)`` float32 (zero outside ``region``) and labels ``(*spatial)``
@@ -448,10 +446,3 @@ def _uncrop(probs: np.ndarray, labels: np.ndarray, window: tuple[slice, ...],
     full_labels[window] = labels
     return full_probs, full_labels
 
-
-def _progress(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,12 +1,12 @@
 """Running the work units of an experiment: in this process or in a pool of worker processes,
-with a given number of torch threads, and a progress bar."""
+with a given number of torch threads, and their progress (a bar, or lines in the log)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
@@ -14,8 +14,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .._torch_settings import torch_settings
+from ..progress import Progress
 
 __all__ = ["available_cpus", "run_tasks", "progress_bar"]
+
+logger = logging.getLogger(__name__)
 
 
 def available_cpus() -> int:
@@ -65,12 +68,9 @@ def run_tasks(tasks: Sequence[Any], fn: Callable[[Any], Any], on_result: Callabl
     executor.shutdown(wait=True)
 
 
-def progress_bar(enabled: bool | None, total: int, desc: str, unit: str = "slice") -> Any:
-    """A tqdm bar on stderr (``enabled`` None: when stderr is a terminal), or None."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
+def progress_bar(enabled: bool | None, total: int, desc: str, unit: str = "slice") -> Progress | None:
+    """The run's progress (None for no work): a tqdm bar when ``enabled`` (None: when stderr is a
+    terminal), else a log line (INFO) every few seconds and one at the end."""
+    if total == 0:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=True)
+    return Progress(total, desc, logger, bar=enabled, unit=unit)

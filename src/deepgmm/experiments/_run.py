@@ -314,10 +314,11 @@ class Run:
 
 def close_run(run: Run, error: BaseException | None, bar: Any, figure_cases: Sequence[Case] | None,
               methods: Sequence[str], title: str, notes: Sequence[str] = ()) -> TableResult:
-    """End a run, also after an error: close the progress bar, draw the figures still missing
-    (of ``figure_cases``; None: none; not after Ctrl-C), write the final files, release the folder."""
+    """End a run, also after an error: close the progress (:class:`deepgmm.progress.Progress` or None),
+    draw the figures still missing (of ``figure_cases``; None: none; not after Ctrl-C), write the final
+    files, release the folder."""
     if bar is not None:
-        bar.close()
+        bar.close(ok=error is None)
     try:
         if figure_cases is not None and not isinstance(error, KeyboardInterrupt):
             run.missing_figures(figure_cases, methods, title)

@@ -203,8 +203,7 @@ def run_fit(exp: FitExperiment, out: str | Path, *, methods: str | Sequence[str]
             msg = ", ".join(f"{r['method']} {r['mean_dice']:.3f}" for r in res.records)
             logger.info("%s: mean Dice %s", res.case.title, msg)
             if bar is not None:
-                bar.set_postfix_str(f"{res.case.name}: {msg}", refresh=False)
-                bar.update(1)
+                bar.step(last=f"{res.case.name}: {msg}")
 
         run_tasks(tasks, run_fit_task, on_result, jobs=jobs, threads=threads)
     except BaseException as exc:

@@ -191,7 +191,7 @@ def run_train_test(plan: TrainTestPlan, store: ResultsFolder, stored: dict[str, 
             for case in todo:
                 _test_case(plan, run, case, models, done, scores.get(tuple(case.key), {}), figures)
                 if bar is not None:
-                    bar.update(1)
+                    bar.step(last=case.name)
     except BaseException as exc:
         error = exc
         raise

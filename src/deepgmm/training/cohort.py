@@ -29,6 +29,7 @@ from ..choices import LABEL_FILES, PROBABILITY_FILES
 from ..choices import SUMMARY_FILE as SUMMARY_JSON
 from ..datasets import myops
 from ..metrics import evaluate
+from ..progress import Progress
 from ..segmentation import segment
 from .data import find_folder_cases, parse_channels, parse_myops_cases
 from .distributed import DistInfo, barrier, broadcast_object, shard
@@ -129,8 +130,11 @@ def _run_cohort(items: list[_Item], out: str | Path, *, overwrite: bool, info: D
     try:
         mine = shard(items, info)
         logger.info("rank %d: %d of %d unit(s)", info.rank, len(mine), len(items))
-        for item in mine:
-            work(item, staging / item.name)
+        desc = header["command"] + (f" (rank {info.rank})" if info.distributed else "")
+        with Progress(len(mine), desc, logger, bar=False, unit="unit") as progress:
+            for item in mine:
+                work(item, staging / item.name)
+                progress.step(last=item.name)
         barrier(info)
         rows: list[dict[str, Any]] = []
         if info.is_main:

@@ -38,6 +38,7 @@ from scipy.special import logsumexp
 from .._validation import check_choice, resolve_device
 from ..choices import READOUTS
 from ..preprocess import crop, window_around
+from ..progress import Progress
 from ..segmentation import Segmentation, largest_classes
 from .checkpoint import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_checkpoint
 from .config import TrainConfig, check_format
@@ -205,8 +206,10 @@ class TrainedModel:
         the NLL (one :class:`DeepMixtureLoss` call per batch) are computed on the windows.
         """
         out: list[dict[str, Any] | None] = [None] * len(units)
-        for chunk, x, m in self._batches(units, batch_size):
-            self._summarise(chunk, x, m, self._batch_logits(x, m), out)
+        with Progress(len(units), "predict", logger, bar=False, unit="sample", final=None) as progress:
+            for chunk, x, m in self._batches(units, batch_size):
+                self._summarise(chunk, x, m, self._batch_logits(x, m), out)
+                progress.step(len(chunk))
         return out  # type: ignore[return-value]
 
     def _batches(self, units: list[_Unit], batch_size: int):

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .._validation import resolve_device
+from ..progress import Progress
 from ..io import atomic_write_bytes, atomic_write_csv, save_json
 from .augment import augment_batch
 from .checkpoint import (
@@ -194,14 +195,6 @@ def _write_plot(out: Path, history: list[dict[str, Any]], title: str) -> None:
     atomic_write_bytes(out / PLOT_FILE, lambda fh: fig.savefig(fh, format="png"))
 
 
-def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="epoch", dynamic_ncols=True, leave=True)
-
-
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     net = model.module if hasattr(model, "module") else model
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -325,7 +318,10 @@ def train(
                                          persistent_workers=num_workers > 0)
     val_indices = list(range(len(val_set)))[info.rank::W] if val_set is not None else []
 
-    bar = _progress_bar(progress and info.is_main and not finished, config.epochs, start_epoch - 1)
+    # a bar over the epochs (the epochs' log lines are those below); without it, a line every few seconds
+    # within a long epoch
+    bar = Progress(config.epochs, "train", None, bar=progress and info.is_main and not finished, unit="epoch",
+                   initial=start_epoch - 1)
     last_plot = -float("inf")
     try:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -336,6 +332,9 @@ def train(
             model.train()
             lr = float(sched.get_last_lr()[0])
             stats = torch.zeros(3 + len(loss_fn.regularizers), dtype=torch.float64)  # nll, loss, count, regs
+            batches = Progress(len(loader), f"epoch {epoch}/{config.epochs}",
+                               logger if info.is_main and not bar.has_bar else None,
+                               bar=False, unit="batch", final=None)
             for batch in loader:
                 images = batch["image"].to(dev, non_blocking=True)
                 masks = batch["mask"].to(dev, non_blocking=True)
@@ -351,6 +350,8 @@ def train(
                 row = [float(out_loss.nll.detach().sum()), float(out_loss.total.detach()) * b, float(b)]
                 row += [float(out_loss.terms[r.name].detach().sum()) for r in loss_fn.regularizers]
                 stats += torch.tensor(row, dtype=torch.float64)
+                batches.step(nll=row[0] / b)
+            batches.close()
             sched.step()
             stats = all_reduce_sum(stats, info)
             n = float(stats[2])
@@ -379,15 +380,12 @@ def train(
                 if finished or time.perf_counter() - last_plot >= PLOT_EVERY_S:
                     _write_plot(out, history, f"{config.method}, K={config.n_components}")
                     last_plot = time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(nll=f"{nll:.4f}", lr=f"{lr:.2g}")
+            bar.step(nll=nll, lr=lr)
             barrier(info)
             if finished:
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     epochs_run = int(history[-1]["epoch"]) if history else 0
     final_nll = float(history[-1]["nll"]) if history else float("nan")
