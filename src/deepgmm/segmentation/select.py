@@ -75,16 +75,16 @@ def select_n_components(image: Any, mask: Any = None, *, candidates: Iterable[in
     """
     check_choice("criterion", criterion, CRITERIA)
     if method not in SELECTABLE_METHODS:
-        raise ValueError(f"choosing n_components by {criterion.upper()} supports method='gmm' only, got "
-                         f"method={method!r}: the per-pixel weights of the spatially variant and deep mixtures "
+        raise ValueError(f"choosing the number of classes by {criterion.upper()} supports the 'gmm' method only, "
+                         f"not {method!r}: the per-pixel weights of the spatially variant and deep mixtures "
                          "are parameters the criterion does not count")
     if "n_components" in segment_options:
         raise ValueError("give the numbers of classes to compare as candidates, not n_components")
     if segment_options.get("spare_classes"):
-        raise ValueError("spare_classes cannot be combined with choosing n_components: the criterion would score "
+        raise ValueError("spare_classes cannot be combined with choosing the number of classes: the criterion would score "
                          "the fitted mixture, spare classes included; leave spare_classes at 0")
     if has_class_order_prior(segment_options):
-        raise ValueError("choosing n_components cannot be combined with a class-order prior (mu_prior, means_init), "
+        raise ValueError("choosing the number of classes cannot be combined with a class-order prior (mu_prior, means_init), "
                          "which fixes the number of classes")
     ks = _candidates(candidates)
     table: list[dict[str, Any]] = []
