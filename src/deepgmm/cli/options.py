@@ -86,7 +86,7 @@ def parse_n_components(text: str) -> int | list[int]:
 SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--order", "order", parse_order, "number the classes by their mean in channel 0 (mean) or "
                   "channel C (mean:C), ascending: label 1 = lowest mean, whatever the seed (default: the fit's own "
-                  "order; not with --mu-prior, whose order is kept)", metavar="mean[:C]"),
+                  "order; not with --mu-prior, which fixes the order itself)", metavar="mean[:C]"),
     SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
                   "otherwise)",
                   choices=COVARIANCE_TYPES),
