@@ -21,6 +21,7 @@ _EXPORTS = {
     "SpatiallyVariantGMM": "mixture",
     "segment": "segmentation",
     "Segmentation": "segmentation",
+    "select_n_components": "segmentation",
     "evaluate": "metrics",
     "DeepG": "deep",
     "DeepSVG": "deep",

@@ -10,7 +10,7 @@ __all__ = [
     "METHODS", "EM_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS",
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
-    "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS",
+    "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
 ]
 
 # segment(method=...): EM mixtures and their deep counterparts
@@ -54,3 +54,8 @@ MYOPS_TABLE1_METHODS: tuple[str, ...] = ("gmm", "deepg", "svgmm", "deepsvg")
 MYOPS_TABLE2_METHODS: tuple[str, ...] = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
 # how the experiments match predicted classes to the truth
 TABLE_MATCHINGS: tuple[str, ...] = ("hungarian", "greedy")
+
+# segment(order=...): what the output classes are sorted by (ascending; label 1 = lowest)
+CLASS_ORDERS: tuple[str, ...] = ("mean",)
+# select_n_components(criterion=...): the information criteria (lower is better)
+CRITERIA: tuple[str, ...] = ("bic", "aic")

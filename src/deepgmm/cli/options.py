@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..choices import (COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS, NAN_POLICIES,
-                       NORMALIZATIONS, PRIOR_UNITS)
+from ..choices import (CLASS_ORDERS, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS,
+                       NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
-__all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES"]
+__all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
+           "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
@@ -58,7 +59,34 @@ def _sigmas(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def parse_order(text: str) -> str | tuple[str, int]:
+    """``--order``: ``mean`` (channel 0) or ``mean:C`` (channel C), as ``segment()``'s ``order``."""
+    by, sep, channel = text.partition(":")
+    if by not in CLASS_ORDERS or (sep and not channel.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(CLASS_ORDERS)}, optionally with a channel index "
+                                         f"such as mean:1, got {text!r}")
+    return (by, int(channel)) if sep else by
+
+
+def parse_n_components(text: str) -> int | list[int]:
+    """``-k``: a number of classes ``K``, or a range ``LO:HI`` (both included) to choose K from."""
+    lo, sep, hi = text.partition(":")
+    try:
+        if not sep:
+            return int(text)
+        values = list(range(int(lo), int(hi) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of classes such as 4, or a range such as 2:6, "
+                                         f"got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected a range LO:HI with 1 <= LO <= HI, got {text!r}")
+    return values
+
+
 SEGMENT_OPTIONS: list[SegmentOption] = [
+    SegmentOption("--order", "order", parse_order, "number the classes by their mean in channel 0 (mean) or "
+                  "channel C (mean:C), ascending: label 1 = lowest mean, whatever the seed (default: the fit's own "
+                  "order; not with --mu-prior, which fixes the order itself)", metavar="mean[:C]"),
     SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
                   "otherwise)",
                   choices=COVARIANCE_TYPES),

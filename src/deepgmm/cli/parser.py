@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .._version import __version__
-from ..choices import DEVICES, LAYOUTS, MATCHINGS, METHODS, OUTPUT_FORMATS, READOUTS, TRAIN_METHODS
+from ..choices import CRITERIA, DEVICES, LAYOUTS, MATCHINGS, METHODS, OUTPUT_FORMATS, READOUTS, TRAIN_METHODS
 from . import demo, evaluate, options, predict, segment, train
 from .supervise import EXIT_ERROR, PROG
 
@@ -74,8 +74,11 @@ def _add_segment_parser(subs: Any) -> None:
     _add_data_options(p, what="segment every case of a data folder instead of IMG (one output sub-folder per "
                               "case; sharded over the processes under torchrun)")
     p.add_argument("--method", required=True, choices=METHODS, help="mixture model")
-    p.add_argument("-k", "--n-components", dest="n_components", type=int, required=True, metavar="K",
-                   help="number of classes")
+    p.add_argument("-k", "--n-components", dest="n_components", type=options.parse_n_components, required=True,
+                   metavar="K", help="number of classes, or a range LO:HI (e.g. 2:6) to choose K from by --select")
+    p.add_argument("--select", choices=CRITERIA, default=None,
+                   help="with -k LO:HI: fit every K of the range (gmm only) and keep the one of lowest criterion "
+                        "(default bic); summary.json gets the per-K table")
     _add_table(p, options.SEGMENT_OPTIONS, lambda opt: list(opt.aliases))
     p.add_argument("--no-memory-check", dest="check_memory", action="store_false", default=argparse.SUPPRESS,
                    help="skip the up-front check of the memory the image needs")

@@ -61,11 +61,38 @@ def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str
     return summary
 
 
+def _k_choice(args: argparse.Namespace) -> tuple[list[int] | None, str | None]:
+    """``-k LO:HI`` (and ``--select``): the candidate K and the criterion; (None, None) for one K."""
+    if isinstance(args.n_components, list):
+        if args.data is not None:
+            raise ValueError("-k LO:HI chooses K for one image; with --data give one K")
+        return args.n_components, args.select or "bic"
+    check_minimum("-k/--n-components", args.n_components, 1)
+    if args.select is not None:
+        raise ValueError(f"--select {args.select} needs a range of K to choose from, such as -k 2:6")
+    return None, None
+
+
+def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """``segment()`` at ``-k K``, or ``select_n_components()`` over ``-k LO:HI`` (the table printed)."""
+    from ..segmentation import segment, select_n_components  # heavy: torch
+
+    candidates, criterion = _k_choice(args)
+    if candidates is None:
+        return segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
+    k, table, seg = select_n_components(image.data, mask, candidates=candidates, method=args.method,
+                                        criterion=criterion, **options)
+    for row in table:
+        print(f"K={row['n_components']}: {criterion.upper()} {row[criterion]:.1f}, NLL {row['nll']:.5f}, "
+              f"{row['seconds']:.2f} s" + ("  <- lowest" if row["n_components"] == k else ""))
+    return seg
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     """``deepgmm segment``: load, segment, write labels, probabilities and summary.json atomically."""
     from .. import io as dio
 
-    check_minimum("-k/--n-components", args.n_components, 1)
+    candidates, _ = _k_choice(args)
     if args.data is not None:
         return cmd_segment_cohort(args)
     if not args.images:
@@ -78,14 +105,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image = dio.load_image(args.images)
     mask = dio.load_mask(args.mask, image.spatial_shape, like=image) if args.mask is not None else None
     fmt = output_format(args.format, image.kind, image.ndim)
-    if fmt == "png" and args.n_components > 255:
-        raise ValueError(f"--format png holds at most 255 classes, got -k {args.n_components}; use nifti or npy")
+    if fmt == "png" and max(candidates or [args.n_components]) > 255:
+        raise ValueError(f"--format png holds at most 255 classes, got -k {max(candidates or [args.n_components])}; use nifti or npy")
     logger.info("read %d channel(s) of spatial shape %s from %d file(s)",
                 image.n_channels, image.spatial_shape, len(image.paths))
 
-    from ..segmentation import segment  # heavy: torch
-
-    seg = segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
+    seg = _fit(image, mask, args, options)
 
     labels_name, probs_name = LABEL_FILES[fmt], PROBABILITY_FILES[fmt]
     summary = _summary(seg, image, mask, args, fmt, options)
@@ -93,7 +118,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         dio.save_labels(folder / labels_name, seg.labels, like=image)
         dio.save_probabilities(folder / probs_name, seg.probabilities, like=image)
         dio.save_json(folder / SUMMARY_FILE, summary)
-    print(f"{args.method}: K={args.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
+    print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
           f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
     print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}")
     return 0

@@ -26,8 +26,9 @@ from ..io import load_mu_data
 from ..preprocess import zscore
 from ..units import PRIOR_SETTINGS, ChannelScaling
 from .methods import METHODS
-from .result import Segmentation
-from .spare import drop_spare_classes, resolve_spare_classes
+from .order import class_permutation, parse_order, permute_fit
+from .result import MethodFit, Segmentation
+from .spare import drop_spare_classes, has_class_order_prior, resolve_spare_classes
 
 __all__ = ["segment"]
 
@@ -129,6 +130,18 @@ def _check_memory(img: torch.Tensor, region: torch.Tensor, n_pix: int, n_compone
         )
 
 
+def _order_classes(fit: MethodFit, order_by: tuple[str, int], dropped: list[int],
+                   scaling: ChannelScaling) -> tuple[MethodFit, dict[str, Any]]:
+    """``fit`` (after the spare classes were dropped) in the order ``order_by``, and its record."""
+    by, channel = order_by
+    kept = [k for k in range(len(fit.weights) + len(dropped)) if k not in dropped]  # fitted components
+    perm = class_permutation(fit.means, channel)
+    fit = permute_fit(fit, perm)
+    means = scaling.means_to_image(fit.means)[:, channel]
+    return fit, {"by": by, "channel": channel, "components": [kept[j] for j in perm.tolist()],
+                 "means": [float(m) for m in means]}
+
+
 def segment(
     image: Any,
     mask: Any = None,
@@ -143,6 +156,7 @@ def segment(
     check_memory: bool = True,
     spare_classes: int | None = None,
     prior_units: str = "image",
+    order: Any = None,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -181,6 +195,15 @@ def segment(
         here (:class:`deepgmm.units.ChannelScaling`). "normalized": already in the z-scored units
         the method fits in, taken as they are. Without normalisation (``normalize="none"``) both
         are the same.
+    order : None (default), "mean" or ("mean", c): number the output classes by their mean in
+        channel 0 (``("mean", c)``: channel ``c``), ascending, so that label 1 is the class of lowest
+        mean whatever the seed or the start; None keeps the fit's own order. Labels,
+        probabilities, means, covariances (in both units) and weights are permuted together;
+        ``settings["class_order"]`` records ``by``, ``channel``, ``components`` (output label ``j + 1``
+        is component ``components[j]`` of the fitted mixture ``model``, the indices
+        ``dropped_classes`` use) and ``means`` (the ordered classes' means in that channel, image
+        units). Not with a class-order prior (``mu_prior``, ``means_init``), whose order is the
+        one the user chose: combining them is an error.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -200,6 +223,7 @@ def segment(
     img = _as_image(image)
     spatial = tuple(img.shape[1:])
     region = _as_mask(mask, spatial)
+    order_by = parse_order(order, img.shape[0])
 
     finite = torch.isfinite(img).all(0)
     n_bad = int((~finite & region).sum())
@@ -226,6 +250,9 @@ def segment(
     settings.update(random_state=random_state, device=device)
     if covariance_type is not None:
         settings["covariance_type"] = covariance_type
+    if order_by is not None and has_class_order_prior(settings):
+        raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
+                         "the prior already fixes which class is which; drop one of the two")
     spare = resolve_spare_classes(spare_classes, method, settings)
     settings["n_components"] = n_components + spare
     if check_memory:
@@ -257,6 +284,9 @@ def segment(
     if spare:
         fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
     settings.update(n_components=n_components, spare_classes=spare)
+    class_order = None
+    if order_by is not None:
+        fit, class_order = _order_classes(fit, order_by, dropped, scaling)
 
     K = n_components
     region_np = region.numpy()
@@ -275,6 +305,8 @@ def segment(
                            covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
     if spare:
         public_settings["dropped_classes"] = dropped
+    if class_order is not None:
+        public_settings["class_order"] = class_order
     return Segmentation(
         labels=labels,
         probabilities=probs,

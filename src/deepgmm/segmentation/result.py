@@ -46,7 +46,9 @@ class Segmentation:
     weights : ``(K,)`` global class proportions (for the SVGMM/deepSVG: the mean per-pixel weight)
     n_iter, converged, seconds, nll_history : the fit's; None (empty) for a trained model's
         prediction, which fits nothing
-    settings : the method's settings, JSON-ready
+    settings : the method's settings, JSON-ready (with ``segment(order=...)``: ``class_order``; from
+        :func:`select_n_components`: ``n_components_selection``; :meth:`summary` also gives both at
+        its top level)
     normalization : the per-channel mean/std the image was z-scored with (None: not normalised)
     model : the fitted estimator, or the trained model that predicted
     dropped_classes : the spare classes dropped (indices among the fitted classes; empty without)
@@ -100,6 +102,9 @@ class Segmentation:
         }
         if self.readout is not None:
             out["readout"] = self.readout
+        for key in ("class_order", "n_components_selection"):  # segment(order=...), select_n_components
+            if self.settings.get(key) is not None:
+                out[key] = self.settings[key]
         return out
 
 
