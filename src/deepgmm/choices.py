@@ -11,6 +11,7 @@ __all__ = [
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
+    "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES",
 ]
 
 # segment(method=...): EM mixtures and their deep counterparts
@@ -37,6 +38,12 @@ INIT_METHODS: tuple[str, ...] = ("kmeans++", "kmeans", "random", "means")
 DEEP_INITS: tuple[str, ...] = ("em", "random")
 # matching of unsupervised labels to a ground truth
 MATCHINGS: tuple[str, ...] = ("hungarian", "greedy", "none")
+# region metrics of a label map against one or several human segmentations (natural images, BSDS500),
+# which of those segmentations to score against (all; the one with the most / fewest segments),
+# and the pixel connectivity of the mIoU protocol's connected components
+REGION_METRICS: tuple[str, ...] = ("pri", "voi", "covering", "miou")
+GROUND_TRUTH_SELECTIONS: tuple[str, ...] = ("all", "fine", "coarse")
+CONNECTIVITIES: tuple[int, ...] = (8, 4)
 # a trained network's output: its soft labels, or the posteriors of the mixture they define
 READOUTS: tuple[str, ...] = ("soft_labels", "posterior")
 # cohort layouts: a folder per case, or the MyoPS 2020 release

@@ -1,5 +1,5 @@
-"""Loaders for public data sets used to evaluate deepgmm (currently MyoPS 2020)."""
+"""Loaders for public data sets used to evaluate deepgmm (MyoPS 2020, BSDS500)."""
 
-from . import myops
+from . import bsds, myops
 
-__all__ = ["myops"]
+__all__ = ["bsds", "myops"]
