@@ -33,7 +33,8 @@ def load_bsds_ground_truth(path: PathLike) -> list[np.ndarray]:
         raise FileNotFoundError(f"ground-truth file not found: {p}")
     try:
         mat = scipy.io.loadmat(p)
-    except (ValueError, TypeError, OSError) as exc:  # not a MATLAB file, or a damaged one
+    except (ValueError, TypeError, OSError, IndexError, EOFError, NotImplementedError,
+            scipy.io.matlab.MatReadError) as exc:  # not a MATLAB file, a damaged one, a v7.3 (HDF5) one
         raise ValueError(f"ground-truth file {p} is not a readable MATLAB .mat file ({exc})") from None
     if "groundTruth" not in mat:
         keys = ", ".join(k for k in mat if not k.startswith("__")) or "none"
