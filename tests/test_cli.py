@@ -618,6 +618,103 @@ def test_evaluate_errors(tmp_path, capsys):
     assert "--matching" in capsys.readouterr().err
 
 
+def write_bsds_mat(path, segmentations):
+    """A BSDS500-style groundTruth .mat: a 1xM cell of structs with Segmentation and Boundaries."""
+    import scipy.io
+
+    cell = np.empty((1, len(segmentations)), dtype=object)
+    for i, seg in enumerate(segmentations):
+        cell[0, i] = {"Segmentation": np.asarray(seg, np.uint16), "Boundaries": np.zeros(np.shape(seg), bool)}
+    scipy.io.savemat(path, {"groundTruth": cell})
+    return path
+
+
+def region_case(tmp_path):
+    """A 12x10 prediction PNG (3 labels, label 2 in two separate blocks) and a .mat of 3 segmentations."""
+    pred = np.zeros((12, 10), np.uint8)
+    pred[:, 5:] = 1
+    pred[:3, :3] = 2
+    pred[9:, 7:] = 2
+    fine = np.arange(120).reshape(12, 10) // 20 + 1  # 6 horizontal bands
+    coarse = np.ones((12, 10), int)
+    coarse[:, 5:] = 2
+    middle = np.where(pred == 2, 3, pred + 1)
+    PILImage.fromarray(pred).save(tmp_path / "pred.png")
+    write_bsds_mat(tmp_path / "gt.mat", [middle, fine, coarse])
+    return pred, [middle, fine, coarse]
+
+
+def test_evaluate_region_metrics_end_to_end(tmp_path, capsys):
+    from deepgmm import region_metrics as rm
+
+    pred, truths = region_case(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["evaluate", str(tmp_path / "pred.png"), "--ground-truth-mat", str(tmp_path / "gt.mat"),
+                 "--metrics", "pri,voi,covering,miou", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "PRI" in printed and "VoI (bits)" in printed and "covering" in printed and "mIoU" in printed
+    assert "3 of 3 (all)" in printed and "8-connected" in printed
+    rep = json.loads(out.read_text())
+    assert rep["metrics"] == ["pri", "voi", "covering", "miou"] and rep["n_ground_truths"] == 3
+    expected = {"pri": np.mean([rm.rand_index(pred, t) for t in truths]),
+                "voi": np.mean([rm.variation_of_information(pred, t) for t in truths]),
+                "covering": np.mean([rm.covering(pred, t) for t in truths]),
+                "miou": rm.kk_miou(pred, truths)}
+    assert rep["scores"] == pytest.approx(expected)
+    assert rep["scores"]["pri"] < 1.0 and rep["scores"]["voi"] > 0.0
+    # the first segmentation is the prediction relabelled: covering 1, but the mIoU splits label 2
+    assert main(["evaluate", str(tmp_path / "pred.png"), "--ground-truth-mat", str(tmp_path / "gt.mat"),
+                 "--ground-truths", "coarse", "--metrics", "miou", "--connectivity", "4", "--json", str(out)]) == 0
+    assert "1 of 3 (coarse)" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert rep["scores"] == {"miou": pytest.approx(rm.kk_miou(pred, [truths[2]], connectivity=4))}
+    assert rep["scored_ground_truths"] == [{"file": str(tmp_path / "gt.mat"), "segmentation": 3}]
+    assert rep["connectivity"] == 4 and rep["ground_truths"] == "coarse"
+
+
+def test_evaluate_region_metrics_with_label_files_and_several_mats(tmp_path, capsys):
+    from deepgmm import region_metrics as rm
+
+    pred, truths = region_case(tmp_path)
+    PILImage.fromarray(truths[1].astype(np.uint8)).save(tmp_path / "fine.png")
+    write_bsds_mat(tmp_path / "more.mat", [truths[2]])
+    out = tmp_path / "r.json"
+    # GT label maps with --metrics and no .mat; all metrics by default with a .mat and no --metrics
+    assert main(["evaluate", str(tmp_path / "pred.png"), str(tmp_path / "fine.png"), "--metrics", "PRI, voi",
+                 "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["scores"] == pytest.approx({"pri": rm.rand_index(pred, truths[1]),
+                                           "voi": rm.variation_of_information(pred, truths[1])})
+    assert main(["evaluate", str(tmp_path / "pred.png"), str(tmp_path / "fine.png"), "--ground-truth-mat",
+                 str(tmp_path / "gt.mat"), "--ground-truth-mat", str(tmp_path / "more.mat"), "--ground-truths", "fine",
+                 "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["n_ground_truths"] == 5 and set(rep["scores"]) == {"pri", "voi", "covering", "miou"}
+    assert rep["scored_ground_truths"] == [{"file": str(tmp_path / "fine.png"), "segmentation": None}]
+    capsys.readouterr()
+
+
+def test_evaluate_region_metrics_errors(tmp_path, capsys):
+    region_case(tmp_path)
+    p, mat = tmp_path / "pred.png", tmp_path / "gt.mat"
+    write_bsds_mat(tmp_path / "small.mat", [np.ones((5, 5))])
+    check_error(capsys, ["evaluate", p, "--ground-truth-mat", tmp_path / "small.mat"], "pred.png", "(12, 10)",
+                "small.mat #1", "(5, 5)")
+    check_error(capsys, ["evaluate", p, "--ground-truth-mat", tmp_path / "nope.mat"], "nope.mat", "not found")
+    check_error(capsys, ["evaluate", p, "--ground-truth-mat", p], "pred.png", ".mat")
+    check_error(capsys, ["evaluate", p, "--metrics", "pri,dice", "--ground-truth-mat", mat], "--metrics", "dice")
+    check_error(capsys, ["evaluate", p, "--metrics", "pri"], "need a ground truth")
+    check_error(capsys, ["evaluate", p, "--ground-truth-mat", mat, "--labels", "1,2"], "--labels", "only apply to Dice")
+    check_error(capsys, ["evaluate", p, "--ground-truth-mat", mat, "--matching", "greedy"], "--matching")
+    check_error(capsys, ["evaluate", p, p, "--ground-truths", "fine"], "--ground-truths", "region metrics")
+    check_error(capsys, ["evaluate", p, p, p], "exactly one", "got 2")
+    check_error(capsys, ["evaluate", p], "exactly one", "got 0")
+    assert main(["evaluate", str(p), "--ground-truth-mat", str(mat), "--ground-truths", "finest"]) == 2
+    assert "--ground-truths" in capsys.readouterr().err
+    assert main(["evaluate", str(p), "--ground-truth-mat", str(mat), "--connectivity", "6"]) == 2
+    assert "--connectivity" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- demo
 def test_demo_command_wiring(tmp_path, capsys, monkeypatch):
     """The CLI passes its flags to run_demo and prints the table and the figure (a stand-in demo module)."""

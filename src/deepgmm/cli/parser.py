@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from .._version import __version__
-from ..choices import CRITERIA, DEVICES, LAYOUTS, MATCHINGS, METHODS, OUTPUT_FORMATS, READOUTS, TRAIN_METHODS
+from ..choices import (CONNECTIVITIES, CRITERIA, DEVICES, GROUND_TRUTH_SELECTIONS, LAYOUTS, MATCHINGS, METHODS,
+                       OUTPUT_FORMATS, READOUTS, REGION_METRICS, TRAIN_METHODS)
 from . import demo, evaluate, options, predict, segment, train
 from .supervise import EXIT_ERROR, PROG
 
@@ -93,16 +94,31 @@ def _add_segment_parser(subs: Any) -> None:
 def _add_evaluate_parser(subs: Any) -> None:
     p = subs.add_parser(
         "evaluate",
-        help="Dice of a label map against the ground truth",
-        description="Match the predicted labels to the ground-truth classes and print the Dice of each class.",
+        help="Dice of a label map against the ground truth, or region metrics against human segmentations",
+        description="Match the predicted labels to the ground-truth classes and print the Dice of each class. "
+                    "With --metrics or --ground-truth-mat: region metrics of the label map against one or several "
+                    "ground truths (PRI, VoI in bits, segmentation covering, mIoU with Kim & Kanezaki's protocol; "
+                    "see docs/natural-images.md), each averaged over the ground truths.",
     )
     p.add_argument("pred", metavar="PRED", help="predicted label map")
-    p.add_argument("gt", metavar="GT", help="ground-truth label map")
+    p.add_argument("gt", metavar="GT", nargs="*",
+                   help="ground-truth label map (Dice: exactly one; region metrics: any number, added to "
+                        "--ground-truth-mat's)")
     p.add_argument("--labels", metavar="L1,L2,...",
                    help="ground-truth label values to score, in order (default: all non-zero values)")
     p.add_argument("--names", metavar="N1,N2,...", help="display names of those labels")
-    p.add_argument("--matching", choices=MATCHINGS, default="hungarian",
+    p.add_argument("--matching", choices=MATCHINGS, default=None,
                    help="how predicted labels are matched to the truth (default: hungarian)")
+    p.add_argument("--ground-truth-mat", metavar="GT.mat", action="append", default=None, dest="ground_truth_mat",
+                   help="a BSDS500 groundTruth .mat file: its human segmentations are the ground truths of the "
+                        "region metrics (repeat for several files)")
+    p.add_argument("--metrics", metavar="M1,M2,...", default=None,
+                   help=f"region metrics to compute, among {','.join(REGION_METRICS)} (default: all)")
+    p.add_argument("--ground-truths", choices=GROUND_TRUTH_SELECTIONS, default=None, dest="ground_truths",
+                   help="region metrics: score against all ground truths (default), the one with the most "
+                        "segments (fine) or the fewest (coarse)")
+    p.add_argument("--connectivity", type=int, choices=CONNECTIVITIES, default=None,
+                   help="mIoU: pixel connectivity of the prediction's connected components (default: 8)")
     p.add_argument("--json", metavar="OUT.json", help="also write the scores to this JSON file")
     _add_common(p, sub=True)
     p.set_defaults(func=evaluate.cmd_evaluate)

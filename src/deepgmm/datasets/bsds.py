@@ -17,6 +17,8 @@ from typing import Union
 
 import numpy as np
 
+from ..io.files import one_line
+
 __all__ = ["SPLITS", "load_bsds_ground_truth", "list_images", "ground_truth_path"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -35,7 +37,7 @@ def load_bsds_ground_truth(path: PathLike) -> list[np.ndarray]:
         mat = scipy.io.loadmat(p)
     except (ValueError, TypeError, OSError, IndexError, EOFError, NotImplementedError,
             scipy.io.matlab.MatReadError) as exc:  # not a MATLAB file, a damaged one, a v7.3 (HDF5) one
-        raise ValueError(f"ground-truth file {p} is not a readable MATLAB .mat file ({exc})") from None
+        raise ValueError(f"ground-truth file {p} is not a readable MATLAB .mat file ({one_line(exc)})") from None
     if "groundTruth" not in mat:
         keys = ", ".join(k for k in mat if not k.startswith("__")) or "none"
         raise ValueError(f"ground-truth file {p} has no 'groundTruth' variable (variables: {keys}); "
