@@ -1,5 +1,5 @@
-"""Loaders for public data sets used to evaluate deepgmm (currently MyoPS 2020)."""
+"""Loaders for public data sets used to evaluate deepgmm (MyoPS 2020; IBSR18 and BrainWeb brain MRI)."""
 
-from . import myops
+from . import ibsr, myops
 
-__all__ = ["myops"]
+__all__ = ["ibsr", "myops"]
