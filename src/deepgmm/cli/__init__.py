@@ -1,4 +1,4 @@
-"""The ``deepgmm`` command-line tool: ``segment``, ``evaluate``, ``demo``, ``train``, ``predict`` and ``myops``.
+"""The ``deepgmm`` command-line tool: ``segment``, ``evaluate``, ``demo``, ``train``, ``predict``, ``myops`` and ``brain``.
 
 - :mod:`~deepgmm.cli.options`: the tables of ``segment``'s and ``train``'s optional flags;
 - :mod:`~deepgmm.cli.parser`: :func:`build_parser`;

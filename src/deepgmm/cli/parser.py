@@ -209,4 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .myops import add_parser as add_myops_parser  # light: no torch at import
 
     add_myops_parser(subs)
+    from .brain import add_parser as add_brain_parser  # light: no torch at import
+
+    add_brain_parser(subs)
     return parser

@@ -5,8 +5,9 @@ two runners that share resume, lock, worker processes, ``results.json``, ``table
 * :mod:`~deepgmm.experiments.train_runner`: train networks on some cases, test on others;
 * :mod:`~deepgmm.experiments.cases`: what a data set provides (:class:`~.cases.Case`, :class:`~.cases.DataSet`);
 * :mod:`~deepgmm.experiments.myops`: the MyoPS 2020 tables, :func:`run_table1` and :func:`run_table2`.
+* :mod:`~deepgmm.experiments.brain`: CSF, GM and WM of T1 volumes (IBSR18, BrainWeb).
 
-The ``deepgmm myops`` command lives in the CLI layer; importing this package imports torch.
+The ``deepgmm myops`` and ``deepgmm brain`` commands live in the CLI layer; importing this package imports torch.
 """
 
 from ._run import TableResult

@@ -40,6 +40,7 @@ MATCHING_WORDS = {
     "hungarian": "Hungarian matching on the Dice matrix",
     "greedy": "greedy class-by-class matching (blood, myocardium, edema, scar; the paper's code)",
     "prior": "no matching: the class order is fixed by mu_data",
+    "none": "no matching: label k is class k (the fit's classes numbered by their mean, order=\"mean\")",
 }
 
 
@@ -65,7 +66,7 @@ def _dice_summary(rows: Sequence[Mapping[str, Any]], key: str, mean_key: str,
 
 
 def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str],
-              classes: Sequence[str] = CLASS_COLUMNS) -> dict[str, dict[str, Any]]:
+              classes: Sequence[str] = CLASS_COLUMNS, group_field: str = "case") -> dict[str, dict[str, Any]]:
     """Per method (in the order of ``methods``; those without records are left out)::
 
         {"slices": n, "cases": n, "matching": str, "dice": {class: {"mean", "std"}},
@@ -73,8 +74,9 @@ def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str],
          "iterations": mean or None, "warnings": number of fits that warned,
          "matched": {... the same Dice fields after Hungarian matching ...}  (mu_data variants only)}
 
-    Means and standard deviations (``ddof=0``) are over the slices; ``mean_dice`` is over the
-    per-slice means of the four classes (equal to the mean of the class columns).
+    Means and standard deviations (``ddof=0``) are over the slices (the records: the data set's
+    cases); ``mean_dice`` is over the per-slice means of the classes (equal to the mean of the class
+    columns); ``cases`` counts the distinct values of the record field ``group_field``.
     """
     out: dict[str, dict[str, Any]] = {}
     for m in methods:
@@ -83,7 +85,7 @@ def summarize(records: Sequence[Mapping[str, Any]], methods: Sequence[str],
             continue
         entry: dict[str, Any] = {
             "slices": len(rows),
-            "cases": len({r["case"] for r in rows}),
+            "cases": len({r[group_field] for r in rows}),
             "matching": rows[0]["matching"],
         }
         entry.update(_dice_summary(rows, "dice", "mean_dice", classes))
@@ -111,9 +113,10 @@ def _cell(stats: Mapping[str, Any]) -> str:
 
 
 def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes: Sequence[str] = (),
-                 classes: Sequence[str] = CLASS_COLUMNS) -> str:
-    """The Markdown of ``table.md``: a Dice table like the paper's (rows: methods; columns blood |
-    myocardium | edema | scar | mean, each mean ± std over slices), then a table of the cost."""
+                 classes: Sequence[str] = CLASS_COLUMNS, unit: str = "slices", group: str = "patients") -> str:
+    """The Markdown of ``table.md``: a Dice table like the paper's (rows: methods; columns: the
+    ``classes`` (MyoPS: blood | myocardium | edema | scar) | mean, each mean ± std over the cases,
+    ``unit`` in words), then a table of the cost (a ``group`` column unless it equals ``unit``)."""
     rows: list[tuple[str, str, Mapping[str, Any]]] = []
     for m, s in summary.items():
         rows.append((display_name(m), s["matching"], s))
@@ -129,18 +132,22 @@ def format_table(summary: Mapping[str, Mapping[str, Any]], *, title: str, notes:
         cells = " | ".join(_cell(s["dice"][c]) for c in classes)
         lines.append(f"| {name} | {cells} | {_cell(s['mean_dice'])} |" + (f" {matching} |" if with_matching else ""))
     lines.append("")
-    lines.append("Dice per class, mean ± standard deviation (ddof 0) over the slices; "
-                 "mean: the mean over the four classes.")
+    n_words = {3: "three", 4: "four"}.get(len(classes), str(len(classes)))
+    lines.append(f"Dice per class, mean ± standard deviation (ddof 0) over the {unit}; "
+                 f"mean: the mean over the {n_words} classes.")
     for mt in matchings:
         lines.append(f"Matching `{mt}`: {MATCHING_WORDS.get(mt, mt)}.")
     lines.append("")
-    lines += ["| method | slices | patients | seconds per slice | iterations | NLL | fits that warned |",
-              "|---|---|---|---|---|---|---|"]
+    groups = group != unit
+    one = unit[:-1] if unit.endswith("s") else unit
+    lines += [f"| method | {unit} | " + (f"{group} | " if groups else "")
+              + f"seconds per {one} | iterations | NLL | fits that warned |",
+              "|---" * (7 if groups else 6) + "|"]
     for m, s in summary.items():
         its = "–" if s["iterations"] is None else f"{s['iterations']:.1f}"
         nll = "–" if s["nll"] is None else f"{s['nll']:.4f}"
-        lines.append(f"| {display_name(m)} | {s['slices']} | {s['cases']} | {s['seconds']['mean']:.2f} | {its} | "
-                     f"{nll} | {s['warnings']} |")
+        lines.append(f"| {display_name(m)} | {s['slices']} | " + (f"{s['cases']} | " if groups else "")
+                     + f"{s['seconds']['mean']:.2f} | {its} | {nll} | {s['warnings']} |")
     if notes:
         lines.append("")
         lines.extend(notes)

@@ -30,6 +30,7 @@ from ._store import (
     plain,
     sort_records,
 )
+from ._volume_figure import volume_figure
 from .cases import Case, DataSet
 
 __all__ = ["TableResult", "Run", "close_run", "resolve", "union", "parse_cases", "parse_methods", "check_options",
@@ -172,8 +173,13 @@ def draw_case(out: Path, dataset: DataSet, case: Case, methods: Sequence[str], s
         if not f.is_file() or scores.get(m) is None:
             return False
         preds[m] = np.load(f, allow_pickle=False)
-    slice_figure(out / FIGURES_DIR / f"{case.name}.png", case.image, case.truth, case.mask, preds, scores,
-                 channels=list(dataset.channels), title=f"{title}: {case.title}", classes=dataset.classes)
+    path = out / FIGURES_DIR / f"{case.name}.png"
+    mask = case.mask if case.mask is not None else np.ones(case.truth.shape, dtype=bool)
+    kwargs = dict(channels=list(dataset.channels), title=f"{title}: {case.title}", classes=dataset.classes)
+    if dataset.figure == "volume":
+        volume_figure(path, case.image, case.truth, mask, preds, scores, spacing=case.spacing, **kwargs)
+    else:
+        slice_figure(path, case.image, case.truth, mask, preds, scores, **kwargs)
     return True
 
 
@@ -265,7 +271,7 @@ class Run:
         doc = self.doc
         methods = [m for m in self.methods_order if m in doc["config"]["methods"]]
         doc["records"] = sort_records(doc["records"], methods, self.dataset.key_fields)
-        summary = summarize(doc["records"], methods, self.dataset.classes)
+        summary = summarize(doc["records"], methods, self.dataset.classes, group_field=self.dataset.key_fields[0])
         missing = len(self.expected() - self.store.keys())
         doc.update(summary=summary, complete=missing == 0, missing=missing)
         doc["wall_seconds"] = float(sum(r.get("wall_seconds") or 0.0 for r in doc["runs"]))
@@ -290,9 +296,10 @@ class Run:
                      f"{doc['machine']['processor']} ({doc['machine']['cpus_available']} CPUs available), "
                      f"wall time {doc['wall_seconds']:.0f} s over {len(doc['runs'])} run(s).")
         keys = doc["config"][self.dataset.unit]
-        size = f"{len(keys)} {self.dataset.unit}, {len({k[0] for k in keys})} {self.dataset.group}"
+        unit, group = self.dataset.unit, self.dataset.group
+        size = f"{len(keys)} {unit}" + (f", {len({k[0] for k in keys})} {group}" if group != unit else "")
         table = format_table(summary, title=f"{self.title} ({size})", notes=[ln for ln in lines if ln],
-                             classes=self.dataset.classes)
+                             classes=self.dataset.classes, unit=unit, group=group)
         atomic_write(self.store.file(TABLE_FILE), lambda tmp: tmp.write_text(table, encoding="utf-8"))
         if doc["records"]:
             overview_figure(self.store.file(OVERVIEW_FILE), doc["records"], list(summary),

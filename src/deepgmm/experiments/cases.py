@@ -33,7 +33,8 @@ class Case:
         first value groups cases (e.g. the patient); name : file stem of its prediction and
         figure; title : its name in figures; image ``(C, *spatial)``; mask ``(*spatial)`` bool or
         None (every voxel); truth ``(*spatial)`` integer labels (0 unlabelled, 1..K the classes);
-        source : the data set's own object (e.g. a :class:`deepgmm.datasets.myops.MyoPSSlice`).
+        source : the data set's own object (e.g. a :class:`deepgmm.datasets.myops.MyoPSSlice`);
+        spacing : voxel sizes of the spatial axes (the aspect of figures; None: 1 each).
     """
 
     key: tuple[int, ...]
@@ -43,6 +44,7 @@ class Case:
     mask: np.ndarray | None
     truth: np.ndarray
     source: Any = None
+    spacing: tuple[float, ...] | None = None
 
 
 def score_dice(pred: np.ndarray, truth: np.ndarray, classes: Sequence[str], matching: str) -> Any:
@@ -64,7 +66,8 @@ class DataSet:
     group : plural nouns of a case and of a group in tables (``config[unit]`` lists the case
     keys); segment_options : fixed ``segment()`` keyword arguments (recorded in the config);
     score : ``(pred, truth, classes, matching) -> evaluation`` with ``mapping`` and ``to_dict()``
-    giving ``dice``, ``mean_dice``, ``mapping`` (default :func:`score_dice`).
+    giving ``dice``, ``mean_dice``, ``mapping`` (default :func:`score_dice`); figure : the
+    per-case figure, "slice" (2D cases: one row) or "volume" (3D cases: three orthogonal slices).
     """
 
     name: str
@@ -77,6 +80,7 @@ class DataSet:
     group: str = "patients"
     segment_options: Mapping[str, Any] = field(default_factory=dict)
     score: Callable[..., Any] = score_dice
+    figure: str = "slice"
 
     @property
     def n_classes(self) -> int:

@@ -54,7 +54,10 @@ class FitExperiment:
     ``table.md``; short : of the figures and the progress bar (e.g. "Table 1"); description :
     stored in ``results.json``; dataset : what it runs on; methods : ``segment()`` methods in table
     order; matchings : the matchings offered (the first is the default); entry : the function name
-    of the default ``command`` record.
+    of the default ``command`` record; default_methods : the methods run when none are named
+    (None: all of ``methods``); also_matched : a second scoring of every fit (a matching, stored
+    as ``record["matched"]`` and shown as the rows "<method>, matched") unless it is the run's
+    matching.
     """
 
     name: str
@@ -65,6 +68,8 @@ class FitExperiment:
     methods: tuple[str, ...]
     matchings: tuple[str, ...] = ("hungarian", "greedy")
     entry: str = "run_fit"
+    default_methods: tuple[str, ...] | None = None
+    also_matched: str | None = None
 
 
 @dataclass
@@ -96,7 +101,9 @@ def run_fit_task(task: FitTask) -> FitTaskResult:
     records, settings, fresh = [], {}, {}
     for method in task.methods:
         fit = _cases.segment_fit(exp.dataset, case, method, task.seed, task.options.get(method, {}))
-        record, matched = _cases.make_record(exp.dataset, method, case, fit, task.matching, task.seed)
+        also = exp.also_matched if exp.also_matched != task.matching else None
+        record, matched = _cases.make_record(exp.dataset, method, case, fit, task.matching, task.seed,
+                                             also_matched=also)
         save_prediction(out, case, method, matched)
         records.append(record)
         settings[method] = fit.settings
@@ -121,7 +128,7 @@ def _open(exp: FitExperiment, out: Path, *, methods: list[str] | None, groups: l
     matching = resolve(scfg, "matching", matching, exp.matchings[0], out)
     seed = resolve(scfg, "seed", seed, 0, out)
     opts = resolve(scfg, "options", opts if options is not None else None, {}, out, flag="options")
-    run_methods = methods or (list(scfg["methods"]) if scfg else list(exp.methods))
+    run_methods = methods or (list(scfg["methods"]) if scfg else list(exp.default_methods or exp.methods))
     if scfg is not None and groups is None:
         groups = sorted({int(k[0]) for k in scfg[ds.unit]})
     cases = ds.load(groups)

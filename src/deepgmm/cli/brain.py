@@ -1,0 +1,115 @@
+"""The ``deepgmm brain`` command: CSF, GM and WM of T1 brain volumes (:mod:`deepgmm.experiments.brain`).
+
+Building the parser imports neither torch nor the experiments; a command imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ..choices import EM_METHODS, METHODS
+
+__all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
+
+_MATCHINGS = ("none", "hungarian")  # experiments.brain.BRAIN_MATCHINGS (not imported: it imports torch)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--debug`` as the other sub-commands have them (not resetting a value given earlier)."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log the library's progress (INFO) to stderr")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+
+
+def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help=data_help)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
+    p.add_argument("--methods", metavar="M1,M2,...",
+                   help=f"methods to run, from {','.join(METHODS)} (default: {','.join(EM_METHODS)}; the deep ones "
+                        "take minutes and gigabytes per volume on a CPU)")
+    p.add_argument("--matching", choices=_MATCHINGS,
+                   help="how the table's first rows score the labels: none (default; labels are numbered by their "
+                        "mean T1, CSF < GM < WM) or hungarian; the other one is recorded too")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes, each with max(1, cpus // N) torch threads (default 1); each holds a volume")
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
+    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip the per-volume figures (three orthogonal slices; the overview is always drawn)")
+    _add_common(p)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``brain`` command (sub-commands ``ibsr`` and ``brainweb``) to ``subparsers``."""
+    p = subparsers.add_parser(
+        "brain", help="CSF, GM and WM of T1 brain volumes (IBSR18, BrainWeb)",
+        description="Segment T1 brain volumes into CSF, GM and WM (K=3, z-score over the brain mask, classes "
+                    "numbered by their mean) with each method, score them with Dice and write results.json, "
+                    "table.md, overview.png and one figure per volume into DIR. Interrupted runs continue with "
+                    "--resume.")
+    _add_common(p)
+    sub = p.add_subparsers(dest="brain_command", metavar="DATA_SET", required=True)
+    ibsr = sub.add_parser("ibsr", help="the IBSR18 subjects",
+                          description="Every IBSR18 subject (IBSR_NN/IBSR_NN.nii.gz, IBSR_NN_seg.nii.gz; brain mask: "
+                                      "labels > 0) with each method.")
+    _add_run_options(ibsr, "the IBSR18 folder (IBSR_01/, IBSR_03/, ...)")
+    ibsr.add_argument("--subjects", metavar="NN,NN,...", help="subjects to use, e.g. 01,03 (default: all)")
+    ibsr.set_defaults(func=cmd_ibsr)
+    bw = sub.add_parser("brainweb", help="the BrainWeb volume",
+                        description="The BrainWeb volume (t1.nii.gz, mask.nii.gz, labels.nii.gz) with each method.")
+    _add_run_options(bw, "the BrainWeb folder (t1.nii.gz, mask.nii.gz, labels.nii.gz)")
+    bw.set_defaults(func=cmd_brainweb)
+    return p
+
+
+def _command_line(args: argparse.Namespace, names: list[str]) -> str:
+    parts = ["deepgmm", "brain", args.brain_command]
+    for name in names:
+        value = getattr(args, name, None)
+        if name == "figures":
+            if value is False:
+                parts.append("--no-figures")
+        elif isinstance(value, bool):
+            if value:
+                parts.append("--" + name)
+        elif value is not None:
+            parts += ["--" + name, str(value)]
+    return shlex.join(parts)
+
+
+_NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures"]
+
+
+def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:
+    res = run(args.data, args.out, methods=args.methods, matching=args.matching, seed=args.seed, jobs=args.jobs,
+              threads=args.threads, resume=args.resume, overwrite=args.overwrite, figures=args.figures,
+              command=_command_line(args, _NAMES + list(extra.pop("flags", []))), **extra)
+    from ..experiments._store import OVERVIEW_FILE, RESULTS_FILE, TABLE_FILE
+
+    print(res.table, end="")
+    print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(args.out) / RESULTS_FILE}, "
+          f"{TABLE_FILE}, {OVERVIEW_FILE}")
+    return 0
+
+
+def cmd_ibsr(args: argparse.Namespace) -> int:
+    """``deepgmm brain ibsr``."""
+    from ..experiments._run import parse_cases
+    from ..experiments.brain import run_ibsr
+
+    return _run(args, run_ibsr, cases=parse_cases(args.subjects, "--subjects"), flags=["subjects"])
+
+
+def cmd_brainweb(args: argparse.Namespace) -> int:
+    """``deepgmm brain brainweb``."""
+    from ..experiments.brain import run_brainweb
+
+    return _run(args, run_brainweb)

@@ -1,0 +1,141 @@
+"""Brain tissue segmentation (CSF, GM, WM) of T1 MRI volumes as configurations of the fit runner.
+
+Two data sets (:mod:`deepgmm.datasets.ibsr`): the IBSR18 subjects (:func:`ibsr_dataset`, one case
+per subject) and the BrainWeb volume (:func:`brainweb_dataset`, one case). Each case is one whole
+3D volume, cropped to the brain mask's bounding box plus :data:`CROP_MARGIN` voxels (the fits see
+the same voxels inside the mask; predictions ``predictions/<name>_<method>.npy`` are in that
+cropped frame, whose box is ``Case.source.box``), with its brain mask (IBSR: labels > 0; BrainWeb:
+mask.nii.gz) and its truth labels 1 CSF, 2 GM, 3 WM.
+
+Every method runs :func:`deepgmm.segment` with K = 3, at the library's defaults plus
+:data:`SEGMENT_OPTIONS`: z-score over the brain mask and ``order="mean"``, so that the output
+labels 1, 2, 3 are the classes of increasing mean T1 intensity, CSF < GM < WM on T1. Every fit is
+scored twice: with no matching (``"none"``, the default: label k is the k-th darkest class for
+every subject, which is what an automatic pipeline gets) and after Hungarian matching on the Dice
+matrix (``record["matched"]``, the rows "<method>, matched" of ``table.md``). The EM methods
+(``gmm``, ``svgmm``) run by default; the deep ones (``deepg``, ``deepsvg``) when named (minutes
+and gigabytes per volume on a CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..choices import EM_METHODS, METHODS
+from ..datasets import ibsr
+from ..preprocess import box_slices
+from ._run import TableResult
+from .cases import Case, DataSet
+from .fit_runner import FitExperiment, run_fit
+
+__all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIONS", "CROP_MARGIN", "VolumeInfo",
+           "ibsr_dataset", "brainweb_dataset", "ibsr_experiment", "brainweb_experiment", "run_ibsr", "run_brainweb"]
+
+BRAIN_METHODS: tuple[str, ...] = METHODS
+DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
+BRAIN_MATCHINGS: tuple[str, ...] = ("none", "hungarian")
+SEGMENT_OPTIONS: dict[str, Any] = {"normalize": "mask", "order": "mean"}
+CROP_MARGIN = 4
+"""Voxels kept around the brain mask's bounding box."""
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """Where a case comes from: the volume's name, subject id, affine, full spatial shape and the
+    half-open box ``((lo, hi), ...)`` of the crop."""
+
+    name: str
+    subject: int
+    affine: Any
+    shape: tuple[int, ...]
+    box: tuple[tuple[int, int], ...]
+
+
+def _spacing(affine: np.ndarray | None) -> tuple[float, ...] | None:
+    if affine is None:
+        return None
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0)))
+
+
+def _case(vol: ibsr.BrainVolume, title: str) -> Case:
+    """The volume cropped to its mask's box (plus :data:`CROP_MARGIN`) as one :class:`Case`."""
+    box = box_slices(vol.mask, CROP_MARGIN)
+    info = VolumeInfo(vol.name, vol.subject, vol.affine, tuple(vol.mask.shape),
+                      tuple((int(s.start), int(s.stop)) for s in box))
+    image = np.ascontiguousarray(vol.image[(slice(None),) + box])
+    return Case((vol.subject,), vol.name, title, image, np.ascontiguousarray(vol.mask[box]),
+                np.ascontiguousarray(vol.labels[box]), info, _spacing(vol.affine))
+
+
+def load_ibsr(data: Path, subjects: Sequence[int] | None) -> list[Case]:
+    """The IBSR subjects ``subjects`` (default: all under ``data``) as :class:`Case` objects."""
+    try:
+        found = ibsr.find_subjects(data)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    missing = [s for s in (subjects or []) if s not in found]
+    if missing:
+        raise ValueError(f"subjects: IBSR subject(s) {missing} not found under {data}; available: {sorted(found)}")
+    if not found:
+        raise ValueError(f"no IBSR_NN subject folder under {data}")
+    return [_case(ibsr.load_subject(data, s), f"subject {ibsr.subject_name(s)}")
+            for s in (subjects if subjects is not None else found)]
+
+
+def load_brainweb(data: Path, groups: Sequence[int] | None) -> list[Case]:
+    """The BrainWeb volume under ``data`` as one :class:`Case` (key 0)."""
+    if groups is not None and list(groups) != [0]:
+        raise ValueError(f"BrainWeb has one volume, numbered 0; got {list(groups)}")
+    return [_case(ibsr.load_brainweb(data), "BrainWeb")]
+
+
+def ibsr_dataset(data: str | Path) -> DataSet:
+    """The IBSR18 subjects under ``data`` (T1; classes CSF, GM, WM; one whole volume per subject)."""
+    data = Path(data)
+    return DataSet("ibsr", data, ibsr.CLASS_NAMES, ibsr.CHANNELS, functools.partial(load_ibsr, data),
+                   key_fields=("subject",), unit="subjects", group="subjects", segment_options=dict(SEGMENT_OPTIONS),
+                   figure="volume")
+
+
+def brainweb_dataset(data: str | Path) -> DataSet:
+    """The BrainWeb volume under ``data`` (T1; classes CSF, GM, WM)."""
+    data = Path(data)
+    return DataSet("brainweb", data, ibsr.CLASS_NAMES, ibsr.CHANNELS, functools.partial(load_brainweb, data),
+                   key_fields=("volume",), unit="volumes", group="volumes", segment_options=dict(SEGMENT_OPTIONS),
+                   figure="volume")
+
+
+_WHAT = ("each method (K=3, z-score over the brain mask, classes numbered by their mean: CSF < GM < WM) on every "
+         "{unit}, scored without matching and after Hungarian matching")
+
+
+def ibsr_experiment(data: str | Path) -> FitExperiment:
+    """IBSR18: a configuration of :func:`.fit_runner.run_fit`."""
+    return FitExperiment("ibsr-fit", "IBSR18: CSF, GM and WM of T1 volumes", "IBSR18",
+                         "IBSR18 brain tissue: " + _WHAT.format(unit="subject"), ibsr_dataset(data), BRAIN_METHODS,
+                         BRAIN_MATCHINGS, entry="run_ibsr", default_methods=DEFAULT_METHODS, also_matched="hungarian")
+
+
+def brainweb_experiment(data: str | Path) -> FitExperiment:
+    """The BrainWeb volume: a configuration of :func:`.fit_runner.run_fit`."""
+    return FitExperiment("brainweb-fit", "BrainWeb: CSF, GM and WM of a T1 volume", "BrainWeb",
+                         "BrainWeb brain tissue: " + _WHAT.format(unit="volume"), brainweb_dataset(data),
+                         BRAIN_METHODS, BRAIN_MATCHINGS, entry="run_brainweb", default_methods=DEFAULT_METHODS,
+                         also_matched="hungarian")
+
+
+def run_ibsr(data: str | Path, out: str | Path, **kwargs: Any) -> TableResult:
+    """Every method on every IBSR subject, one record per ``(method, subject)``. Keyword arguments
+    are those of :func:`.fit_runner.run_fit` (``cases``: the subject ids, e.g. ``[1, 3]``;
+    ``matching``: "none" (default) or "hungarian"; ``methods``: default gmm, svgmm)."""
+    return run_fit(ibsr_experiment(data), out, **kwargs)
+
+
+def run_brainweb(data: str | Path, out: str | Path, **kwargs: Any) -> TableResult:
+    """Every method on the BrainWeb volume; keyword arguments as :func:`run_ibsr` (no ``cases``)."""
+    return run_fit(brainweb_experiment(data), out, **kwargs)
