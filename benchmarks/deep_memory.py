@@ -3,8 +3,9 @@
 For each shape, a fresh process fits ``deepsvg`` (3 channels, K=4, the "fast" network unless
 ``--network``, the whole image as the window: ``crop_margin=None``; 2 distillation and 3 NLL
 steps) and reports the rise of its peak resident memory (VmHWM, reset after a warm-up fit)
-against ``estimate_memory`` + ``activation_bytes`` + ``parameter_bytes``, the sum ``segment()`` compares with the
-memory available. Linux only (``/proc/self/clear_refs``).
+against what ``segment()`` compares with the memory available: ``estimate_memory`` + the method's own
+part (``activation_bytes`` + ``parameter_bytes`` of the network, the loss's tensors and the
+smoothed-posterior term on the window). Linux only (``/proc/self/clear_refs``).
 
     python benchmarks/deep_memory.py
     python benchmarks/deep_memory.py --shapes 160x160 96x96x48 --network paper
@@ -21,8 +22,8 @@ CHILD = r"""
 import sys, gc, numpy as np, torch
 torch.set_num_threads(1)
 from deepgmm import segment
-from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes
 import deepgmm.memory as S
+from deepgmm.segmentation import METHODS
 def rss(field):
     return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field))
 shape, net = tuple(int(s) for s in sys.argv[1].split('x')), sys.argv[2]
@@ -37,9 +38,9 @@ segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, netwo
         spare_classes=0)  # K=4 exactly, as the estimates below
 used = rss('VmHWM') - base
 em = S.estimate_memory(3, shape, int(np.prod(shape)), 4, 'deepsvg')
-cfg = network_config(net, spatial_dims=len(shape), in_channels=3, out_channels=4)
-act = activation_bytes(cfg, shape) + parameter_bytes(cfg)
-print(used, em, act)
+own = METHODS['deepsvg'].memory(torch.as_tensor(img), torch.ones(shape, dtype=torch.bool),
+                               {'crop_margin': None, 'network': net, 'n_components': 4})
+print(used, em, own)
 """
 
 
@@ -51,7 +52,7 @@ def main() -> int:
     if not os.path.exists("/proc/self/clear_refs"):
         print("needs Linux's /proc/self/clear_refs to reset the peak memory", file=sys.stderr)
         return 2
-    print("| shape | network | measured peak (MiB) | estimate: EM part + network (MiB) | measured / estimate |")
+    print("| shape | network | measured peak (MiB) | estimate: EM part + method's part (MiB) | measured / estimate |")
     print("|---|---|---|---|---|")
     for shape in args.shapes:
         r = subprocess.run([sys.executable, "-c", CHILD, shape, args.network], capture_output=True, text=True,

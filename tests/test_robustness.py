@@ -328,9 +328,11 @@ def test_deep_fit_refused_when_only_the_network_does_not_fit(monkeypatch):
     net_part = activation_bytes(cfg, (64, 64)) + parameter_bytes(cfg)
     assert net_part > em_part  # the network dominates: this is what the check used to miss
     monkeypatch.setattr(MEMORY, "available_memory", lambda: em_part + net_part // 2)
-    with pytest.raises(ValueError, match=r"for the network \(activations and weights\)") as info:
+    own = r"for the network \(activations, weights and the loss on the fitted window\)"
+    with pytest.raises(ValueError, match=own) as info:
         segment_fn(img, method="deepsvg", n_components=3, max_steps=1)
-    assert "a smaller network or a smaller crop_margin" in str(info.value)
+    for option in ("a smaller crop_margin", "a smaller network", "fewer classes (n_components)"):
+        assert option in str(info.value)
     segment_fn(img, method="gmm", n_components=3)  # EM alone fits in the same memory
     # a smaller window (crop to the mask's box) or network needs less and passes
     mask = np.zeros((64, 64), bool)
@@ -384,7 +386,25 @@ def test_deep_memory_estimate_is_not_far_below_the_real_peak():
                                         f" + {own}")
     network = "activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)"
     _, own_part = _peak_and_estimate(warm_up, "pass", f"{own} - ({network})")
-    assert own_part == 8 * 5 * 256 * 256 * 4  # the smoothed-posterior term's arrays, beside the network's
+    # the loss's autograd tensors (12 (K + C) values a pixel) and the smoothed-posterior term's arrays
+    assert own_part == (12 * (4 + 3) + 8 * 5) * 256 * 256 * 4
+    assert 0.5 * used <= estimate <= 2.5 * used, (used, estimate)
+
+
+def test_deep_memory_estimate_is_not_far_below_the_real_peak_in_3d():
+    """The same on a small volume with the "tiny" network, where the loss's tensors weigh most
+    against the network's activations (the part the 3D estimate used to miss)."""
+    warm_up = "\n".join([
+        "import torch",
+        "img = np.random.default_rng(0).normal(size=(3, 64, 48, 40)).astype(np.float32)",
+        "segment(img[:, :32, :32, :32], method='deepsvg', network='tiny', max_steps=2, pretrain_steps=1)",
+    ])
+    measured = ("segment(img, method='deepsvg', network='tiny', max_steps=3, min_steps=3, pretrain_steps=2, "
+                "crop_margin=None, spare_classes=0)")
+    own = ("METHODS['deepsvg'].memory(torch.as_tensor(img), torch.ones(64, 48, 40, dtype=torch.bool), "
+           "{'crop_margin': None, 'network': 'tiny', 'n_components': 4})")
+    used, estimate = _peak_and_estimate(warm_up, measured,
+                                        f"S.estimate_memory(3, (64, 48, 40), 64 * 48 * 40, 4, 'deepsvg') + {own}")
     assert 0.5 * used <= estimate <= 2.5 * used, (used, estimate)
 
 

@@ -119,10 +119,12 @@ def _check_memory(img: torch.Tensor, region: torch.Tensor, n_pix: int, n_compone
                  (need + extra) / 2**30, extra / 2**30, "unknown" if have is None else f"{have / 2**30:.2f} GiB")
     if have is not None and need + extra > have:
         shape = "x".join(str(s) for s in img.shape[1:])
-        own = f", of which {memory.format_bytes(extra)} for the network (activations and weights)" if extra else ""
-        hint = "crop the image, use a smaller mask or fewer classes"
+        own = (f", of which {memory.format_bytes(extra)} for the network (activations, weights and the loss on "
+               f"the fitted window)" if extra else "")
+        hint = "crop the image, use a smaller mask or fewer classes (n_components)"
         if extra:
-            hint += ", a smaller network or a smaller crop_margin"
+            hint = ("crop the image or use a smaller mask; the network's part shrinks with a smaller crop_margin, "
+                    "a smaller network (network='tiny') or fewer classes (n_components)")
         raise ValueError(
             f"segment needs about {memory.format_bytes(need + extra)} of memory for this image{own} ({img.shape[0]} "
             f"channel(s) of {shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) "

@@ -78,9 +78,11 @@ def _svgmm_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: 
 
 def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
     """Training bytes of the estimator's network: activations on the window it fits (the mask's
-    box + margin) and AdamW's four copies of the weights, plus the smoothed-posterior term's
-    window-sized arrays (about 8 of ``K + 1`` channels). Zero on a GPU: the check compares
-    with host memory."""
+    box + margin), AdamW's four copies of the weights, the loss's own tensors on the window (the
+    mixture NLL's autograd graph, about ``12 (K + C)`` values a pixel: soft labels, responsibilities,
+    centred pixels and their gradients, which :func:`activation_bytes` does not count) and the
+    smoothed-posterior term's window-sized arrays (about 8 of ``K + 1`` channels). Zero on a GPU:
+    the check compares with host memory."""
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
         regs = est._validate()
@@ -92,10 +94,12 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
                              out_channels=est.n_components)
     except (ValueError, TypeError):  # bad settings: fit() reports them by name
         return 0
+    n_window, item = math.prod(shape), image.element_size()
+    loss = 12 * (est.n_components + image.shape[0]) * n_window * item
     smooth = 0
     if any(isinstance(r, SmoothedPosterior) for r in regs):
-        smooth = 8 * (est.n_components + 1) * math.prod(shape) * image.element_size()
-    return activation_bytes(cfg, shape) + parameter_bytes(cfg) + smooth
+        smooth = 8 * (est.n_components + 1) * n_window * item
+    return activation_bytes(cfg, shape) + parameter_bytes(cfg) + loss + smooth
 
 
 @dataclass(frozen=True)
