@@ -28,6 +28,8 @@ def test_widths_to_voxels_hand_computation():
     assert widths_to_voxels(2, (0.5, 0.25)) == (4.0, 8.0)
     assert widths_to_voxels(0, (1, 2, 1)) == 0  # no smoothing stays no smoothing
     assert widths_to_voxels((0, 0, 0), (1, 2, 1)) == (0, 0, 0)
+    assert widths_to_voxels(1.5, (1, 1)) == 1.5  # unit voxels: the widths as given
+    assert widths_to_voxels([1.5, 1.5, 0], (1, 1)) == [1.5, 1.5, 0]  # checked by the estimator
 
 
 def test_widths_to_voxels_in_settings():

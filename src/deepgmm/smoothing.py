@@ -67,15 +67,17 @@ def widths_to_voxels(sigma: Any, spacing: Any, name: str = "smoothing") -> Any:
     in voxels, ``sigma / spacing`` for the voxel sizes ``spacing`` (one per axis, same unit).
 
     ``sigma`` is validated as by :func:`wants_smoothing` and :func:`as_sigmas` (errors name
-    ``name``); a width of 0 everywhere (no smoothing) is returned unchanged.
+    ``name``); a width of 0 everywhere (no smoothing) is returned unchanged, and so is any width
+    for voxels of size 1 along every axis (the widths in voxels are then the widths as given; the
+    estimator validates them as it does without ``spacing``).
     """
     sizes = as_spacing(spacing, len(np.atleast_1d(np.asarray(spacing, dtype=object))))
-    if not wants_smoothing(name, sigma):
+    if all(d == 1.0 for d in sizes) or not wants_smoothing(name, sigma):
         return sigma
     try:
         sigmas = as_sigmas(sigma, len(sizes), name)
     except ValueError:
-        raise ValueError(f"{name} must be one width or one per axis ({len(sizes)}, as spacing), got {sigma!r}") from None
+        raise ValueError(f"{name} must be one width or one per axis ({len(sizes)}), got {sigma!r}") from None
     return tuple(s / d for s, d in zip(sigmas, sizes))
 
 
