@@ -130,6 +130,20 @@ def test_cli_nifti_widths_in_mm(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "vol.nii.gz"), "--method", "svgmm", "-k", "2", "--smooth-sigma", "2",
                  "--sigma-units", "voxels", "--out", str(out3)]) == 0
     assert json.loads((out3 / "summary.json").read_text())["settings"]["smooth_sigma"] == 2.0
+    # no width given: nothing to convert, the settings as without voxel sizes
+    out4 = tmp_path / "out4"
+    assert main(["segment", str(tmp_path / "vol.nii.gz"), "--method", "svgmm", "-k", "2", "--out", str(out4)]) == 0
+    summary4 = json.loads((out4 / "summary.json").read_text())
+    assert "spacing" not in summary4["settings"] and summary4["inputs"]["sigma_units"] == "mm"
+
+
+def test_cli_sigma_units_mm_refused_with_data(tmp_path, capsys):
+    from _helpers import make_cohort
+
+    make_cohort(tmp_path / "d", n=1)
+    rc = main(["segment", "--data", str(tmp_path / "d"), "--method", "svgmm", "-k", "2", "--sigma-units", "mm",
+               "--out", str(tmp_path / "o")])
+    assert rc != 0 and "--sigma-units mm applies to IMG files" in capsys.readouterr().err
 
 
 def test_cli_nifti_slice_voxel_sizes(tmp_path):

@@ -68,7 +68,7 @@ def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str
             "spatial_shape": list(image.spatial_shape),
             "mask_pixels": None if mask is None else int(mask.sum()),
             "voxel_sizes": None if image.voxel_sizes is None else list(image.voxel_sizes),
-            "sigma_units": "voxels" if seg.settings.get("spacing") is None else "mm",
+            "sigma_units": "voxels" if sigma_spacing(image, getattr(args, "sigma_units", None)) is None else "mm",
         },
         outputs={"labels": LABEL_FILES[fmt], "probabilities": PROBABILITY_FILES[fmt], "summary": SUMMARY_FILE},
         options_given=options,
@@ -92,10 +92,11 @@ def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any
     """``segment()`` at ``-k K``, or ``select_n_components()`` over ``-k LO:HI`` (the table printed);
     the widths in the unit of ``--sigma-units``."""
     from ..segmentation import segment, select_n_components  # heavy: torch
+    from ..segmentation.core import SPATIAL_WIDTHS
 
     candidates, criterion = _k_choice(args)
     spacing = sigma_spacing(image, getattr(args, "sigma_units", None))
-    if spacing is not None:
+    if spacing is not None and any(key in options for key in SPATIAL_WIDTHS):  # else nothing to convert
         logger.info("widths in mm: voxel sizes %s", ", ".join(f"{v:g}" for v in spacing))
         options = dict(options, spacing=spacing)
     if candidates is None:
