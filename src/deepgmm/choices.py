@@ -7,7 +7,7 @@ importing torch. The modules that implement a choice import its tuple from here.
 from __future__ import annotations
 
 __all__ = [
-    "METHODS", "EM_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS",
+    "METHODS", "EM_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS", "SIGMA_UNITS",
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
@@ -31,6 +31,8 @@ NAN_POLICIES: tuple[str, ...] = ("raise", "mask")
 # the units of class statistics a user gives (mu_prior, means_init, covariances_init): the image's own,
 # or the normalised units the method fits in
 PRIOR_UNITS: tuple[str, ...] = ("image", "normalized")
+# units of the spatial widths given to deepgmm segment (--sigma-units)
+SIGMA_UNITS: tuple[str, ...] = ("mm", "voxels")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
 # EM starts ("means" needs an array of class means)
 INIT_METHODS: tuple[str, ...] = ("kmeans++", "kmeans", "random", "means")

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from ._validation import check_float
 
-__all__ = ["MaskSmoother", "as_sigmas", "blur_in_mask", "gaussian_kernel", "wants_smoothing"]
+__all__ = ["MaskSmoother", "as_sigmas", "as_spacing", "blur_in_mask", "gaussian_kernel", "widths_to_voxels",
+           "wants_smoothing"]
 
 
 def wants_smoothing(name: str, sigma: Any) -> bool:
@@ -45,6 +46,39 @@ def as_sigmas(sigma: Any, ndim: int, name: str = "smoothing") -> tuple[float, ..
     if not (np.isfinite(values).all() and (values >= 0).all() and (values > 0).any()):
         raise ValueError(f"{name} must be >= 0 pixels with at least one axis > 0, got {sigma!r}")
     return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
+
+
+def as_spacing(spacing: Any, ndim: int) -> tuple[float, ...]:
+    """``spacing`` -> ``ndim`` voxel sizes (one per spatial axis, e.g. mm), validated: one positive
+    finite number per axis (a ``ValueError`` naming ``spacing`` otherwise)."""
+    try:
+        values = np.asarray(spacing, dtype=np.float64) if not isinstance(spacing, (str, bytes)) else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.ndim != 1 or len(values) != ndim:
+        raise ValueError(f"spacing must give one voxel size per spatial axis ({ndim}), got {spacing!r}")
+    if not (np.isfinite(values).all() and (values > 0).all()):
+        raise ValueError(f"spacing must hold positive finite voxel sizes, got {spacing!r}")
+    return tuple(float(v) for v in values)
+
+
+def widths_to_voxels(sigma: Any, spacing: Any, name: str = "smoothing") -> Any:
+    """A width ``sigma`` in physical units (one number, or one per axis; e.g. mm) -> per-axis widths
+    in voxels, ``sigma / spacing`` for the voxel sizes ``spacing`` (one per axis, same unit).
+
+    ``sigma`` is validated as by :func:`wants_smoothing` and :func:`as_sigmas` (errors name
+    ``name``); a width of 0 everywhere (no smoothing) is returned unchanged, and so is any width
+    for voxels of size 1 along every axis (the widths in voxels are then the widths as given; the
+    estimator validates them as it does without ``spacing``).
+    """
+    sizes = as_spacing(spacing, len(np.atleast_1d(np.asarray(spacing, dtype=object))))
+    if all(d == 1.0 for d in sizes) or not wants_smoothing(name, sigma):
+        return sigma
+    try:
+        sigmas = as_sigmas(sigma, len(sizes), name)
+    except ValueError:
+        raise ValueError(f"{name} must be one width or one per axis ({len(sizes)}), got {sigma!r}") from None
+    return tuple(s / d for s, d in zip(sigmas, sizes))
 
 
 class MaskSmoother:

@@ -48,12 +48,12 @@ class SegmentOption:
 
 
 def _sigmas(text: str) -> float | list[float]:
-    """``--smooth-sigma``: ``6`` or ``0,6,6`` (pixels per axis), each a number >= 0."""
+    """``--smooth-sigma``: ``6`` or ``0,6,6`` (one width per axis; see ``--sigma-units``), each a number >= 0."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a number of pixels or one per axis (e.g. 0,6,6), got {text!r}") from None
+            f"expected a width or one per axis (e.g. 0,6,6), got {text!r}") from None
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise argparse.ArgumentTypeError(f"every sigma must be a number >= 0, got {text!r}")
     return values[0] if len(values) == 1 else values
@@ -127,10 +127,11 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--smooth", "smooth", float, "deep: weight of the smoothed-posterior term, which pulls the soft "
                   "labels towards posteriors smoothed by a Gaussian (default 1)", minimum=0.0, metavar="L",
                   methods=DEEP_METHODS),
-    SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "width (sigma, in pixels, or one per axis such as "
-                  "0,6,6 for thick slices) of the Gaussian that smooths the posteriors, a spatial prior: svgmm: the "
+    SegmentOption("--smooth-sigma", "smooth_sigma", _sigmas, "width (sigma, one number or one per axis such as "
+                  "0,6,6 for thick slices; in mm for a NIfTI input, whose header gives the voxel sizes, in pixels "
+                  "otherwise: see --sigma-units) of the Gaussian that smooths the posteriors, a spatial prior: svgmm: the "
                   "posteriors that become the per-pixel weights (default 0: the paper's SVGMM); deep: the "
-                  "smoothed-posterior term's (default 8)", metavar="S", methods=("svgmm",) + DEEP_METHODS),
+                  "smoothed-posterior term's (default 8 pixels)", metavar="S", methods=("svgmm",) + DEEP_METHODS),
     SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
                   "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "

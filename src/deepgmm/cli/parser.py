@@ -7,7 +7,7 @@ from typing import Any
 
 from .._version import __version__
 from ..choices import (CONNECTIVITIES, CRITERIA, DEVICES, GROUND_TRUTH_SELECTIONS, LAYOUTS, MATCHINGS, METHODS,
-                       OUTPUT_FORMATS, READOUTS, REGION_METRICS, TRAIN_METHODS)
+                       OUTPUT_FORMATS, READOUTS, REGION_METRICS, SIGMA_UNITS, TRAIN_METHODS)
 from . import demo, evaluate, options, predict, segment, train
 from .supervise import EXIT_ERROR, PROG
 
@@ -81,6 +81,10 @@ def _add_segment_parser(subs: Any) -> None:
                    help="with -k LO:HI: fit every K of the range (gmm only) and keep the one of lowest criterion "
                         "(default bic); summary.json gets the per-K table")
     _add_table(p, options.SEGMENT_OPTIONS, lambda opt: list(opt.aliases))
+    p.add_argument("--sigma-units", choices=SIGMA_UNITS, default=None,
+                   help="unit of --smooth-sigma: mm (converted to voxels per axis with the NIfTI header's voxel "
+                        "sizes, so that anisotropic voxels are smoothed alike in every direction) or voxels "
+                        "(default: mm for a NIfTI input with voxel sizes, voxels for PNG/TIFF/JPEG/npy)")
     p.add_argument("--no-memory-check", dest="check_memory", action="store_false", default=argparse.SUPPRESS,
                    help="skip the up-front check of the memory the image needs")
     p.add_argument("--format", choices=OUTPUT_FORMATS,

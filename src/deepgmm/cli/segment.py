@@ -41,6 +41,19 @@ def segment_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def sigma_spacing(image: Any, units: str | None) -> tuple[float, ...] | None:
+    """The ``spacing`` for ``segment()`` under ``--sigma-units``: the image's voxel sizes (mm), so that
+    the widths given are read in mm, or None (widths in pixels). Default (``units`` None): mm where the
+    file has voxel sizes (NIfTI), voxels otherwise."""
+    sizes = image.voxel_sizes
+    if units == "voxels" or (units is None and sizes is None):
+        return None
+    if sizes is None:
+        raise ValueError(f"--sigma-units mm needs the voxel sizes of a NIfTI header; {image.paths[0].name} "
+                         f"({image.kind}) has none: give the widths in pixels (--sigma-units voxels)")
+    return sizes
+
+
 def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str,
              options: dict[str, Any]) -> dict[str, Any]:
     """summary.json: the segmentation's summary, the inputs, the output files and the options given."""
@@ -54,6 +67,8 @@ def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str
             "n_channels": image.n_channels,
             "spatial_shape": list(image.spatial_shape),
             "mask_pixels": None if mask is None else int(mask.sum()),
+            "voxel_sizes": None if image.voxel_sizes is None else list(image.voxel_sizes),
+            "sigma_units": "voxels" if sigma_spacing(image, getattr(args, "sigma_units", None)) is None else "mm",
         },
         outputs={"labels": LABEL_FILES[fmt], "probabilities": PROBABILITY_FILES[fmt], "summary": SUMMARY_FILE},
         options_given=options,
@@ -74,10 +89,16 @@ def _k_choice(args: argparse.Namespace) -> tuple[list[int] | None, str | None]:
 
 
 def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
-    """``segment()`` at ``-k K``, or ``select_n_components()`` over ``-k LO:HI`` (the table printed)."""
+    """``segment()`` at ``-k K``, or ``select_n_components()`` over ``-k LO:HI`` (the table printed);
+    the widths in the unit of ``--sigma-units``."""
     from ..segmentation import segment, select_n_components  # heavy: torch
+    from ..segmentation.core import SPATIAL_WIDTHS
 
     candidates, criterion = _k_choice(args)
+    spacing = sigma_spacing(image, getattr(args, "sigma_units", None))
+    if spacing is not None and any(key in options for key in SPATIAL_WIDTHS):  # else nothing to convert
+        logger.info("widths in mm: voxel sizes %s", ", ".join(f"{v:g}" for v in spacing))
+        options = dict(options, spacing=spacing)
     if candidates is None:
         return segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
     k, table, seg = select_n_components(image.data, mask, candidates=candidates, method=args.method,
@@ -128,6 +149,8 @@ def cmd_segment_cohort(args: argparse.Namespace) -> int:
     """``deepgmm segment --data DIR``: a per-image method on every case, sharded over torchrun ranks."""
     if args.images or args.mask is not None:
         raise ValueError("give either IMG files (with --mask) or --data DIR, not both")
+    if getattr(args, "sigma_units", None) == "mm":
+        raise ValueError("--sigma-units mm applies to IMG files; with --data DIR the widths are in pixels")
     options = segment_options(args)
     from ..training.cohort import cohort_units, segment_cohort
     from ..training.distributed import init_distributed, shutdown

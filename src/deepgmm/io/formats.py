@@ -112,6 +112,18 @@ class Image:
         """Number of spatial dimensions (2 or 3)."""
         return self.data.ndim - 1
 
+    @property
+    def voxel_sizes(self) -> tuple[float, ...] | None:
+        """The size of a voxel along each spatial axis of ``data`` (the NIfTI header's zooms, usually
+        mm; a 2D slice ``(X, Y, 1)`` gives its first two), or None: no NIfTI header, or sizes that are
+        not positive finite numbers."""
+        if self.header is None or not hasattr(self.header, "get_zooms"):
+            return None
+        zooms = tuple(float(z) for z in self.header.get_zooms()[:self.ndim])
+        if len(zooms) != self.ndim or not all(math.isfinite(z) and z > 0 for z in zooms):
+            return None
+        return zooms
+
 
 @dataclass
 class _Raw:

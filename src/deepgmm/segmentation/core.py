@@ -21,16 +21,20 @@ from .. import memory
 from .._validation import check_choice, check_int, resolve_device
 from ..choices import COVARIANCE_TYPES, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
 from ..choices import METHODS as METHOD_NAMES
-from ..deep.regularizers import MuPrior
+from ..deep.regularizers import MuPrior, SmoothedPosterior
 from ..io import load_mu_data
 from ..preprocess import zscore
+from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
 from .methods import METHODS
 from .order import class_permutation, parse_order, permute_fit
 from .result import MethodFit, Segmentation
 from .spare import drop_spare_classes, has_class_order_prior, resolve_spare_classes
 
-__all__ = ["segment"]
+__all__ = ["segment", "SPATIAL_WIDTHS"]
+
+# the options of segment() that are spatial widths: pixels, or physical units when spacing is given
+SPATIAL_WIDTHS = ("smooth_sigma", "init_smooth_sigma")
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,30 @@ def _priors_to_normalized(settings: dict[str, Any], scaling: ChannelScaling) -> 
     return out
 
 
+def _widths_to_voxels(settings: dict[str, Any], spacing: tuple[float, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``settings`` with every spatial width given (:data:`SPATIAL_WIDTHS`, and the ``sigma`` of a
+    ``smoothed_posterior`` regulariser dict) mapped from physical units to voxels per axis
+    (``width / spacing``), and the widths as given (physical units), by setting."""
+    out, given = dict(settings), {}
+    for key in SPATIAL_WIDTHS:
+        if out.get(key) is not None:
+            given[key] = out[key]
+            out[key] = widths_to_voxels(out[key], spacing, key)
+    regs = []
+    for r in out.get("regularizers") or ():
+        if isinstance(r, SmoothedPosterior):
+            raise ValueError("with spacing, give the smoothed_posterior term's width as smooth_sigma or as a "
+                             "{'name': 'smoothed_posterior', 'sigma': ...} dict, not as a SmoothedPosterior object "
+                             "(its sigma is in pixels)")
+        if isinstance(r, dict) and r.get("name") == "smoothed_posterior" and r.get("sigma") is not None:
+            given.setdefault("regularizers", []).append(r["sigma"])
+            r = dict(r, sigma=widths_to_voxels(r["sigma"], spacing, "the smoothed_posterior term's sigma"))
+        regs.append(r)
+    if regs:
+        out["regularizers"] = regs
+    return out, given
+
+
 def _count_distinct_rows(X: torch.Tensor, at_least: int) -> int:
     """Number of distinct rows of ``X`` ``(N, C)``, or any number >= ``at_least`` once that is known.
 
@@ -159,6 +187,7 @@ def segment(
     spare_classes: int | None = None,
     prior_units: str = "image",
     order: Any = None,
+    spacing: Any = None,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -206,6 +235,13 @@ def segment(
         ``dropped_classes`` use) and ``means`` (the ordered classes' means in that channel, image
         units). Not with a class-order prior (``mu_prior``, ``means_init``), whose order is the
         one the user chose: combining them is an error.
+    spacing : None (default) or the voxel size per spatial axis, e.g. ``(0.94, 1.5, 0.94)`` (mm) for a
+        volume of anisotropic voxels. Given, every spatial width in ``options`` (:data:`SPATIAL_WIDTHS`:
+        ``smooth_sigma``, ``init_smooth_sigma``; the ``sigma`` of a ``smoothed_posterior`` regulariser
+        dict) is read in the unit of ``spacing`` and converted to voxels per axis (``width / spacing``)
+        before the fit, so that it smooths alike in every direction; ``settings`` then holds the
+        widths in voxels, ``spacing`` and ``widths_mm`` (the widths as given). Widths left to their
+        defaults stay in pixels. None: every width is in pixels.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -226,6 +262,8 @@ def segment(
     spatial = tuple(img.shape[1:])
     region = _as_mask(mask, spatial)
     order_by = parse_order(order, img.shape[0])
+    if spacing is not None:
+        spacing = as_spacing(spacing, len(spatial))
 
     finite = torch.isfinite(img).all(0)
     n_bad = int((~finite & region).sum())
@@ -252,6 +290,9 @@ def segment(
     settings.update(random_state=random_state, device=device)
     if covariance_type is not None:
         settings["covariance_type"] = covariance_type
+    widths_given: dict[str, Any] = {}
+    if spacing is not None:
+        settings, widths_given = _widths_to_voxels(settings, spacing)
     if order_by is not None and has_class_order_prior(settings):
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
@@ -305,6 +346,9 @@ def segment(
     public_settings.update(normalize=normalize, nan_policy=nan_policy, prior_units=prior_units,
                            # the covariance the method used
                            covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
+    if spacing is not None:
+        public_settings.update(spacing=list(spacing), widths_mm={k: list(v) if isinstance(v, tuple) else v
+                                                                  for k, v in widths_given.items()})
     if spare:
         public_settings["dropped_classes"] = dropped
     if class_order is not None:
