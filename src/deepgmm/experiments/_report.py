@@ -179,7 +179,6 @@ def _zoom(mask: np.ndarray, margin: float = 0.3) -> tuple[slice, slice]:
 def _label_style() -> tuple[Any, Any]:
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-
     cmap = ListedColormap(CLASS_COLOURS)
     return cmap, BoundaryNorm(np.arange(len(CLASS_COLOURS) + 1) - 0.5, len(CLASS_COLOURS))
 
@@ -205,7 +204,6 @@ def slice_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
-
 
     cmap, norm = _label_style()
     view = _zoom(mask)
