@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..choices import EM_METHODS, METHODS
+from ..choices import EM_METHODS, METHODS, PEER_METHODS
 
 __all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
 
@@ -29,8 +29,9 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help=data_help)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
     p.add_argument("--methods", metavar="M1,M2,...",
-                   help=f"methods to run, from {','.join(METHODS)} (default: {','.join(EM_METHODS)}; the deep ones "
-                        "take minutes and gigabytes per volume on a CPU)")
+                   help=f"methods to run, from {','.join(METHODS + PEER_METHODS)} (default: {','.join(EM_METHODS)}; "
+                        "the deep ones take minutes and gigabytes per volume on a CPU; the peers need "
+                        "pip install -e '.[peers]' and are skipped without it)")
     p.add_argument("--matching", choices=_MATCHINGS,
                    help="how the table's first rows score the labels: none (default; labels are numbered by their "
                         "mean T1, CSF < GM < WM) or hungarian; the other one is recorded too")

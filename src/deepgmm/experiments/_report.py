@@ -33,6 +33,10 @@ DISPLAY_NAMES: dict[str, str] = {
     "deepsvg": "deepSVG",
     "svgmm_mu": "SVGMMμ",
     "deepsvg_mu": "deepSVGμ",
+    "atropos": "ANTs Atropos",
+    "atropos_n4": "ANTs N4 + Atropos",
+    "dipy_hmrf": "DIPY HMRF",
+    "sklearn_gmm": "scikit-learn GMM",
 }
 """Row names of the tables (the paper's spelling)."""
 

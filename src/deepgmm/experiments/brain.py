@@ -14,7 +14,9 @@ scored twice: with no matching (``"none"``, the default: label k is the k-th dar
 every subject, which is what an automatic pipeline gets) and after Hungarian matching on the Dice
 matrix (``record["matched"]``, the rows "<method>, matched" of ``table.md``). The EM methods
 (``gmm``, ``svgmm``) run by default; the deep ones (``deepg``, ``deepsvg``) when named (minutes
-and gigabytes per volume on a CPU).
+and gigabytes per volume on a CPU). The peers of :mod:`.peers` (``atropos``, ``atropos_n4``,
+``dipy_hmrf``, ``sklearn_gmm``; the extra ``peers``) run when named, on the same cropped volumes and
+masks, their classes numbered by mean T1 too; a peer whose package is missing is skipped.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..choices import EM_METHODS, METHODS
+from ..choices import EM_METHODS, METHODS, PEER_METHODS
 from ..datasets import ibsr
 from ..preprocess import box_slices
 from ._run import TableResult
 from .cases import Case, DataSet
 from .fit_runner import FitExperiment, run_fit
+from .peers import PEER_FITS, unavailable
 
 __all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIONS", "CROP_MARGIN", "VolumeInfo",
            "ibsr_dataset", "brainweb_dataset", "ibsr_experiment", "brainweb_experiment", "run_ibsr", "run_brainweb"]
 
-BRAIN_METHODS: tuple[str, ...] = METHODS
+BRAIN_METHODS: tuple[str, ...] = METHODS + PEER_METHODS
 DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
 BRAIN_MATCHINGS: tuple[str, ...] = ("none", "hungarian")
 SEGMENT_OPTIONS: dict[str, Any] = {"normalize": "mask", "order": "mean"}
@@ -118,7 +121,8 @@ def ibsr_experiment(data: str | Path) -> FitExperiment:
     """IBSR18: a configuration of :func:`.fit_runner.run_fit`."""
     return FitExperiment("ibsr-fit", "IBSR18: CSF, GM and WM of T1 volumes", "IBSR18",
                          "IBSR18 brain tissue: " + _WHAT.format(unit="subject"), ibsr_dataset(data), BRAIN_METHODS,
-                         BRAIN_MATCHINGS, entry="run_ibsr", default_methods=DEFAULT_METHODS, also_matched="hungarian")
+                         BRAIN_MATCHINGS, entry="run_ibsr", default_methods=DEFAULT_METHODS, also_matched="hungarian",
+                         fits=PEER_FITS, unavailable=unavailable)
 
 
 def brainweb_experiment(data: str | Path) -> FitExperiment:
@@ -126,7 +130,7 @@ def brainweb_experiment(data: str | Path) -> FitExperiment:
     return FitExperiment("brainweb-fit", "BrainWeb: CSF, GM and WM of a T1 volume", "BrainWeb",
                          "BrainWeb brain tissue: " + _WHAT.format(unit="volume"), brainweb_dataset(data),
                          BRAIN_METHODS, BRAIN_MATCHINGS, entry="run_brainweb", default_methods=DEFAULT_METHODS,
-                         also_matched="hungarian")
+                         also_matched="hungarian", fits=PEER_FITS, unavailable=unavailable)
 
 
 def run_ibsr(data: str | Path, out: str | Path, **kwargs: Any) -> TableResult:

@@ -13,9 +13,9 @@ records do not depend on ``jobs``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .._validation import check_choice
 from . import cases as _cases
@@ -70,6 +70,8 @@ class FitExperiment:
     entry: str = "run_fit"
     default_methods: tuple[str, ...] | None = None
     also_matched: str | None = None
+    fits: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    unavailable: Callable[[str], str | None] | None = None
 
 
 @dataclass
@@ -100,7 +102,7 @@ def run_fit_task(task: FitTask) -> FitTaskResult:
     exp, case, out = task.experiment, task.case, Path(task.out)
     records, settings, fresh = [], {}, {}
     for method in task.methods:
-        fit = _cases.segment_fit(exp.dataset, case, method, task.seed, task.options.get(method, {}))
+        fit = exp.fits.get(method, _cases.segment_fit)(exp.dataset, case, method, task.seed, task.options.get(method, {}))
         also = exp.also_matched if exp.also_matched != task.matching else None
         record, matched = _cases.make_record(exp.dataset, method, case, fit, task.matching, task.seed,
                                              also_matched=also)
@@ -129,6 +131,8 @@ def _open(exp: FitExperiment, out: Path, *, methods: list[str] | None, groups: l
     seed = resolve(scfg, "seed", seed, 0, out)
     opts = resolve(scfg, "options", opts if options is not None else None, {}, out, flag="options")
     run_methods = methods or (list(scfg["methods"]) if scfg else list(exp.default_methods or exp.methods))
+    skipped = _skipped(exp, run_methods)
+    run_methods = [m for m in run_methods if m not in skipped]
     if scfg is not None and groups is None:
         groups = sorted({int(k[0]) for k in scfg[ds.unit]})
     cases = ds.load(groups)
@@ -146,9 +150,21 @@ def _open(exp: FitExperiment, out: Path, *, methods: list[str] | None, groups: l
     doc = stored if stored is not None else {"experiment": exp.name, "format_version": FORMAT_VERSION,
                                              "description": exp.description, "records": []}
     doc["config"] = config
+    doc["skipped"] = skipped
     if stored is not None:
         logger.info("resuming %s: %d record(s) kept", out, len(stored["records"]))
     return store, doc, cases, run_methods, groups
+
+
+def _skipped(exp: FitExperiment, methods: Sequence[str]) -> dict[str, str]:
+    """The methods of ``methods`` that cannot run here, with the reason (one log line each)."""
+    skipped = {}
+    for m in methods:
+        reason = exp.unavailable(m) if exp.unavailable is not None else None
+        if reason is not None:
+            logger.warning("%s %s", m, reason)
+            skipped[m] = reason
+    return skipped
 
 
 def _tasks(exp: FitExperiment, cases: Sequence[Case], run_methods: Sequence[str], done: set, scores: Mapping,
@@ -186,11 +202,12 @@ def run_fit(exp: FitExperiment, out: str | Path, *, methods: str | Sequence[str]
     store, doc, case_list, run_methods, groups = _open(exp, out, methods=methods_l, groups=groups, matching=matching, seed=seed,
                                   options=options, opts=opts, resume=resume, overwrite=overwrite)
     cfg = doc["config"]
+    skipped = doc.pop("skipped")
     if command is None:
         command = (f"{exp.entry}({str(exp.dataset.root)!r}, {str(out)!r}, methods={run_methods}, cases={groups}, "
                    f"matching={cfg['matching']!r}, seed={cfg['seed']}, jobs={jobs})")
     run = Run(store, doc, exp.dataset, command=command, title=exp.title, methods_order=exp.methods)
-    run.run.update(jobs=jobs, threads=threads)
+    run.run.update(jobs=jobs, threads=threads, skipped=skipped)
     error: BaseException | None = None
     bar = None
     try:
@@ -218,5 +235,6 @@ def run_fit(exp: FitExperiment, out: str | Path, *, methods: str | Sequence[str]
         raise
     finally:
         notes = [f"Settings on top of the defaults: {options_text(cfg['options'])}."] if cfg["options"] else []
+        notes += [f"{m}: {reason}." for m, reason in run.run["skipped"].items()]
         result = close_run(run, error, bar, case_list if figures else None, cfg["methods"], exp.short, notes)
     return result

@@ -1,0 +1,102 @@
+"""Tests of the peer methods of the brain runner (deepgmm.experiments.peers): each peer on a tiny
+synthetic volume (skipped where its package is missing), the class numbering and the
+"not installed" path (the import made to fail), in the runner too."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepgmm.datasets import ibsr
+from deepgmm.experiments import brain, peers
+from deepgmm.experiments.cases import Case, DataSet, make_record
+
+SHAPE = (20, 16, 18)
+AFFINE = np.diag([0.9375, 1.5, 0.9375, 1.0])
+
+
+def _phantom(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """T1 and labels: WM inside GM inside CSF inside background (nested ellipsoids). The CSF is dark
+    enough that DIPY's uniform start puts some of it into its background class (with the zeros
+    alone that class has no variance and DIPY returns -1 everywhere)."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+    r = np.sqrt((grid ** 2).sum(0))
+    labels = np.zeros(SHAPE, np.int16)
+    labels[r < 0.95] = 1
+    labels[r < 0.75] = 2
+    labels[r < 0.45] = 3
+    t1 = np.array([0, 20, 70, 120])[labels] + np.random.default_rng(seed).normal(0, 6, SHAPE)
+    return t1.astype(np.int16), labels
+
+
+def _case_and_dataset() -> tuple[Case, DataSet]:
+    t1, labels = _phantom()
+    case = Case((1,), "IBSR_01", "subject 01", t1[None].astype(np.float32), labels > 0, labels, None,
+                (0.9375, 1.5, 0.9375))
+    ds = DataSet("synth", Path("."), ibsr.CLASS_NAMES, ibsr.CHANNELS, lambda g: [case], key_fields=("subject",),
+                 unit="subjects", group="subjects", figure="volume")
+    return case, ds
+
+
+def test_rank_by_mean_numbers_classes_by_mean_t1():
+    t1 = np.array([10.0, 50.0, 90.0, 1.0, 12.0, 0.0])
+    mask = np.array([True, True, True, True, True, False])
+    raw = np.array([3, 1, 2, 0, 3, 0])  # raw label 0: a background class
+    out = peers.rank_by_mean(raw, t1, mask, 3, background=0)
+    assert out.tolist() == [1, 2, 3, 1, 1, 0]
+    assert peers.rank_by_mean(np.array([2, 1, 1, 5, 2, 9]), t1, mask, 3).tolist() == [2, 3, 3, 1, 2, 0]
+
+
+@pytest.mark.parametrize("method, module", [("atropos", "ants"), ("atropos_n4", "ants"), ("dipy_hmrf", "dipy"),
+                                            ("sklearn_gmm", "sklearn")])
+def test_peer_on_a_synthetic_volume(method, module):
+    pytest.importorskip(module)
+    case, ds = _case_and_dataset()
+    fit = peers.PEER_FITS[method](ds, case, method, 0, {})
+    assert fit.labels.shape == SHAPE
+    assert not fit.labels[~case.mask].any()
+    assert set(np.unique(fit.labels[case.mask])) == {1, 2, 3}
+    assert fit.nll is None and fit.seconds > 0 and fit.settings["peer"]
+    record, _ = make_record(ds, method, case, fit, "none", 0, also_matched="hungarian")
+    assert record["mean_dice"] > 0.9, record["dice"]  # classes numbered CSF < GM < WM: no matching needed
+    assert record["matched"]["mapping"] == {1: 1, 2: 2, 3: 3} or record["matched"]["mean_dice"] == record["mean_dice"]
+    json.dumps(record)  # nll None, not NaN: results.json refuses NaN
+
+
+def test_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
+    assert peers.unavailable("atropos").startswith(peers.NOT_INSTALLED)
+    assert peers.unavailable("atropos_n4").startswith(peers.NOT_INSTALLED)
+    assert peers.unavailable("gmm") is None
+
+
+def _write_ibsr(root: Path, subjects=(1, 3)) -> Path:
+    for s in subjects:
+        name = ibsr.subject_name(s)
+        (root / name).mkdir(parents=True)
+        t1, labels = _phantom(s)
+        nib.save(nib.Nifti1Image(t1[..., None], AFFINE), root / name / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(labels[..., None], AFFINE), root / name / f"{name}_seg.nii.gz")
+    return root
+
+
+def test_runner_skips_a_peer_that_is_not_installed(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("sklearn")
+    monkeypatch.setitem(sys.modules, "ants", None)
+    data = _write_ibsr(tmp_path / "ibsr")
+    with caplog.at_level("WARNING"):
+        res = brain.run_ibsr(data, tmp_path / "out", methods="gmm,atropos,sklearn_gmm", figures=False, progress=False)
+    assert res.complete
+    assert sorted({r["method"] for r in res.records}) == ["gmm", "sklearn_gmm"]
+    assert all(r["mean_dice"] > 0.9 for r in res.records if r["method"] == "sklearn_gmm")
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["config"]["methods"] == ["gmm", "sklearn_gmm"]
+    assert doc["runs"][-1]["skipped"]["atropos"].startswith(peers.NOT_INSTALLED)
+    assert doc["method_settings"]["sklearn_gmm"]["covariance_type"] == "full"
+    assert "atropos: skipped: not installed" in res.table
+    assert sum("atropos skipped: not installed" in m for m in caplog.messages) == 1
