@@ -66,3 +66,15 @@ def rank_pid(launcher: int, rank: int) -> int | None:
         if f"RANK={rank}".encode() in environ:
             return int(entry)
     return None
+
+
+def sklearn_twin(est: Any) -> Any:
+    """A scikit-learn ``GaussianMixture`` carrying the fitted parameters of ``est`` (one of ours)."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    sk = GaussianMixture(n_components=est.n_components, covariance_type=est.covariance_type)
+    sk.weights_, sk.means_, sk.covariances_ = est.weights_, est.means_, est.covariances_
+    sk.precisions_cholesky_ = _compute_precision_cholesky(est.covariances_, est.covariance_type)
+    sk.converged_, sk.n_features_in_ = True, est.n_features_in_
+    return sk

@@ -7,10 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.mixture import GaussianMixture as SkGMM
-from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
-from _helpers import check_error
+from _helpers import check_error, sklearn_twin
 from deepgmm import segment, select_n_components
 from deepgmm.cli import main
 from deepgmm.segmentation import MethodFit, class_permutation, permute_fit
@@ -147,14 +145,6 @@ def test_order_and_a_class_order_prior_are_refused():
 
 
 # ---------------------------------------------------------------- select_n_components
-def sklearn_twin(model):
-    sk = SkGMM(n_components=model.n_components, covariance_type=model.covariance_type)
-    sk.weights_, sk.means_, sk.covariances_ = model.weights_, model.means_, model.covariances_
-    sk.precisions_cholesky_ = _compute_precision_cholesky(model.covariances_, model.covariance_type)
-    sk.converged_, sk.n_features_in_ = True, model.n_features_in_
-    return sk
-
-
 @pytest.mark.parametrize("cov", ["diag", "full"])
 def test_select_picks_three_classes_and_its_bic_is_sklearns(cov):
     img, mask, _ = stripes(n_classes=3)

@@ -8,10 +8,9 @@ import pytest
 import scipy.special
 import scipy.stats
 from sklearn.base import clone
-from sklearn.mixture import GaussianMixture as SkGMM
-from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from _helpers import sklearn_twin
 from deepgmm import GaussianMixture, SpatiallyVariantGMM
 from deepgmm.deep import DeepG, DeepSVG
 from deepgmm.mixture import NotFittedError
@@ -130,15 +129,6 @@ def test_set_params_validates_names_and_reaches_nested_estimators():
 
 
 # ---------------------------------------------------------------- score's sign, BIC and AIC
-def sklearn_twin(est: GaussianMixture) -> SkGMM:
-    """A scikit-learn GaussianMixture carrying ``est``'s fitted parameters."""
-    sk = SkGMM(n_components=est.n_components, covariance_type=est.covariance_type)
-    sk.weights_, sk.means_, sk.covariances_ = est.weights_, est.means_, est.covariances_
-    sk.precisions_cholesky_ = _compute_precision_cholesky(est.covariances_, est.covariance_type)
-    sk.converged_, sk.n_features_in_ = True, est.n_features_in_
-    return sk
-
-
 @pytest.mark.parametrize("cov_type", ["diag", "full"])
 def test_score_bic_aic_match_sklearn_on_the_same_parameters(cov_type):
     X = blobs()
