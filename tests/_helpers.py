@@ -78,3 +78,17 @@ def sklearn_twin(est: Any) -> Any:
     sk.precisions_cholesky_ = _compute_precision_cholesky(est.covariances_, est.covariance_type)
     sk.converged_, sk.n_features_in_ = True, est.n_features_in_
     return sk
+
+
+def brain_phantom(shape: Sequence[int], radii: Sequence[float], intensities: Sequence[float], noise: float,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """T1 ``shape`` int16 and labels of nested ellipsoids: CSF (1) inside ``radii[0]``, GM (2) inside
+    ``radii[1]``, WM (3) inside ``radii[2]``, background (0) outside; T1 = ``intensities[label]`` plus
+    Gaussian noise of sd ``noise``."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt((grid ** 2).sum(0))
+    labels = np.zeros(tuple(shape), np.int16)
+    for label, radius in enumerate(radii, start=1):
+        labels[r < radius] = label
+    t1 = np.asarray(intensities)[labels] + np.random.default_rng(seed).normal(0, noise, tuple(shape))
+    return t1.astype(np.int16), labels

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _helpers import brain_phantom
 from deepgmm import cli
 from deepgmm.datasets import ibsr
 from deepgmm.experiments import _volume_figure, brain
@@ -34,15 +35,7 @@ AFFINE = np.diag([0.9375, 1.5, 0.9375, 1.0])
 
 def _phantom(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """T1 ``SHAPE`` int16 and labels: an ellipsoid of WM inside GM inside CSF, background outside."""
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
-    r = np.sqrt((grid ** 2).sum(0))
-    labels = np.zeros(SHAPE, np.int16)
-    labels[r < 0.95] = 1
-    labels[r < 0.8] = 2
-    labels[r < 0.5] = 3
-    rng = np.random.default_rng(seed)
-    t1 = np.array([5, 40, 80, 120])[labels] + rng.normal(0, 4, SHAPE)
-    return t1.astype(np.int16), labels
+    return brain_phantom(SHAPE, (0.95, 0.8, 0.5), (5, 40, 80, 120), 4.0, seed)
 
 
 def _write_ibsr(root: Path, subjects=(1, 3), *, skip=()) -> Path:

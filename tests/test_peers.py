@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _helpers import brain_phantom
 from deepgmm.datasets import ibsr
 from deepgmm.experiments import brain, peers
 from deepgmm.experiments.cases import Case, DataSet, make_record
@@ -24,14 +25,7 @@ def _phantom(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """T1 and labels: WM inside GM inside CSF inside background (nested ellipsoids). The CSF is dark
     enough that DIPY's uniform start puts some of it into its background class (with the zeros
     alone that class has no variance and DIPY returns -1 everywhere)."""
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
-    r = np.sqrt((grid ** 2).sum(0))
-    labels = np.zeros(SHAPE, np.int16)
-    labels[r < 0.95] = 1
-    labels[r < 0.75] = 2
-    labels[r < 0.45] = 3
-    t1 = np.array([0, 20, 70, 120])[labels] + np.random.default_rng(seed).normal(0, 6, SHAPE)
-    return t1.astype(np.int16), labels
+    return brain_phantom(SHAPE, (0.95, 0.75, 0.45), (0, 20, 70, 120), 6.0, seed)
 
 
 def _case_and_dataset() -> tuple[Case, DataSet]:

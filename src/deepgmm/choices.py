@@ -10,7 +10,7 @@ __all__ = [
     "METHODS", "EM_METHODS", "PEER_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS", "SIGMA_UNITS",
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
-    "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
+    "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
     "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES",
 ]
 
@@ -65,6 +65,8 @@ MYOPS_TABLE1_METHODS: tuple[str, ...] = ("gmm", "deepg", "svgmm", "deepsvg")
 MYOPS_TABLE2_METHODS: tuple[str, ...] = ("svgmm", "deepsvg", "svgmm_mu", "deepsvg_mu")
 # how the experiments match predicted classes to the truth
 TABLE_MATCHINGS: tuple[str, ...] = ("hungarian", "greedy")
+# the brain data sets: labels in the stable order without matching, or matched
+BRAIN_MATCHINGS: tuple[str, ...] = ("none", "hungarian")
 
 # segment(order=...): what the output classes are sorted by (ascending; label 1 = lowest)
 CLASS_ORDERS: tuple[str, ...] = ("mean",)

@@ -6,23 +6,13 @@ Building the parser imports neither torch nor the experiments; a command imports
 from __future__ import annotations
 
 import argparse
-import shlex
-from pathlib import Path
 from typing import Any
 
-from ..choices import EM_METHODS, METHODS, PEER_METHODS
+from ..choices import BRAIN_MATCHINGS, EM_METHODS, METHODS, PEER_METHODS
+from .common import add_verbosity, command_line, report_run
 
 __all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
 
-_MATCHINGS = ("none", "hungarian")  # experiments.brain.BRAIN_MATCHINGS (not imported: it imports torch)
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    """``-v``/``--debug`` as the other sub-commands have them (not resetting a value given earlier)."""
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log the library's progress (INFO) to stderr")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback on errors")
 
 
 def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
@@ -32,7 +22,7 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
                    help=f"methods to run, from {','.join(METHODS + PEER_METHODS)} (default: {','.join(EM_METHODS)}; "
                         "the deep ones take minutes and gigabytes per volume on a CPU; the peers need "
                         "pip install -e '.[peers]' and are skipped without it)")
-    p.add_argument("--matching", choices=_MATCHINGS,
+    p.add_argument("--matching", choices=BRAIN_MATCHINGS,
                    help="how the table's first rows score the labels: none (default; labels are numbered by their "
                         "mean T1, CSF < GM < WM) or hungarian; the other one is recorded too")
     p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
@@ -45,7 +35,7 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip the per-volume figures (three orthogonal slices; the overview is always drawn)")
-    _add_common(p)
+    add_verbosity(p)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "numbered by their mean) with each method, score them with Dice and write results.json, "
                     "table.md, overview.png and one figure per volume into DIR. Interrupted runs continue with "
                     "--resume.")
-    _add_common(p)
+    add_verbosity(p)
     sub = p.add_subparsers(dest="brain_command", metavar="DATA_SET", required=True)
     ibsr = sub.add_parser("ibsr", help="the IBSR18 subjects",
                           description="Every IBSR18 subject (IBSR_NN/IBSR_NN.nii.gz, IBSR_NN_seg.nii.gz; brain mask: "
@@ -71,33 +61,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _command_line(args: argparse.Namespace, names: list[str]) -> str:
-    parts = ["deepgmm", "brain", args.brain_command]
-    for name in names:
-        value = getattr(args, name, None)
-        if name == "figures":
-            if value is False:
-                parts.append("--no-figures")
-        elif isinstance(value, bool):
-            if value:
-                parts.append("--" + name)
-        elif value is not None:
-            parts += ["--" + name, str(value)]
-    return shlex.join(parts)
-
-
 _NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures"]
 
 
 def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:
     res = run(args.data, args.out, methods=args.methods, matching=args.matching, seed=args.seed, jobs=args.jobs,
               threads=args.threads, resume=args.resume, overwrite=args.overwrite, figures=args.figures,
-              command=_command_line(args, _NAMES + list(extra.pop("flags", []))), **extra)
-    from ..experiments._store import OVERVIEW_FILE, RESULTS_FILE, TABLE_FILE
-
-    print(res.table, end="")
-    print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(args.out) / RESULTS_FILE}, "
-          f"{TABLE_FILE}, {OVERVIEW_FILE}")
+              command=command_line(["deepgmm", "brain", args.brain_command], args,
+                                   _NAMES + list(extra.pop("flags", []))), **extra)
+    report_run(res, args.out)
     return 0
 
 

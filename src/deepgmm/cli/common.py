@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+from pathlib import Path
 from typing import Any, ContextManager, Sequence
 
 from .. import _torch_settings
 
 __all__ = ["check_minimum", "output_format", "parse_int_list", "parse_names", "refuse_data_options",
-           "data_settings", "torch_settings"]
+           "data_settings", "torch_settings", "add_verbosity", "command_line", "report_run"]
 
 
 def check_minimum(flag: str, value: Any, minimum: float | None) -> None:
@@ -78,3 +80,40 @@ def torch_settings(threads: int | None, deterministic: bool = False) -> ContextM
     if threads is not None:
         check_minimum("--threads", threads, 1)
     return _torch_settings.torch_settings(threads, deterministic)
+
+
+
+def add_verbosity(parser: argparse.ArgumentParser, *, sub: bool = True) -> None:
+    """``-v`` and ``--debug``; on sub-commands they must not reset a value given before the command."""
+    default: Any = argparse.SUPPRESS if sub else False
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log the library's progress (INFO) to stderr")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback on errors")
+
+
+def command_line(words: Sequence[str], args: argparse.Namespace, names: Sequence[str]) -> str:
+    """The command line equivalent to ``args``: ``words`` (e.g. ``deepgmm myops table1``), then the
+    options in ``names`` that were set (``figures=False`` as ``--no-figures``)."""
+    parts = list(words)
+    for name in names:
+        value = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if name == "figures":
+            if value is False:
+                parts.append("--no-figures")
+        elif isinstance(value, bool):
+            if value:
+                parts.append(flag)
+        elif value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def report_run(res: Any, out: str) -> None:
+    """Print an experiment's table and what it wrote."""
+    from ..experiments._store import OVERVIEW_FILE, RESULTS_FILE, TABLE_FILE
+
+    print(res.table, end="")
+    print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(out) / RESULTS_FILE}, "
+          f"{TABLE_FILE}, {OVERVIEW_FILE}")

@@ -7,24 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..choices import MYOPS_TABLE1_METHODS, READOUTS as READOUT_CHOICES, TABLE_MATCHINGS
+from ..choices import DEVICES, MYOPS_TABLE1_METHODS, TABLE_MATCHINGS
+from ..choices import READOUTS as READOUT_CHOICES
+from .common import add_verbosity, command_line, report_run
 
 __all__ = ["add_parser", "cmd_table1", "cmd_table2"]
 
 
 # ----------------------------------------------------------------------------- command line
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    """``-v``/``--debug`` as the other sub-commands have them (not resetting a value given earlier)."""
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log the library's progress (INFO) to stderr")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback on errors")
-
-
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="the MyoPS 2020 folder (train25/, train25_myops_gd/)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
@@ -46,7 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "myops", help="reproduce the paper's MyoPS 2020 tables",
         description="Reproduce the tables of Schwab, Mayr & Haltmeier (2024) on MyoPS 2020: Table 1 (single-image "
                     "optimisation on the 79 slices) and Table 2 (networks trained on 20 patients, tested on five).")
-    _add_common(p)
+    add_verbosity(p)
     sub = p.add_subparsers(dest="myops_command", metavar="TABLE", required=True)
 
     t1 = sub.add_parser(
@@ -66,7 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t1.add_argument("--options", metavar="JSON",
                     help="per-method settings on top of the defaults, as JSON, e.g. '{\"svgmm\": {\"smooth_sigma\": "
                          "6}}' (recorded in results.json; a resumed run must give the same)")
-    _add_common(t1)
+    add_verbosity(t1)
     t1.set_defaults(func=cmd_table1)
 
     t2 = sub.add_parser(
@@ -89,38 +81,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t2.add_argument("--spare-classes", dest="spare_classes", type=int, metavar="N",
                     help="extra classes deepSVG's networks fit, dropped (the smallest) on each test slice (default "
                          "0, the paper's; deepSVGμ's prior fixes its classes)")
-    t2.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+    t2.add_argument("--device", choices=DEVICES, default="cpu",
                     help="where the networks are trained and applied (default: cpu)")
     t2.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's setting)")
     t2.add_argument("--train-cases", dest="train_cases", metavar="ID,ID,...",
                     help="training patients (default: all but the test patients; for quick checks)")
     t2.add_argument("--test-cases", dest="test_cases", metavar="ID,ID,...",
                     help="test patients (default: 109,114,117,120,122; for quick checks)")
-    _add_common(t2)
+    add_verbosity(t2)
     t2.set_defaults(func=cmd_table2)
     return p
 
 
-def _command_line(args: argparse.Namespace, names: Sequence[str]) -> str:
-    """The equivalent command line of ``args`` (the options in ``names`` that were set)."""
-    parts = ["deepgmm", "myops", args.myops_command]
-    for name in names:
-        value = getattr(args, name, None)
-        flag = "--" + name.replace("_", "-")
-        if name == "figures":
-            if value is False:
-                parts.append("--no-figures")
-        elif isinstance(value, bool):
-            if value:
-                parts.append(flag)
-        elif value is not None:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
 def cmd_table1(args: argparse.Namespace) -> int:
     """``deepgmm myops table1``."""
-    command = _command_line(args, ["data", "out", "methods", "cases", "matching", "seed", "jobs", "threads",
+    command = command_line(["deepgmm", "myops", args.myops_command], args, ["data", "out", "methods", "cases", "matching", "seed", "jobs", "threads",
                                    "options", "resume", "overwrite", "figures"])
     options = None
     if args.options is not None:
@@ -135,13 +110,13 @@ def cmd_table1(args: argparse.Namespace) -> int:
     res = run_table1(args.data, args.out, methods=args.methods, cases=parse_cases(args.cases), matching=args.matching,
                      seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
                      overwrite=args.overwrite, figures=args.figures, options=options, command=command)
-    _report(res, args.out)
+    report_run(res, args.out)
     return 0
 
 
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
-    command = _command_line(args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
+    command = command_line(["deepgmm", "myops", args.myops_command], args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
                                    "readout", "spare_classes", "device", "threads", "train_cases", "test_cases",
                                    "resume", "overwrite", "figures"])
     from ..experiments._run import parse_cases
@@ -153,14 +128,5 @@ def cmd_table2(args: argparse.Namespace) -> int:
                      train_cases=parse_cases(args.train_cases, "--train-cases"),
                      test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
                      resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)
-    _report(res, args.out)
+    report_run(res, args.out)
     return 0
-
-
-def _report(res: Any, out: str) -> None:
-    """Print the table and what was written."""
-    from ..experiments._store import OVERVIEW_FILE, RESULTS_FILE, TABLE_FILE
-
-    print(res.table, end="")
-    print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(out) / RESULTS_FILE}, "
-          f"{TABLE_FILE}, {OVERVIEW_FILE}")

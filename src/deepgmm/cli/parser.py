@@ -9,6 +9,7 @@ from .._version import __version__
 from ..choices import (CONNECTIVITIES, CRITERIA, DEVICES, GROUND_TRUTH_SELECTIONS, LAYOUTS, MATCHINGS, METHODS,
                        OUTPUT_FORMATS, READOUTS, REGION_METRICS, SIGMA_UNITS, TRAIN_METHODS)
 from . import demo, evaluate, options, predict, segment, train
+from .common import add_verbosity
 from .supervise import EXIT_ERROR, PROG
 
 __all__ = ["build_parser"]
@@ -19,15 +20,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         self.exit(EXIT_ERROR, f"{PROG}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
-
-
-def _add_common(parser: argparse.ArgumentParser, *, sub: bool) -> None:
-    """``-v`` and ``--debug``; on sub-commands they must not reset a value given before the command."""
-    default: Any = argparse.SUPPRESS if sub else False
-    parser.add_argument("-v", "--verbose", action="store_true", default=default,
-                        help="log the library's progress (INFO) to stderr")
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="show the full traceback on errors")
 
 
 def _add_table(p: argparse.ArgumentParser, table: Any, extra_flags: Any = lambda opt: []) -> None:
@@ -91,7 +83,7 @@ def _add_segment_parser(subs: Any) -> None:
                    help="output format (default: like the input; PNG/TIFF/JPEG input gives PNG labels for 2D)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
-    _add_common(p, sub=True)
+    add_verbosity(p, sub=True)
     p.set_defaults(func=segment.cmd_segment)
 
 
@@ -124,7 +116,7 @@ def _add_evaluate_parser(subs: Any) -> None:
     p.add_argument("--connectivity", type=int, choices=CONNECTIVITIES, default=None,
                    help="mIoU: pixel connectivity of the prediction's connected components (default: 8)")
     p.add_argument("--json", metavar="OUT.json", help="also write the scores to this JSON file")
-    _add_common(p, sub=True)
+    add_verbosity(p, sub=True)
     p.set_defaults(func=evaluate.cmd_evaluate)
 
 
@@ -135,7 +127,7 @@ def _add_demo_parser(subs: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--quick", action="store_true", help="a smaller phantom: a few seconds")
     p.add_argument("--seed", type=int, default=argparse.SUPPRESS, metavar="S", help="random seed (default 0)")
-    _add_common(p, sub=True)
+    add_verbosity(p, sub=True)
     p.set_defaults(func=demo.cmd_demo)
 
 
@@ -164,7 +156,7 @@ def _add_train_parser(subs: Any) -> None:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="show a progress bar (default: only when stderr is a terminal)")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    _add_common(p, sub=True)
+    add_verbosity(p, sub=True)
     p.set_defaults(func=train.cmd_train)
 
 
@@ -192,7 +184,7 @@ def _add_predict_parser(subs: Any) -> None:
     p.add_argument("--device", choices=DEVICES, default="cpu", help="where to compute (default: cpu)")
     p.add_argument("--batch-size", type=int, metavar="B", help="samples per network pass (default 8)")
     p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
-    _add_common(p, sub=True)
+    add_verbosity(p, sub=True)
     p.set_defaults(func=predict.cmd_predict)
 
 
@@ -203,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unsupervised segmentation of multi-channel images with Gaussian mixture models.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    _add_common(parser, sub=False)
+    add_verbosity(parser, sub=False)
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_segment_parser(subs)
     _add_evaluate_parser(subs)

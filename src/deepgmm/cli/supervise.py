@@ -21,9 +21,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .wording import in_cli_terms
-
 from .._signals import signals_deferred_on_import
+from .wording import in_cli_terms
 
 __all__ = ["PROG", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_FAILURE", "Terminated", "run_command"]
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..choices import EM_METHODS, METHODS, PEER_METHODS
+from ..choices import BRAIN_MATCHINGS, EM_METHODS, METHODS, PEER_METHODS
 from ..datasets import ibsr
 from ..preprocess import box_slices
 from ._run import TableResult
@@ -41,7 +41,6 @@ __all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIO
 
 BRAIN_METHODS: tuple[str, ...] = METHODS + PEER_METHODS
 DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
-BRAIN_MATCHINGS: tuple[str, ...] = ("none", "hungarian")
 SEGMENT_OPTIONS: dict[str, Any] = {"normalize": "mask", "order": "mean"}
 CROP_MARGIN = 4
 """Voxels kept around the brain mask's bounding box."""
