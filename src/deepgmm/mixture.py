@@ -286,7 +286,7 @@ class _BaseMixture(ParamsMixin):
         chunk = self.chunk_size
         for s in range(0, X.shape[0], chunk):
             xb = X[s : s + chunk]
-            lw = state.log_weights[s : s + chunk] if self._spatial else state.log_weights
+            lw = state.log_weights[s : s + chunk] if state.log_weights.ndim == 2 else state.log_weights
             log_norm, log_resp = log_mixture(comps.log_prob(xb, xmax), lw)
             nll_sum -= float(log_norm.sum(dtype=torch.float64))
             if out_log_resp is not None:

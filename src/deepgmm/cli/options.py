@@ -68,6 +68,22 @@ def parse_order(text: str) -> str | tuple[str, int]:
     return (by, int(channel)) if sep else by
 
 
+def _bias_degree(text: str) -> str:
+    """``--bias-field``: ``none``, a degree ``D`` or ``polyD`` (checked by the library: 1..8)."""
+    t = text.strip().lower()
+    if t != "none" and not (t.removeprefix("poly").isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a polynomial degree such as 3 or poly3, or none, got {text!r}")
+    return t
+
+
+def _file_list(text: str) -> list[str]:
+    """``--prior-maps``: comma-separated file names, one map per class."""
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated file names (one map per class), got {text!r}")
+    return names
+
+
 def parse_n_components(text: str) -> int | list[int]:
     """``-k``: a number of classes ``K``, or a range ``LO:HI`` (both included) to choose K from."""
     lo, sep, hi = text.partition(":")
@@ -142,6 +158,18 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "in the z-scored units the method fits in)", choices=PRIOR_UNITS),
     SegmentOption("--crop-margin", "crop_margin", int, "deep: pixels of context around the mask's bounding box "
                   "that the network sees (default 16)", minimum=0, metavar="N", methods=DEEP_METHODS),
+    SegmentOption("--bias-field", "bias_field", _bias_degree, "estimate a smooth multiplicative bias field with "
+                  "the mixture: a polynomial of degree D (poly3 or 3; none: no field) in the voxel coordinates (mm "
+                  "for NIfTI), one per channel; EM fits the log intensities with it, the deep methods the image "
+                  "divided by it; written as bias_field.nii.gz (or .npy) beside the labels (default: none)",
+                  metavar="polyD"),
+    SegmentOption("--prior-maps", "prior_maps", _file_list, "EM: per-voxel class prior maps, one file per class "
+                  "(K files of the image's shape; class k of the output is map k): Atropos' prior probability "
+                  "images, SPM's tissue probability maps", metavar="F1,F2,...", methods=EM_METHODS),
+    SegmentOption("--prior-weight", "prior_weight", float, "EM: weight w in [0, 1] of --prior-maps: gmm's mixing "
+                  "weight is (1 - w) * the fitted weight + w * the map, svgmm's per-voxel weights are pulled "
+                  "towards the maps; 1: the maps are the prior (default 1)", minimum=0.0, metavar="W",
+                  methods=EM_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

@@ -17,6 +17,9 @@ __all__ = ["cmd_segment", "cmd_segment_cohort"]
 
 logger = logging.getLogger(__name__)
 
+BIAS_FILES = {"nifti": "bias_field.nii.gz", "png": "bias_field.npy", "npy": "bias_field.npy"}
+"""The file of ``--bias-field``'s estimated field ``(C, *spatial)``, by output format."""
+
 
 def segment_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``segment()`` keyword options of the flags the user gave (library defaults otherwise)."""
@@ -90,14 +93,14 @@ def _k_choice(args: argparse.Namespace) -> tuple[list[int] | None, str | None]:
 
 def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
     """``segment()`` at ``-k K``, or ``select_n_components()`` over ``-k LO:HI`` (the table printed);
-    the widths in the unit of ``--sigma-units``."""
+    the widths (and the bias field's coordinates) in the unit of ``--sigma-units``."""
     from ..segmentation import segment, select_n_components  # heavy: torch
     from ..segmentation.core import SPATIAL_WIDTHS
 
     candidates, criterion = _k_choice(args)
     spacing = sigma_spacing(image, getattr(args, "sigma_units", None))
-    if spacing is not None and any(key in options for key in SPATIAL_WIDTHS):  # else nothing to convert
-        logger.info("widths in mm: voxel sizes %s", ", ".join(f"{v:g}" for v in spacing))
+    if spacing is not None and any(key in options for key in SPATIAL_WIDTHS + ("bias_field",)):  # else no use
+        logger.info("widths and the bias field's coordinates in mm: voxel sizes %s", ", ".join(f"{v:g}" for v in spacing))
         options = dict(options, spacing=spacing)
     if candidates is None:
         return segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
@@ -135,13 +138,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     labels_name, probs_name = LABEL_FILES[fmt], PROBABILITY_FILES[fmt]
     summary = _summary(seg, image, mask, args, fmt, options)
+    bias_name = BIAS_FILES[fmt] if seg.bias_field is not None else None
+    if bias_name is not None:
+        summary["outputs"]["bias_field"] = bias_name
     with target as folder:
         dio.save_labels(folder / labels_name, seg.labels, like=image)
         dio.save_probabilities(folder / probs_name, seg.probabilities, like=image)
+        if bias_name is not None:  # (C, *spatial), with the image's affine
+            dio.save_probabilities(folder / bias_name, seg.bias_field, like=image)
         dio.save_json(folder / SUMMARY_FILE, summary)
     print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
           f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
-    print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}")
+    print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}" + (f", {bias_name}" if bias_name else ""))
     return 0
 
 

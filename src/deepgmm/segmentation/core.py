@@ -19,13 +19,14 @@ import torch
 
 from .. import memory
 from .._validation import check_choice, check_int, resolve_device
-from ..choices import COVARIANCE_TYPES, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
+from ..choices import COVARIANCE_TYPES, EM_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
 from ..choices import METHODS as METHOD_NAMES
 from ..deep.regularizers import MuPrior, SmoothedPosterior
 from ..io import load_mu_data
 from ..preprocess import zscore
 from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
+from .fields import field_request, fit_em_with_fields, output_field, prepare_image, uncentre
 from .methods import METHODS
 from .order import class_permutation, parse_order, permute_fit
 from .result import MethodFit, Segmentation
@@ -188,6 +189,9 @@ def segment(
     prior_units: str = "image",
     order: Any = None,
     spacing: Any = None,
+    bias_field: Any = None,
+    prior_maps: Any = None,
+    prior_weight: float = 1.0,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -241,7 +245,20 @@ def segment(
         dict) is read in the unit of ``spacing`` and converted to voxels per axis (``width / spacing``)
         before the fit, so that it smooths alike in every direction; ``settings`` then holds the
         widths in voxels, ``spacing`` and ``widths_mm`` (the widths as given). Widths left to their
-        defaults stay in pixels. None: every width is in pixels.
+        defaults stay in pixels. None: every width is in pixels. The bias field's coordinates use it too.
+    bias_field : None (default), a degree 1..8 or ``"polyD"`` (e.g. ``"poly3"``): estimate a smooth
+        multiplicative bias field jointly with the mixture, a polynomial of that degree in the voxel
+        coordinates (``spacing``'s units), one per channel (:mod:`deepgmm.segmentation.fields`). The
+        EM methods fit the corrected intensities with it (the image is scaled, not centred: a
+        multiplicative field needs zero to mean no signal); the deep methods fit the image divided by
+        the field of a GMM fitted with it first. The field is ``Segmentation.bias_field``
+        ``(C, *spatial)`` (geometric mean 1 in the mask).
+    prior_maps : None (default), an array ``(K, *spatial)`` or K map files: per-voxel class priors
+        (EM methods); class k of the result is map k. Not with ``order``, spare classes or a
+        class-order prior.
+    prior_weight : in [0, 1] (default 1): how much the maps weigh against the fitted weights; 1: the
+        posterior is the normalised ``prior_nk * N(x_n | k)`` (GMM), the per-voxel weights are the
+        maps (SVGMM); 0: the maps only start the fit.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -293,18 +310,25 @@ def segment(
     widths_given: dict[str, Any] = {}
     if spacing is not None:
         settings, widths_given = _widths_to_voxels(settings, spacing)
+    fields = field_request(bias_field, prior_maps, prior_weight, method=method, n_components=n_components,
+                           spatial=spatial, spacing=spacing, order_by=order_by, spare_classes=spare_classes,
+                           settings=settings, prior_units=prior_units)
     if order_by is not None and has_class_order_prior(settings):
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
-    spare = resolve_spare_classes(spare_classes, method, settings)
+    spare = 0 if fields is not None and fields.prior_maps is not None else resolve_spare_classes(spare_classes, method,
+                                                                                                   settings)
     settings["n_components"] = n_components + spare
     if check_memory:
         _check_memory(img, region, n_pix, n_components + spare, method, settings)
 
+    img, deep_field = prepare_image(img, region, fields, method, n_components + spare, settings)
     norm_info = None
     if normalize != "none":
         img, norm_info = _normalize(img, region if normalize == "mask" else None)
         norm_info["over"] = normalize
+    if fields is not None and fields.degree is not None and method in EM_METHODS:
+        img, norm_info = uncentre(img, norm_info)  # a multiplicative field needs zero to mean no signal
     scaling = ChannelScaling.from_normalization(norm_info, img.shape[0])
     n_distinct = _count_distinct_rows(img[:, region].T, n_components + spare)
     if n_distinct < n_components:
@@ -322,7 +346,12 @@ def segment(
     logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
                 f" + {spare} spare" if spare else "", n_pix, img.shape[0])
     given_in_image_units = norm_info is not None and prior_units == "image"
-    fit = METHODS[method].fit(img, region, _priors_to_normalized(settings, scaling) if given_in_image_units else settings)
+    fit_settings = _priors_to_normalized(settings, scaling) if given_in_image_units else settings
+    if fields is not None and method in EM_METHODS:
+        fit = fit_em_with_fields(method, img, region, fit_settings, fields)
+    else:
+        fit = METHODS[method].fit(img, region, fit_settings)
+    bias = output_field(fields, fit, deep_field, region.numpy())
     dropped: list[int] = []
     if spare:
         fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
@@ -349,6 +378,10 @@ def segment(
     if spacing is not None:
         public_settings.update(spacing=list(spacing), widths_mm={k: list(v) if isinstance(v, tuple) else v
                                                                   for k, v in widths_given.items()})
+    if fields is not None:
+        public_settings.update(fields.record())
+        if fields.degree is not None:
+            public_settings["bias_field"]["fitted_by"] = method if method in EM_METHODS else "gmm"
     if spare:
         public_settings["dropped_classes"] = dropped
     if class_order is not None:
@@ -371,4 +404,5 @@ def segment(
         normalization=norm_info,
         model=fit.model,
         dropped_classes=dropped,
+        bias_field=bias,
     )

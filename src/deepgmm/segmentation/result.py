@@ -54,6 +54,9 @@ class Segmentation:
     dropped_classes : the spare classes dropped (indices among the fitted classes; empty without)
     readout : a trained model's read-out (one of :data:`deepgmm.choices.READOUTS`); None for a fit
     windows : the windows a trained network saw (half-open, per spatial axis); empty for a fit
+    bias_field : ``(C, *spatial)`` float32, the multiplicative bias field estimated with
+        ``segment(bias_field=...)`` (geometric mean 1 in the mask, 1 outside; the corrected image is
+        ``image / bias_field``); None without
     """
 
     labels: np.ndarray
@@ -75,6 +78,7 @@ class Segmentation:
     dropped_classes: list[int] = field(default_factory=list)
     readout: str | None = None
     windows: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+    bias_field: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:

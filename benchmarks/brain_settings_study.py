@@ -1,0 +1,95 @@
+"""IBSR18: which segment() settings for brain volumes (bias field, its degree, SVGMM smooth_sigma in mm).
+
+Every setting is fitted to the volumes the brain runner uses (cropped to the brain mask's box,
+deepgmm.experiments.brain.load_ibsr), K = 3, order="mean", spacing from the affine, and scored with
+Dice without matching. Settings are chosen on the training half of the sorted subject list
+(01 04 06 08 16: indices 0, 2, 4, 6, 8) and reported on the held-out half (03 05 07 09 18) and
+on all ten. ``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
+antspyx). Data are read from --data; nothing derived from them is written except the JSON of
+scores (--out).
+
+    OMP_NUM_THREADS=1 python benchmarks/brain_settings_study.py --data ../shared/data/ibsr18 \
+        --out /tmp/brain_study.json [--subjects 1,4,6,8,16] [--settings gmm,gmm_b3,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepgmm import segment
+from deepgmm.experiments.brain import load_ibsr
+from deepgmm.metrics import evaluate
+
+TRAIN = (1, 4, 6, 8, 16)
+TEST = (3, 5, 7, 9, 18)
+
+SETTINGS: dict[str, dict] = {
+    "gmm": dict(method="gmm"),
+    "gmm_b2": dict(method="gmm", bias_field=2),
+    "gmm_b3": dict(method="gmm", bias_field=3),
+    "gmm_b4": dict(method="gmm", bias_field=4),
+    "svgmm": dict(method="svgmm"),
+    "svgmm_s1": dict(method="svgmm", smooth_sigma=1.0),
+    "svgmm_s2": dict(method="svgmm", smooth_sigma=2.0),
+    "svgmm_s4": dict(method="svgmm", smooth_sigma=4.0),
+    "svgmm_s2_b3": dict(method="svgmm", smooth_sigma=2.0, bias_field=3),
+    "svgmm_s4_b2": dict(method="svgmm", smooth_sigma=4.0, bias_field=2),
+    "svgmm_s4_b3": dict(method="svgmm", smooth_sigma=4.0, bias_field=3),
+    "gmm_n4": dict(method="gmm", n4=True),
+}
+
+
+def n4(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
+    import ants
+
+    img = ants.from_numpy(np.ascontiguousarray(image[0], dtype=np.float32), spacing=tuple(spacing))
+    msk = ants.from_numpy(mask.astype(np.float32), spacing=tuple(spacing))
+    return ants.n4_bias_field_correction(img, mask=msk).numpy()[None]
+
+
+def run_one(case, name: str) -> dict:
+    opts = dict(SETTINGS[name])
+    use_n4 = opts.pop("n4", False)
+    t0 = time.perf_counter()
+    image = n4(case.image, case.mask, case.spacing) if use_n4 else case.image
+    seg = segment(image, case.mask, n_components=3, order="mean", spacing=case.spacing, **opts)
+    seconds = time.perf_counter() - t0
+    ev = evaluate(seg.labels, case.truth, labels=[1, 2, 3], names=["CSF", "GM", "WM"], matching="none",
+                  pred_labels=[1, 2, 3]).to_dict()
+    return {"setting": name, "subject": int(case.key[0]), "dice": ev["dice"], "seconds": seconds,
+            "n_iter": seg.n_iter, "nll": seg.nll}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--subjects", default=",".join(str(s) for s in TRAIN))
+    p.add_argument("--settings", default=",".join(SETTINGS))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    done = {(r["setting"], r["subject"]) for r in rows}
+    names = args.settings.split(",")
+    for s in [int(v) for v in args.subjects.split(",")]:
+        case = load_ibsr(Path(args.data), [s])[0]
+        for name in names:
+            if (name, s) in done:
+                continue
+            row = run_one(case, name)
+            rows.append(row)
+            out.write_text(json.dumps(rows, indent=1))
+            d = row["dice"]
+            print(f"{s:02d} {name:14s} CSF {d['CSF']:.3f} GM {d['GM']:.3f} WM {d['WM']:.3f} "
+                  f"{row['seconds']:.1f} s {row['n_iter']} it", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""EM with a bias field and prior probability maps: :class:`FieldGaussianMixture`, :class:`FieldSpatiallyVariantGMM`.
+
+Two per-voxel additions to the EM mixtures of :mod:`deepgmm.mixture`, for images whose pixels
+``X = image[:, mask].T`` ``(N, C)`` come with their layout ``mask`` ``(*spatial)``:
+
+* **bias field** (``bias_field``: a polynomial degree): the pixels are ``x_n = y_n f_n`` (the default
+  ``bias_model="multiplicative"``) or ``x_n = y_n + b_n`` (``"additive"``) with ``y_n`` drawn from the
+  mixture and ``log f_n`` or ``b_n`` a smooth polynomial ``B_n beta`` per channel (:mod:`deepgmm.bias`).
+  Each EM iteration is an E-step on the corrected pixels, the mixture's M-step, then the field's
+  update under the same posteriors and the new Gaussians (weighted least squares, additive;
+  Newton steps that never lower the expected log-likelihood, multiplicative): an ECM algorithm, so
+  for the GMM and the unsmoothed SVGMM the NLL of the observed pixels (with the Jacobian of the
+  correction, multiplicative) never rises. The field starts at zero and its degree
+  grows from 1 to ``bias_field``, one step each time EM settles (gain below ``tol``): a high-degree
+  field fitted from the start can take up the anatomy and trap EM in a poor optimum.
+* **prior probability maps** (``prior_maps`` ``(K, *spatial)`` or ``(N, K)``, normalised per voxel;
+  ``prior_weight`` ``w`` in [0, 1]): class ``k`` of the fit is the class of map ``k`` (the fit
+  starts from the maps taken as responsibilities).
+
+  - GMM: the mixing weight of voxel ``n`` is ``(1 - w) pi_k + w p_nk``. With ``w = 1`` the posterior
+    is ``p_nk N(x_n | k)`` normalised, Bayes' rule with the map as the prior; with ``w < 1`` the
+    global weights ``pi`` are fitted by exact EM (each voxel's weight is itself a two-part
+    mixture, "global" or "map", whose split is part of the E-step), so the NLL never rises.
+  - SVGMM: the maps start the per-voxel weights and regularise them: after each E-step (and the
+    ``smooth_sigma`` smoothing) the weights become ``(1 - w) r_nk + w p_nk``, the MAP update under
+    a Dirichlet prior of strength ``w / (1 - w)`` centred on the map (``w = 1``: fixed at the map).
+    The penalised objective, not the NLL, is what this EM improves, so the fit stops once the NLL
+    changes by less than ``tol`` either way.
+
+``probabilities_`` ``(N, K)`` and ``labels_`` ``(N,)`` are the posteriors at the fitted parameters
+on the corrected pixels, under the per-voxel weights. ``predict``, ``predict_proba`` and the scores
+take new pixels and use the global weights, without field or maps (as the parent class does).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._validation import check_float
+from ._validation import check_choice
+from .bias import BIAS_MODELS, evaluate_field, field_from_posteriors, legendre_basis, multiplicative_update, n_terms, \
+    parse_degree
+from .likelihood import abs_max_per_channel, params_from_moments, weighted_moments
+from .mixture import GaussianMixture, SpatiallyVariantGMM, _EMState, _to_numpy
+
+__all__ = ["FieldGaussianMixture", "FieldSpatiallyVariantGMM", "normalize_prior_maps"]
+
+
+class _FieldState(_EMState):
+    """EM parameters plus the field's coefficients ``coef`` ``(P, C)`` (None: no field) and the
+    global log-weights ``global_log_weights`` ``(K,)`` behind per-voxel ones."""
+
+    __slots__ = ("coef", "global_log_weights")
+
+    def __init__(self, state: _EMState, coef: Tensor | None, global_log_weights: Tensor | None) -> None:
+        super().__init__(state.log_weights, state.means, state.covariances)
+        self.coef = coef
+        self.global_log_weights = global_log_weights
+
+
+def normalize_prior_maps(maps: Any, n_components: int, mask: np.ndarray | None, n_pixels: int) -> np.ndarray:
+    """The prior maps as ``(N, K)`` float64 rows summing to 1 for the ``N`` fitted pixels.
+
+    ``maps``: ``(K, *mask.shape)`` (taken at the mask's voxels) or ``(N, K)``; non-negative and
+    finite. A voxel whose maps are all zero gets the uniform prior ``1 / K``.
+    """
+    P = np.asarray(maps, dtype=np.float64)
+    K = n_components
+    if mask is not None and P.shape == (K,) + tuple(mask.shape):
+        P = P[:, mask].T
+    elif P.shape != (n_pixels, K):
+        want = f"({K}, *spatial) with spatial {tuple(mask.shape)}" if mask is not None else f"({n_pixels}, {K})"
+        raise ValueError(f"prior_maps must have shape {want} (one map per class, n_components={K}), "
+                         f"got {P.shape}")
+    if not np.isfinite(P).all() or (P < 0).any():
+        raise ValueError("prior_maps must hold finite probabilities >= 0")
+    total = P.sum(1, keepdims=True)
+    return np.where(total > 0, P / np.where(total > 0, total, 1.0), 1.0 / K)
+
+
+class _FieldMixin:
+    """The bias-field and prior-map EM on top of :class:`deepgmm.mixture._BaseMixture` (see the module)."""
+
+    # ------------------------------------------------------------------ setup
+    def _setup_fields(self, X: Any, mask: Any) -> None:
+        self._degree = parse_degree(self.bias_field)
+        check_choice("bias_model", self.bias_model, BIAS_MODELS)
+        self._w = check_float("prior_weight", self.prior_weight, minimum=0.0, maximum=1.0)
+        m = None
+        if mask is not None:
+            m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
+            if m.dtype != bool:
+                raise ValueError(f"mask must be a boolean array (True at the fitted pixels), got dtype {m.dtype}")
+        n = X.shape[0] if hasattr(X, "shape") else len(X)
+        if self._degree is not None:
+            if m is None:
+                raise ValueError("bias_field needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
+            if int(m.sum()) != n:
+                raise ValueError(f"mask selects {int(m.sum())} pixel(s) but X has {n} row(s); pass the mask X "
+                                 "was taken from (X = image[:, mask].T)")
+        self._field_mask = m
+        self._prior_np = (None if self.prior_maps is None else
+                          normalize_prior_maps(self.prior_maps, self.n_components, m, n))
+        self._basis = self._prior = self._log_prior = None
+
+    def _has_fields(self) -> bool:
+        return self._degree is not None or self._prior_np is not None
+
+    def _tensors(self, X: Tensor) -> None:
+        """The basis ``(N, P)`` and the prior ``(N, K)`` (and its log) on ``X``'s device and dtype, once."""
+        if self._degree is not None and self._basis is None:
+            self._basis = legendre_basis(self._field_mask, self._degree, self.spacing, dtype=X.dtype, device=X.device)
+        if self._prior_np is not None and self._prior is None:
+            self._prior = torch.as_tensor(self._prior_np, dtype=X.dtype, device=X.device)
+            self._log_prior = torch.log(self._prior.clamp_min(torch.finfo(X.dtype).tiny))
+
+    # ------------------------------------------------------------------ weights
+    def _blend(self, log_pi: Tensor) -> Tensor:
+        """Per-voxel log-weights ``log((1 - w) pi + w p_n)`` ``(N, K)`` from ``log_pi`` ``(K,)`` or ``(N, K)``."""
+        w = self._w
+        if w >= 1.0:
+            return self._log_prior.clone()
+        if w <= 0.0:
+            return log_pi.expand_as(self._log_prior).clone()
+        return torch.logaddexp(math.log1p(-w) + log_pi, math.log(w) + self._log_prior)
+
+    def _initial_params(self, X: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        if getattr(self, "_prior_np", None) is None:
+            return super()._initial_params(X, generator)
+        self._tensors(X)
+        nk, s1, s2 = weighted_moments(X, self._prior, self.covariance_type)  # the maps as responsibilities
+        means, covs = params_from_moments(nk, s1, s2, self.covariance_type, self.reg_covar)
+        return nk / X.shape[0], means, covs
+
+    def _initial_state(self, X: Tensor, generator: torch.Generator) -> _EMState:
+        state = super()._initial_state(X, generator)
+        if not self._has_fields():
+            return state
+        self._tensors(X)
+        glw = None
+        if self._prior is not None:
+            glw = state.log_weights if state.log_weights.ndim == 1 else state.log_weights[0].clone()
+            state.log_weights = self._blend(glw)
+        return _FieldState(state, None, glw)
+
+    def _global_update(self, old: _FieldState, log_resp: Tensor) -> Tensor | None:
+        """The GMM's global log-weights after the E-step ``log_resp`` ``(N, K)`` under prior maps: the share
+        of each voxel's posterior that its "global" part explains, summed and normalised (exact EM)."""
+        w = self._w
+        if w >= 1.0:
+            return old.global_log_weights
+        log_share = log_resp + (math.log1p(-w) + old.global_log_weights) - old.log_weights if w > 0 else log_resp
+        s = torch.logsumexp(log_share, dim=0)
+        return s - torch.logsumexp(s, dim=0)
+
+    def _next_log_weights(self, log_resp: Tensor) -> Tensor:
+        out = super()._next_log_weights(log_resp)
+        if getattr(self, "_prior", None) is None or not self._spatial:
+            return out
+        return out.copy_(self._blend(out))
+
+    def _converged(self, previous: float, nll: float) -> bool:
+        if self._spatial and getattr(self, "_prior", None) is not None and 0.0 < self._w < 1.0:
+            return abs(previous - nll) < self.tol  # MAP-EM: the NLL alone may rise
+        return super()._converged(previous, nll)
+
+    # ------------------------------------------------------------------ EM
+    def _run_em(self, X: Tensor, state: _EMState) -> tuple[_EMState, list[float], int, bool]:
+        if not self._has_fields():
+            return super()._run_em(X, state)
+        N, K = X.shape[0], self.n_components
+        resp = X.new_empty(N, K)  # log-posteriors of the last E-step
+        Y = X
+        mult = self.bias_model == "multiplicative"
+        x_raw = X + self._shift  # the pixels as given (the multiplicative field scales them, not the centred ones)
+        log_jac = 0.0  # mean over the pixels of sum_c log c_nc (multiplicative model)
+        self._xmax = abs_max_per_channel(Y)
+        nll, moments, shift = self._pass(Y, state, resp)
+        if not math.isfinite(nll):
+            raise ValueError(f"EM cannot start: the NLL at the initial parameters is {nll}; increase reg_covar")
+        history, converged, n_iter = [nll], False, 0
+        # coarse to fine: degree 1 until EM settles, then 2, ... (the degree-j basis is the first columns)
+        stages = [] if self._basis is None else [n_terms(self._field_mask.ndim, j) for j in range(1, self._degree + 1)]
+        n_cols = stages.pop(0) if stages else 0
+        for it in range(1, self.max_iter + 1):
+            old = state
+            new = self._m_step(Y, state, moments, shift, resp.clone() if self._spatial else None, it)
+            glw = None
+            if self._prior is not None and not self._spatial:
+                glw = self._global_update(old, resp)
+                new.log_weights = self._blend(glw)
+            coef = old.coef
+            if self._basis is not None:  # the field under the same posteriors and the new Gaussians
+                basis = self._basis[:, :n_cols]
+                if mult:
+                    start = X.new_zeros(n_cols, X.shape[1], dtype=torch.float64) if coef is None else coef[:n_cols]
+                    part = multiplicative_update(basis, start, x_raw, self._shift, resp.exp(), new.means,
+                                                 new.covariances, self.covariance_type)
+                    log_c = evaluate_field(basis, part)
+                    Y = x_raw * torch.exp(log_c) - self._shift
+                    log_jac = float(log_c.sum(dtype=torch.float64)) / N
+                else:
+                    part = field_from_posteriors(basis, X, resp.exp(), new.means, new.covariances, self.covariance_type)
+                    Y = X - evaluate_field(basis, part)
+                coef = part.new_zeros(self._basis.shape[1], part.shape[1])
+                coef[:n_cols] = part
+                self._xmax = abs_max_per_channel(Y)
+            state = _FieldState(new, coef, glw)
+            nll, moments, shift = self._pass(Y, state, resp)
+            nll -= log_jac
+            history.append(nll)
+            n_iter = it
+            if not math.isfinite(nll):
+                raise ValueError(f"EM diverged: the NLL became {nll} at iteration {it}; increase reg_covar")
+            if self.tol > 0 and self._converged(history[-2], nll):
+                if stages:
+                    n_cols = stages.pop(0)
+                    continue
+                converged = True
+                break
+        return state, history, n_iter, converged
+
+    def _set_fitted_labels(self, Xc: Tensor, state: _EMState) -> None:
+        self.bias_coef_ = self.bias_field_ = None
+        if not self._has_fields():
+            super()._set_fitted_labels(Xc, state)
+            if not self._spatial:
+                self.probabilities_ = _to_numpy(self._log_posterior(Xc)[1].exp())
+            return
+        Y = Xc
+        if getattr(state, "coef", None) is not None:
+            field = evaluate_field(self._basis, state.coef)
+            if self.bias_model == "multiplicative":  # c = exp(field) corrects; the bias is 1 / c
+                Y = (Xc + self._shift) * torch.exp(field) - self._shift
+                field = -field
+            else:
+                Y = Xc - field
+            self.bias_coef_ = _to_numpy(state.coef)
+            self.bias_field_ = _to_numpy(field)
+        log_resp = self._log_posterior(Y, state.log_weights)[1]
+        self.labels_ = _to_numpy(log_resp.argmax(1))
+        self.probabilities_ = _to_numpy(log_resp.exp())
+        if self._spatial:
+            self.mean_weights_ = self.weights_.mean(0)
+            glw = torch.log(torch.as_tensor(self.mean_weights_, device=self._device).clamp_min(torch.finfo(self._dtype).tiny))
+            self._mask = self._smoother = None
+        else:
+            glw = state.log_weights if state.global_log_weights is None else state.global_log_weights
+            self.weights_ = _to_numpy(glw.exp())
+        self._log_weights = glw.to(self._dtype)
+        self._state = _EMState(self._log_weights, state.means, state.covariances)
+        self._basis = self._prior = self._log_prior = None  # N-sized: not kept after the fit
+
+
+_FIELD_PARAMS_DOC = """
+    bias_field : None, int or str, default None
+        Degree of the polynomial bias field (:mod:`deepgmm.bias`): an int 1..8, ``"polyD"`` (e.g.
+        ``"poly3"``), or None / 0 / ``"none"`` for no field. Needs ``fit(X, mask=mask)``.
+    bias_model : "multiplicative" (default) or "additive"
+        ``X = Y * f`` (intensities, 0 meaning no signal: ``X`` is not to be centred) or ``X = Y + b``
+        (e.g. log intensities), :mod:`deepgmm.bias`.
+    spacing : sequence of float, optional
+        Voxel sizes of the mask's axes (e.g. mm), the field's physical coordinates (None: 1 each).
+    prior_maps : array ``(K, *mask.shape)`` or ``(N, K)``, optional
+        Per-voxel class priors; class k of the fit is map k (see the module).
+    prior_weight : float in [0, 1], default 1
+        ``w`` of the module's blend; 1: the maps are the mixing weights.
+
+    Attributes (besides the parent's)
+    ----------
+    probabilities_ : ndarray (N, K)
+    bias_coef_ : ndarray (P, C) or None
+        The field's coefficients (:func:`deepgmm.bias.legendre_basis` order).
+    bias_field_ : ndarray (N, C) or None
+        The fitted field at the fitted pixels: multiplicative, ``log f_n`` (the corrected pixels are
+        ``X / f``); additive, ``b_n`` in the units of ``X`` (corrected: ``X - b``).
+"""
+
+
+class FieldGaussianMixture(_FieldMixin, GaussianMixture):
+    __doc__ = ("Gaussian mixture (EM) with a bias field and prior probability maps (:mod:`deepgmm.field_em`).\n\n"
+               "    Parameters\n    ----------\n    As :class:`deepgmm.GaussianMixture`, plus:\n" + _FIELD_PARAMS_DOC)
+
+    def __init__(self, *, n_components: int = 4, covariance_type: str = "diag", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 200, n_init: int = 1, init: str = "kmeans",
+                 means_init: Any = None, weights_init: Any = None, covariances_init: Any = None,
+                 random_state: int | None = None, device: str | torch.device | None = "cpu",
+                 dtype: str | torch.dtype | None = None, chunk_size: int = 262144, bias_field: Any = None,
+                 spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
+                 bias_model: str = "multiplicative") -> None:
+        super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
+                         max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
+                         weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
+                         device=device, dtype=dtype, chunk_size=chunk_size)
+        self.bias_field = bias_field
+        self.spacing = spacing
+        self.prior_maps = prior_maps
+        self.prior_weight = prior_weight
+        self.bias_model = bias_model
+
+    def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldGaussianMixture":
+        """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
+        self._setup_fields(X, mask)
+        return super().fit(X, y)
+
+    def n_parameters(self) -> int:
+        """Free parameters: the mixture's plus the field's ``P * C`` coefficients."""
+        extra = 0 if self.bias_coef_ is None else int(np.asarray(self.bias_coef_).size)
+        return super().n_parameters() + extra
+
+
+class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
+    __doc__ = ("Spatially variant GMM (EM) with a bias field and prior probability maps (:mod:`deepgmm.field_em`)."
+               "\n\n    Parameters\n    ----------\n    As :class:`deepgmm.SpatiallyVariantGMM`, plus:\n"
+               + _FIELD_PARAMS_DOC)
+
+    def __init__(self, *, n_components: int = 4, covariance_type: str = "diag", tol: float = 1e-3,
+                 reg_covar: float = 1e-6, max_iter: int = 200, n_init: int = 1, init: str = "kmeans",
+                 means_init: Any = None, weights_init: Any = None, covariances_init: Any = None,
+                 random_state: int | None = None, device: str | torch.device | None = "cpu",
+                 dtype: str | torch.dtype | None = None, chunk_size: int = 262144,
+                 smooth_sigma: float | tuple[float, ...] = 0.0, bias_field: Any = None, spacing: Any = None,
+                 prior_maps: Any = None, prior_weight: float = 1.0,
+                 bias_model: str = "multiplicative") -> None:
+        super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
+                         max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
+                         weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
+                         device=device, dtype=dtype, chunk_size=chunk_size, smooth_sigma=smooth_sigma)
+        self.bias_field = bias_field
+        self.spacing = spacing
+        self.prior_maps = prior_maps
+        self.prior_weight = prior_weight
+        self.bias_model = bias_model
+
+    def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldSpatiallyVariantGMM":
+        """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
+        self._setup_fields(X, mask)
+        return super().fit(X, y, mask=mask)
+
