@@ -4,7 +4,7 @@ Every setting is fitted to the volumes the brain runner uses (cropped to the bra
 deepgmm.experiments.brain.load_ibsr), K = 3, order="mean", spacing from the affine, and scored with
 Dice without matching. Settings are chosen on the training half of the sorted subject list
 (01 04 06 08 16: indices 0, 2, 4, 6, 8) and reported on the held-out half (03 05 07 09 18) and
-on all ten. ``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
+on all ten (``--brainweb``: the BrainWeb volume instead, as subject 0). ``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
 antspyx). Data are read from --data; nothing derived from them is written except the JSON of
 scores (--out).
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from deepgmm import segment
-from deepgmm.experiments.brain import load_ibsr
+from deepgmm.experiments.brain import load_brainweb, load_ibsr
 from deepgmm.metrics import evaluate
 
 TRAIN = (1, 4, 6, 8, 16)
@@ -38,6 +38,9 @@ SETTINGS: dict[str, dict] = {
     "svgmm_s1": dict(method="svgmm", smooth_sigma=1.0),
     "svgmm_s2": dict(method="svgmm", smooth_sigma=2.0),
     "svgmm_s4": dict(method="svgmm", smooth_sigma=4.0),
+    "svgmm_s6": dict(method="svgmm", smooth_sigma=6.0),
+    "svgmm_s8": dict(method="svgmm", smooth_sigma=8.0),
+    "svgmm_s6_b2": dict(method="svgmm", smooth_sigma=6.0, bias_field=2),
     "svgmm_s2_b3": dict(method="svgmm", smooth_sigma=2.0, bias_field=3),
     "svgmm_s4_b2": dict(method="svgmm", smooth_sigma=4.0, bias_field=2),
     "svgmm_s4_b3": dict(method="svgmm", smooth_sigma=4.0, bias_field=3),
@@ -53,11 +56,21 @@ def n4(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
     return ants.n4_bias_field_correction(img, mask=msk).numpy()[None]
 
 
+def synthetic_field(shape, spacing) -> np.ndarray:
+    """A known smooth multiplicative field, ``exp(0.3 u_0 - 0.2 u_2 + 0.1 u_0 u_1)`` over the volume
+    (``u_a`` in [-1, 1] along axis a): intensities vary by a factor of about 2 across the brain."""
+    u = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    return np.exp(0.3 * u[0] - 0.2 * u[2] + 0.1 * u[0] * u[1]).astype(np.float32)
+
+
 def run_one(case, name: str) -> dict:
-    opts = dict(SETTINGS[name])
+    """``name``: a key of SETTINGS, or ``syn_<key>``: the same on the volume times :func:`synthetic_field`."""
+    synthetic = name.startswith("syn_")
+    opts = dict(SETTINGS[name.removeprefix("syn_")])
     use_n4 = opts.pop("n4", False)
+    image = case.image * synthetic_field(case.image.shape[1:], case.spacing)[None] if synthetic else case.image
     t0 = time.perf_counter()
-    image = n4(case.image, case.mask, case.spacing) if use_n4 else case.image
+    image = n4(image, case.mask, case.spacing) if use_n4 else image
     seg = segment(image, case.mask, n_components=3, order="mean", spacing=case.spacing, **opts)
     seconds = time.perf_counter() - t0
     ev = evaluate(seg.labels, case.truth, labels=[1, 2, 3], names=["CSF", "GM", "WM"], matching="none",
@@ -72,14 +85,16 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--subjects", default=",".join(str(s) for s in TRAIN))
     p.add_argument("--settings", default=",".join(SETTINGS))
+    p.add_argument("--brainweb", action="store_true", help="--data is the BrainWeb folder (subject 0)")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.exists() else []
+    assert all(n.removeprefix("syn_") in SETTINGS for n in args.settings.split(",")), "unknown setting"
     done = {(r["setting"], r["subject"]) for r in rows}
     names = args.settings.split(",")
     for s in [int(v) for v in args.subjects.split(",")]:
-        case = load_ibsr(Path(args.data), [s])[0]
+        case = load_brainweb(Path(args.data), None)[0] if args.brainweb else load_ibsr(Path(args.data), [s])[0]
         for name in names:
             if (name, s) in done:
                 continue

@@ -277,6 +277,9 @@ def test_segment_with_a_field_does_better_on_a_biased_volume(method):
     assert np.corrcoef(log_f, np.log(field[mask]))[0, 1] > 0.98
     assert fixed.settings["bias_field"] == {"degree": 2, "spacing": [1.0, 1.0, 1.0], "fitted_by": method}
     assert fixed.normalization["mean"] == [0.0]
+    # the means describe image / bias_field: the true class means (40, 60, 85) at the field's geometric mean
+    g = np.exp(np.log(field[mask]).mean())
+    np.testing.assert_allclose(fixed.means[:, 0] / g, [40.0, 60.0, 85.0], rtol=0.05)
     assert plain.bias_field is None and "bias_field" not in plain.settings
 
 

@@ -153,6 +153,18 @@ def test_ibsr_runner_hungarian_first(synth, tmp_path):
     assert r["matching"] == "hungarian" and "matched" not in r
 
 
+def test_brain_preset_runs_the_documented_setting_in_mm(synth, tmp_path):
+    # the phantom is 20 voxels across: a narrower smoothing than the preset's, given as an option in mm
+    res = brain.run_ibsr(synth, tmp_path / "p", methods="deepgmm_brain", cases=[1], threads=1, figures=False,
+                         progress=False, options={"deepgmm_brain": {"smooth_sigma": 0.75}})
+    (r,) = res.records
+    assert r["method"] == "deepgmm_brain" and min(r["dice"].values()) > 0.9
+    settings = _load(tmp_path / "p")["method_settings"]["deepgmm_brain"]
+    assert settings["preset"] == "deepgmm_brain" and settings["spacing"] == [0.9375, 1.5, 0.9375]
+    assert settings["bias_field"] == brain.BRAIN_SETTINGS["bias_field"]
+    np.testing.assert_allclose(settings["smooth_sigma"], [0.8, 0.5, 0.8])
+
+
 def test_volume_figure(tmp_path):
     t1, labels = _phantom(0)
     mask = labels > 0

@@ -7,7 +7,7 @@ importing torch. The modules that implement a choice import its tuple from here.
 from __future__ import annotations
 
 __all__ = [
-    "METHODS", "EM_METHODS", "PEER_METHODS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS", "SIGMA_UNITS",
+    "METHODS", "EM_METHODS", "PEER_METHODS", "BRAIN_PRESETS", "DEEP_METHODS", "COVARIANCE_TYPES", "NORMALIZATIONS", "NAN_POLICIES", "PRIOR_UNITS", "SIGMA_UNITS",
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
@@ -20,6 +20,8 @@ DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg")
 METHODS: tuple[str, ...] = EM_METHODS + DEEP_METHODS
 # peers run next to them by deepgmm brain (experiments.peers; the extra "peers")
 PEER_METHODS: tuple[str, ...] = ("atropos", "atropos_n4", "dipy_hmrf", "sklearn_gmm")
+# deepgmm's documented setting for T1 brain volumes, a method of deepgmm brain (experiments.brain.BRAIN_SETTINGS)
+BRAIN_PRESETS: tuple[str, ...] = ("deepgmm_brain",)
 # the mixture behind each deep method: global weights (GMM) or per-pixel weights (SVGMM)
 MIXTURES: tuple[str, ...] = ("gmm", "svgmm")
 METHOD_MIXTURES: dict[str, str] = {"deepg": "gmm", "deepsvg": "svgmm"}

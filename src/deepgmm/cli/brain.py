@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..choices import BRAIN_MATCHINGS, EM_METHODS, METHODS, PEER_METHODS
+from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
 from .common import add_verbosity, command_line, report_run
 
 __all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
@@ -19,7 +19,8 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help=data_help)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
     p.add_argument("--methods", metavar="M1,M2,...",
-                   help=f"methods to run, from {','.join(METHODS + PEER_METHODS)} (default: {','.join(EM_METHODS)}; "
+                   help=f"methods to run, from {','.join(METHODS + BRAIN_PRESETS + PEER_METHODS)} (default: "
+                        f"{','.join(EM_METHODS)}; deepgmm_brain: the documented setting for brains, docs/brain.md; "
                         "the deep ones take minutes and gigabytes per volume on a CPU; the peers need "
                         "pip install -e '.[peers]' and are skipped without it)")
     p.add_argument("--matching", choices=BRAIN_MATCHINGS,

@@ -17,6 +17,7 @@ matrix (``record["matched"]``, the rows "<method>, matched" of ``table.md``). Th
 and gigabytes per volume on a CPU). The peers of :mod:`.peers` (``atropos``, ``atropos_n4``,
 ``dipy_hmrf``, ``sklearn_gmm``; the extra ``peers``) run when named, on the same cropped volumes and
 masks, their classes numbered by mean T1 too; a peer whose package is missing is skipped.
+``deepgmm_brain`` is deepgmm's documented setting for brains (:data:`BRAIN_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -24,24 +25,31 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..choices import BRAIN_MATCHINGS, EM_METHODS, METHODS, PEER_METHODS
+from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
 from ..datasets import ibsr
 from ..preprocess import box_slices
 from ._run import TableResult
-from .cases import Case, DataSet
+from . import cases as _cases
+from .cases import Case, DataSet, Fit
 from .fit_runner import FitExperiment, run_fit
 from .peers import PEER_FITS, unavailable
 
-__all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIONS", "CROP_MARGIN", "VolumeInfo",
+__all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIONS", "BRAIN_SETTINGS", "CROP_MARGIN",
+           "VolumeInfo", "brain_preset_fit",
            "ibsr_dataset", "brainweb_dataset", "ibsr_experiment", "brainweb_experiment", "run_ibsr", "run_brainweb"]
 
-BRAIN_METHODS: tuple[str, ...] = METHODS + PEER_METHODS
+BRAIN_METHODS: tuple[str, ...] = METHODS + BRAIN_PRESETS + PEER_METHODS
 DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
 SEGMENT_OPTIONS: dict[str, Any] = {"normalize": "mask", "order": "mean"}
+BRAIN_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 4.0, "bias_field": 2}
+"""The method ``deepgmm_brain``: deepgmm's documented setting for T1 brain volumes (on top of
+:data:`SEGMENT_OPTIONS`), chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md): the SVGMM with
+its posteriors smoothed by a Gaussian of sigma 4 mm and a bias field of degree 2, with the voxel
+sizes of the affine (``segment(spacing=...)``)."""
 CROP_MARGIN = 4
 """Voxels kept around the brain mask's bounding box."""
 
@@ -72,6 +80,15 @@ def _case(vol: ibsr.BrainVolume, title: str) -> Case:
     image = np.ascontiguousarray(vol.image[(slice(None),) + box])
     return Case((vol.subject,), vol.name, title, image, np.ascontiguousarray(vol.mask[box]),
                 np.ascontiguousarray(vol.labels[box]), info, _spacing(vol.affine))
+
+
+def brain_preset_fit(dataset: DataSet, case: Case, method: str, seed: int, options: Mapping[str, Any]) -> Fit:
+    """:func:`deepgmm.segment` at :data:`BRAIN_SETTINGS` (``options`` on top), widths and the bias
+    field's coordinates in mm (the case's voxel sizes)."""
+    settings = dict(BRAIN_SETTINGS, **options)
+    fit = _cases.segment_fit(dataset, case, settings.pop("method"), seed, dict(settings, spacing=case.spacing))
+    fit.settings.update(preset=method, spacing=list(case.spacing) if case.spacing else None)
+    return fit
 
 
 def load_ibsr(data: Path, subjects: Sequence[int] | None) -> list[Case]:
@@ -112,6 +129,8 @@ def brainweb_dataset(data: str | Path) -> DataSet:
                    figure="volume")
 
 
+_FITS = {**PEER_FITS, **{name: brain_preset_fit for name in BRAIN_PRESETS}}
+
 _WHAT = ("each method (K=3, z-score over the brain mask, classes numbered by their mean: CSF < GM < WM) on every "
          "{unit}, scored without matching and after Hungarian matching")
 
@@ -121,7 +140,7 @@ def ibsr_experiment(data: str | Path) -> FitExperiment:
     return FitExperiment("ibsr-fit", "IBSR18: CSF, GM and WM of T1 volumes", "IBSR18",
                          "IBSR18 brain tissue: " + _WHAT.format(unit="subject"), ibsr_dataset(data), BRAIN_METHODS,
                          BRAIN_MATCHINGS, entry="run_ibsr", default_methods=DEFAULT_METHODS, also_matched="hungarian",
-                         fits=PEER_FITS, unavailable=unavailable)
+                         fits=_FITS, unavailable=unavailable)
 
 
 def brainweb_experiment(data: str | Path) -> FitExperiment:
@@ -129,7 +148,7 @@ def brainweb_experiment(data: str | Path) -> FitExperiment:
     return FitExperiment("brainweb-fit", "BrainWeb: CSF, GM and WM of a T1 volume", "BrainWeb",
                          "BrainWeb brain tissue: " + _WHAT.format(unit="volume"), brainweb_dataset(data),
                          BRAIN_METHODS, BRAIN_MATCHINGS, entry="run_brainweb", default_methods=DEFAULT_METHODS,
-                         also_matched="hungarian", fits=PEER_FITS, unavailable=unavailable)
+                         also_matched="hungarian", fits=_FITS, unavailable=unavailable)
 
 
 def run_ibsr(data: str | Path, out: str | Path, **kwargs: Any) -> TableResult:

@@ -26,7 +26,7 @@ from ..io import load_mu_data
 from ..preprocess import zscore
 from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
-from .fields import field_request, fit_em_with_fields, output_field, prepare_image, uncentre
+from .fields import field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
 from .methods import METHODS
 from .order import class_permutation, parse_order, permute_fit
 from .result import MethodFit, Segmentation
@@ -347,11 +347,12 @@ def segment(
                 f" + {spare} spare" if spare else "", n_pix, img.shape[0])
     given_in_image_units = norm_info is not None and prior_units == "image"
     fit_settings = _priors_to_normalized(settings, scaling) if given_in_image_units else settings
+    bias = deep_field
     if fields is not None and method in EM_METHODS:
         fit = fit_em_with_fields(method, img, region, fit_settings, fields)
+        fit, bias = normalise_field(fit, fields, region.numpy())
     else:
         fit = METHODS[method].fit(img, region, fit_settings)
-    bias = output_field(fields, fit, deep_field, region.numpy())
     dropped: list[int] = []
     if spare:
         fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)

@@ -42,7 +42,7 @@ from ..mixture import EM_IMAGE_DEFAULTS
 from .result import MethodFit
 
 __all__ = ["FieldRequest", "field_request", "fit_em_with_fields", "deep_bias_correction", "multiplicative_field",
-           "prepare_image", "uncentre", "output_field"]
+           "prepare_image", "uncentre", "normalise_field"]
 
 _ESTIMATORS = {"gmm": FieldGaussianMixture, "svgmm": FieldSpatiallyVariantGMM}
 
@@ -170,11 +170,16 @@ def prepare_image(img: torch.Tensor, region: torch.Tensor, req: FieldRequest | N
     return deep_bias_correction(img, region, req, n_fit, settings)
 
 
-def output_field(req: FieldRequest | None, fit: MethodFit, deep_field: np.ndarray | None,
-                 region: np.ndarray) -> np.ndarray | None:
-    """``Segmentation.bias_field``: the deep methods' field, or the EM fit's in image units (None without)."""
-    if req is None or req.degree is None:
-        return None
-    if deep_field is not None:
-        return deep_field
-    return multiplicative_field(getattr(fit.model, "bias_field_", None), region)
+def normalise_field(fit: MethodFit, req: FieldRequest, region: np.ndarray) -> tuple[MethodFit, np.ndarray | None]:
+    """An EM fit with a field and ``Segmentation.bias_field``: the field scaled to a geometric mean of 1
+    over ``region`` and the class means and covariances scaled alike, so that they describe
+    ``image / bias_field`` (the field's scale is otherwise free: the class means absorb it)."""
+    log_field = getattr(fit.model, "bias_field_", None)
+    if req.degree is None or log_field is None:
+        return fit, None
+    g = np.exp(np.asarray(log_field, dtype=np.float64).mean(0))  # (C,)
+    covs = np.asarray(fit.covariances, dtype=np.float64)
+    covs = covs * (g * g if covs.ndim == 2 else np.outer(g, g))
+    scaled = MethodFit(fit.probabilities, fit.labels, np.asarray(fit.means) * g, covs, fit.weights, fit.nll,
+                       fit.nll_history, fit.n_iter, fit.converged, fit.model)
+    return scaled, multiplicative_field(log_field, region)
