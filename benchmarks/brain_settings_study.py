@@ -4,7 +4,8 @@ Every setting is fitted to the volumes the brain runner uses (cropped to the bra
 deepgmm.experiments.brain.load_ibsr), K = 3, order="mean", spacing from the affine, and scored with
 Dice without matching. Settings are chosen on the training half of the sorted subject list
 (01 04 06 08 16: indices 0, 2, 4, 6, 8) and reported on the held-out half (03 05 07 09 18) and
-on all ten (``--brainweb``: the BrainWeb volume instead, as subject 0). ``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
+on all ten (``--brainweb``: the BrainWeb volume instead, as subject 0).
+``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
 antspyx). Data are read from --data; nothing derived from them is written except the JSON of
 scores (--out).
 

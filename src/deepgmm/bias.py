@@ -10,8 +10,9 @@ in the log domain it adds ``b = log f``. Following Wells et al. (1996) and Van L
     ``beta`` ``(P, C)``.
 
 The constant term is left out: a constant offset is a shift of every class mean, which the
-mixture already has. Given a mixture's posteriors ``r_nk`` and its Gaussians ``(mu_k, Sigma_k)``
-fitted to the corrected pixels ``x_n - b_n``, the field that maximises the expected complete-data
+mixture already has (multiplicative: a common factor of the class means). Given a mixture's
+posteriors ``r_nk`` and its Gaussians ``(mu_k, Sigma_k)`` fitted to the corrected pixels
+``x_n - b_n``, the field that maximises the expected complete-data
 log-likelihood is the weighted least-squares solution (:func:`field_from_posteriors`)
 
     ``argmin_beta sum_n sum_k r_nk (x_n - B_n beta - mu_k)^T Sigma_k^-1 (x_n - B_n beta - mu_k)``,

@@ -99,7 +99,8 @@ class _FieldMixin:
         n = X.shape[0] if hasattr(X, "shape") else len(X)
         if self._degree is not None:
             if m is None:
-                raise ValueError("bias_field needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
+                raise ValueError("bias_field needs the pixels' layout: call fit(X, mask=mask) with "
+                                 "X = image[:, mask].T")
             if int(m.sum()) != n:
                 raise ValueError(f"mask selects {int(m.sum())} pixel(s) but X has {n} row(s); pass the mask X "
                                  "was taken from (X = image[:, mask].T)")
@@ -247,7 +248,8 @@ class _FieldMixin:
         self.probabilities_ = _to_numpy(log_resp.exp())
         if self._spatial:
             self.mean_weights_ = self.weights_.mean(0)
-            glw = torch.log(torch.as_tensor(self.mean_weights_, device=self._device).clamp_min(torch.finfo(self._dtype).tiny))
+            tiny = torch.finfo(self._dtype).tiny
+            glw = torch.log(torch.as_tensor(self.mean_weights_, device=self._device).clamp_min(tiny))
             self._mask = self._smoother = None
         else:
             glw = state.log_weights if state.global_log_weights is None else state.global_log_weights

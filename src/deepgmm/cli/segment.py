@@ -100,7 +100,8 @@ def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any
     candidates, criterion = _k_choice(args)
     spacing = sigma_spacing(image, getattr(args, "sigma_units", None))
     if spacing is not None and any(key in options for key in SPATIAL_WIDTHS + ("bias_field",)):  # else no use
-        logger.info("widths and the bias field's coordinates in mm: voxel sizes %s", ", ".join(f"{v:g}" for v in spacing))
+        logger.info("widths and the bias field's coordinates in mm: voxel sizes %s",
+                    ", ".join(f"{v:g}" for v in spacing))
         options = dict(options, spacing=spacing)
     if candidates is None:
         return segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
@@ -149,7 +150,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         dio.save_json(folder / SUMMARY_FILE, summary)
     print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
           f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
-    print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}" + (f", {bias_name}" if bias_name else ""))
+    print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}"
+          + (f", {bias_name}" if bias_name else ""))
     return 0
 
 
