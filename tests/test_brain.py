@@ -160,9 +160,21 @@ def test_brain_preset_runs_the_documented_setting_in_mm(synth, tmp_path):
     (r,) = res.records
     assert r["method"] == "deepgmm_brain" and min(r["dice"].values()) > 0.9
     settings = _load(tmp_path / "p")["method_settings"]["deepgmm_brain"]
-    assert settings["preset"] == "deepgmm_brain" and settings["spacing"] == [0.9375, 1.5, 0.9375]
-    assert settings["bias_field"] == brain.BRAIN_SETTINGS["bias_field"]
-    np.testing.assert_allclose(settings["smooth_sigma"], [0.8, 0.5, 0.8])
+    assert settings["preset"] == "deepgmm_brain" and settings["spacing"] == "from the affine"
+    assert settings["bias_field"] == brain.BRAIN_SETTINGS["bias_field"] and settings["smooth_sigma"] == 0.75
+    seg_settings = {}
+    monkey = brain._cases.segment_fit
+
+    def spy(dataset, case, method, seed, options):
+        seg_settings.update(options)
+        return monkey(dataset, case, method, seed, options)
+
+    brain._cases.segment_fit = spy
+    try:
+        brain.brain_preset_fit(brain.ibsr_dataset(synth), brain.load_ibsr(synth, [1])[0], "deepgmm_brain", 0, {})
+    finally:
+        brain._cases.segment_fit = monkey
+    assert seg_settings["spacing"] == (0.9375, 1.5, 0.9375) and seg_settings["smooth_sigma"] == 4.0
 
 
 def test_volume_figure(tmp_path):

@@ -87,7 +87,8 @@ def brain_preset_fit(dataset: DataSet, case: Case, method: str, seed: int, optio
     field's coordinates in mm (the case's voxel sizes)."""
     settings = dict(BRAIN_SETTINGS, **options)
     fit = _cases.segment_fit(dataset, case, settings.pop("method"), seed, dict(settings, spacing=case.spacing))
-    fit.settings.update(preset=method, spacing=list(case.spacing) if case.spacing else None)
+    # the same record for every volume: widths in mm as given, voxel sizes from each affine
+    fit.settings.update(settings, preset=method, spacing="from the affine", widths="mm")
     return fit
 
 
