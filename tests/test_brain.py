@@ -153,7 +153,7 @@ def test_ibsr_runner_hungarian_first(synth, tmp_path):
     assert r["matching"] == "hungarian" and "matched" not in r
 
 
-def test_brain_preset_runs_the_documented_setting_in_mm(synth, tmp_path):
+def test_brain_preset_runs_the_documented_setting_in_mm(synth, tmp_path, monkeypatch):
     # the phantom is 20 voxels across: a narrower smoothing than the preset's, given as an option in mm
     res = brain.run_ibsr(synth, tmp_path / "p", methods="deepgmm_brain", cases=[1], threads=1, figures=False,
                          progress=False, options={"deepgmm_brain": {"smooth_sigma": 0.75}})
@@ -163,18 +163,17 @@ def test_brain_preset_runs_the_documented_setting_in_mm(synth, tmp_path):
     assert settings["preset"] == "deepgmm_brain" and settings["spacing"] == "from the affine"
     assert settings["bias_field"] == brain.BRAIN_SETTINGS["bias_field"] and settings["smooth_sigma"] == 0.75
     seg_settings = {}
-    monkey = brain._cases.segment_fit
+    real = brain._cases.segment_fit
 
     def spy(dataset, case, method, seed, options):
-        seg_settings.update(options)
-        return monkey(dataset, case, method, seed, options)
+        seg_settings.update(options, method=method)
+        return real(dataset, case, method, seed, options)
 
-    brain._cases.segment_fit = spy
-    try:
-        brain.brain_preset_fit(brain.ibsr_dataset(synth), brain.load_ibsr(synth, [1])[0], "deepgmm_brain", 0, {})
-    finally:
-        brain._cases.segment_fit = monkey
-    assert seg_settings["spacing"] == (0.9375, 1.5, 0.9375) and seg_settings["smooth_sigma"] == 4.0
+    monkeypatch.setattr(brain._cases, "segment_fit", spy)
+    brain.brain_preset_fit(brain.ibsr_dataset(synth), brain.load_ibsr(synth, [1])[0], "deepgmm_brain", 0,
+                           {"smooth_sigma": 0.75})
+    assert seg_settings["method"] == "svgmm" and seg_settings["bias_field"] == 2
+    assert seg_settings["spacing"] == (0.9375, 1.5, 0.9375) and seg_settings["smooth_sigma"] == 0.75
 
 
 def test_volume_figure(tmp_path):
