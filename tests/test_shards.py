@@ -175,6 +175,15 @@ def test_shard_errors(ibsr, tmp_path, capsys):
     with pytest.raises(ValueError, match="cannot resume with --seed 1"):
         brain.run_ibsr(ibsr, out, shard="1/2", resume=True, seed=1, **QUIET)
     brain.run_ibsr(ibsr, out, shard="1/2", resume=True, figures=False, **QUIET)
+    # fits of other resolved settings (another deepgmm version?)
+    path = out / "shards" / "2-of-2" / "results.json"
+    doc = _load(path.parent)
+    saved = path.read_text()
+    doc["method_settings"]["gmm"]["tol"] = 0.5
+    path.write_text(json.dumps(doc))
+    check_error(capsys, base + ["--merge"], "cannot merge shard 2-of-2: gmm's resolved settings differ from those of "
+                "shard 1-of-2 (tol)")
+    path.write_text(saved)
     assert brain.run_ibsr(ibsr, out, merge=True, figures=False, **QUIET).complete
 
 

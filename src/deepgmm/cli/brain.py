@@ -62,7 +62,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-_NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures"] + SPLIT_NAMES
+_NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
+          *SPLIT_NAMES]
 
 
 def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:

@@ -33,8 +33,8 @@ from ._store import (
 from ._volume_figure import volume_figure
 from .cases import Case, DataSet
 
-__all__ = ["TableResult", "Run", "expected_keys", "close_run", "resolve", "union", "parse_cases", "parse_methods", "check_options",
-           "options_text", "score_map", "save_prediction", "draw_case", "check_int"]
+__all__ = ["TableResult", "Run", "close_run", "resolve", "union", "parse_cases", "parse_methods", "check_options",
+           "options_text", "score_map", "save_prediction", "draw_case", "check_int", "expected_keys"]
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from ._run import Run, expected_keys
 from ._store import FIGURES_DIR, PREDICTIONS_DIR, RESULTS_FILE, SHARDS_DIR, ResultsFolder, record_key
 
 __all__ = ["SHARDS_DIR", "MODELS_DIR", "parse_shard", "shard_name", "shard_folder", "balance", "find_shards",
-           "check_shard_set", "check_shards", "absorb", "take_in", "Taken", "send_plan", "receive_plan", "gather", "check_split", "shard_template"]
+           "check_shard_set", "check_shards", "absorb", "take_in", "Taken", "send_plan", "receive_plan", "gather",
+           "check_split", "shard_template"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +201,13 @@ class Taken:
 
 
 def check_shards(found: Sequence[tuple[int, int, Path]], *, experiment: str, dataset: Any, config: dict[str, Any],
-                 target: Path, complete: bool) -> Taken:
+                 target: Path, complete: bool, method_settings: dict[str, Any] | None = None) -> Taken:
     """Read, lock and check every shard of ``found`` for the run of ``config`` in ``target`` (before
-    anything is written). ``complete``: every shard must hold its whole share."""
+    anything is written). ``complete``: every shard must hold its whole share; ``method_settings``:
+    the resolved settings of the run's records so far (each shard's must agree with them and with
+    the other shards')."""
     taken = Taken()
+    seen = {m: (s, str(target)) for m, s in (method_settings or {}).items()}
     try:
         for i, n, path in found:
             name = shard_name(i, n)
@@ -213,6 +217,12 @@ def check_shards(found: Sequence[tuple[int, int, Path]], *, experiment: str, dat
             store.lock()
             taken.stores.append(store)
             _check_shard(doc, path, name, dataset=dataset, config=config, target=target, complete=complete)
+            for m, s in doc.get("method_settings", {}).items():
+                prev, where = seen.setdefault(m, (s, f"shard {name}"))
+                if prev != s:
+                    changed = sorted(k for k in set(prev) | set(s) if prev.get(k) != s.get(k))
+                    raise ValueError(f"cannot merge shard {name}: {m}'s resolved settings differ from those of "
+                                     f"{where} ({', '.join(changed[:4])}); another deepgmm version or defaults?")
             taken.items.append((name, path, doc))
     except BaseException:
         taken.close()
@@ -274,7 +284,7 @@ def absorb(run: Run, taken: Taken, *, keep_runs: bool) -> int:
 def take_in(run: Run, found: Sequence[tuple[int, int, Path]], *, complete: bool, keep_runs: bool) -> int:
     """:func:`check_shards` against ``run``, then :func:`absorb`."""
     taken = check_shards(found, experiment=run.store.experiment, dataset=run.dataset, config=run.doc["config"],
-                         target=run.store.path, complete=complete)
+                         target=run.store.path, complete=complete, method_settings=run.doc.get("method_settings"))
     return absorb(run, taken, keep_runs=keep_runs)
 
 

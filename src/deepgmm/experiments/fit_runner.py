@@ -358,7 +358,7 @@ def _merge(exp: FitExperiment, a: _Args) -> TableResult:
     a = replace(a, resume=resume, methods=a.methods or list(template["methods"]), groups=groups)
     store, doc, case_list, run_methods, groups = _open(exp, a.out, a, template=template, shards_only_is_new=True)
     taken = check_shards(found, experiment=exp.name, dataset=exp.dataset, config=doc["config"], target=a.out,
-                         complete=True)
+                         complete=True, method_settings=doc.get("method_settings"))
     try:
         return _execute(exp, a, store, doc, case_list, run_methods, groups,
                         before=lambda run, bars: absorb(run, taken, keep_runs=True), compute=False)
@@ -406,7 +406,8 @@ def _run_ranks(exp: FitExperiment, a: _Args, dist: DistInfo) -> TableResult:
     return _execute(exp, a, store, doc, case_list, run_methods, groups, before=ranks, compute=False)
 
 
-def _rank_share(exp: FitExperiment, a: _Args, dist: DistInfo, plan: dict[str, Any], case_list: list[Case]) -> TableResult:
+def _rank_share(exp: FitExperiment, a: _Args, dist: DistInfo, plan: dict[str, Any],
+                case_list: list[Case]) -> TableResult:
     """This rank's share of a torchrun run, into its own shard folder."""
     i, n = dist.rank + 1, dist.world_size
     store = ResultsFolder(shard_folder(a.out, i, n), experiment=exp.name, resume=False, overwrite=True,

@@ -25,10 +25,10 @@ from .._torch_settings import torch_settings
 from ..io import save_json
 from ..training import EnsembleModel, load_model, train
 from ..training.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+from ..training.distributed import DistInfo
 from . import cases as _cases
 from ._pool import progress_bar
 from ._run import Run, TableResult, close_run, draw_case, save_prediction, score_map
-from ..training.distributed import DistInfo
 from ._shards import (MODELS_DIR, absorb, balance, check_shard_set, check_shards, find_shards, gather, receive_plan,
                       send_plan, shard_folder, shard_template, take_in)
 from ._store import FIGURES_DIR, FORMAT_VERSION, KEY_FIELDS, PREDICTIONS_DIR, RESULTS_FILE, ResultsFolder, plain
@@ -135,14 +135,10 @@ def _train_members(plan: TrainTestPlan, folder: Path, names: Sequence[str], prog
     return out
 
 
-def _networks(plan: TrainTestPlan, run: Run, need: set[str], progress: bool | None) -> dict[str, Any]:
+def _networks(plan: TrainTestPlan, run: Run, need: set[str], progress: bool | None,
+              record: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
     """Train (or reuse) the networks of the methods in ``need``; returns them loaded (ensembles combined)."""
     names = [name for m, _, name in _members(plan) if m in need]
-
-    def record(name: str, summary: dict[str, Any]) -> None:
-        run.doc["training"][name] = summary
-        run.store.save()
-
     _train_members(plan, run.store.path, names, progress, plan.device, record)
     models: dict[str, Any] = {}
     for m in (t.name for t in plan.methods):
@@ -226,7 +222,7 @@ def run_train_test(plan: TrainTestPlan, store: ResultsFolder, stored: dict[str, 
                 done = store.keys()
                 todo = [c for c in plan.test_cases if any((m, *c.key) not in done for m in names)]
                 need = {m for c in todo for m in names if (m, *c.key) not in done}
-                models = _networks(plan, run, need, progress)
+                models = _networks(plan, run, need, progress, record)
                 bar = progress_bar(progress, len(todo), f"{plan.short.lower().replace(' ', '')} test")
                 scores = score_map(doc["records"], plan.dataset.key_fields)
                 for case in todo:
@@ -265,7 +261,8 @@ def run_train_test_split(plan_for: Callable[[dict[str, Any] | None], TrainTestPl
     if shard is not None:
         i, n = shard
         names = [name for _, _, name in _members(plan)]
-        share = {"index": i, "count": n, "records": [], "models": [names[j] for j in balance([1.0] * len(names), n)[i - 1]]}
+        mine = [names[j] for j in balance([1.0] * len(names), n)[i - 1]]
+        share = {"index": i, "count": n, "records": [], "models": mine}
         prev = stored["config"].get("shard") if stored is not None else None
         if prev is not None and prev != share:
             raise ValueError(f"cannot resume shard {i}/{n} in {folder}: its share differs from the stored one "
@@ -274,7 +271,7 @@ def run_train_test_split(plan_for: Callable[[dict[str, Any] | None], TrainTestPl
         return run_train_test(plan, store, stored, train_only=share["models"], **kw)
     if found is not None:
         taken = check_shards(found, experiment=experiment, dataset=plan.dataset, config=plan.config, target=out,
-                             complete=True)
+                             complete=True, method_settings=(stored or {}).get("method_settings"))
         try:
             return run_train_test(plan, store, stored, before=lambda run: absorb(run, taken, keep_runs=True), **kw)
         finally:
