@@ -250,6 +250,63 @@ def test_two_torchrun_ranks_write_what_one_process_writes(ibsr, tmp_path, capsys
     assert run.returncode != 0 and run.stderr.count("--shard and torchrun exclude each other") == 2, run.stderr
 
 
+_HOOK = """
+import os, sys
+import deepgmm.cli as cli
+from deepgmm.experiments import cases
+
+log, fail_at = sys.argv[1], int(sys.argv[2])
+fit, calls = cases.segment_fit, []
+
+def hooked(dataset, case, method, seed, options):
+    calls.append(method)
+    if os.environ["RANK"] == "1" and len(calls) == fail_at:
+        raise ValueError("stopped on purpose")
+    with open(log, "a") as f:
+        f.write(f"{method} {case.key[0]}\\n")
+    return fit(dataset, case, method, seed, options)
+
+cases.segment_fit = hooked
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_a_rank_that_fails_loses_nothing_finished_and_resume_completes_the_run(tmp_path, capsys):
+    """Rank 1 fails on its third fit: the job stops, every finished fit stays in its shard folder;
+    --resume under torchrun takes them in, computes only the others and ends as one process does."""
+    from deepgmm.cli import main
+
+    data = _write_ibsr(tmp_path / "ibsr", subjects=(1, 3, 4, 5, 6, 7))
+    script = tmp_path / "hook.py"
+    script.write_text(_HOOK)
+    args = ["brain", "ibsr", "--data", data, "--threads", "1", "--out", tmp_path / "ddp"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+    def torchrun(log: str, fail_at: int, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", str(script), str(tmp_path / log),
+               str(fail_at), *map(str, args), *extra]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    run = torchrun("first.log", 3)
+    assert run.returncode != 0 and "deepgmm: error: stopped on purpose" in run.stderr, run.stderr[-3000:]
+    out = tmp_path / "ddp"
+    held = {(r["method"], r["subject"]) for p in (out / "shards").iterdir() for r in _load(p)["records"]}
+    assert len(held) >= 2, held  # rank 1's first case at least
+    assert _load(out)["records"] == [] and not _load(out)["complete"]
+    run = torchrun("resume.log", 0, "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    computed = {tuple(ln.split()) for ln in (tmp_path / "resume.log").read_text().splitlines()}
+    everything = {(m, str(s)) for m in ("gmm", "svgmm") for s in (1, 3, 4, 5, 6, 7)}
+    assert computed == everything - {(m, str(s)) for m, s in held}
+    assert main([str(a) for a in args[:-1] + [tmp_path / "one"]]) == 0
+    capsys.readouterr()
+    _same_outputs(tmp_path / "one", out)
+
+
 @pytest.mark.slow
 @needs_torchrun
 @needs_data
