@@ -125,7 +125,7 @@ def report_run(res: Any, out: str) -> None:
           f"{TABLE_FILE}, {OVERVIEW_FILE}")
 
 
-def add_split_options(parser: argparse.ArgumentParser) -> None:
+def add_split_options(parser: argparse.ArgumentParser, merge_does: str = "computes no fit") -> None:
     """``--shard I/N`` and ``--merge`` of the experiment commands (a run split over batch jobs)."""
     parser.add_argument("--shard", metavar="I/N",
                         help="compute share I of N (counted from 1: 1/N ... N/N) into DIR/shards/I-of-N, e.g. as "
@@ -133,7 +133,7 @@ def add_split_options(parser: argparse.ArgumentParser) -> None:
                              "torchrun, whose processes share the work themselves")
     parser.add_argument("--merge", action="store_true",
                         help="merge the N shards of DIR/shards (all present and complete, of one run) into DIR: "
-                             "results.json, table.md, figures; computes no fit")
+                             f"results.json, table.md, figures; {merge_does}")
 
 
 def run_experiment(args: argparse.Namespace, run: Any, *params: Any, **kwargs: Any) -> int:

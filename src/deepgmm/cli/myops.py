@@ -29,7 +29,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip the per-slice figures (the overview figure is always drawn)")
-    add_split_options(p)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,6 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "settings (K=4, ground-truth left-ventricle mask) and write results.json, table.md, "
                     "overview.png and one figure per slice into DIR. Interrupted runs continue with --resume.")
     _add_run_options(t1)
+    add_split_options(t1)
     t1.add_argument("--methods", metavar="M1,M2,...",
                     help=f"methods to run, from {','.join(MYOPS_TABLE1_METHODS)} (default: all)")
     t1.add_argument("--cases", metavar="ID,ID,...", help="patients to use, e.g. 101,102 (default: all 25)")
@@ -69,6 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "patients 109, 114, 117, 120, 122. Writes results.json, table.md, mu_data.json, models/, "
                     "figures into DIR.")
     _add_run_options(t2)
+    add_split_options(t2, "then scores the test slices with the networks the shards trained (each shard trains its "
+                          "share of the networks and tests nothing)")
     t2.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: deepgmm train's, 100)")
     t2.add_argument("--batch-size", dest="batch_size", type=int, metavar="B",
                     help="training batch size (default: deepgmm train's, 4)")

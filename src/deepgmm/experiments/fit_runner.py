@@ -146,8 +146,9 @@ def _open(exp: FitExperiment, out: Path, a: _Args, *, template: Mapping[str, Any
           shards_only_is_new: bool = False) -> tuple[ResultsFolder, dict[str, Any], list[Case], list[str],
                                                      list[int] | None]:
     """Check the output folder and resolve the settings (a resumed run keeps its own; a merge with no
-    ``results.json`` yet takes those of the shards, ``template``); returns the store, the
-    ``results.json`` document (config set), the cases, the methods to run and the groups."""
+    ``results.json`` yet takes those of the shards, ``template``, and skips no method that cannot
+    run here: it runs none); returns the store, the ``results.json`` document (config set), the
+    cases, the methods to run and the groups."""
     ds = exp.dataset
     store = ResultsFolder(out, experiment=exp.name, resume=a.resume, overwrite=a.overwrite, key_fields=ds.key_fields,
                           shards_only_is_new=shards_only_is_new)
@@ -157,7 +158,7 @@ def _open(exp: FitExperiment, out: Path, a: _Args, *, template: Mapping[str, Any
     seed = resolve(scfg, "seed", a.seed, 0, out)
     opts = resolve(scfg, "options", a.opts if a.options is not None else None, {}, out, flag="options")
     run_methods = a.methods or (list(scfg["methods"]) if scfg else list(exp.default_methods or exp.methods))
-    skipped = _skipped(exp, run_methods)
+    skipped = _skipped(exp, run_methods) if not shards_only_is_new else {}
     run_methods = [m for m in run_methods if m not in skipped]
     groups = a.groups
     if scfg is not None and groups is None:
