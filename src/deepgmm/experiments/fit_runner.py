@@ -143,22 +143,22 @@ class _Args:
 
 
 def _open(exp: FitExperiment, out: Path, a: _Args, *, template: Mapping[str, Any] | None = None,
-          shards_only_is_new: bool = False) -> tuple[ResultsFolder, dict[str, Any], list[Case], list[str],
+          merging: bool = False) -> tuple[ResultsFolder, dict[str, Any], list[Case], list[str],
                                                      list[int] | None]:
-    """Check the output folder and resolve the settings (a resumed run keeps its own; a merge with no
-    ``results.json`` yet takes those of the shards, ``template``, and skips no method that cannot
-    run here: it runs none); returns the store, the ``results.json`` document (config set), the
+    """Check the output folder and resolve the settings (a resumed run keeps its own; a merge,
+    ``merging``, with no ``results.json`` yet takes those of the shards, ``template``, and skips no
+    method that cannot run here: it runs none); returns the store, the ``results.json`` document (config set), the
     cases, the methods to run and the groups."""
     ds = exp.dataset
     store = ResultsFolder(out, experiment=exp.name, resume=a.resume, overwrite=a.overwrite, key_fields=ds.key_fields,
-                          shards_only_is_new=shards_only_is_new)
+                          shards_only_is_new=merging)
     stored = store.check()
     scfg = stored["config"] if stored is not None else template
     matching = resolve(scfg, "matching", a.matching, exp.matchings[0], out)
     seed = resolve(scfg, "seed", a.seed, 0, out)
     opts = resolve(scfg, "options", a.opts if a.options is not None else None, {}, out, flag="options")
     run_methods = a.methods or (list(scfg["methods"]) if scfg else list(exp.default_methods or exp.methods))
-    skipped = _skipped(exp, run_methods) if not shards_only_is_new else {}
+    skipped = _skipped(exp, run_methods) if not merging else {}
     run_methods = [m for m in run_methods if m not in skipped]
     groups = a.groups
     if scfg is not None and groups is None:
@@ -357,7 +357,7 @@ def _merge(exp: FitExperiment, a: _Args) -> TableResult:
     resume = (a.out / RESULTS_FILE).is_file()
     groups = a.groups if a.groups is not None else sorted({int(k[0]) for k in template[exp.dataset.unit]})
     a = replace(a, resume=resume, methods=a.methods or list(template["methods"]), groups=groups)
-    store, doc, case_list, run_methods, groups = _open(exp, a.out, a, template=template, shards_only_is_new=True)
+    store, doc, case_list, run_methods, groups = _open(exp, a.out, a, template=template, merging=True)
     taken = check_shards(found, experiment=exp.name, dataset=exp.dataset, config=doc["config"], target=a.out,
                          complete=True, method_settings=doc.get("method_settings"))
     try:
