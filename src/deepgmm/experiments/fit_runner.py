@@ -275,6 +275,8 @@ def _execute(exp: FitExperiment, a: _Args, store: ResultsFolder, doc: dict[str, 
     error: BaseException | None = None
     bars: list[Any] = []
     try:
+        (store.path / PREDICTIONS_DIR).mkdir(exist_ok=True)
+        (store.path / FIGURES_DIR).mkdir(exist_ok=True)
         if before is not None:
             before(run, bars)
         if compute:
@@ -294,8 +296,6 @@ def _compute(exp: FitExperiment, a: _Args, run: Run, case_list: list[Case], run_
              only: set | None, bars: list) -> None:
     """Fit the missing records of ``run`` (in worker processes with ``a.jobs > 1``)."""
     out, cfg = run.store.path, run.doc["config"]
-    (out / PREDICTIONS_DIR).mkdir(exist_ok=True)
-    (out / FIGURES_DIR).mkdir(exist_ok=True)
     scores = score_map(run.doc["records"], exp.dataset.key_fields)
     tasks = _tasks(exp, case_list, run_methods, run.store.keys(), scores, cfg, out, a.figures, only)
     n_fits = len(case_list) * len(run_methods) if only is None else len(only)
