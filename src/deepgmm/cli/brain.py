@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
-from .common import add_verbosity, command_line, report_run
+from .common import SPLIT_NAMES, add_split_options, add_verbosity, command_line, run_experiment
 
 __all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
 
@@ -36,6 +36,7 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip the per-volume figures (three orthogonal slices; the overview is always drawn)")
+    add_split_options(p)
     add_verbosity(p)
 
 
@@ -62,16 +63,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-_NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures"]
+_NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
+          *SPLIT_NAMES]
 
 
 def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:
-    res = run(args.data, args.out, methods=args.methods, matching=args.matching, seed=args.seed, jobs=args.jobs,
-              threads=args.threads, resume=args.resume, overwrite=args.overwrite, figures=args.figures,
-              command=command_line(["deepgmm", "brain", args.brain_command], args,
-                                   _NAMES + list(extra.pop("flags", []))), **extra)
-    report_run(res, args.out)
-    return 0
+    command = command_line(["deepgmm", "brain", args.brain_command], args, _NAMES + list(extra.pop("flags", [])))
+    return run_experiment(args, run, args.data, args.out, methods=args.methods, matching=args.matching,
+                          seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
+                          overwrite=args.overwrite, figures=args.figures, command=command, **extra)
 
 
 def cmd_ibsr(args: argparse.Namespace) -> int:

@@ -10,7 +10,13 @@ from typing import Any, ContextManager, Sequence
 from .. import _torch_settings
 
 __all__ = ["check_minimum", "output_format", "parse_int_list", "parse_names", "refuse_data_options",
-           "data_settings", "torch_settings", "add_verbosity", "command_line", "report_run"]
+           "data_settings", "torch_settings", "add_verbosity", "command_line", "report_run", "add_split_options",
+           "run_experiment", "SPLIT_NAMES"]
+
+SPLIT_NAMES = ["shard", "merge"]
+"""The flags of :func:`add_split_options`, for :func:`command_line`."""
+RANK_TIMEOUT_S = 7 * 24 * 3600.0
+"""How long a rank of a torchrun experiment waits for the others (its share may take hours)."""
 
 
 def check_minimum(flag: str, value: Any, minimum: float | None) -> None:
@@ -117,3 +123,30 @@ def report_run(res: Any, out: str) -> None:
     print(res.table, end="")
     print(f"{res.added} record(s) computed in {res.seconds:.1f} s; wrote {Path(out) / RESULTS_FILE}, "
           f"{TABLE_FILE}, {OVERVIEW_FILE}")
+
+
+def add_split_options(parser: argparse.ArgumentParser, merge_does: str = "computes no fit") -> None:
+    """``--shard I/N`` and ``--merge`` of the experiment commands (a run split over batch jobs)."""
+    parser.add_argument("--shard", metavar="I/N",
+                        help="compute share I of N (counted from 1: 1/N ... N/N) into DIR/shards/I-of-N, e.g. as "
+                             "one task of a batch scheduler's array job; then run once with --merge. Not under "
+                             "torchrun, whose processes share the work themselves")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge the N shards of DIR/shards (all present and complete, of one run) into DIR: "
+                             f"results.json, table.md, figures; {merge_does}")
+
+
+def run_experiment(args: argparse.Namespace, run: Any, *params: Any, **kwargs: Any) -> int:
+    """``run(*params, **kwargs, shard=, merge=, dist=)`` (an experiments runner), in torchrun's
+    process group when started by torchrun; the one process, or rank 0, prints the table."""
+    from ..training.distributed import in_torchrun, init_distributed, shutdown
+
+    dist = init_distributed("cpu", timeout_s=RANK_TIMEOUT_S) if in_torchrun() else None  # coordination only
+    try:
+        res = run(*params, **kwargs, shard=args.shard, merge=args.merge, dist=dist)
+    finally:
+        if dist is not None:
+            shutdown(dist)
+    if dist is None or dist.is_main:
+        report_run(res, str(res.out_dir))
+    return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..choices import DEVICES, MYOPS_TABLE1_METHODS, TABLE_MATCHINGS
 from ..choices import READOUTS as READOUT_CHOICES
-from .common import add_verbosity, command_line, report_run
+from .common import SPLIT_NAMES, add_split_options, add_verbosity, command_line, run_experiment
 
 __all__ = ["add_parser", "cmd_table1", "cmd_table2"]
 
@@ -47,6 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "settings (K=4, ground-truth left-ventricle mask) and write results.json, table.md, "
                     "overview.png and one figure per slice into DIR. Interrupted runs continue with --resume.")
     _add_run_options(t1)
+    add_split_options(t1)
     t1.add_argument("--methods", metavar="M1,M2,...",
                     help=f"methods to run, from {','.join(MYOPS_TABLE1_METHODS)} (default: all)")
     t1.add_argument("--cases", metavar="ID,ID,...", help="patients to use, e.g. 101,102 (default: all 25)")
@@ -68,6 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "patients 109, 114, 117, 120, 122. Writes results.json, table.md, mu_data.json, models/, "
                     "figures into DIR.")
     _add_run_options(t2)
+    add_split_options(t2, "then scores the test slices with the networks the shards trained (each shard trains its "
+                          "share of the networks and tests nothing)")
     t2.add_argument("--epochs", type=int, metavar="E", help="training epochs (default: deepgmm train's, 100)")
     t2.add_argument("--batch-size", dest="batch_size", type=int, metavar="B",
                     help="training batch size (default: deepgmm train's, 4)")
@@ -96,7 +99,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_table1(args: argparse.Namespace) -> int:
     """``deepgmm myops table1``."""
     command = command_line(["deepgmm", "myops", args.myops_command], args, ["data", "out", "methods", "cases", "matching", "seed", "jobs", "threads",
-                                   "options", "resume", "overwrite", "figures"])
+                                   "options", "resume", "overwrite", "figures"] + SPLIT_NAMES)
     options = None
     if args.options is not None:
         try:
@@ -107,26 +110,24 @@ def cmd_table1(args: argparse.Namespace) -> int:
     from ..experiments._run import parse_cases
     from ..experiments.myops import run_table1
 
-    res = run_table1(args.data, args.out, methods=args.methods, cases=parse_cases(args.cases), matching=args.matching,
-                     seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
-                     overwrite=args.overwrite, figures=args.figures, options=options, command=command)
-    report_run(res, args.out)
-    return 0
+    return run_experiment(args, run_table1, args.data, args.out, methods=args.methods, cases=parse_cases(args.cases),
+                          matching=args.matching, seed=args.seed, jobs=args.jobs, threads=args.threads,
+                          resume=args.resume, overwrite=args.overwrite, figures=args.figures, options=options,
+                          command=command)
 
 
 def cmd_table2(args: argparse.Namespace) -> int:
     """``deepgmm myops table2``."""
     command = command_line(["deepgmm", "myops", args.myops_command], args, ["data", "out", "epochs", "batch_size", "matching", "seed", "ensemble", "lam",
                                    "readout", "spare_classes", "device", "threads", "train_cases", "test_cases",
-                                   "resume", "overwrite", "figures"])
+                                   "resume", "overwrite", "figures"] + SPLIT_NAMES)
     from ..experiments._run import parse_cases
     from ..experiments.myops import run_table2
 
-    res = run_table2(args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                     matching=args.matching, ensemble=args.ensemble, lam=args.lam, readout=args.readout,
-                     spare_classes=args.spare_classes,
-                     train_cases=parse_cases(args.train_cases, "--train-cases"),
-                     test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device, threads=args.threads,
-                     resume=args.resume, overwrite=args.overwrite, figures=args.figures, command=command)
-    report_run(res, args.out)
-    return 0
+    return run_experiment(args, run_table2, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                          seed=args.seed, matching=args.matching, ensemble=args.ensemble, lam=args.lam,
+                          readout=args.readout, spare_classes=args.spare_classes,
+                          train_cases=parse_cases(args.train_cases, "--train-cases"),
+                          test_cases=parse_cases(args.test_cases, "--test-cases"), device=args.device,
+                          threads=args.threads, resume=args.resume, overwrite=args.overwrite, figures=args.figures,
+                          command=command)

@@ -34,7 +34,7 @@ from ._volume_figure import volume_figure
 from .cases import Case, DataSet
 
 __all__ = ["TableResult", "Run", "close_run", "resolve", "union", "parse_cases", "parse_methods", "check_options",
-           "options_text", "score_map", "save_prediction", "draw_case", "check_int"]
+           "options_text", "score_map", "save_prediction", "draw_case", "check_int", "expected_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,15 @@ def draw_case(out: Path, dataset: DataSet, case: Case, methods: Sequence[str], s
 
 
 # ----------------------------------------------------------------------------- one run
+def expected_keys(config: Mapping[str, Any], unit: str) -> set[tuple[Any, ...]]:
+    """The ``(method, *case key)`` of every record a run of ``config`` should hold: each method on
+    each case of ``config[unit]``, or for a shard (``config["shard"]``) those of its share."""
+    share = config.get("shard")
+    if share is not None:
+        return {(str(r[0]),) + tuple(int(v) for v in r[1:]) for r in share["records"]}
+    return {(m,) + tuple(int(v) for v in key) for m in config["methods"] for key in config[unit]}
+
+
 def _machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -263,8 +272,8 @@ class Run:
         self.store.save()
 
     def expected(self) -> set[tuple[Any, ...]]:
-        cfg = self.doc["config"]
-        return {(m,) + tuple(int(v) for v in key) for m in cfg["methods"] for key in cfg[self.dataset.unit]}
+        """The ``(method, *case key)`` of every record the run should hold (a shard: those of its share)."""
+        return expected_keys(self.doc["config"], self.dataset.unit)
 
     def _refresh(self) -> tuple[dict[str, Any], int]:
         """Sort the records; update the summary, ``complete``, ``missing`` and the total wall time."""

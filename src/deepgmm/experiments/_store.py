@@ -32,7 +32,7 @@ from ..io import MARKER, save_json
 logger = logging.getLogger(__name__)
 
 __all__ = ["RESULTS_FILE", "TABLE_FILE", "FIGURES_DIR", "PREDICTIONS_DIR", "OVERVIEW_FILE", "FORMAT_VERSION",
-           "ResultsFolder", "record_key", "plain", "KEY_FIELDS"]
+           "SHARDS_DIR", "ResultsFolder", "record_key", "plain", "KEY_FIELDS"]
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -40,6 +40,8 @@ FIGURES_DIR = "figures"
 PREDICTIONS_DIR = "predictions"
 OVERVIEW_FILE = "overview.png"
 LOCK_FILE = ".lock"
+SHARDS_DIR = "shards"
+"""Sub-folder of the shards of a run split over processes or batch jobs (see :mod:`._shards`)."""
 FORMAT_VERSION = 1
 """Version of the ``results.json`` layout."""
 
@@ -78,8 +80,9 @@ class ResultsFolder:
     identified by ``method`` and the ``key_fields`` (integers) of their case."""
 
     def __init__(self, path: str | Path, *, experiment: str, resume: bool, overwrite: bool,
-                 key_fields: Sequence[str] = KEY_FIELDS) -> None:
+                 key_fields: Sequence[str] = KEY_FIELDS, shards_only_is_new: bool = False) -> None:
         self.path = Path(path)
+        self.shards_only_is_new = bool(shards_only_is_new)  # a folder holding only shards/ counts as new
         self.experiment = experiment
         self.key_fields = tuple(key_fields)
         self.resume = bool(resume)
@@ -105,7 +108,8 @@ class ResultsFolder:
                 raise FileNotFoundError(f"cannot resume: no {RESULTS_FILE} in {p}")
             self.stored = self._read(results)
             return self.stored
-        if exists and any(e.name != LOCK_FILE for e in p.iterdir()):
+        ignored = (LOCK_FILE, SHARDS_DIR) if self.shards_only_is_new else (LOCK_FILE,)
+        if exists and any(e.name not in ignored for e in p.iterdir()):
             if not self.overwrite:
                 raise ValueError(f"output folder {p} already exists; pass --resume to continue its run or "
                                  "--overwrite to start again")
@@ -147,7 +151,7 @@ class ResultsFolder:
         self._lock()
         if not self.resume and self.overwrite:
             for entry in p.iterdir():
-                if entry.name == LOCK_FILE:
+                if entry.name == LOCK_FILE or (self.shards_only_is_new and entry.name == SHARDS_DIR):
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
@@ -157,6 +161,10 @@ class ResultsFolder:
         (p / MARKER).write_text("written by deepgmm\n", encoding="utf-8")
         self.doc = doc
         self.save()
+
+    def lock(self) -> None:
+        """Take the folder's lock without writing anything (e.g. to read a shard and merge it)."""
+        self._lock()
 
     def _lock(self) -> None:
         try:

@@ -56,10 +56,12 @@ from ..datasets import myops
 from ..training import AugmentConfig, MyoPSDataset, TrainConfig
 from ._report import CLASS_COLUMNS
 from ._run import TableResult, parse_cases, resolve
-from ._store import RESULTS_FILE, ResultsFolder, plain
+from ..training.distributed import DistInfo
+from ._shards import check_split
+from ._store import RESULTS_FILE, plain
 from .cases import Case, DataSet
 from .fit_runner import FitExperiment, run_fit
-from .train_runner import TestMethod, TrainTestPlan, member_seed, run_train_test
+from .train_runner import TestMethod, TrainTestPlan, member_seed, run_train_test_split
 
 __all__ = ["TABLE1_METHODS", "TABLE2_METHODS", "TABLE1_MATCHINGS", "N_COMPONENTS", "MU_SLICES", "MU_LAM",
            "TABLE2_TRAIN_DEFAULTS", "myops_dataset", "table1", "run_table1", "run_table2", "compute_mu_data"]
@@ -297,7 +299,8 @@ def run_table2(data: str | Path, out: str | Path, *, epochs: int | None = None, 
                ensemble: int | None = None, lam: float | None = None, readout: str | None = None,
                spare_classes: int | None = None, device: str = "cpu", threads: int | None = None,
                resume: bool = False, overwrite: bool = False, figures: bool = True, progress: bool | None = None,
-               command: str | None = None) -> TableResult:
+               command: str | None = None, shard: str | Sequence[int] | None = None, merge: bool = False,
+               dist: DistInfo | None = None) -> TableResult:
     """Table 2: networks trained on the training patients, evaluated on the test patients.
 
     epochs, batch_size : training epochs and batch size (default: :class:`deepgmm.training.TrainConfig`'s);
@@ -313,21 +316,24 @@ def run_table2(data: str | Path, out: str | Path, *, epochs: int | None = None, 
     soft labels define); spare_classes : extra classes deepSVG's networks fit, dropped per test
     slice (default 0); device : "cpu", "cuda" or "auto"; threads : torch CPU threads for the run;
     resume, overwrite, figures, progress, command : as for :func:`run_table1` (on resume an
-    unfinished training continues from its checkpoint, a finished one is reused).
+    unfinished training continues from its checkpoint, a finished one is reused); shard, merge,
+    dist : a run split over batch jobs or torchrun's processes, the networks shared out
+    (:func:`.train_runner.run_train_test_split`).
     Returns a TableResult whose ``training`` holds each network's training summary.
     """
     a = dict(epochs=epochs, batch_size=batch_size, seed=seed, matching=matching, train_cases=train_cases,
              test_cases=test_cases, train_options=train_options, ensemble=ensemble, lam=lam, readout=readout,
              spare_classes=spare_classes, device=device, threads=threads)
     _check_table2_args(a)
+    share = check_split(shard, dist, merge=merge, overwrite=overwrite)
     data, out = Path(data), Path(out)
-    store = ResultsFolder(out, experiment="myops-table2", resume=resume, overwrite=overwrite)
-    stored = store.check()
-    scfg = stored["config"] if stored is not None else None
-    r = _resolve_table2(a, scfg, data, out)
-    plan = _table2_plan(data, r, scfg, out, device)
+
+    def plan_for(scfg: Mapping[str, Any] | None) -> TrainTestPlan:
+        return _table2_plan(data, _resolve_table2(a, scfg, data, out), scfg, out, device)
+
     if command is None:
-        command = (f"run_table2({str(data)!r}, {str(out)!r}, epochs={epochs}, seed={r['seed']}, "
-                   f"matching={r['matching']!r})")
-    return run_train_test(plan, store, stored, threads=a["threads"], figures=figures, progress=progress,
-                          command=command)
+        command = (f"run_table2({str(data)!r}, {str(out)!r}, epochs={epochs}, seed={seed}, matching={matching!r}"
+                   + (f", shard={shard!r}" if shard is not None else "") + (", merge=True" if merge else "") + ")")
+    return run_train_test_split(plan_for, "myops-table2", out, shard=share, merge=merge, dist=dist, resume=resume,
+                                overwrite=overwrite, threads=a["threads"], figures=figures, progress=progress,
+                                command=command)

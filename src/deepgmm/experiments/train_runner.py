@@ -5,7 +5,10 @@ per ensemble member), the training data and the test methods: EM fits of each te
 (:func:`deepgmm.segment`) or a trained network applied to it. :func:`run_train_test` trains the
 networks into ``models/<name>/`` (an unfinished training continues from its checkpoint, a
 finished one is reused), applies every method to every test case and scores it; records,
-resume, lock, ``table.md`` and figures are those of :mod:`.fit_runner`.
+resume, lock, ``table.md`` and figures are those of :mod:`.fit_runner`. Split over processes or
+jobs (:func:`run_train_test_split`, :mod:`._shards`), the unit of a share is one network (one
+ensemble member): ``shard="I/N"`` trains share I of them, the merge moves them into ``models/`` and
+tests every case; under torchrun every rank trains its share into ``models/``, then rank 0 tests.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -22,13 +25,17 @@ from .._torch_settings import torch_settings
 from ..io import save_json
 from ..training import EnsembleModel, load_model, train
 from ..training.checkpoint import CHECKPOINT_FILE, MODEL_FILE
+from ..training.distributed import DistInfo
 from . import cases as _cases
 from ._pool import progress_bar
 from ._run import Run, TableResult, close_run, draw_case, save_prediction, score_map
-from ._store import FIGURES_DIR, FORMAT_VERSION, PREDICTIONS_DIR, ResultsFolder, plain
+from ._shards import (MODELS_DIR, absorb, balance, check_shard_set, check_shards, find_shards, gather, receive_plan,
+                      send_plan, shard_folder, shard_template, take_in)
+from ._store import FIGURES_DIR, FORMAT_VERSION, KEY_FIELDS, PREDICTIONS_DIR, RESULTS_FILE, ResultsFolder, plain
 from .cases import Case, DataSet
 
-__all__ = ["TestMethod", "TrainTestPlan", "run_train_test", "member_seed", "member_name", "train_model"]
+__all__ = ["TestMethod", "TrainTestPlan", "run_train_test", "run_train_test_split", "member_seed", "member_name",
+           "train_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,24 +112,40 @@ def train_model(method: str, cfg: Any, dataset: Any, folder: Path, *, device: st
             "final_nll": res.final_nll, "seconds": res.seconds, "resumed_from_epoch": res.resumed_from}
 
 
-def _networks(plan: TrainTestPlan, run: Run, need: set[str], progress: bool | None) -> dict[str, Any]:
-    """Train (or reuse) the networks of the methods in ``need``; returns them loaded (ensembles combined)."""
-    models: dict[str, Any] = {}
-    if not need & set(plan.networks):
-        return models
+def _members(plan: TrainTestPlan) -> list[tuple[str, int, str]]:
+    """``(method, member, name)`` of every network of ``plan``, in table order: the units of a split run."""
+    return [(m, j, member_name(m, j)) for m in (t.name for t in plan.methods) if m in plan.networks
+            for j in range(len(plan.networks[m]))]
+
+
+def _train_members(plan: TrainTestPlan, folder: Path, names: Sequence[str], progress: bool | None, device: str,
+                   record: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume, or reuse) the networks ``names`` into ``folder/models/<name>``; their
+    training summaries (each also handed to ``record`` unless the model was reused)."""
+    if not names:
+        return {}
     train_data = plan.train_data()
+    out = {}
+    for m, j, name in _members(plan):
+        if name in names:
+            out[name] = train_model(name, plan.networks[m][j], train_data, folder / MODELS_DIR / name, device=device,
+                                    progress=progress)
+            if record is not None and not out[name].get("reused"):
+                record(name, out[name])
+    return out
+
+
+def _networks(plan: TrainTestPlan, run: Run, need: set[str], progress: bool | None,
+              record: Callable[[str, dict[str, Any]], None]) -> dict[str, Any]:
+    """Train (or reuse) the networks of the methods in ``need``; returns them loaded (ensembles combined)."""
+    names = [name for m, _, name in _members(plan) if m in need]
+    _train_members(plan, run.store.path, names, progress, plan.device, record)
+    models: dict[str, Any] = {}
     for m in (t.name for t in plan.methods):
         if m not in need or m not in plan.networks:
             continue
-        members = []
-        for j, cfg in enumerate(plan.networks[m]):
-            name = member_name(m, j)
-            folder = run.store.path / "models" / name
-            summary = train_model(name, cfg, train_data, folder, device=plan.device, progress=progress)
-            if not summary.get("reused"):
-                run.doc["training"][name] = summary
-                run.store.save()
-            members.append(load_model(folder, device=plan.device, readout=plan.readout))
+        members = [load_model(run.store.path / MODELS_DIR / member_name(m, j), device=plan.device,
+                              readout=plan.readout) for j in range(len(plan.networks[m]))]
         # members of an unsupervised network have no common class order: aligned by overlap (EnsembleModel's default)
         models[m] = members[0] if len(members) == 1 else EnsembleModel(members, readout=plan.readout)
     return models
@@ -165,8 +188,11 @@ def _test_case(plan: TrainTestPlan, run: Run, case: Case, models: Mapping[str, A
 
 def run_train_test(plan: TrainTestPlan, store: ResultsFolder, stored: dict[str, Any] | None, *,
                    threads: int | None = None, figures: bool = True, progress: bool | None = None,
-                   command: str | None = None) -> TableResult:
-    """Run ``plan`` in ``store`` (checked: ``stored`` is its stored document on resume, else None)."""
+                   command: str | None = None, before: Callable[[Run], None] | None = None,
+                   train_only: Sequence[str] | None = None) -> TableResult:
+    """Run ``plan`` in ``store`` (checked: ``stored`` is its stored document on resume, else None).
+    ``before(run)`` is called once the run has started; ``train_only``: only train these networks
+    (a shard's share), test nothing."""
     doc = stored if stored is not None else {"experiment": plan.experiment, "format_version": FORMAT_VERSION,
                                              "description": plan.description, "records": []}
     doc["config"] = plan.config
@@ -176,25 +202,135 @@ def run_train_test(plan: TrainTestPlan, store: ResultsFolder, stored: dict[str, 
     run.run.update(device=str(plan.device), threads=threads)
     error: BaseException | None = None
     bar = None
+    figure_cases = plan.test_cases if figures and train_only is None else None
+
+    def record(name: str, summary: dict[str, Any]) -> None:
+        run.doc["training"][name] = summary
+        store.save()
+
     try:
         with torch_settings(threads):
+            if before is not None:
+                before(run)
             for name, content in plan.files.items():
                 save_json(store.path / name, content)
-            (store.path / PREDICTIONS_DIR).mkdir(exist_ok=True)
-            (store.path / FIGURES_DIR).mkdir(exist_ok=True)
-            done = store.keys()
-            todo = [c for c in plan.test_cases if any((m, *c.key) not in done for m in names)]
-            need = {m for c in todo for m in names if (m, *c.key) not in done}
-            models = _networks(plan, run, need, progress)
-            bar = progress_bar(progress, len(todo), f"{plan.short.lower().replace(' ', '')} test")
-            scores = score_map(doc["records"], plan.dataset.key_fields)
-            for case in todo:
-                _test_case(plan, run, case, models, done, scores.get(tuple(case.key), {}), figures)
-                if bar is not None:
-                    bar.step(last=case.name)
+            if train_only is not None:
+                _train_members(plan, store.path, train_only, progress, plan.device, record)
+            else:
+                (store.path / PREDICTIONS_DIR).mkdir(exist_ok=True)
+                (store.path / FIGURES_DIR).mkdir(exist_ok=True)
+                done = store.keys()
+                todo = [c for c in plan.test_cases if any((m, *c.key) not in done for m in names)]
+                need = {m for c in todo for m in names if (m, *c.key) not in done}
+                models = _networks(plan, run, need, progress, record)
+                bar = progress_bar(progress, len(todo), f"{plan.short.lower().replace(' ', '')} test")
+                scores = score_map(doc["records"], plan.dataset.key_fields)
+                for case in todo:
+                    _test_case(plan, run, case, models, done, scores.get(tuple(case.key), {}), figures)
+                    if bar is not None:
+                        bar.step(last=case.name)
     except BaseException as exc:
         error = exc
         raise
     finally:
-        result = close_run(run, error, bar, plan.test_cases if figures else None, names, plan.short, plan.notes)
+        result = close_run(run, error, bar, figure_cases, names, plan.short, plan.notes)
     return result
+
+
+# ----------------------------------------------------------------------------- split over processes or jobs
+def run_train_test_split(plan_for: Callable[[dict[str, Any] | None], TrainTestPlan], experiment: str, out: Path, *,
+                         shard: tuple[int, int] | None = None, merge: bool = False, dist: DistInfo | None = None,
+                         resume: bool = False, overwrite: bool = False, **kw: Any) -> TableResult:
+    """:func:`run_train_test` of the plan ``plan_for(settings)`` (the stored settings on resume, a
+    shard's on a merge, else None), in one process, as shard I of N (``shard``: train share I of
+    the networks into ``out/shards/I-of-N``), as the merge of the N shards, or under torchrun
+    (``dist``: the networks to train shared over the ranks, trained into ``out/models``; rank 0
+    tests). ``kw``: ``threads``, ``figures``, ``progress``, ``command``."""
+    if dist is not None and dist.world_size > 1:
+        return _ranks(plan_for, experiment, out, dist, resume=resume, overwrite=overwrite, **kw)
+    found = None
+    if merge:
+        found = find_shards(out)
+        check_shard_set(found, out)
+        resume = (out / RESULTS_FILE).is_file()
+    folder = shard_folder(out, *shard) if shard is not None else out
+    store = ResultsFolder(folder, experiment=experiment, resume=resume, overwrite=overwrite, shards_only_is_new=merge)
+    stored = store.check()
+    template = shard_template(found, experiment, KEY_FIELDS) if found and stored is None else None
+    plan = plan_for(stored["config"] if stored is not None else template)
+    if shard is not None:
+        i, n = shard
+        names = [name for _, _, name in _members(plan)]
+        mine = [names[j] for j in balance([1.0] * len(names), n)[i - 1]]
+        share = {"index": i, "count": n, "records": [], "models": mine}
+        prev = stored["config"].get("shard") if stored is not None else None
+        if prev is not None and prev != share:
+            raise ValueError(f"cannot resume shard {i}/{n} in {folder}: its share differs from the stored one "
+                             "(other settings?); pass --overwrite to run it again")
+        plan.config["shard"] = share
+        return run_train_test(plan, store, stored, train_only=share["models"], **kw)
+    if found is not None:
+        taken = check_shards(found, experiment=experiment, dataset=plan.dataset, config=plan.config, target=out,
+                             complete=True, method_settings=(stored or {}).get("method_settings"))
+        try:
+            return run_train_test(plan, store, stored, before=lambda run: absorb(run, taken, keep_runs=True), **kw)
+        finally:
+            taken.close()
+    return run_train_test(plan, store, stored, before=_leftovers if resume else None, **kw)
+
+
+def _leftovers(run: Run) -> None:
+    found = find_shards(run.store.path)
+    if found:
+        take_in(run, found, complete=False, keep_runs=False)
+
+
+def _rank_device(device: str, dist: DistInfo) -> str:
+    """A CUDA device of this rank's own (``cuda:LOCAL_RANK`` modulo the devices), else ``device``."""
+    import torch
+
+    if str(device) in ("cuda", "auto") and torch.cuda.is_available():
+        return f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+    return str(device)
+
+
+def _ranks(plan_for: Callable[[dict[str, Any] | None], TrainTestPlan], experiment: str, out: Path, dist: DistInfo, *,
+           resume: bool, overwrite: bool, **kw: Any) -> TableResult:
+    """Under torchrun: the networks still to train shared over the ranks (into ``out/models``), then
+    rank 0 tests every case. The other ranks return an empty result."""
+    progress = kw.get("progress")
+    if not dist.is_main:
+        got = receive_plan(dist)
+        plan = plan_for(got["settings"])
+        mine = _train_members(plan, out, got["shares"][dist.rank], progress, _rank_device(plan.device, dist))
+        gather(mine, dist)
+        return TableResult(out, [], {}, "", 0, False, 0.0)
+    try:
+        store = ResultsFolder(out, experiment=experiment, resume=resume, overwrite=overwrite)
+        stored = store.check()
+        plan = plan_for(stored["config"] if stored is not None else None)
+    except (ValueError, OSError) as exc:
+        send_plan(dist, exc, None)
+        raise
+
+    def before(run: Run) -> None:
+        shares, error = None, None
+        try:
+            if resume:
+                _leftovers(run)
+            done, names = run.store.keys(), [t.name for t in plan.methods]
+            need = {m for c in plan.test_cases for m in names if (m, *c.key) not in done}
+            todo = [name for m, _, name in _members(plan) if m in need
+                    and not (out / MODELS_DIR / name / MODEL_FILE).is_file()]
+            shares = [[todo[j] for j in part] for part in balance([1.0] * len(todo), dist.world_size)]
+        except (ValueError, OSError) as exc:
+            error = exc
+        send_plan(dist, error, None if error else {"settings": stored["config"] if stored else None, "shares": shares})
+        if error is not None:
+            raise error
+        mine = _train_members(plan, out, shares[0], progress, _rank_device(plan.device, dist))
+        for part in gather(mine, dist):
+            run.doc["training"].update({k: v for k, v in part.items() if not v.get("reused")})
+        run.run.update(processes=dist.world_size)
+
+    return run_train_test(plan, store, stored, before=before, **kw)
