@@ -287,9 +287,11 @@ def test_segment_deep_method_fits_the_corrected_image():
     img, mask, truth, field = _biased_volume(1)
     seg = segment(img[:, ::2, ::2, ::2], mask[::2, ::2, ::2], method="deepg", n_components=3, bias_field=2,
                   max_steps=2, network="tiny", check_memory=False)
-    assert seg.settings["bias_field"]["fitted_by"] == "gmm"
+    assert seg.settings["bias_field"]["fitted_by"] == "svgmm"
     m = mask[::2, ::2, ::2]
-    assert np.corrcoef(np.log(seg.bias_field[0][m]), np.log(field[::2, ::2, ::2][m]))[0, 1] > 0.95
+    # the pre-fit runs at the SVGMM's image defaults, whose variance floor is wide against this
+    # phantom's 3 % noise, so the field is recovered less closely than at reg_covar=1e-3 above
+    assert np.corrcoef(np.log(seg.bias_field[0][m]), np.log(field[::2, ::2, ::2][m]))[0, 1] > 0.9
 
 
 def test_segment_prior_maps_order_and_errors(tmp_path):

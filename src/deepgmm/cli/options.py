@@ -161,7 +161,7 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--bias-field", "bias_field", _bias_degree, "estimate a smooth multiplicative bias field with "
                   "the mixture: a polynomial of degree D (poly3 or 3; none: no field) in the voxel coordinates (mm "
                   "for NIfTI), one per channel; EM fits the corrected image with it, the deep methods the image "
-                  "divided by the field of a GMM fitted first; written as bias_field.nii.gz (or .npy) beside the "
+                  "divided by the field of an SVGMM fitted first; written as bias_field.nii.gz (or .npy) beside the "
                   "labels (default: none)",
                   metavar="polyD"),
     SegmentOption("--prior-maps", "prior_maps", _file_list, "EM: per-voxel class prior maps, one file per class "

@@ -26,7 +26,7 @@ from ..io import load_mu_data
 from ..preprocess import zscore
 from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
-from .fields import field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
+from .fields import DEEP_FIELD_METHOD, field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
 from .methods import METHODS
 from .order import class_permutation, parse_order, permute_fit
 from .result import MethodFit, Segmentation
@@ -382,7 +382,7 @@ def segment(
     if fields is not None:
         public_settings.update(fields.record())
         if fields.degree is not None:
-            public_settings["bias_field"]["fitted_by"] = method if method in EM_METHODS else "gmm"
+            public_settings["bias_field"]["fitted_by"] = method if method in EM_METHODS else DEEP_FIELD_METHOD
     if spare:
         public_settings["dropped_classes"] = dropped
     if class_order is not None:

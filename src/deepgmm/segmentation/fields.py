@@ -10,8 +10,10 @@ channel, estimated jointly with the mixture.
   includes the correction's Jacobian, so the NLL of the image never rises). A multiplicative field
   needs intensities whose zero means no signal: the image is divided by the normalisation's
   standard deviation but not centred (``Segmentation.normalization["mean"]`` is 0).
-- Deep methods: a GMM with the field (the same K, EM's image defaults) is fitted first, and the
-  deep method fits the image divided by that field (``settings["bias_field"]["fitted_by"] == "gmm"``).
+- Deep methods: an SVGMM with the field (the same K, EM's image defaults) is fitted first, and the
+  deep method fits the image divided by that field (``settings["bias_field"]["fitted_by"] == "svgmm"``).
+  The SVGMM, not the GMM: with a free field a 3-class GMM can end with two classes on one tissue
+  (docs/brain.md), which the SVGMM's per-voxel weights avoid.
 
 The field comes out as ``Segmentation.bias_field`` ``(C, *spatial)``: the multiplicative field in
 the image's units, scaled to a geometric mean of 1 over the mask, 1 outside it; the corrected
@@ -41,10 +43,12 @@ from ..field_em import FieldGaussianMixture, FieldSpatiallyVariantGMM
 from ..mixture import EM_IMAGE_DEFAULTS
 from .result import MethodFit
 
-__all__ = ["FieldRequest", "field_request", "fit_em_with_fields", "deep_bias_correction", "multiplicative_field",
+__all__ = ["DEEP_FIELD_METHOD", "FieldRequest", "field_request", "fit_em_with_fields", "deep_bias_correction", "multiplicative_field",
            "prepare_image", "uncentre", "normalise_field"]
 
 _ESTIMATORS = {"gmm": FieldGaussianMixture, "svgmm": FieldSpatiallyVariantGMM}
+DEEP_FIELD_METHOD = "svgmm"
+"""The EM method whose field the deep methods' image is divided by."""
 
 
 @dataclass(frozen=True)
@@ -146,16 +150,16 @@ def multiplicative_field(log_field: np.ndarray | None, region: np.ndarray) -> np
 
 def deep_bias_correction(img: torch.Tensor, region: torch.Tensor, req: FieldRequest, n_components: int,
                          settings: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
-    """The deep methods' field: a GMM with the field on the image divided by its standard deviation
+    """The deep methods' field: an SVGMM with the field on the image divided by its standard deviation
     over ``region`` (EM's image defaults, ``n_components`` classes, the run's seed and device), then
     ``img / field``. Returns the corrected image and the field ``(C, *spatial)``."""
     from ..preprocess import zscore
 
     z, info = zscore(img.numpy(), region.numpy(), where="image", over="the mask", hint="drop the channel")
     z, _ = uncentre(torch.from_numpy(z), info)
-    opts = dict(EM_IMAGE_DEFAULTS["gmm"], n_components=n_components, random_state=settings.get("random_state"),
+    opts = dict(EM_IMAGE_DEFAULTS[DEEP_FIELD_METHOD], n_components=n_components, random_state=settings.get("random_state"),
                 device=settings.get("device", "cpu"))
-    fit = fit_em_with_fields("gmm", z, region, opts, FieldRequest(req.degree, None, 1.0, req.spacing))
+    fit = fit_em_with_fields(DEEP_FIELD_METHOD, z, region, opts, FieldRequest(req.degree, None, 1.0, req.spacing))
     field = multiplicative_field(fit.model.bias_field_, region.numpy())
     corrected = img / torch.from_numpy(field).to(img.dtype)
     return corrected, field
