@@ -112,7 +112,7 @@ def run_fit_task(task: FitTask) -> FitTaskResult:
         fresh[method] = matched
     if task.figures:
         scores = dict(task.known_scores)
-        scores.update({r["method"]: r["mean_dice"] for r in records})
+        scores.update({r["method"]: r[exp.dataset.scoring.key] for r in records})
         draw_case(out, exp.dataset, case, task.figure_methods, scores, fresh, title=exp.short)
     return FitTaskResult(case, records, settings)
 
@@ -124,7 +124,8 @@ def _open(exp: FitExperiment, out: Path, *, methods: list[str] | None, groups: l
     """Check the output folder and resolve the settings (a resumed run keeps its own); returns the
     store, the ``results.json`` document (config set), the cases, the methods to run and the groups."""
     ds = exp.dataset
-    store = ResultsFolder(out, experiment=exp.name, resume=resume, overwrite=overwrite, key_fields=ds.key_fields)
+    store = ResultsFolder(out, experiment=exp.name, resume=resume, overwrite=overwrite, key_fields=ds.key_fields,
+                          score_keys=ds.scoring.record_keys)
     stored = store.check()
     scfg = stored["config"] if stored is not None else None
     matching = resolve(scfg, "matching", matching, exp.matchings[0], out)
@@ -213,7 +214,7 @@ def run_fit(exp: FitExperiment, out: str | Path, *, methods: str | Sequence[str]
     try:
         (out / PREDICTIONS_DIR).mkdir(exist_ok=True)
         (out / FIGURES_DIR).mkdir(exist_ok=True)
-        scores = score_map(doc["records"], exp.dataset.key_fields)
+        scores = score_map(doc["records"], exp.dataset.key_fields, exp.dataset.scoring.key)
         tasks = _tasks(exp, case_list, run_methods, store.keys(), scores, cfg, out, figures)
         n_fits = len(case_list) * len(run_methods)
         todo = sum(len(t.methods) for t in tasks)
@@ -224,8 +225,9 @@ def run_fit(exp: FitExperiment, out: str | Path, *, methods: str | Sequence[str]
 
         def on_result(res: FitTaskResult) -> None:
             run.add(res.records, res.settings)
-            msg = ", ".join(f"{r['method']} {r['mean_dice']:.3f}" for r in res.records)
-            logger.info("%s: mean Dice %s", res.case.title, msg)
+            scoring = exp.dataset.scoring
+            msg = ", ".join(f"{r['method']} {r[scoring.key]:.3f}" for r in res.records)
+            logger.info("%s: %s %s", res.case.title, scoring.label, msg)
             if bar is not None:
                 bar.step(last=f"{res.case.name}: {msg}")
 
