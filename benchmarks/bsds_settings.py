@@ -8,12 +8,18 @@ images; ties: higher covering):
 2. K fixed (3, 4, 5, 6, 8) against K chosen per image by BIC over 2..8 (GMM) at the stage-1 features;
 3. SVGMM's ``smooth_sigma`` as a fraction of the image's shorter side (0, 0.5%, 1%, 2%) at the stage-2 K.
 
+``--deep``: instead, the deep methods (deepG, deepSVG at their defaults, on the full image, no mask)
+beside GMM and SVGMM at the features and K given by ``--colour``, ``--position``, ``--k``, on every
+``--every``-th train image (e.g. 40: 5 images).
+
 Images: every ``--every``-th image of the sorted ``train`` list (default 10: 20 of 200). Features:
 :func:`deepgmm.preprocess.photo_features` (z-scored per channel over the image), fitted with
 ``normalize="none"``. Writes the per-image scores to ``--out`` (JSON) and prints one Markdown table
 per stage.
 
     OMP_NUM_THREADS=1 python benchmarks/bsds_settings.py --out bsds_settings.json
+    OMP_NUM_THREADS=1 python benchmarks/bsds_settings.py --deep --every 40 --colour rgb --position 0 --k 4 \
+        --out bsds_deep.json
 """
 
 from __future__ import annotations
@@ -91,6 +97,10 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=default_data())
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("bsds_settings.json"))
+    ap.add_argument("--deep", action="store_true", help="the deep methods at the settings given")
+    ap.add_argument("--colour", default="rgb")
+    ap.add_argument("--position", type=float, default=0.0)
+    ap.add_argument("--k", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(1)
     paths = bsds.list_images(args.data, "train")[:: args.every]
@@ -99,6 +109,12 @@ def main() -> int:
     print(f"BSDS500 train, every {args.every}th image: {len(images)} images; {platform.processor()}, "
           f"torch {torch.__version__}, 1 thread")
     results: dict = {}
+    if args.deep:
+        base = {"colour": args.colour, "position": args.position, "k": args.k}
+        configs = [dict(base, method=m) for m in ("gmm", "svgmm", "deepg", "deepsvg")]
+        run_stage("Deep methods beside the EM ones", configs, images, results)
+        args.out.write_text(json.dumps({"images": [i for _, _, i in images], "results": results}, indent=1))
+        return 0
     s1 = [{"method": "gmm", "colour": c, "position": w, "k": k}
           for c in ("rgb", "lab") for w in (0.0, 0.5, 1.0) for k in (4, 6)]
     best = run_stage("Stage 1: colour space x position weight x K (GMM)", s1, images, results)

@@ -75,6 +75,27 @@ def test_photo_features():
         photo_features(rgb, position_weight=-1)
 
 
+def test_segment_in_lab_is_segment_of_the_converted_image(tmp_path, capsys):
+    from deepgmm import segment
+
+    rgb = _two_regions(12, 14).astype(np.float32)
+    a = segment(rgb, method="gmm", n_components=2, colour_space="lab")
+    b = segment(rgb_to_lab(rgb).astype(np.float32), method="gmm", n_components=2)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.means, b.means, rtol=1e-5)
+    assert a.settings["colour_space"] == "lab"
+    with pytest.raises(ValueError, match="3 channels"):
+        segment(rgb[:2], method="gmm", n_components=2, colour_space="lab")
+    with pytest.raises(ValueError, match="colour_space"):
+        segment(rgb, method="gmm", n_components=2, colour_space="hsv")
+    Image.fromarray(rgb.astype(np.uint8).transpose(1, 2, 0)).save(tmp_path / "rgb.png")
+    assert main(["segment", str(tmp_path / "rgb.png"), "--method", "gmm", "-k", "2", "--colour-space", "lab",
+                 "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "lab" in json.dumps(summary)
+    capsys.readouterr()
+
+
 # ----------------------------------------------------------------------------- Kim & Kanezaki
 def _two_regions(h=16, w=20, seed=0):
     rng = np.random.default_rng(seed)

@@ -30,7 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", choices=_SPLITS, default="val", help="the split to run on (default val)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
     p.add_argument("--methods", metavar="M1,M2,...",
-                   help=f"methods to run, from {','.join(METHODS + BSDS_PEER_METHODS)} (default: {','.join(EM_METHODS)}; "
+                   help=f"methods to run, from {','.join(METHODS + BSDS_PEER_METHODS)} "
+                        f"(default: {','.join(EM_METHODS)}; "
                         "the deep ones and kim_kanezaki take minutes per image on a CPU; kmeans, kmeans_xy and "
                         "sklearn_gmm need pip install -e '.[peers]' and are skipped without it)")
     which = p.add_mutually_exclusive_group()

@@ -107,7 +107,8 @@ def load_photographs(data: Path, split: str, colour_space: str, position_weight:
     missing = [i for i in (ids or []) if i not in paths]
     if missing:
         raise ValueError(f"images: BSDS500 {split} image(s) {missing} not found under {data / 'images' / split}")
-    return [_case(paths[i], data, split, colour_space, position_weight) for i in (ids if ids is not None else sorted(paths))]
+    ids = list(ids) if ids is not None else sorted(paths)
+    return [_case(paths[i], data, split, colour_space, position_weight) for i in ids]
 
 
 def _display(case: Case) -> np.ndarray:

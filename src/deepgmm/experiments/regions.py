@@ -28,7 +28,8 @@ __all__ = ["RegionScoring", "REGION_FIELDS", "paint_regions", "summarize_regions
 
 REGION_FIELDS: tuple[str, ...] = ("pri", "voi", "covering", "miou", "miou_fine", "miou_coarse")
 """The score fields of a record (all but the mIoU variants against all human segmentations)."""
-_HEADS = {"pri": "PRI ↑", "voi": "VoI ↓", "covering": "covering ↑", "miou": "mIoU all ↑", "miou_fine": "mIoU fine ↑",
+_HEADS = {"pri": "PRI ↑", "voi": "VoI ↓", "covering": "covering ↑", "miou": "mIoU all ↑",
+          "miou_fine": "mIoU fine ↑",
           "miou_coarse": "mIoU coarse ↑"}
 OVERVIEW_ROWS = 4
 
@@ -192,7 +193,8 @@ class RegionScoring:
         ids = sorted(i for i, s in by_case.items() if all(m in s for m in methods))
         if not ids or not methods:
             return
-        picked = [ids[j] for j in np.unique(np.linspace(0, len(ids) - 1, min(OVERVIEW_ROWS, len(ids))).round().astype(int))]
+        rows_at = np.linspace(0, len(ids) - 1, min(OVERVIEW_ROWS, len(ids))).round().astype(int)
+        picked = [ids[j] for j in np.unique(rows_at)]
         rows, scores = [], []
         for case in dataset.load(picked):
             preds = {}
