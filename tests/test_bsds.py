@@ -208,8 +208,9 @@ def test_run_bsds_end_to_end_and_resume(tmp_path):
         assert r["voi"] == pytest.approx(rm.mean_variation_of_information(pred, truths))
         assert r["seconds"] > 0 and r["matching"] == "none"
     gmm = [r for r in doc["records"] if r["method"] == "gmm"]
-    assert all(r["segments"] == 4 for r in gmm)
-    assert case.image.shape == (3, 24, 32) and case.truth.shape == (2, 24, 32)
+    assert all(r["segments"] == ebsds.N_COMPONENTS for r in gmm)
+    n_features = 3 + 2 * (ebsds.POSITION_WEIGHT > 0)
+    assert case.image.shape == (n_features, 24, 32) and case.truth.shape == (2, 24, 32)
     table = (out / "table.md").read_text()
     assert "| GMM | 2 |" in table and "Kim & Kanezaki" in table and "PRI" in table
     assert (out / "overview.png").is_file() and (out / "figures" / "3.png").is_file()
@@ -240,6 +241,6 @@ def test_a_real_bsds500_photograph():
     ds = ebsds.bsds_dataset(BSDS, "val")
     first = ebsds.select_images(BSDS, "val", limit=1)
     case = ds.load(first)[0]
-    assert case.image.shape[0] == 3 and case.image.shape[1:] in ((321, 481), (481, 321))
+    assert case.image.shape[0] == len(ds.channels) and case.image.shape[1:] in ((321, 481), (481, 321))
     assert case.truth.shape[1:] == case.image.shape[1:] and 4 <= case.truth.shape[0] <= 9
     assert case.source.rgb.dtype == np.uint8

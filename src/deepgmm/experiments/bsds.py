@@ -30,18 +30,21 @@ from .cases import Case, DataSet
 from .fit_runner import FitExperiment, run_fit
 from .regions import RegionScoring
 
-__all__ = ["BSDS_METHODS", "DEFAULT_METHODS", "N_COMPONENTS", "COLOUR_SPACE", "POSITION_WEIGHT", "METHOD_OPTIONS",
+__all__ = ["BSDS_METHODS", "DEFAULT_METHODS", "N_COMPONENTS", "COLOUR_SPACE", "POSITION_WEIGHT", "SVGMM_SIGMA_FRACTION",
+           "METHOD_OPTIONS",
            "Photograph", "select_images", "load_photographs", "bsds_dataset", "bsds_experiment", "run_bsds"]
 
 BSDS_METHODS: tuple[str, ...] = METHODS + BSDS_PEER_METHODS
 DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
-N_COMPONENTS = 4
+N_COMPONENTS = 5
 """K of deepgmm's methods and of the k-means and GaussianMixture peers."""
-COLOUR_SPACE = "rgb"
+COLOUR_SPACE = "lab"
 """The colour space of the features (:data:`deepgmm.choices.COLOUR_SPACES`)."""
-POSITION_WEIGHT = 0.0
+POSITION_WEIGHT = 1.0
 """Weight of the position features (0: colour only); see :func:`deepgmm.preprocess.photo_features`."""
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {}
+SVGMM_SIGMA_FRACTION = 0.02
+"""SVGMM's ``smooth_sigma`` as a fraction of the photograph's shorter side (321 pixels in BSDS500)."""
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {"svgmm": {"smooth_sigma": round(SVGMM_SIGMA_FRACTION * 321, 2)}}
 """``segment()`` settings per method on top of the library's defaults (spatial widths in pixels)."""
 
 
