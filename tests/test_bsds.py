@@ -244,3 +244,20 @@ def test_a_real_bsds500_photograph():
     assert case.image.shape[0] == len(ds.channels) and case.image.shape[1:] in ((321, 481), (481, 321))
     assert case.truth.shape[1:] == case.image.shape[1:] and 4 <= case.truth.shape[0] <= 9
     assert case.source.rgb.dtype == np.uint8
+
+
+def test_peers_without_their_package_are_reported_unavailable(monkeypatch):
+    from deepgmm.experiments import bsds_peers
+
+    assert bsds_peers.unavailable("kim_kanezaki") is None  # torch only
+    assert bsds_peers.unavailable("gmm") is None  # not a peer
+    real = bsds_peers.importlib.import_module
+
+    def fake(name, *a, **k):
+        if name.split(".")[0] == "sklearn":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(bsds_peers.importlib, "import_module", fake)
+    for m in ("kmeans", "kmeans_xy", "sklearn_gmm"):
+        assert "not installed" in bsds_peers.unavailable(m)
