@@ -11,7 +11,8 @@ __all__ = [
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
-    "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS",
+    "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS", "COLOUR_SPACES",
+    "BSDS_PEER_METHODS",
 ]
 
 # segment(method=...): EM mixtures and their deep counterparts
@@ -50,6 +51,11 @@ MATCHINGS: tuple[str, ...] = ("hungarian", "greedy", "none")
 REGION_METRICS: tuple[str, ...] = ("pri", "voi", "covering", "miou")
 GROUND_TRUTH_SELECTIONS: tuple[str, ...] = ("all", "fine", "coarse")
 CONNECTIVITIES: tuple[int, ...] = (8, 4)
+# colour spaces of a photograph's pixels (preprocess.rgb_to_lab)
+COLOUR_SPACES: tuple[str, ...] = ("rgb", "lab")
+# peers run next to deepgmm's methods by deepgmm bsds (experiments.bsds_peers; k-means and
+# scikit-learn's GaussianMixture need the extra "peers", Kim & Kanezaki (2020) only torch)
+BSDS_PEER_METHODS: tuple[str, ...] = ("kmeans", "kmeans_xy", "sklearn_gmm", "kim_kanezaki")
 # a trained network's output: its soft labels, or the posteriors of the mixture they define
 READOUTS: tuple[str, ...] = ("soft_labels", "posterior")
 # cohort layouts: a folder per case, or the MyoPS 2020 release

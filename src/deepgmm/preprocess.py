@@ -1,5 +1,5 @@
 """Preprocessing shared by :func:`deepgmm.segment`, training and the data sets: z-scores over a
-region, bounding boxes, windows and crops.
+region, bounding boxes, windows and crops, and the sRGB to CIE Lab conversion of colour photographs.
 
 Arrays are numpy; ``image`` is ``(C, *spatial)`` and a region or mask ``(*spatial)`` boolean.
 A window is a half-open ``((lo, hi), ...)`` per spatial axis and may reach past the array
@@ -13,11 +13,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["zscore", "bounding_box", "box_slices", "window_around", "crop"]
+from .choices import COLOUR_SPACES
+
+__all__ = ["zscore", "bounding_box", "box_slices", "window_around", "crop", "rgb_to_lab", "photo_features"]
 
 # a channel counts as constant when its standard deviation is below this fraction of max(|mean|, 1):
 # float rounding alone leaves such a spread in a constant channel
 CONSTANT_RTOL = 1e-12
+
+# sRGB (D65) linear RGB -> CIE XYZ, and the D65 reference white (IEC 61966-2-1; CIE 15)
+_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 
 def zscore(image: np.ndarray, region: np.ndarray | None = None, *, where: str = "image", over: str = "the region",
@@ -117,3 +125,48 @@ def crop(arr: np.ndarray, window: Sequence[tuple[int, int]], fill: float = 0) ->
     if any(p != (0, 0) for p in pad):
         out = np.pad(out, [(0, 0)] * (arr.ndim - d) + pad, constant_values=fill)
     return np.ascontiguousarray(out)
+
+
+def rgb_to_lab(image: np.ndarray, max_value: float = 255.0) -> np.ndarray:
+    """CIE L*a*b* (D65 white) of an sRGB image ``(3, *spatial)`` with values in ``[0, max_value]``.
+
+    Returns ``(3, *spatial)`` float64: L* in [0, 100], a* and b* roughly in [-128, 128]. The sRGB
+    transfer curve is undone (linear RGB), linear RGB goes to XYZ with the sRGB matrix, and XYZ,
+    relative to the D65 white, to L*a*b* with CIE's cube-root formula (linear below
+    ``(6/29)**3``). Values outside ``[0, max_value]`` are clipped.
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim < 2 or arr.shape[0] != 3:
+        raise ValueError(f"a colour conversion needs an RGB image of shape (3, *spatial), got {arr.shape}")
+    if not max_value > 0:
+        raise ValueError(f"max_value must be positive, got {max_value}")
+    c = np.clip(arr / max_value, 0.0, 1.0)
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = np.tensordot(_RGB_TO_XYZ, linear, axes=(1, 0)) / _WHITE_D65.reshape((3,) + (1,) * (arr.ndim - 1))
+    eps = (6.0 / 29.0) ** 3
+    f = np.where(xyz > eps, np.cbrt(xyz), xyz / (3 * (6.0 / 29.0) ** 2) + 4.0 / 29.0)
+    return np.stack([116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])])
+
+
+def photo_features(rgb: np.ndarray, colour_space: str = "rgb", position_weight: float = 0.0) -> np.ndarray:
+    """The pixel features of a photograph ``rgb`` ``(3, H, W)`` (values 0..255): its colour in
+    ``colour_space`` ("rgb" or "lab", :func:`deepgmm.preprocess.rgb_to_lab`), z-scored per channel
+    over the image, and with ``position_weight > 0`` two more channels, the row and column
+    ``position_weight * (coordinate - centre) / s`` with ``s = max(H, W) / sqrt(12)`` (the standard
+    deviation of a coordinate along the longer side, the same for both axes so that distances stay
+    isotropic): a weight of 1 gives the position the spread of one colour channel.
+    Returns ``(3 or 5, H, W)`` float32, to be fitted with ``normalize="none"``.
+    """
+    if colour_space not in COLOUR_SPACES:
+        raise ValueError(f"colour_space must be one of {', '.join(COLOUR_SPACES)}, got {colour_space!r}")
+    if not position_weight >= 0:
+        raise ValueError(f"position_weight must be >= 0, got {position_weight!r}")
+    colour = rgb_to_lab(rgb) if colour_space == "lab" else np.asarray(rgb, np.float64)
+    feats, _ = zscore(colour, None, where="photograph", over="the image", dtype=np.float32)
+    if position_weight == 0:
+        return feats
+    h, w = feats.shape[1:]
+    s = max(h, w) / np.sqrt(12.0)
+    rows, cols = np.meshgrid((np.arange(h) - (h - 1) / 2) / s, (np.arange(w) - (w - 1) / 2) / s, indexing="ij")
+    pos = (position_weight * np.stack([rows, cols])).astype(np.float32)
+    return np.concatenate([feats, pos])

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..choices import (CLASS_ORDERS, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS,
-                       NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
+from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS,
+                       INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
            "parse_n_components"]
@@ -112,6 +112,9 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--normalize", "normalize", str,
                   "z-score every channel over the mask or the whole image first (default: mask)",
                   choices=NORMALIZATIONS),
+    SegmentOption("--colour-space", "colour_space", str,
+                  "rgb (default: the channels as given) or lab: convert an RGB photograph (values 0..255) to CIE "
+                  "L*a*b* first (better on photographs, docs/natural-images.md)", choices=COLOUR_SPACES),
     SegmentOption("--nan-policy", "nan_policy", str,
                   "NaN/Inf pixels inside the mask: an error, or leave them out of the mask (default: raise)",
                   choices=NAN_POLICIES),

@@ -208,4 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .brain import add_parser as add_brain_parser  # light: no torch at import
 
     add_brain_parser(subs)
+    from .bsds import add_parser as add_bsds_parser  # light: no torch at import
+
+    add_bsds_parser(subs)
     return parser

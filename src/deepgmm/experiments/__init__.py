@@ -6,8 +6,10 @@ two runners that share resume, lock, worker processes, ``results.json``, ``table
 * :mod:`~deepgmm.experiments.cases`: what a data set provides (:class:`~.cases.Case`, :class:`~.cases.DataSet`);
 * :mod:`~deepgmm.experiments.myops`: the MyoPS 2020 tables, :func:`run_table1` and :func:`run_table2`.
 * :mod:`~deepgmm.experiments.brain`: CSF, GM and WM of T1 volumes (IBSR18, BrainWeb).
+* :mod:`~deepgmm.experiments.bsds`: BSDS500 photographs scored with region metrics
+  (:mod:`~deepgmm.experiments.regions`), with the peers of :mod:`~deepgmm.experiments.bsds_peers`.
 
-The ``deepgmm myops`` and ``deepgmm brain`` commands live in the CLI layer; importing this package imports torch.
+The ``deepgmm myops``, ``deepgmm brain`` and ``deepgmm bsds`` commands live in the CLI layer; importing this package imports torch.
 """
 
 from ._run import TableResult

@@ -37,6 +37,9 @@ DISPLAY_NAMES: dict[str, str] = {
     "atropos_n4": "ANTs N4 + Atropos",
     "dipy_hmrf": "DIPY HMRF",
     "sklearn_gmm": "scikit-learn GMM",
+    "kmeans": "k-means",
+    "kmeans_xy": "k-means + position",
+    "kim_kanezaki": "Kim & Kanezaki",
 }
 """Row names of the tables (the paper's spelling)."""
 

@@ -19,7 +19,7 @@ from .._validation import check_int
 from .._version import __version__
 from ..io import atomic_write, save_labels
 from ._pool import available_cpus
-from ._report import display_name, format_table, overview_figure, slice_figure, summarize
+from ._report import display_name
 from ._store import (
     FIGURES_DIR,
     OVERVIEW_FILE,
@@ -30,7 +30,6 @@ from ._store import (
     plain,
     sort_records,
 )
-from ._volume_figure import volume_figure
 from .cases import Case, DataSet
 
 __all__ = ["TableResult", "Run", "close_run", "resolve", "union", "parse_cases", "parse_methods", "check_options",
@@ -153,11 +152,12 @@ def save_prediction(out: Path, case: Case, method: str, labels: np.ndarray) -> N
     save_labels(out / PREDICTIONS_DIR / f"{case.name}_{method}.npy", labels)
 
 
-def score_map(records: Sequence[Mapping[str, Any]], key_fields: Sequence[str]) -> dict[tuple, dict[str, Any]]:
-    """``{case key: {method: mean Dice}}`` of ``records``."""
+def score_map(records: Sequence[Mapping[str, Any]], key_fields: Sequence[str],
+              key: str = "mean_dice") -> dict[tuple, dict[str, Any]]:
+    """``{case key: {method: record[key]}}`` of ``records`` (``key``: the headline score, e.g. mean Dice)."""
     out: dict[tuple, dict[str, Any]] = {}
     for r in records:
-        out.setdefault(tuple(r[k] for k in key_fields), {})[r["method"]] = r["mean_dice"]
+        out.setdefault(tuple(r[k] for k in key_fields), {})[r["method"]] = r[key]
     return out
 
 
@@ -173,13 +173,8 @@ def draw_case(out: Path, dataset: DataSet, case: Case, methods: Sequence[str], s
         if not f.is_file() or scores.get(m) is None:
             return False
         preds[m] = np.load(f, allow_pickle=False)
-    path = out / FIGURES_DIR / f"{case.name}.png"
-    mask = case.mask if case.mask is not None else np.ones(case.truth.shape, dtype=bool)
-    kwargs = dict(channels=list(dataset.channels), title=f"{title}: {case.title}", classes=dataset.classes)
-    if dataset.figure == "volume":
-        volume_figure(path, case.image, case.truth, mask, preds, scores, spacing=case.spacing, **kwargs)
-    else:
-        slice_figure(path, case.image, case.truth, mask, preds, scores, **kwargs)
+    dataset.scoring.case_figure(out / FIGURES_DIR / f"{case.name}.png", dataset, case, preds, scores,
+                                title=f"{title}: {case.title}")
     return True
 
 
@@ -280,7 +275,7 @@ class Run:
         doc = self.doc
         methods = [m for m in self.methods_order if m in doc["config"]["methods"]]
         doc["records"] = sort_records(doc["records"], methods, self.dataset.key_fields)
-        summary = summarize(doc["records"], methods, self.dataset.classes, group_field=self.dataset.key_fields[0])
+        summary = self.dataset.scoring.summarize(doc["records"], methods, self.dataset)
         missing = len(self.expected() - self.store.keys())
         doc.update(summary=summary, complete=missing == 0, missing=missing)
         doc["wall_seconds"] = float(sum(r.get("wall_seconds") or 0.0 for r in doc["runs"]))
@@ -307,17 +302,17 @@ class Run:
         keys = doc["config"][self.dataset.unit]
         unit, group = self.dataset.unit, self.dataset.group
         size = f"{len(keys)} {unit}" + (f", {len({k[0] for k in keys})} {group}" if group != unit else "")
-        table = format_table(summary, title=f"{self.title} ({size})", notes=[ln for ln in lines if ln],
-                             classes=self.dataset.classes, unit=unit, group=group)
+        table = self.dataset.scoring.table(summary, title=f"{self.title} ({size})", notes=[ln for ln in lines if ln],
+                                           dataset=self.dataset)
         atomic_write(self.store.file(TABLE_FILE), lambda tmp: tmp.write_text(table, encoding="utf-8"))
         if doc["records"]:
-            overview_figure(self.store.file(OVERVIEW_FILE), doc["records"], list(summary),
-                            title=f"{self.title}: Dice over {self.dataset.unit}", classes=self.dataset.classes)
+            self.dataset.scoring.overview(self.store.file(OVERVIEW_FILE), doc["records"], list(summary),
+                                          title=self.title, dataset=self.dataset)
         return summary, table, missing == 0
 
     def missing_figures(self, cases: Sequence[Case], methods: Sequence[str], title: str) -> None:
         """Draw the figure of every complete case that has none (e.g. a run interrupted in between)."""
-        scores = score_map(self.doc["records"], self.dataset.key_fields)
+        scores = score_map(self.doc["records"], self.dataset.key_fields, self.dataset.scoring.key)
         for case in cases:
             s = scores.get(tuple(case.key), {})
             if not self.store.file(FIGURES_DIR, f"{case.name}.png").is_file() and all(m in s for m in methods):

@@ -47,7 +47,9 @@ FORMAT_VERSION = 1
 
 KEY_FIELDS = ("case", "slice")
 """The record fields that name a case by default (MyoPS: patient and slice)."""
-RECORD_KEYS = ("method", "dice", "mean_dice", "nll", "seconds", "iterations", "matching")
+RECORD_KEYS = ("method", "nll", "seconds", "iterations")
+SCORE_KEYS = ("dice", "mean_dice", "matching")
+"""The score fields of a record by default (Dice; a data set's scoring may name others)."""
 
 
 def record_key(record: Mapping[str, Any], key_fields: Sequence[str] = KEY_FIELDS) -> tuple[Any, ...]:
@@ -77,14 +79,17 @@ def plain(obj: Any) -> Any:
 
 class ResultsFolder:
     """The working output folder of one experiment (e.g. ``"myops-table1"``); its records are
-    identified by ``method`` and the ``key_fields`` (integers) of their case."""
+    identified by ``method`` and the ``key_fields`` (integers) of their case; each holds the
+    ``score_keys`` (checked on resume)."""
 
     def __init__(self, path: str | Path, *, experiment: str, resume: bool, overwrite: bool,
-                 key_fields: Sequence[str] = KEY_FIELDS, shards_only_is_new: bool = False) -> None:
+                 key_fields: Sequence[str] = KEY_FIELDS, shards_only_is_new: bool = False,
+                 score_keys: Sequence[str] = SCORE_KEYS) -> None:
         self.path = Path(path)
         self.shards_only_is_new = bool(shards_only_is_new)  # a folder holding only shards/ counts as new
         self.experiment = experiment
         self.key_fields = tuple(key_fields)
+        self.score_keys = tuple(score_keys)
         self.resume = bool(resume)
         self.overwrite = bool(overwrite)
         self.stored: dict[str, Any] | None = None
@@ -134,7 +139,7 @@ class ResultsFolder:
             raise ValueError(f"cannot resume: {path} has no list of records")
         seen = set()
         for i, r in enumerate(records):
-            needed = RECORD_KEYS[:1] + self.key_fields + RECORD_KEYS[1:]
+            needed = RECORD_KEYS[:1] + self.key_fields + self.score_keys + RECORD_KEYS[1:]
             if not isinstance(r, dict) or any(k not in r for k in needed):
                 raise ValueError(f"cannot resume: record {i} of {path} lacks some of the keys {list(needed)}")
             key = record_key(r, self.key_fields)

@@ -3,7 +3,8 @@
 A data set (:class:`DataSet`) tells a runner what it runs on: its cases (:class:`Case`, each an
 image ``(C, *spatial)`` with an optional mask and its truth labels), the names of the truth
 classes, the image channels, the record fields that name a case, the fixed ``segment()``
-settings and how a prediction is scored (Dice after Hungarian matching unless it says otherwise).
+settings and how a prediction is scored (``scoring``: Dice after Hungarian matching unless it says
+otherwise, :mod:`._scoring`; region metrics against human segmentations, :mod:`.regions`).
 The runners call :func:`segment_fit` and :func:`network_fit` through this module, so that one
 replacement of either (a test's hook) reaches every runner.
 """
@@ -18,8 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..metrics import evaluate, relabel
+from ..metrics import evaluate
 from ..segmentation import segment
+from ._scoring import DICE_SCORING
 from ._store import plain
 
 __all__ = ["Case", "DataSet", "Fit", "score_dice", "segment_fit", "network_fit", "make_record"]
@@ -32,7 +34,9 @@ class Case:
     key : the values of :attr:`DataSet.key_fields` (integers), e.g. ``(patient, slice)``; its
         first value groups cases (e.g. the patient); name : file stem of its prediction and
         figure; title : its name in figures; image ``(C, *spatial)``; mask ``(*spatial)`` bool or
-        None (every voxel); truth ``(*spatial)`` integer labels (0 unlabelled, 1..K the classes);
+        None (every voxel); truth ``(*spatial)`` integer labels (0 unlabelled, 1..K the classes),
+        or what the data set's ``scoring`` reads (region metrics: ``(M, *spatial)``, M human
+        segmentations);
         source : the data set's own object (e.g. a :class:`deepgmm.datasets.myops.MyoPSSlice`);
         spacing : voxel sizes of the spatial axes (the aspect of figures; None: 1 each).
     """
@@ -67,7 +71,9 @@ class DataSet:
     keys); segment_options : fixed ``segment()`` keyword arguments (recorded in the config);
     score : ``(pred, truth, classes, matching) -> evaluation`` with ``mapping`` and ``to_dict()``
     giving ``dice``, ``mean_dice``, ``mapping`` (default :func:`score_dice`); figure : the
-    per-case figure, "slice" (2D cases: one row) or "volume" (3D cases: three orthogonal slices).
+    per-case figure, "slice" (2D cases: one row) or "volume" (3D cases: three orthogonal slices);
+    scoring : what a record's scores are and how they are reported (default: Dice with ``score``,
+    :data:`._scoring.DICE_SCORING`; see :mod:`._scoring`).
     """
 
     name: str
@@ -81,6 +87,7 @@ class DataSet:
     segment_options: Mapping[str, Any] = field(default_factory=dict)
     score: Callable[..., Any] = score_dice
     figure: str = "slice"
+    scoring: Any = DICE_SCORING
 
     @property
     def n_classes(self) -> int:
@@ -137,23 +144,17 @@ def network_fit(dataset: DataSet, model: Any, case: Case) -> Fit:
     return Fit(np.asarray(pred.labels), float(pred.nll), time.perf_counter() - t0, None, None, {}, _caught(caught))
 
 
-def _dice_fields(ev: Any, matching: str) -> dict[str, Any]:
-    d = ev.to_dict()
-    return {"dice": d["dice"], "mean_dice": d["mean_dice"], "matching": matching, "mapping": d["mapping"]}
-
-
 def make_record(dataset: DataSet, method: str, case: Case, fit: Fit, matching: str, seed: int,
                 also_matched: str | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """The record of one fit and its matched prediction ``(*spatial)`` (labels in the truth's
-    classes). ``matching="prior"``: the fit's class order is kept (scored with matching "none");
-    ``also_matched``: a second scoring stored as ``record["matched"]``."""
-    ev = dataset.score(fit.labels, case.truth, dataset.classes, "none" if matching == "prior" else matching)
-    record: dict[str, Any] = {"method": method, **dataset.fields(case)}
-    record.update(_dice_fields(ev, matching))
+    """The record of one fit and the prediction ``(*spatial)`` to save, from the data set's
+    ``scoring`` (Dice: labels in the truth's classes; ``matching="prior"``: the fit's class order is
+    kept (scored with matching "none"); ``also_matched``: a second scoring stored as
+    ``record["matched"]``)."""
+    fields, prediction = dataset.scoring.record(dataset, case, fit.labels, matching, also_matched)
+    record: dict[str, Any] = {"method": method, **dataset.fields(case), **fields}
     record.update(nll=fit.nll, seconds=fit.seconds, iterations=fit.iterations, converged=fit.converged, seed=seed,
                   warnings=fit.warnings)
-    if also_matched is not None:
-        ev2 = dataset.score(fit.labels, case.truth, dataset.classes, also_matched)
-        record["matched"] = _dice_fields(ev2, also_matched)
-    matched = relabel(fit.labels, ev.mapping).astype(np.uint8)
-    return record, matched
+    matched = record.pop("matched", None)
+    if matched is not None:
+        record["matched"] = matched
+    return record, prediction

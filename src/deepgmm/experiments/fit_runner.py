@@ -117,7 +117,7 @@ def run_fit_task(task: FitTask) -> FitTaskResult:
         fresh[method] = matched
     if task.figures:
         scores = dict(task.known_scores)
-        scores.update({r["method"]: r["mean_dice"] for r in records})
+        scores.update({r["method"]: r[exp.dataset.scoring.key] for r in records})
         draw_case(out, exp.dataset, case, task.figure_methods, scores, fresh, title=exp.short)
     return FitTaskResult(case, records, settings)
 
@@ -151,7 +151,7 @@ def _open(exp: FitExperiment, out: Path, a: _Args, *, template: Mapping[str, Any
     cases, the methods to run and the groups."""
     ds = exp.dataset
     store = ResultsFolder(out, experiment=exp.name, resume=a.resume, overwrite=a.overwrite, key_fields=ds.key_fields,
-                          shards_only_is_new=merging)
+                          shards_only_is_new=merging, score_keys=ds.scoring.record_keys)
     stored = store.check()
     scfg = stored["config"] if stored is not None else template
     matching = resolve(scfg, "matching", a.matching, exp.matchings[0], out)
@@ -296,7 +296,7 @@ def _compute(exp: FitExperiment, a: _Args, run: Run, case_list: list[Case], run_
              only: set | None, bars: list) -> None:
     """Fit the missing records of ``run`` (in worker processes with ``a.jobs > 1``)."""
     out, cfg = run.store.path, run.doc["config"]
-    scores = score_map(run.doc["records"], exp.dataset.key_fields)
+    scores = score_map(run.doc["records"], exp.dataset.key_fields, exp.dataset.scoring.key)
     tasks = _tasks(exp, case_list, run_methods, run.store.keys(), scores, cfg, out, a.figures, only)
     n_fits = len(case_list) * len(run_methods) if only is None else len(only)
     todo = sum(len(t.methods) for t in tasks)
@@ -308,8 +308,9 @@ def _compute(exp: FitExperiment, a: _Args, run: Run, case_list: list[Case], run_
 
     def on_result(res: FitTaskResult) -> None:
         run.add(res.records, res.settings)
-        msg = ", ".join(f"{r['method']} {r['mean_dice']:.3f}" for r in res.records)
-        logger.info("%s: mean Dice %s", res.case.title, msg)
+        scoring = exp.dataset.scoring
+        msg = ", ".join(f"{r['method']} {r[scoring.key]:.3f}" for r in res.records)
+        logger.info("%s: %s %s", res.case.title, scoring.label, msg)
         if bar is not None:
             bar.step(last=f"{res.case.name}: {msg}")
 

@@ -1,0 +1,86 @@
+"""The ``deepgmm bsds`` command: BSDS500 photographs scored with region metrics (:mod:`deepgmm.experiments.bsds`).
+
+Building the parser imports neither torch nor the experiments; a command imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..choices import BSDS_PEER_METHODS, EM_METHODS, METHODS
+from .common import add_verbosity, command_line, report_run
+
+__all__ = ["add_parser", "cmd_bsds"]
+
+_SPLITS = ("train", "val", "test")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``bsds`` command to ``subparsers``."""
+    p = subparsers.add_parser(
+        "bsds", help="BSDS500 photographs: region metrics against the human segmentations",
+        description="Segment the photographs of a BSDS500 split with each method (deepgmm's and the peers'), score "
+                    "them against every human segmentation with PRI, VoI, segmentation covering and mIoU (Kim & "
+                    "Kanezaki's protocol) and write results.json, table.md, overview.png and one figure per image "
+                    "into DIR. Interrupted runs continue with --resume.")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="the BSDS500 folder (images/<split>/<id>.jpg, groundTruth/<split>/<id>.mat)")
+    p.add_argument("--split", choices=_SPLITS, default="val", help="the split to run on (default val)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
+    p.add_argument("--methods", metavar="M1,M2,...",
+                   help=f"methods to run, from {','.join(METHODS + BSDS_PEER_METHODS)} "
+                        f"(default: {','.join(EM_METHODS)}; "
+                        "the deep ones and kim_kanezaki take minutes per image on a CPU; kmeans, kmeans_xy and "
+                        "sklearn_gmm need pip install -e '.[peers]' and are skipped without it)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--images", metavar="ID,ID,...", help="the images to use, by id, e.g. 101085,101087")
+    which.add_argument("--limit", type=int, metavar="N", help="the first N images (after --every) in sorted order")
+    p.add_argument("--every", type=int, metavar="N",
+                   help="every N-th image of the split in sorted order (a fixed subset; not with --images)")
+    p.add_argument("--options", metavar="JSON",
+                   help="per-method settings on top of the defaults, as JSON, e.g. '{\"kim_kanezaki\": "
+                        "{\"downsample\": 2}}' (recorded in results.json; a resumed run must give the same)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes, each with max(1, cpus // N) torch threads (default 1)")
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
+    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip the per-image figures (the overview is always drawn)")
+    add_verbosity(p)
+    p.set_defaults(func=cmd_bsds)
+    return p
+
+
+_NAMES = ["data", "split", "out", "methods", "images", "limit", "every", "options", "seed", "jobs", "threads",
+          "resume", "overwrite", "figures"]
+
+
+def cmd_bsds(args: argparse.Namespace) -> int:
+    """``deepgmm bsds``."""
+    options = None
+    if args.options is not None:
+        try:
+            options = json.loads(args.options)
+        except ValueError as exc:
+            raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. "
+                             '\'{"kim_kanezaki": {"downsample": 2}}\'') from None
+    if args.images is not None and args.every is not None:
+        raise ValueError("--every selects a subset of the split; it cannot be combined with --images")
+    for flag, value in (("--limit", args.limit), ("--every", args.every)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    from ..experiments._run import parse_cases
+    from ..experiments.bsds import run_bsds
+
+    res = run_bsds(args.data, args.out, split=args.split, images=parse_cases(args.images, "--images"),
+                   limit=args.limit, every=args.every, methods=args.methods, seed=args.seed, jobs=args.jobs,
+                   threads=args.threads, resume=args.resume, overwrite=args.overwrite, figures=args.figures,
+                   options=options, command=command_line(["deepgmm", "bsds"], args, _NAMES))
+    report_run(res, args.out)
+    return 0
