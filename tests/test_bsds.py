@@ -261,3 +261,21 @@ def test_peers_without_their_package_are_reported_unavailable(monkeypatch):
     monkeypatch.setattr(bsds_peers.importlib, "import_module", fake)
     for m in ("kmeans", "kmeans_xy", "sklearn_gmm"):
         assert "not installed" in bsds_peers.unavailable(m)
+
+
+def test_bsds_command_split_over_shards_equals_one_run(tmp_path, capsys):
+    root = _write_bsds(tmp_path / "b")
+    common = ["bsds", "--data", str(root), "--methods", "gmm,svgmm", "--no-figures"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    for i in (1, 2):
+        assert main(common + ["--out", str(tmp_path / "split"), "--shard", f"{i}/2"]) == 0
+    assert main(["bsds", "--data", str(root), "--out", str(tmp_path / "split"), "--merge"]) == 0
+    one, split = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "split"))
+
+    def strip(records):
+        return sorted((r["method"], r["image"], r["pri"], r["voi"], r["covering"]) for r in records)
+
+    assert strip(split["records"]) == strip(one["records"]) and len(one["records"]) == 6
+    assert not (tmp_path / "split" / "shards").exists()
+    assert main(common + ["--out", str(tmp_path / "bad"), "--shard", "3/2"]) == 2
+    assert "--shard" in capsys.readouterr().err

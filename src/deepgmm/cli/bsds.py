@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..choices import BSDS_PEER_METHODS, EM_METHODS, METHODS
-from .common import add_verbosity, command_line, report_run
+from .common import SPLIT_NAMES, add_split_options, add_verbosity, command_line, run_experiment
 
 __all__ = ["add_parser", "cmd_bsds"]
 
@@ -52,13 +52,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip the per-image figures (the overview is always drawn)")
+    add_split_options(p)
     add_verbosity(p)
     p.set_defaults(func=cmd_bsds)
     return p
 
 
 _NAMES = ["data", "split", "out", "methods", "images", "limit", "every", "options", "seed", "jobs", "threads",
-          "resume", "overwrite", "figures"]
+          "resume", "overwrite", "figures", *SPLIT_NAMES]
 
 
 def cmd_bsds(args: argparse.Namespace) -> int:
@@ -78,9 +79,8 @@ def cmd_bsds(args: argparse.Namespace) -> int:
     from ..experiments._run import parse_cases
     from ..experiments.bsds import run_bsds
 
-    res = run_bsds(args.data, args.out, split=args.split, images=parse_cases(args.images, "--images"),
-                   limit=args.limit, every=args.every, methods=args.methods, seed=args.seed, jobs=args.jobs,
-                   threads=args.threads, resume=args.resume, overwrite=args.overwrite, figures=args.figures,
-                   options=options, command=command_line(["deepgmm", "bsds"], args, _NAMES))
-    report_run(res, args.out)
-    return 0
+    return run_experiment(args, run_bsds, args.data, args.out, split=args.split,
+                          images=parse_cases(args.images, "--images"), limit=args.limit, every=args.every,
+                          methods=args.methods, seed=args.seed, jobs=args.jobs, threads=args.threads,
+                          resume=args.resume, overwrite=args.overwrite, figures=args.figures, options=options,
+                          command=command_line(["deepgmm", "bsds"], args, _NAMES))

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 from ..training.checkpoint import MODEL_FILE
 from ..training.distributed import DistInfo, broadcast_object
 from ._run import Run, expected_keys
-from ._store import FIGURES_DIR, PREDICTIONS_DIR, RESULTS_FILE, SHARDS_DIR, ResultsFolder, record_key
+from ._store import FIGURES_DIR, PREDICTIONS_DIR, RESULTS_FILE, SCORE_KEYS, SHARDS_DIR, ResultsFolder, record_key
 
 __all__ = ["SHARDS_DIR", "MODELS_DIR", "parse_shard", "shard_name", "shard_folder", "balance", "find_shards",
            "check_shard_set", "check_shards", "absorb", "take_in", "Taken", "send_plan", "receive_plan", "gather",
@@ -132,11 +132,14 @@ def check_shard_set(found: Sequence[tuple[int, int, Path]], out: str | Path, *, 
     return n
 
 
-def shard_template(found: Sequence[tuple[int, int, Path]], experiment: str,
-                   key_fields: Sequence[str]) -> dict[str, Any]:
-    """The ``config`` of the first shard (without its share): the settings a merge starts from."""
+def shard_template(found: Sequence[tuple[int, int, Path]], experiment: str, key_fields: Sequence[str],
+                   score_keys: Sequence[str] = SCORE_KEYS) -> dict[str, Any]:
+    """The ``config`` of the first shard (without its share): the settings a merge starts from
+    (``score_keys``: the score fields its records hold)."""
     i, n, path = found[0]
-    doc = _read(path, experiment, key_fields, shard_name(i, n))
+    store = ResultsFolder(path, experiment=experiment, resume=True, overwrite=False, key_fields=key_fields,
+                          score_keys=score_keys)
+    doc = _read(path, experiment, key_fields, shard_name(i, n), store)
     return {k: v for k, v in doc["config"].items() if k != "shard"}
 
 
@@ -212,7 +215,7 @@ def check_shards(found: Sequence[tuple[int, int, Path]], *, experiment: str, dat
         for i, n, path in found:
             name = shard_name(i, n)
             store = ResultsFolder(path, experiment=experiment, resume=True, overwrite=False,
-                                  key_fields=dataset.key_fields)
+                                  key_fields=dataset.key_fields, score_keys=dataset.scoring.record_keys)
             doc = _read(path, experiment, dataset.key_fields, name, store)
             store.lock()
             taken.stores.append(store)

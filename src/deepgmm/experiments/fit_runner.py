@@ -354,7 +354,7 @@ def _merge(exp: FitExperiment, a: _Args) -> TableResult:
     """``--merge``: the shards of ``out/shards`` into ``out`` (a new run, or added to the one there)."""
     found = find_shards(a.out)
     check_shard_set(found, a.out)
-    template = shard_template(found, exp.name, exp.dataset.key_fields)
+    template = shard_template(found, exp.name, exp.dataset.key_fields, exp.dataset.scoring.record_keys)
     resume = (a.out / RESULTS_FILE).is_file()
     groups = a.groups if a.groups is not None else sorted({int(k[0]) for k in template[exp.dataset.unit]})
     a = replace(a, resume=resume, methods=a.methods or list(template["methods"]), groups=groups)
