@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..choices import (CLASS_ORDERS, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS, INIT_METHODS,
                        NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
-__all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
+__all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order", "parse_fit_scale",
            "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
@@ -66,6 +66,19 @@ def parse_order(text: str) -> str | tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected {' or '.join(CLASS_ORDERS)}, optionally with a channel index "
                                          f"such as mean:1, got {text!r}")
     return (by, int(channel)) if sep else by
+
+
+def parse_fit_scale(text: str) -> int | str:
+    """``--fit-scale``: ``auto`` or a block size ``s >= 1`` (1: fit at full resolution)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}")
+    return value
 
 
 def parse_n_components(text: str) -> int | list[int]:
@@ -142,6 +155,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "in the z-scored units the method fits in)", choices=PRIOR_UNITS),
     SegmentOption("--crop-margin", "crop_margin", int, "deep: pixels of context around the mask's bounding box "
                   "that the network sees (default 16)", minimum=0, metavar="N", methods=DEEP_METHODS),
+    SegmentOption("--fit-scale", "fit_scale", parse_fit_scale, "deep: fit the network on blocks of S pixels per "
+                  "axis and read out at full resolution; 1: every step at full resolution; auto (default): the "
+                  "smallest S that leaves at most 65536 pixels, so images up to that size (e.g. 256x256) are fitted "
+                  "as they are", metavar="S", methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]
