@@ -8,7 +8,8 @@ Each IBSR subject runs in its own process (so that its peak resident memory, ``r
 its own): the volume cropped to the brain mask's box as ``deepgmm.experiments.brain`` does, then
 ``segment(method="gmm")`` and ``segment(method="deepsvg", fit_scale=...)`` with the brain
 settings (K=3, z-score over the mask, ``order="mean"``), both timed in that process; Dice of CSF,
-GM and WM without matching. The photograph (BSDS500 ``val``, K=4, no mask) likewise, in seconds.
+GM and WM without matching. Seconds are wall-clock, with the process's CPU seconds beside them
+(on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one). The photograph (a BSDS500 image, K=4, no mask) likewise, in seconds.
 ``--baseline`` reads the records of an earlier run (``--json``) of the full-resolution fit
 (``--fit-scale 1``) and prints the Dice differences against it; ``--full`` runs it here instead.
 Data: ``--ibsr`` (default $DEEPGMM_IBSR or ../shared/data/ibsr18), ``--bsds`` (default
@@ -43,10 +44,11 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str) -> dict:
     case = load_ibsr(ibsr, [subject])[0]
     rec: dict = {"subject": subject, "window": list(case.image.shape[1:]), "voxels": int(case.mask.sum())}
     for method, options in (("gmm", {}), ("deepsvg", {"fit_scale": fit_scale})):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         seg = segment(case.image, case.mask, method=method, n_components=3, **SEGMENT_OPTIONS, **options)
         ev = score_dice(seg.labels, case.truth, CLASSES, "none")
-        rec[method] = {"seconds": time.perf_counter() - t0, "steps": seg.n_iter,
+        rec[method] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                       "steps": seg.n_iter,
                        "dice": {name: ev.dice[k + 1] for k, name in enumerate(CLASSES)}}
         if method == "deepsvg":
             rec[method]["fit_scale"] = int(seg.model.fit_scale_)
@@ -57,12 +59,16 @@ def _child_photo(bsds: Path, photo: str, fit_scale: int | str) -> dict:
     from deepgmm import segment
     from deepgmm.io import load_image
 
-    image = load_image(bsds / "images" / "val" / f"{photo}.jpg").data
+    found = sorted((bsds / "images").glob(f"*/{photo}.jpg"))
+    if not found:
+        raise SystemExit(f"BSDS500 photo {photo}.jpg not found under {bsds / 'images'} (any split)")
+    image = load_image(found[0]).data
     rec: dict = {"photo": photo, "shape": list(image.shape)}
     for method, options in (("gmm", {}), ("deepsvg", {"fit_scale": fit_scale})):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         seg = segment(image, method=method, n_components=4, **options)
-        rec[method] = {"seconds": time.perf_counter() - t0, "steps": seg.n_iter}
+        rec[method] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                       "steps": seg.n_iter}
         if method == "deepsvg":
             rec[method]["fit_scale"] = int(seg.model.fit_scale_)
     return rec
@@ -73,7 +79,9 @@ def _run_child(args: argparse.Namespace, kind: str, what: str, fit_scale: int | 
            "--ibsr", str(args.ibsr), "--bsds", str(args.bsds)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} {what} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -94,7 +102,7 @@ def _dice(rec: dict) -> str:
 
 
 def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
-    print("\n| subject | window | fit_scale | deepSVG s | steps | peak RSS GiB | GMM s | deepSVG/GMM "
+    print("\n| subject | window | fit_scale | deepSVG s (CPU s) | steps | peak RSS GiB | GMM s (CPU s) | deepSVG/GMM "
           "| Dice CSF / GM / WM | full-resolution Dice | difference (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
@@ -104,15 +112,18 @@ def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
             full = _dice(base)
             diff = f"{sum(r['deepsvg']['dice'][c] - base['deepsvg']['dice'][c] for c in CLASSES) / 3:+.3f}"
         d = r["deepsvg"]
-        print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']} | {d['seconds']:.1f} | "
-              f"{d['steps']} | {r['peak_rss_gib']:.2f} | {r['gmm']['seconds']:.1f} | "
+        g = r["gmm"]
+        print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']} | {d['seconds']:.1f} "
+              f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} | {g['seconds']:.1f} "
+              f"({g['cpu_seconds']:.1f}) | "
               f"{d['seconds'] / r['gmm']['seconds']:.1f} | {_dice(r)} | {full} | {diff} |")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", type=int, nargs="*", default=[1, 3, 4])
-    ap.add_argument("--photo", nargs="*", default=["100007"], help="BSDS500 val image ids")
+    ap.add_argument("--photo", nargs="*", default=["101085"], help="BSDS500 image ids (any split; default: 101085 "
+                    "of val, 481x321)")
     ap.add_argument("--fit-scale", type=_scale, default="auto", help="deepSVG's fit_scale (default auto)")
     ap.add_argument("--full", action="store_true", help="also run the full-resolution fit (fit_scale 1)")
     ap.add_argument("--baseline", type=Path, help="records of an earlier --fit-scale 1 run (--json)")
@@ -147,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         _print_volumes(records["volumes"], baseline)
     for r in records["photos"]:
         d = r["deepsvg"]
-        print(f"\nphoto {r['photo']} ({'x'.join(map(str, r['shape'][1:]))}, K=4): deepSVG {d['seconds']:.1f} s, "
-              f"{d['steps']} steps, fit_scale {d['fit_scale']}; GMM {r['gmm']['seconds']:.1f} s; "
+        print(f"\nphoto {r['photo']} ({'x'.join(map(str, r['shape'][1:]))}, K=4): deepSVG {d['seconds']:.1f} s "
+              f"({d['cpu_seconds']:.1f} CPU s), {d['steps']} steps, fit_scale {d['fit_scale']}; GMM "
+              f"{r['gmm']['seconds']:.1f} s ({r['gmm']['cpu_seconds']:.1f} CPU s); "
               f"ratio {d['seconds'] / r['gmm']['seconds']:.1f}")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
