@@ -4,8 +4,9 @@ For each shape, a fresh process fits ``deepsvg`` (3 channels, K=4, the "fast" ne
 ``--network``, the whole image as the window: ``crop_margin=None``; 2 distillation and 3 NLL
 steps; ``--fit-scale``, default auto) and reports the rise of its peak resident memory (VmHWM,
 reset after a warm-up fit) against what ``segment()`` compares with the memory available:
-``estimate_memory`` + the method's own part (``activation_bytes`` + ``parameter_bytes`` of the network, the loss's tensors and the
-smoothed-posterior term on the window). Linux only (``/proc/self/clear_refs``).
+``estimate_memory`` + the method's own part (``activation_bytes`` + ``parameter_bytes`` of the
+network, the loss's tensors and the smoothed-posterior term on the fitted grid, or the read-out at
+full resolution where that is larger). Linux only (``/proc/self/clear_refs``).
 
     python benchmarks/deep_memory.py
     python benchmarks/deep_memory.py --shapes 160x160 96x96x48 --network paper
