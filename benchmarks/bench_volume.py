@@ -9,7 +9,8 @@ its own): the volume cropped to the brain mask's box as ``deepgmm.experiments.br
 ``segment(method="gmm")`` and ``segment(method="deepsvg", fit_scale=...)`` with the brain
 settings (K=3, z-score over the mask, ``order="mean"``), both timed in that process; Dice of CSF,
 GM and WM without matching. Seconds are wall-clock, with the process's CPU seconds beside them
-(on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one). The photograph (a BSDS500 image, K=4, no mask) likewise, in seconds.
+(on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one). The
+photograph (a BSDS500 image, K=4, no mask) likewise, in seconds.
 ``--baseline`` reads the records of an earlier run (``--json``) of the full-resolution fit
 (``--fit-scale 1``) and prints the Dice differences against it; ``--full`` runs it here instead.
 Data: ``--ibsr`` (default $DEEPGMM_IBSR or ../shared/data/ibsr18), ``--bsds`` (default

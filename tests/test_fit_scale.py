@@ -123,7 +123,8 @@ def test_read_out_at_full_resolution(cls, shape, s):
     np.testing.assert_array_equal(est.labels_[mask], est.probabilities_[:, mask].argmax(0) + 1)
     # the two halves come out as two classes at full resolution
     top, bottom = est.labels_[: shape[0] // 2][mask[: shape[0] // 2]], est.labels_[shape[0] // 2:][mask[shape[0] // 2:]]
-    assert np.mean(top == np.bincount(top).argmax()) > 0.95 and np.bincount(top).argmax() != np.bincount(bottom).argmax()
+    assert np.mean(top == np.bincount(top).argmax()) > 0.95
+    assert np.bincount(top).argmax() != np.bincount(bottom).argmax()
     # prediction on the fitted image reads out as the fit did
     np.testing.assert_allclose(est.predict_proba(img, mask), est.probabilities_, atol=1e-5)
     np.testing.assert_array_equal(est.predict(img, mask), est.labels_)
