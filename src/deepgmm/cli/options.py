@@ -16,8 +16,7 @@ from ..choices import (CLASS_ORDERS, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS,
                        NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
-           "parse_fit_scale",
-           "parse_n_components"]
+           "parse_fit_scale", "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
