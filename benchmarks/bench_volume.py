@@ -9,7 +9,8 @@ its own): the volume cropped to the brain mask's box as ``deepgmm.experiments.br
 ``segment(method="gmm")`` and ``segment(method="deepsvg", fit_scale=...)`` with the brain
 settings (K=3, z-score over the mask, ``order="mean"``), both timed in that process; Dice of CSF,
 GM and WM without matching. Seconds are wall-clock, with the process's CPU seconds beside them
-(on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one). The
+(on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one), and
+the memory estimate ``segment()`` checks before the fit beside the peak. The
 photograph (a BSDS500 image, K=4, no mask) likewise, in seconds.
 ``--baseline`` reads the records of an earlier run (``--json``) of the full-resolution fit
 (``--fit-scale 1``) and prints the Dice differences against it; ``--full`` runs it here instead.
@@ -38,12 +39,19 @@ def _scale(value: str) -> int | str:
 
 
 def _child_volume(ibsr: Path, subject: int, fit_scale: int | str) -> dict:
-    from deepgmm import segment
+    import torch
+
+    from deepgmm import memory, segment
     from deepgmm.experiments.brain import SEGMENT_OPTIONS, load_ibsr
     from deepgmm.experiments.cases import score_dice
+    from deepgmm.segmentation.methods import METHODS
 
     case = load_ibsr(ibsr, [subject])[0]
     rec: dict = {"subject": subject, "window": list(case.image.shape[1:]), "voxels": int(case.mask.sum())}
+    image, mask = torch.from_numpy(case.image), torch.from_numpy(case.mask)
+    # what segment() checks before the fit: K = 3 + the spare class
+    own = METHODS["deepsvg"].memory(image, mask, {"n_components": 4, "fit_scale": fit_scale})
+    rec["estimate_gib"] = (memory.estimate_memory(1, tuple(mask.shape), rec["voxels"], 4, "deepsvg") + own) / 2**30
     for method, options in (("gmm", {}), ("deepsvg", {"fit_scale": fit_scale})):
         t0, c0 = time.perf_counter(), time.process_time()
         seg = segment(case.image, case.mask, method=method, n_components=3, **SEGMENT_OPTIONS, **options)
@@ -103,8 +111,8 @@ def _dice(rec: dict) -> str:
 
 
 def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
-    print("\n| subject | window | fit_scale | deepSVG s (CPU s) | steps | peak RSS GiB | GMM s (CPU s) | deepSVG/GMM "
-          "| Dice CSF / GM / WM | full-resolution Dice | difference (mean) |")
+    print("\n| subject | window | fit_scale | deepSVG s (CPU s) | steps | peak RSS GiB (estimate) | GMM s (CPU s) "
+          "| deepSVG/GMM | Dice CSF / GM / WM | full-resolution Dice | difference (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         base = baseline.get(r["subject"])
@@ -115,7 +123,7 @@ def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
         d = r["deepsvg"]
         g = r["gmm"]
         print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']} | {d['seconds']:.1f} "
-              f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} | {g['seconds']:.1f} "
+              f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} ({r['estimate_gib']:.2f}) | {g['seconds']:.1f} "
               f"({g['cpu_seconds']:.1f}) | "
               f"{d['seconds'] / r['gmm']['seconds']:.1f} | {_dice(r)} | {full} | {diff} |")
 
