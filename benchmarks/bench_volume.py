@@ -124,7 +124,8 @@ def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
         g = r["gmm"]
         print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']} | {d['seconds']:.1f} "
               f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} ({r['estimate_gib']:.2f}) | "
-              f"{g['seconds']:.1f} ({g['cpu_seconds']:.1f}) | {d['seconds'] / g['seconds']:.1f} ({d['cpu_seconds'] / g['cpu_seconds']:.0f}) | {_dice(r)} | {full} "
+              f"{g['seconds']:.1f} ({g['cpu_seconds']:.1f}) | {d['seconds'] / g['seconds']:.1f} "
+              f"({d['cpu_seconds'] / g['cpu_seconds']:.0f}) | {_dice(r)} | {full} "
               f"| {diff} |")
 
 
