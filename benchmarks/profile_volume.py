@@ -121,14 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     scale = est._resolve_scale(tuple(img_w.shape[1:]))
     with phase("downsample the image (fit_scale)", sampler):
         img_fit, reg_fit = est._downsample(img_w, reg_w, scale)
-    regs = est._scaled_regularizers(regs, scale)
+    regs_fit = est._scaled_regularizers(regs, scale)
     spatial = tuple(img_fit.shape[1:])
     cfg = network_config(est.network, spatial_dims=3, in_channels=1, out_channels=K)
     torch.manual_seed(0)
     net = UNet(cfg)
     x = img_fit.unsqueeze(0)
     m = reg_fit.unsqueeze(0).to(x.dtype)
-    loss_fn = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=est.reg_covar, regularizers=regs)
+    loss_fn = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=est.reg_covar, regularizers=regs_fit)
+    read_loss = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=est.reg_covar, regularizers=regs)
     print(f"IBSR_{args.subject:02d}: window {tuple(img_w.shape[1:])} ({int(reg_w.sum())} voxels in the mask), "
           f"fitted at scale {scale}: {spatial}; torch threads {torch.get_num_threads()}")
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = AdamW(net.parameters(), lr=est.lr, weight_decay=est.weight_decay)
     net_saved: list[int] = []
     loss_saved: list[int] = []
-    smooth = next(r for r in regs if isinstance(r, SmoothedPosterior))
+    smooth = next(r for r in regs_fit if isinstance(r, SmoothedPosterior))
     for i in range(args.steps):
         with phase("NLL step: network forward", sampler), saved_bytes(net_saved if i == 0 else []):
             logits = net(x)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     with phase("read-out (network, full-resolution M-step, soft labels)", sampler):
         full_x = img_w.unsqueeze(0)
         full_m = reg_w.unsqueeze(0).to(full_x.dtype)
-        logits, out = est._final_logits(net, x, full_x, full_m, loss_fn, scale)
+        logits, out = est._final_logits(net, x, full_x, full_m, read_loss, scale)
         given = (full_x[0], out.fit.means[0], out.fit.covariances[0]) if scale > 1 else ()
         probs, labels = est._read_out(logits[0], reg_w, *given)
     with phase("spare class (drop the smallest of K+1)", sampler):

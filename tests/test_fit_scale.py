@@ -148,6 +148,10 @@ def test_the_smoothed_posterior_width_shrinks_with_the_scale():
     (low,) = [r for r in est._scaled_regularizers(regs, 3) if isinstance(r, SmoothedPosterior)]
     assert low.sigma == (0.0, 2.0, 3.0)
     assert est._scaled_regularizers(regs, 1) is regs
+    # the fit records (and its final loss uses) the full-resolution width
+    img, mask = two_region_image((40, 44))
+    fitted = DeepSVG(n_components=2, fit_scale=2, smooth_sigma=6.0, **FAST).fit(img, mask)
+    assert [r["sigma"] for r in fitted.regularizers_ if r["name"] == "smoothed_posterior"] == [6.0]
 
 
 def test_segment_passes_fit_scale_through():

@@ -258,7 +258,7 @@ class DeepGMM(ParamsMixin):
         img, region = img[(slice(None),) + window], region[window]
         scale = self._resolve_scale(tuple(img.shape[1:]))
         img_fit, region_fit = self._downsample(img, region, scale)
-        regs = self._scaled_regularizers(regs, scale)
+        regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
         spatial = tuple(img_fit.shape[1:])
         cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C, out_channels=self.n_components)
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().generate_state(1)[0])
@@ -270,7 +270,7 @@ class DeepGMM(ParamsMixin):
         x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid
         m = region_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
-                                  reg_covar=self.reg_covar, regularizers=regs)
+                                  reg_covar=self.reg_covar, regularizers=regs_fit)
 
         bar = Progress(self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__, logger,
                        bar=bool(self.progress), final=None, leave=False)
@@ -303,7 +303,9 @@ class DeepGMM(ParamsMixin):
 
         full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
         full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
-        logits, out = self._final_logits(net, x, full_x, full_m, loss_fn, scale)  # (1, K, *window)
+        read_loss = loss_fn if scale == 1 else DeepMixtureLoss(  # the full resolution's regularisers
+            mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar, regularizers=regs)
+        logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale)  # (1, K, *window)
         self.network_ = net.eval()
         self.network_config_ = cfg
         self.fit_scale_ = scale
