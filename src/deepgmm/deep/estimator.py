@@ -260,6 +260,10 @@ class DeepGMM(ParamsMixin):
         img_fit, region_fit = self._downsample(img, region, scale)
         regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
         spatial = tuple(img_fit.shape[1:])
+        if scale > 1:
+            logger.info("%s: fitting the network on a %s grid (fit_scale %d) of the %s window, read out at full "
+                        "resolution", type(self).__name__, "x".join(map(str, spatial)), scale,
+                        "x".join(map(str, img.shape[1:])))
         cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C, out_channels=self.n_components)
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
