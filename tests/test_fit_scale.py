@@ -185,3 +185,31 @@ def test_cli_flag():
             parse_fit_scale(bad)
     (opt,) = [o for o in SEGMENT_OPTIONS if o.keyword == "fit_scale"]
     assert str(FIT_VOXELS) in opt.help  # the help states the library's threshold
+
+
+# ---------------------------------------------------------------- memory
+def test_memory_estimate_follows_the_fitted_grid():
+    """The method's own bytes at the automatic scale are a fraction of the full-resolution ones on a
+    brain-sized volume, equal below the threshold, and never below the read-out at full resolution."""
+    from deepgmm.segmentation.methods import METHODS
+
+    method = METHODS["deepsvg"]
+    image, mask = torch.zeros((1, 150, 124, 148)), torch.ones((150, 124, 148), dtype=torch.bool)
+    full = method.memory(image, mask, {"n_components": 4, "fit_scale": 1, "crop_margin": None})
+    auto = method.memory(image, mask, {"n_components": 4, "crop_margin": None})
+    assert auto < full / 4
+    read_out = (12 * (4 + 1) + 8 * (4 + 1)) * 150 * 124 * 148 * 4  # the loss and smoothed term at full resolution
+    assert auto >= read_out
+    small_image, small_mask = torch.zeros((1, 160, 160)), torch.ones((160, 160), dtype=torch.bool)
+    assert (method.memory(small_image, small_mask, {"n_components": 4})
+            == method.memory(small_image, small_mask, {"n_components": 4, "fit_scale": 1}))
+
+
+def test_the_memory_refusal_names_fit_scale(monkeypatch):
+    from deepgmm import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
+    img, mask = two_region_image((20, 24, 22))
+    with pytest.raises(ValueError, match="a larger fit_scale") as info:
+        segment(img, mask, method="deepsvg", n_components=2)
+    assert "\n" not in str(info.value)  # one line
