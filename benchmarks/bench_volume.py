@@ -11,7 +11,8 @@ settings (K=3, z-score over the mask, ``order="mean"``), both timed in that proc
 GM and WM without matching. Seconds are wall-clock, with the process's CPU seconds beside them
 (on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one), and
 the memory estimate ``segment()`` checks before the fit beside the peak. The
-photograph (a BSDS500 image, K=4, no mask) likewise, in seconds.
+photograph (a BSDS500 image, K=4, no mask) likewise, in seconds, with its Probabilistic Rand Index and
+Variation of Information against all of its human segmentations.
 ``--baseline`` reads the records of an earlier run (``--json``) of the full-resolution fit
 (``--fit-scale 1``) and prints the Dice differences against it; ``--full`` runs it here instead.
 Data: ``--ibsr`` (default $DEEPGMM_IBSR or ../shared/data/ibsr18), ``--bsds`` (default
@@ -66,18 +67,26 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str) -> dict:
 
 def _child_photo(bsds: Path, photo: str, fit_scale: int | str) -> dict:
     from deepgmm import segment
+    from deepgmm.datasets.bsds import load_bsds_ground_truth
     from deepgmm.io import load_image
+    from deepgmm.region_metrics import mean_variation_of_information, probabilistic_rand_index
 
     found = sorted((bsds / "images").glob(f"*/{photo}.jpg"))
     if not found:
         raise SystemExit(f"BSDS500 photo {photo}.jpg not found under {bsds / 'images'} (any split)")
     image = load_image(found[0]).data
+    truth_file = bsds / "groundTruth" / found[0].parent.name / f"{photo}.mat"
+    truths = load_bsds_ground_truth(truth_file) if truth_file.is_file() else None
     rec: dict = {"photo": photo, "shape": list(image.shape)}
     for method, options in (("gmm", {}), ("deepsvg", {"fit_scale": fit_scale})):
         t0, c0 = time.perf_counter(), time.process_time()
         seg = segment(image, method=method, n_components=4, **options)
         rec[method] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
                        "steps": seg.n_iter}
+        if truths is not None:  # the image is read (x, y), the human segmentations (row, column)
+            labels = seg.labels if seg.labels.shape == truths[0].shape else seg.labels.T
+            rec[method].update(pri=probabilistic_rand_index(labels, truths),
+                               voi=mean_variation_of_information(labels, truths))
         if method == "deepsvg":
             rec[method]["fit_scale"] = int(seg.model.fit_scale_)
     return rec
@@ -169,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in records["photos"]:
         d = r["deepsvg"]
         print(f"\nphoto {r['photo']} ({'x'.join(map(str, r['shape'][1:]))}, K=4): deepSVG {d['seconds']:.1f} s "
-              f"({d['cpu_seconds']:.1f} CPU s), {d['steps']} steps, fit_scale {d['fit_scale']}; GMM "
-              f"{r['gmm']['seconds']:.1f} s ({r['gmm']['cpu_seconds']:.1f} CPU s); "
+              f"({d['cpu_seconds']:.1f} CPU s), {d['steps']} steps, fit_scale {d['fit_scale']}, PRI {d.get('pri', 0):.3f} "
+              f"VoI {d.get('voi', 0):.3f}; GMM {r['gmm']['seconds']:.1f} s ({r['gmm']['cpu_seconds']:.1f} CPU s), "
+              f"PRI {r['gmm'].get('pri', 0):.3f} VoI {r['gmm'].get('voi', 0):.3f}; "
               f"ratio {d['seconds'] / r['gmm']['seconds']:.1f}")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
