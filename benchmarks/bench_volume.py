@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         d = r["deepsvg"]
         print(f"\nphoto {r['photo']} ({'x'.join(map(str, r['shape'][1:]))}, K=4): deepSVG {d['seconds']:.1f} s "
               f"({d['cpu_seconds']:.1f} CPU s), {d['steps']} steps, fit_scale {d['fit_scale']}, "
-              f"PRI {d.get('pri', 0):.3f} VoI {d.get('voi', 0):.3f}; GMM {r['gmm']['seconds']:.1f} s ({r['gmm']['cpu_seconds']:.1f} CPU s), "
+              f"PRI {d.get('pri', 0):.3f} VoI {d.get('voi', 0):.3f}; GMM {r['gmm']['seconds']:.1f} s "
+              f"({r['gmm']['cpu_seconds']:.1f} CPU s), "
               f"PRI {r['gmm'].get('pri', 0):.3f} VoI {r['gmm'].get('voi', 0):.3f}; "
               f"ratio {d['seconds'] / r['gmm']['seconds']:.1f}")
     if args.json:
