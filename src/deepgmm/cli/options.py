@@ -16,7 +16,7 @@ from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS
                        INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
-           "parse_n_components"]
+           "parse_fit_scale", "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
@@ -82,6 +82,19 @@ def _file_list(text: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated file names (one map per class), got {text!r}")
     return names
+
+
+def parse_fit_scale(text: str) -> int | str:
+    """``--fit-scale``: ``auto`` or a block size ``s >= 1`` (1: fit at full resolution)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}")
+    return value
 
 
 def parse_n_components(text: str) -> int | list[int]:
@@ -174,6 +187,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "weight is (1 - w) * the fitted weight + w * the map, svgmm's per-voxel weights are pulled "
                   "towards the maps; 1: the maps are the prior (default 1)", minimum=0.0, metavar="W",
                   methods=EM_METHODS),
+    SegmentOption("--fit-scale", "fit_scale", parse_fit_scale, "deep: fit the network on blocks of S pixels per "
+                  "axis and read out at full resolution; 1: every step at full resolution; auto (default): the "
+                  "smallest S that leaves at most 65536 pixels, so images up to that size (e.g. 256x256) are fitted "
+                  "as they are", metavar="S", methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

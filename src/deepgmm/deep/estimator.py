@@ -8,6 +8,14 @@ in a step (after ``min_steps``), or after ``max_steps``.
 ``init="em"`` first fits the EM mixture of the same kind and distils its posteriors into
 the network for ``pretrain_steps`` steps (soft cross-entropy), so the NLL phase starts in
 the EM solution's basin instead of at random labels.
+
+``fit_scale`` fits the network on a coarser grid for large images and volumes: the image (and
+the EM start) is averaged over blocks of ``s`` pixels per axis inside the mask, every step runs
+there, and the read-out happens at full resolution: the network's logits are interpolated back
+to the image's grid, the M-step is taken there from them and the soft labels are the posteriors
+``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)`` of the full-resolution pixels with the interpolated soft
+labels ``w`` as their per-pixel prior. ``fit_scale="auto"`` (default) picks the smallest ``s``
+whose grid has at most :data:`FIT_VOXELS` pixels, so images up to that size are fitted as they are.
 """
 
 from __future__ import annotations
@@ -19,13 +27,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import mixture as em
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS
-from ..likelihood import COVARIANCE_TYPES
+from ..likelihood import COVARIANCE_TYPES, log_posteriors
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from ..progress import Progress
@@ -41,9 +50,20 @@ from .regularizers import (
 )
 from .unet import UNet, UNetConfig, network_config
 
-__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS"]
+__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "auto_fit_scale"]
 
 logger = logging.getLogger(__name__)
+
+FIT_VOXELS = 65536
+"""``fit_scale="auto"``: the most pixels the network is fitted on (docs/deep.md, "Volumes and large images")."""
+
+
+def auto_fit_scale(shape: Sequence[int], max_voxels: int = FIT_VOXELS) -> int:
+    """The smallest integer ``s >= 1`` whose grid ``ceil(shape / s)`` has at most ``max_voxels`` pixels."""
+    s = 1
+    while math.prod(-(-int(n) // s) for n in shape) > max_voxels:
+        s += 1
+    return s
 
 
 
@@ -87,6 +107,10 @@ class DeepGMM(ParamsMixin):
     pretrain_steps, pretrain_lr : the distillation phase of ``init="em"``
     crop_margin : fit on the mask's bounding box grown by this many pixels (None: the whole image).
         The loss only sees the mask, so this saves time without changing what is modelled.
+    fit_scale : "auto" (default) or an integer ``s >= 1``: fit the network on the (cropped) image
+        averaged over blocks of ``s`` pixels per axis inside the mask and read out at full resolution
+        (the module's docstring). 1: every step at full resolution. "auto": the smallest ``s`` whose
+        grid has at most :data:`FIT_VOXELS` pixels (1 for images up to that size, e.g. 256x256)
     random_state : seed of the network's weights and of the EM start
     device : "cpu", "cuda" or "auto"
     progress : show a progress bar (steps, NLL) on stderr; without one, the fit's progress is logged
@@ -100,7 +124,9 @@ class DeepGMM(ParamsMixin):
         the mask, 1..K inside (the argmax of ``probabilities_`` plus one)
     means_, covariances_ : ``(K, C)``, ``(K, C)`` or ``(K, C, C)``; covariance_type_ : the one fitted
     weights_ : ``(K,)`` class proportions over the mask
-    nll_ : final NLL; nll_history_ : NLL at every step; n_iter_, converged_, fit_seconds_
+    nll_ : final NLL (at full resolution); nll_history_ : NLL at every step (on the fitted grid);
+    n_iter_, converged_, fit_seconds_
+    fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
     """
 
     _input_tags = {"two_d_array": False, "three_d_array": True}  # one image (C, *spatial), not (N, C) rows
@@ -136,6 +162,7 @@ class DeepGMM(ParamsMixin):
         pretrain_steps: int = 30,
         pretrain_lr: float = 3e-3,
         crop_margin: int | None = 16,
+        fit_scale: int | str = "auto",
         random_state: int | None = 0,
         device: str | torch.device | None = "cpu",
         progress: bool = False,
@@ -162,6 +189,7 @@ class DeepGMM(ParamsMixin):
         self.pretrain_steps = pretrain_steps
         self.pretrain_lr = pretrain_lr
         self.crop_margin = crop_margin
+        self.fit_scale = fit_scale
         self.random_state = random_state
         self.device = device
         self.progress = progress
@@ -186,6 +214,10 @@ class DeepGMM(ParamsMixin):
         check_float("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True)
         if self.crop_margin is not None:
             check_int("crop_margin", self.crop_margin, minimum=0)
+        if not (isinstance(self.fit_scale, str) and self.fit_scale == "auto"):
+            if isinstance(self.fit_scale, str):
+                raise ValueError(f"fit_scale must be 'auto' or an integer >= 1, got {self.fit_scale!r}")
+            check_int("fit_scale", self.fit_scale, minimum=1)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
         if self.smooth is not None:
@@ -224,7 +256,14 @@ class DeepGMM(ParamsMixin):
         full_region = region
         window = box_slices(region, self.crop_margin)
         img, region = img[(slice(None),) + window], region[window]
-        spatial = tuple(img.shape[1:])
+        scale = self._resolve_scale(tuple(img.shape[1:]))
+        img_fit, region_fit = self._downsample(img, region, scale)
+        regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
+        spatial = tuple(img_fit.shape[1:])
+        if scale > 1:
+            logger.info("%s: fitting the network on a %s grid (fit_scale %d) of the %s window, read out at full "
+                        "resolution", type(self).__name__, "x".join(map(str, spatial)), scale,
+                        "x".join(map(str, img.shape[1:])))
         cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C, out_channels=self.n_components)
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
@@ -232,17 +271,18 @@ class DeepGMM(ParamsMixin):
             net = UNet(cfg)
         net.check_input((1, C) + spatial)
         net = net.to(dev)
-        x = img.to(dev).unsqueeze(0)  # (1, C, *spatial)
-        m = region.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
+        x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid
+        m = region_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
-                                  reg_covar=self.reg_covar, regularizers=regs)
+                                  reg_covar=self.reg_covar, regularizers=regs_fit)
 
         bar = Progress(self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__, logger,
                        bar=bool(self.progress), final=None, leave=False)
         with bar:  # the bar closed, or the last line logged, also on an error
             if self.init == "em":
                 prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
-                target = self._em_posteriors(img, region, seed, prior).to(dev)  # (1, K, *spatial)
+                target = self._em_posteriors(img, region, seed, prior)  # (1, K, *window)
+                target = self._target_to_fit(target, region, scale).to(dev)  # (1, K, *spatial)
                 self._distil(net, x, m, target, bar)
 
             opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -265,18 +305,70 @@ class DeepGMM(ParamsMixin):
                     converged = True
                     break
 
-        with torch.no_grad():
-            logits = net(x)
-            out = loss_fn(x, logits, m)
+        full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
+        full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
+        read_loss = loss_fn if scale == 1 else DeepMixtureLoss(  # the full resolution's regularisers
+            mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar, regularizers=regs)
+        logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale)  # (1, K, *window)
         self.network_ = net.eval()
         self.network_config_ = cfg
-        self._set_results(logits[0], out, region, history, n_iter, converged, regs)
+        self.fit_scale_ = scale
+        self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x)
         self.probabilities_, self.labels_ = _uncrop(self.probabilities_, self.labels_, window,
                                                     tuple(full_region.shape))
         self.window_ = window
         self.fit_seconds_ = time.perf_counter() - t0
         logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
         return self
+
+    def _resolve_scale(self, shape: tuple[int, ...]) -> int:
+        """The block size ``s`` for a window of spatial ``shape``: ``fit_scale`` or the automatic one."""
+        if isinstance(self.fit_scale, str):
+            return auto_fit_scale(shape)
+        return int(self.fit_scale)
+
+    def _downsample(self, img: Tensor, region: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+        """``img`` ``(C, *S)`` and ``region`` ``(*S)`` on the grid of blocks of ``scale`` pixels per axis:
+        ``(C, *ceil(S / scale))`` and its mask (blocks at least half inside ``region``). A block's value
+        is the mean of its pixels inside ``region``, or of all its pixels where it has none there."""
+        if scale == 1:
+            return img, region
+        img_low, frac = _block_means(img, region, scale)
+        region_low = frac >= 0.5
+        if int(region_low.sum()) < self.n_components:
+            raise ValueError(f"fit_scale={scale} leaves {int(region_low.sum())} pixel(s) of the mask on the fitted "
+                             f"grid, fewer than n_components={self.n_components}; use a smaller fit_scale (1: full "
+                             "resolution)")
+        return img_low, region_low
+
+    def _target_to_fit(self, target: Tensor, region: Tensor, scale: int) -> Tensor:
+        """EM soft labels ``(1, K, *S)`` (zero outside ``region``) as block means on the fitted grid."""
+        if scale == 1:
+            return target
+        low, _ = _block_means(target[0], region, scale)
+        return low.unsqueeze(0)
+
+    def _scaled_regularizers(self, regs: list[Regularizer], scale: int) -> list[Regularizer]:
+        """``regs`` for the fitted grid: the smoothed-posterior term's width divided by ``scale``."""
+        if scale == 1:
+            return regs
+        out: list[Regularizer] = []
+        for r in regs:
+            if isinstance(r, SmoothedPosterior):
+                sigma = tuple(v / scale for v in r.sigma) if np.ndim(r.sigma) else r.sigma / scale
+                r = SmoothedPosterior(r.lam, sigma, r.prior)
+            out.append(r)
+        return out
+
+    def _final_logits(self, net: UNet, x: Tensor, full_x: Tensor, full_m: Tensor, loss_fn: DeepMixtureLoss,
+                      scale: int) -> tuple[Tensor, Any]:
+        """The network's logits ``(1, K, *window)`` at full resolution (interpolated from the fitted grid
+        ``x`` ``(1, C, *grid)`` for ``scale > 1``) and the loss on ``full_x`` ``(1, C, *window)`` with them
+        (its M-step is the fit's mixture)."""
+        with torch.no_grad():
+            logits = _upsample(net(x), scale, tuple(full_x.shape[2:]))
+            out = loss_fn(full_x, logits, full_m)
+        return logits, out
 
     def _em_posteriors(self, img: Tensor, region: Tensor, seed: int, prior: np.ndarray | None) -> Tensor:
         """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``)."""
@@ -320,19 +412,33 @@ class DeepGMM(ParamsMixin):
             opt.step()
             bar.step(distil=loss.detach())  # a tensor: read only for a line or the bar
 
-    def _read_out(self, logits: Tensor, region: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _read_out(self, logits: Tensor, region: Tensor, x: Tensor | None = None, means: Tensor | None = None,
+                  covariances: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Soft labels ``(K, *spatial)`` float32 (zero outside ``region``) and labels ``(*spatial)``
-        (0 outside ``region``, 1..K inside) from the network's ``logits`` ``(K, *spatial)``."""
+        (0 outside ``region``, 1..K inside) from the network's ``logits`` ``(K, *spatial)``: their
+        softmax, or with the image ``x`` ``(C, *spatial)`` and the mixture's ``means`` ``(K, C)`` and
+        ``covariances`` given (a fit at ``fit_scale > 1``), the posteriors of ``x`` with the softmax
+        as per-pixel prior."""
         region_dev = region.to(logits.device)
-        probs = torch.softmax(logits, 0) * region_dev  # (K, *spatial)
+        if x is None:
+            probs = torch.softmax(logits, 0)
+        else:
+            K, C = logits.shape[0], x.shape[0]
+            with torch.no_grad():
+                log_post = log_posteriors(x.reshape(C, -1).T, means.to(x), covariances.to(x),
+                                          torch.log_softmax(logits.to(x.dtype), 0).reshape(K, -1).T,
+                                          self.covariance_type_)  # (N, K)
+            probs = log_post.exp().T.reshape(logits.shape)
+        probs = probs * region_dev  # (K, *spatial)
         labels = torch.where(region_dev, probs.argmax(0) + 1, torch.zeros((), dtype=torch.long, device=logits.device))
         return (probs.cpu().numpy().astype(np.float32),
                 labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32))
 
     def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
-                     converged: bool, regs: list[Regularizer]) -> None:
-        self.probabilities_, self.labels_ = self._read_out(logits, region)
+                     converged: bool, regs: list[Regularizer], x: Tensor) -> None:
         fit = out.fit
+        given = (x[0], fit.means[0], fit.covariances[0]) if self.fit_scale_ > 1 else ()
+        self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
         self.means_ = fit.means[0].cpu().numpy()
         self.covariances_ = fit.covariances[0].cpu().numpy()
         self.weights_ = (fit.nk[0] / fit.nk[0].sum()).cpu().numpy()
@@ -373,12 +479,18 @@ class DeepGMM(ParamsMixin):
         if not bool(region.any()):
             raise ValueError("mask is empty: it selects no pixel of the image")
         window = box_slices(region, self.crop_margin)
-        x = img[(slice(None),) + window].unsqueeze(0)  # (1, C, *window)
+        full = img[(slice(None),) + window]  # (C, *window)
+        scale = getattr(self, "fit_scale_", 1)
+        low, _ = self._downsample(full, region[window], scale)
+        x = low.unsqueeze(0)  # (1, C, *grid)
         self.network_.check_input(tuple(x.shape))
         dev = next(self.network_.parameters()).device
         with torch.no_grad():
-            logits = self.network_(x.to(dev))[0]
-        probs, labels = self._read_out(logits, region[window])
+            logits = _upsample(self.network_(x.to(dev)), scale, tuple(full.shape[1:]))[0]
+        given = ()
+        if scale > 1:
+            given = (full.to(dev), torch.as_tensor(self.means_), torch.as_tensor(self.covariances_))
+        probs, labels = self._read_out(logits, region[window], *given)
         return _uncrop(probs, labels, window, spatial)
 
     def predict_proba(self, image: Any, mask: Any = None) -> np.ndarray:
@@ -433,6 +545,30 @@ def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
     if tuple(m.shape) != spatial:
         raise ValueError(f"mask must have the image's spatial shape {spatial}, got {tuple(m.shape)}")
     return m != 0
+
+
+def _block_means(values: Tensor, region: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+    """Means of ``values`` ``(C, *S)`` over blocks of ``scale`` pixels per axis (the last block of an
+    axis may be shorter): over the block's pixels inside ``region`` ``(*S)``, or over all its pixels
+    where it has none there. Returns ``(C, *ceil(S / scale))`` and the blocks' fraction inside
+    ``region`` ``(*ceil(S / scale))``."""
+    pool = F.avg_pool2d if values.ndim == 3 else F.avg_pool3d
+    m = region.to(values.dtype).unsqueeze(0)  # (1, *S)
+    frac = pool(m.unsqueeze(0), scale, scale, ceil_mode=True)[0]  # (1, *grid)
+    inside = pool((values * m).unsqueeze(0), scale, scale, ceil_mode=True)[0]  # (C, *grid)
+    every = pool(values.unsqueeze(0), scale, scale, ceil_mode=True)[0]
+    out = torch.where(frac > 0, inside / frac.clamp_min(torch.finfo(values.dtype).tiny), every)
+    return out, frac[0]
+
+
+def _upsample(logits: Tensor, scale: int, shape: tuple[int, ...]) -> Tensor:
+    """Logits ``(B, K, *grid)`` of blocks of ``scale`` pixels interpolated (bi/trilinear, each block's
+    value at its centre) to the pixels ``(B, K, *shape)``; unchanged for ``scale == 1``."""
+    if scale == 1:
+        return logits
+    mode = "bilinear" if logits.ndim == 4 else "trilinear"
+    up = F.interpolate(logits, scale_factor=float(scale), mode=mode, align_corners=False)
+    return up[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
 
 
 def _uncrop(probs: np.ndarray, labels: np.ndarray, window: tuple[slice, ...],

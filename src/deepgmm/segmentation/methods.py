@@ -77,12 +77,14 @@ def _svgmm_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: 
 
 
 def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
-    """Training bytes of the estimator's network: activations on the window it fits (the mask's
-    box + margin), AdamW's four copies of the weights, the loss's own tensors on the window (the
-    mixture NLL's autograd graph, about ``12 (K + C)`` values a pixel: soft labels, responsibilities,
-    centred pixels and their gradients, which :func:`activation_bytes` does not count) and the
-    smoothed-posterior term's window-sized arrays (about 8 of ``K + 1`` channels). Zero on a GPU:
-    the check compares with host memory."""
+    """Training bytes of the estimator's network on the grid it fits (the mask's box + margin, in
+    blocks of ``fit_scale`` pixels per axis): activations, AdamW's four copies of the weights, the
+    loss's own tensors there (the mixture NLL's autograd graph, about ``12 (K + C)`` values a pixel:
+    soft labels, responsibilities, centred pixels and their gradients, which :func:`activation_bytes`
+    does not count) and the smoothed-posterior term's arrays (about 8 of ``K + 1`` channels). With
+    ``fit_scale > 1`` the read-out at full resolution comes after the training graph is freed: the
+    interpolated logits, the loss without gradients and the posteriors on the window, counted as the
+    larger of the two phases. Zero on a GPU: the check compares with host memory."""
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
         regs = est._validate()
@@ -94,12 +96,17 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
                              out_channels=est.n_components)
     except (ValueError, TypeError):  # bad settings: fit() reports them by name
         return 0
-    n_window, item = math.prod(shape), image.element_size()
-    loss = 12 * (est.n_components + image.shape[0]) * n_window * item
-    smooth = 0
-    if any(isinstance(r, SmoothedPosterior) for r in regs):
-        smooth = 8 * (est.n_components + 1) * n_window * item
-    return activation_bytes(cfg, shape) + parameter_bytes(cfg) + loss + smooth
+    scale = est._resolve_scale(shape)
+    grid = tuple(-(-n // scale) for n in shape)
+    K, C, item = est.n_components, image.shape[0], image.element_size()
+    smooths = any(isinstance(r, SmoothedPosterior) for r in regs)
+
+    def loss_bytes(n: int) -> int:
+        return 12 * (K + C) * n * item + (8 * (K + 1) * n * item if smooths else 0)
+
+    train = activation_bytes(cfg, grid) + loss_bytes(math.prod(grid))
+    read_out = loss_bytes(math.prod(shape)) if scale > 1 else 0
+    return max(train, read_out) + parameter_bytes(cfg)
 
 
 @dataclass(frozen=True)
