@@ -1,6 +1,6 @@
 """deepSVG on whole brain volumes and on a photograph: seconds, peak memory and Dice at ``fit_scale``.
 
-    python benchmarks/bench_volume.py --subjects 1 3 4 --photo 100007
+    python benchmarks/bench_volume.py --subjects 1 3 4 --photo 101085
     python benchmarks/bench_volume.py --subjects 1 --fit-scale 1          # the full-resolution fit (slow)
     python benchmarks/bench_volume.py --subjects 1 3 4 --baseline full.json
 
