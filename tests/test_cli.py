@@ -464,8 +464,8 @@ def test_runtime_error_from_another_cause_is_still_a_traceback(case, monkeypatch
 
 
 _SIGNAL_DURING_IMPORT = """
-import os, signal, time
-os.kill(os.getpid(), signal.{name})
+import signal, time
+signal.raise_signal(signal.{name})  # to this thread: os.kill may deliver it to another of the process's threads
 time.sleep(0.05)  # Python runs the handler at the next bytecode: the import must go on
 open({done!r}, "w").close()
 """

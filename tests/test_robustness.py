@@ -399,10 +399,11 @@ def test_deep_memory_estimate_is_not_far_below_the_real_peak_in_3d():
         "img = np.random.default_rng(0).normal(size=(3, 64, 48, 40)).astype(np.float32)",
         "segment(img[:, :32, :32, :32], method='deepsvg', network='tiny', max_steps=2, pretrain_steps=1)",
     ])
+    # at full resolution (fit_scale=1): the volume is above the automatic scale's threshold
     measured = ("segment(img, method='deepsvg', network='tiny', max_steps=3, min_steps=3, pretrain_steps=2, "
-                "crop_margin=None, spare_classes=0)")
+                "crop_margin=None, spare_classes=0, fit_scale=1)")
     own = ("METHODS['deepsvg'].memory(torch.as_tensor(img), torch.ones(64, 48, 40, dtype=torch.bool), "
-           "{'crop_margin': None, 'network': 'tiny', 'n_components': 4})")
+           "{'crop_margin': None, 'network': 'tiny', 'n_components': 4, 'fit_scale': 1})")
     used, estimate = _peak_and_estimate(warm_up, measured,
                                         f"S.estimate_memory(3, (64, 48, 40), 64 * 48 * 40, 4, 'deepsvg') + {own}")
     # what matters is that the estimate is not below the peak; the measured rise itself varies

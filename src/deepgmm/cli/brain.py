@@ -9,7 +9,8 @@ import argparse
 from typing import Any
 
 from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
-from .common import SPLIT_NAMES, add_split_options, add_verbosity, command_line, run_experiment
+from .common import (SPLIT_NAMES, add_jobs_options, add_split_options, add_store_options, add_verbosity, command_line,
+                     run_experiment)
 
 __all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
 
@@ -26,16 +27,8 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--matching", choices=BRAIN_MATCHINGS,
                    help="how the table's first rows score the labels: none (default; labels are numbered by their "
                         "mean T1, CSF < GM < WM) or hungarian; the other one is recorded too")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="worker processes, each with max(1, cpus // N) torch threads (default 1); each holds a volume")
-    p.add_argument("--threads", type=int, metavar="T",
-                   help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
-    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip the per-volume figures (three orthogonal slices; the overview is always drawn)")
+    add_jobs_options(p, "; each holds a volume")
+    add_store_options(p, "volume")
     add_split_options(p)
     add_verbosity(p)
 

@@ -6,11 +6,11 @@ Building the parser imports neither torch nor the experiments; a command imports
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ..choices import BSDS_PEER_METHODS, EM_METHODS, METHODS
-from .common import SPLIT_NAMES, add_split_options, add_verbosity, command_line, run_experiment
+from .common import (SPLIT_NAMES, add_jobs_options, add_split_options, add_store_options, add_verbosity, command_line,
+                     parse_options_json, run_experiment)
 
 __all__ = ["add_parser", "cmd_bsds"]
 
@@ -42,16 +42,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--options", metavar="JSON",
                    help="per-method settings on top of the defaults, as JSON, e.g. '{\"kim_kanezaki\": "
                         "{\"downsample\": 2}}' (recorded in results.json; a resumed run must give the same)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="worker processes, each with max(1, cpus // N) torch threads (default 1)")
-    p.add_argument("--threads", type=int, metavar="T",
-                   help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
-    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip the per-image figures (the overview is always drawn)")
+    add_jobs_options(p)
+    add_store_options(p, "image")
     add_split_options(p)
     add_verbosity(p)
     p.set_defaults(func=cmd_bsds)
@@ -64,13 +56,7 @@ _NAMES = ["data", "split", "out", "methods", "images", "limit", "every", "option
 
 def cmd_bsds(args: argparse.Namespace) -> int:
     """``deepgmm bsds``."""
-    options = None
-    if args.options is not None:
-        try:
-            options = json.loads(args.options)
-        except ValueError as exc:
-            raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. "
-                             '\'{"kim_kanezaki": {"downsample": 2}}\'') from None
+    options = parse_options_json(args.options, '{"kim_kanezaki": {"downsample": 2}}')
     if args.images is not None and args.every is not None:
         raise ValueError("--every selects a subset of the split; it cannot be combined with --images")
     for flag, value in (("--limit", args.limit), ("--every", args.every)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from pathlib import Path
 from typing import Any, ContextManager, Sequence
@@ -11,7 +12,7 @@ from .. import _torch_settings
 
 __all__ = ["check_minimum", "output_format", "parse_int_list", "parse_names", "refuse_data_options",
            "data_settings", "torch_settings", "add_verbosity", "command_line", "report_run", "add_split_options",
-           "run_experiment", "SPLIT_NAMES"]
+           "run_experiment", "SPLIT_NAMES", "add_store_options", "add_jobs_options", "parse_options_json"]
 
 SPLIT_NAMES = ["shard", "merge"]
 """The flags of :func:`add_split_options`, for :func:`command_line`."""
@@ -96,6 +97,35 @@ def add_verbosity(parser: argparse.ArgumentParser, *, sub: bool = True) -> None:
                         help="log the library's progress (INFO) to stderr")
     parser.add_argument("--debug", action="store_true", default=default,
                         help="show the full traceback on errors")
+
+
+def add_store_options(p: argparse.ArgumentParser, unit: str) -> None:
+    """``--seed``, ``--resume``, ``--overwrite`` and ``--no-figures`` of the experiment commands
+    (``unit``: what a per-case figure shows, e.g. "slice")."""
+    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
+    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help=f"skip the per-{unit} figures (the overview figure is always drawn)")
+
+
+def add_jobs_options(p: argparse.ArgumentParser, note: str = "") -> None:
+    """``--jobs`` and ``--threads`` of the experiment commands (``note``: appended to --jobs' help)."""
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help=f"worker processes, each with max(1, cpus // N) torch threads (default 1){note}")
+    p.add_argument("--threads", type=int, metavar="T",
+                   help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
+
+
+def parse_options_json(text: str | None, example: str) -> Any:
+    """``--options``: per-method settings as JSON (None when not given); ``example`` for the error."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. '{example}'") from None
 
 
 def command_line(words: Sequence[str], args: argparse.Namespace, names: Sequence[str]) -> str:

@@ -6,12 +6,12 @@ Building the parser imports neither torch nor the experiments; a command imports
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ..choices import DEVICES, MYOPS_TABLE1_METHODS, TABLE_MATCHINGS
 from ..choices import READOUTS as READOUT_CHOICES
-from .common import SPLIT_NAMES, add_split_options, add_verbosity, command_line, run_experiment
+from .common import (SPLIT_NAMES, add_jobs_options, add_split_options, add_store_options, add_verbosity, command_line,
+                     parse_options_json, run_experiment)
 
 __all__ = ["add_parser", "cmd_table1", "cmd_table2"]
 
@@ -23,12 +23,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matching", choices=TABLE_MATCHINGS,
                    help="how predicted classes are matched to the truth (default: hungarian; greedy: the paper's "
                         "class-by-class order)")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of every fit (default 0)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in DIR: keep the records of results.json, compute the missing ones")
-    p.add_argument("--overwrite", action="store_true", help="clear DIR (a previous deepgmm output) and start again")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
-                   help="skip the per-slice figures (the overview figure is always drawn)")
+    add_store_options(p, "slice")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -51,11 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     t1.add_argument("--methods", metavar="M1,M2,...",
                     help=f"methods to run, from {','.join(MYOPS_TABLE1_METHODS)} (default: all)")
     t1.add_argument("--cases", metavar="ID,ID,...", help="patients to use, e.g. 101,102 (default: all 25)")
-    t1.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="worker processes, each with max(1, cpus // N) torch threads (default 1); the results "
-                         "do not depend on N")
-    t1.add_argument("--threads", type=int, metavar="T",
-                    help="torch threads per process (default: torch's setting for --jobs 1, else cpus // N)")
+    add_jobs_options(t1, "; the results do not depend on N")
     t1.add_argument("--options", metavar="JSON",
                     help="per-method settings on top of the defaults, as JSON, e.g. '{\"svgmm\": {\"smooth_sigma\": "
                          "6}}' (recorded in results.json; a resumed run must give the same)")
@@ -100,13 +91,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
     """``deepgmm myops table1``."""
     command = command_line(["deepgmm", "myops", args.myops_command], args, ["data", "out", "methods", "cases", "matching", "seed", "jobs", "threads",
                                    "options", "resume", "overwrite", "figures"] + SPLIT_NAMES)
-    options = None
-    if args.options is not None:
-        try:
-            options = json.loads(args.options)
-        except ValueError as exc:
-            raise ValueError(f"--options is not valid JSON ({exc}); expected e.g. "
-                             '\'{"svgmm": {"smooth_sigma": 6}}\'') from None
+    options = parse_options_json(args.options, '{"svgmm": {"smooth_sigma": 6}}')
     from ..experiments._run import parse_cases
     from ..experiments.myops import run_table1
 
