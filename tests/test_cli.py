@@ -484,6 +484,9 @@ def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, n
     (tmp_path / f"{module}.py").write_text(_SIGNAL_DURING_IMPORT.format(name=name, done=str(done)))
     monkeypatch.syspath_prepend(str(tmp_path))
     previous_term = supervise._install_sigterm()  # as in main: SIGTERM raises Terminated
+    # Python's own Ctrl-C handler, as main starts with: an earlier test in this process may have left
+    # another disposition (a library's, or an ignored SIGINT), which would not raise KeyboardInterrupt
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         with pytest.raises(raised) as info:
@@ -493,6 +496,7 @@ def test_signal_during_a_held_import_is_raised_after_it(tmp_path, monkeypatch, n
         assert done.exists(), "the module's code was cut half-way"
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     finally:
+        signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
         supervise._restore_sigterm(previous_term)
         sys.modules.pop(module, None)
 
