@@ -92,3 +92,18 @@ def brain_phantom(shape: Sequence[int], radii: Sequence[float], intensities: Seq
         labels[r < radius] = label
     t1 = np.asarray(intensities)[labels] + np.random.default_rng(seed).normal(0, noise, tuple(shape))
     return t1.astype(np.int16), labels
+
+
+def count_segment_fits(monkeypatch) -> list:
+    """Record every ``(method, *case key)`` the experiments runners fit in this process (the fits still run)."""
+    from deepgmm.experiments import cases
+
+    calls: list = []
+    fit = cases.segment_fit
+
+    def counting(dataset, case, method, seed, options):
+        calls.append((method, *case.key))
+        return fit(dataset, case, method, seed, options)
+
+    monkeypatch.setattr(cases, "segment_fit", counting)
+    return calls

@@ -20,9 +20,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from _helpers import count_segment_fits
 from deepgmm.datasets import myops
 from deepgmm.cli import myops as cli_myops
-from deepgmm.experiments import _report, _run, _store, cases, compute_mu_data, fit_runner, myops as mt
+from deepgmm.experiments import _report, _run, _store, compute_mu_data, fit_runner, myops as mt
 from deepgmm.io import MARKER
 from deepgmm.metrics import dice
 
@@ -182,14 +183,7 @@ def test_table1_resume_reruns_only_deleted_records(table1_run, tmp_path, monkeyp
     drop = {("gmm", 101, 1), ("svgmm", 101, 1), ("svgmm", 102, 2)}
     doc["records"] = [r for r in original if (r["method"], r["case"], r["slice"]) not in drop]
     (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
-    calls = []
-    fit = cases.segment_fit
-
-    def counting(dataset, case, method, seed, options):
-        calls.append((method, *case.key))
-        return fit(dataset, case, method, seed, options)
-
-    monkeypatch.setattr(cases, "segment_fit", counting)
+    calls = count_segment_fits(monkeypatch)
     rc = _cli("myops", "table1", "--data", str(DATA), "--out", str(out), "--resume", "--threads", "1")
     assert rc == 0
     assert sorted(calls) == sorted(drop)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import check_error
-from deepgmm.experiments import _shards, brain, cases
+from _helpers import check_error, count_segment_fits
+from deepgmm.experiments import _shards, brain
 from deepgmm.training.distributed import DistInfo
 from test_brain import _write_ibsr
 from test_myops_tables import DATA as MYOPS, _write_case, needs_data
@@ -209,14 +209,7 @@ def test_resume_takes_in_shards_left_behind(ibsr, tmp_path, monkeypatch):
     brain.run_ibsr(ibsr, out, cases=[1], methods="gmm", figures=False, **QUIET)
     brain.run_ibsr(ibsr, out, shard="1/2", figures=False, **QUIET)  # stands for a rank's folder
     held = {(r["method"], r["subject"]) for r in _load(out / "shards" / "1-of-2")["records"]}
-    calls = []
-    fit = cases.segment_fit
-
-    def counting(dataset, case, method, seed, options):
-        calls.append((method, *case.key))
-        return fit(dataset, case, method, seed, options)
-
-    monkeypatch.setattr(cases, "segment_fit", counting)
+    calls = count_segment_fits(monkeypatch)
     res = brain.run_ibsr(ibsr, out, cases=[1, 3, 4], methods="gmm,svgmm", resume=True, figures=False, **QUIET)
     assert res.complete and not (out / "shards").exists()
     assert sorted(calls) == sorted({(m, s) for m in ("gmm", "svgmm") for s in (1, 3, 4)} - held - {("gmm", 1)})
