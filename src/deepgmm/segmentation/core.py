@@ -282,42 +282,19 @@ def segment(
     Segmentation
     """
     t0 = time.perf_counter()
-    check_choice("method", method, METHOD_NAMES)
-    check_int("n_components", n_components, minimum=1)
-    if covariance_type is not None:
-        check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
-    check_choice("normalize", normalize, NORMALIZATIONS)
-    check_choice("nan_policy", nan_policy, NAN_POLICIES)
-    check_choice("prior_units", prior_units, PRIOR_UNITS)
-    check_choice("colour_space", colour_space, COLOUR_SPACES)
-    resolve_device(device)
+    _check_arguments(method, n_components, covariance_type, normalize, nan_policy, prior_units, colour_space, device)
     img = _to_colour_space(_as_image(image), colour_space)
     spatial = tuple(img.shape[1:])
-    region = _as_mask(mask, spatial)
     order_by = parse_order(order, img.shape[0])
     if spacing is not None:
         spacing = as_spacing(spacing, len(spatial))
-
-    finite = torch.isfinite(img).all(0)
-    n_bad = int((~finite & region).sum())
-    if n_bad:
-        if nan_policy == "raise":
-            bad_ch = torch.nonzero((~torch.isfinite(img[:, region])).any(1)).flatten().tolist()
-            raise ValueError(
-                f"image has {n_bad} NaN or Inf pixel(s) inside the mask (channel(s) {bad_ch}); "
-                "fix the image or pass nan_policy='mask' to leave them out"
-            )
-        msg = f"{n_bad} pixel(s) with NaN or Inf values were left out of the mask"
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        logger.warning(msg)
-        region = region & finite
-    img = torch.where(finite.unsqueeze(0), img, torch.zeros((), dtype=img.dtype))
-
+    img, region = _leave_out_non_finite(img, _as_mask(mask, spatial), nan_policy)
     n_pix = int(region.sum())
     if n_pix == 0:
         raise ValueError("mask is empty: it selects no pixel of the image")
     if n_pix < n_components:
         raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
+
     settings = METHODS[method].defaults()
     settings.update(options)
     settings.update(random_state=random_state, device=device)
@@ -339,25 +316,10 @@ def segment(
         _check_memory(img, region, n_pix, n_components + spare, method, settings)
 
     img, deep_field = prepare_image(img, region, fields, method, n_components + spare, settings)
-    norm_info = None
-    if normalize != "none":
-        img, norm_info = _normalize(img, region if normalize == "mask" else None)
-        norm_info["over"] = normalize
-    if fields is not None and fields.degree is not None and method in EM_METHODS:
-        img, norm_info = uncentre(img, norm_info)  # a multiplicative field needs zero to mean no signal
+    img, norm_info = _normalise_for_fit(img, region, normalize, fields, method)
     scaling = ChannelScaling.from_normalization(norm_info, img.shape[0])
-    n_distinct = _count_distinct_rows(img[:, region].T, n_components + spare)
-    if n_distinct < n_components:
-        raise ValueError(
-            f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s) over {img.shape[0]} channel(s), "
-            f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
-        )
-    if n_distinct < n_components + spare:
-        if spare_classes is not None:
-            raise ValueError(f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s), fewer than "
-                             f"n_components + spare_classes = {n_components + spare}; lower spare_classes")
-        spare = n_distinct - n_components  # the method's default asks for more classes than the data hold
-        settings["n_components"] = n_components + spare
+    spare = _spare_the_data_allow(img[:, region].T, n_components, spare, spare_classes)
+    settings["n_components"] = n_components + spare
 
     logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
                 f" + {spare} spare" if spare else "", n_pix, img.shape[0])
@@ -377,33 +339,116 @@ def segment(
     if order_by is not None:
         fit, class_order = _order_classes(fit, order_by, dropped, scaling)
 
-    K = n_components
+    seconds = time.perf_counter() - t0
+    logger.info("segment(method=%s, K=%d): NLL %.5f after %d iterations in %.2f s",
+                method, n_components, fit.nll, fit.n_iter, seconds)
+    record = _settings_record(settings, fit, dict(normalize=normalize, nan_policy=nan_policy,
+                                                  prior_units=prior_units, colour_space=colour_space),
+                              spacing, widths_given, fields, method)
+    if spare:
+        record["dropped_classes"] = dropped
+    if class_order is not None:
+        record["class_order"] = class_order
+    return _segmentation(fit, region, n_components, method, scaling, norm_info, record, seconds, dropped, bias)
+
+
+def _check_arguments(method: str, n_components: Any, covariance_type: str | None, normalize: str, nan_policy: str,
+                     prior_units: str, colour_space: str, device: str) -> None:
+    """Raise ``ValueError`` naming the first of ``segment()``'s plain arguments that is not allowed."""
+    check_choice("method", method, METHOD_NAMES)
+    check_int("n_components", n_components, minimum=1)
+    if covariance_type is not None:
+        check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    check_choice("normalize", normalize, NORMALIZATIONS)
+    check_choice("nan_policy", nan_policy, NAN_POLICIES)
+    check_choice("prior_units", prior_units, PRIOR_UNITS)
+    check_choice("colour_space", colour_space, COLOUR_SPACES)
+    resolve_device(device)
+
+
+def _leave_out_non_finite(img: torch.Tensor, region: torch.Tensor,
+                          nan_policy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``img`` ``(C, *spatial)`` with NaN/Inf set to 0, and ``region`` ``(*spatial)`` without those pixels.
+
+    NaN/Inf inside the mask is an error under ``nan_policy="raise"``, a warning under ``"mask"``.
+    """
+    finite = torch.isfinite(img).all(0)
+    n_bad = int((~finite & region).sum())
+    if n_bad:
+        if nan_policy == "raise":
+            bad_ch = torch.nonzero((~torch.isfinite(img[:, region])).any(1)).flatten().tolist()
+            raise ValueError(
+                f"image has {n_bad} NaN or Inf pixel(s) inside the mask (channel(s) {bad_ch}); "
+                "fix the image or pass nan_policy='mask' to leave them out"
+            )
+        msg = f"{n_bad} pixel(s) with NaN or Inf values were left out of the mask"
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        logger.warning(msg)
+        region = region & finite
+    return torch.where(finite.unsqueeze(0), img, torch.zeros((), dtype=img.dtype)), region
+
+
+def _normalise_for_fit(img: torch.Tensor, region: torch.Tensor, normalize: str, fields: Any,
+                       method: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """``img`` ``(C, *spatial)`` z-scored as ``normalize`` asks, and the normalisation's record (None: none)."""
+    norm_info = None
+    if normalize != "none":
+        img, norm_info = _normalize(img, region if normalize == "mask" else None)
+        norm_info["over"] = normalize
+    if fields is not None and fields.degree is not None and method in EM_METHODS:
+        img, norm_info = uncentre(img, norm_info)  # a multiplicative field needs zero to mean no signal
+    return img, norm_info
+
+
+def _spare_the_data_allow(X: torch.Tensor, n_components: int, spare: int, spare_classes: int | None) -> int:
+    """The number of spare classes the masked pixels ``X`` ``(N, C)`` leave room for.
+
+    Raises ``ValueError`` where they take fewer distinct values than ``n_components``, or than the
+    spare classes the user asked for; a method's default spare classes shrink to fit instead.
+    """
+    n_pix = X.shape[0]
+    n_distinct = _count_distinct_rows(X, n_components + spare)
+    if n_distinct < n_components:
+        raise ValueError(
+            f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s) over {X.shape[1]} channel(s), "
+            f"fewer than n_components={n_components}: there are not that many classes to find; lower n_components"
+        )
+    if n_distinct < n_components + spare:
+        if spare_classes is not None:
+            raise ValueError(f"the {n_pix} masked pixel(s) take only {n_distinct} distinct value(s), fewer than "
+                             f"n_components + spare_classes = {n_components + spare}; lower spare_classes")
+        return n_distinct - n_components  # the method's default asks for more classes than the data hold
+    return spare
+
+
+def _settings_record(settings: dict[str, Any], fit: MethodFit, plain: dict[str, Any], spacing: Any,
+                     widths_given: dict[str, Any], fields: Any, method: str) -> dict[str, Any]:
+    """``Segmentation.settings``: the fit's settings as JSON-friendly values, with ``plain`` arguments added."""
+    record = {k: (list(v) if isinstance(v, tuple) else
+                  v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+              for k, v in settings.items()}
+    # the covariance the method used
+    record.update(plain, covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
+    if spacing is not None:
+        record.update(spacing=list(spacing), widths_mm={k: list(v) if isinstance(v, tuple) else v
+                                                        for k, v in widths_given.items()})
+    if fields is not None:
+        record.update(fields.record())
+        if fields.degree is not None:
+            record["bias_field"]["fitted_by"] = method if method in EM_METHODS else DEEP_FIELD_METHOD
+    return record
+
+
+def _segmentation(fit: MethodFit, region: torch.Tensor, K: int, method: str, scaling: ChannelScaling,
+                  norm_info: dict[str, Any] | None, record: dict[str, Any], seconds: float, dropped: list[int],
+                  bias: Any) -> Segmentation:
+    """The :class:`Segmentation` of ``fit`` (``K`` classes on the pixels of ``region`` ``(*spatial)``)."""
+    spatial = tuple(region.shape)
     region_np = region.numpy()
     labels = np.zeros(spatial, dtype=np.uint8 if K < 255 else np.int32)
     labels[region_np] = fit.labels + 1
     probs = np.zeros((K,) + spatial, dtype=np.float32)
     probs[:, region_np] = fit.probabilities.T
-    seconds = time.perf_counter() - t0
-    logger.info("segment(method=%s, K=%d): NLL %.5f after %d iterations in %.2f s",
-                method, K, fit.nll, fit.n_iter, seconds)
-    public_settings = {k: (list(v) if isinstance(v, tuple) else
-                           v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
-                       for k, v in settings.items()}
-    public_settings.update(normalize=normalize, nan_policy=nan_policy, prior_units=prior_units,
-                           colour_space=colour_space,
-                           # the covariance the method used
-                           covariance_type="full" if np.ndim(fit.covariances) == 3 else "diag")
-    if spacing is not None:
-        public_settings.update(spacing=list(spacing), widths_mm={k: list(v) if isinstance(v, tuple) else v
-                                                                  for k, v in widths_given.items()})
-    if fields is not None:
-        public_settings.update(fields.record())
-        if fields.degree is not None:
-            public_settings["bias_field"]["fitted_by"] = method if method in EM_METHODS else DEEP_FIELD_METHOD
-    if spare:
-        public_settings["dropped_classes"] = dropped
-    if class_order is not None:
-        public_settings["class_order"] = class_order
     return Segmentation(
         labels=labels,
         probabilities=probs,
@@ -418,7 +463,7 @@ def segment(
         converged=bool(fit.converged),
         seconds=seconds,
         nll_history=[float(v) for v in fit.nll_history],
-        settings=public_settings,
+        settings=record,
         normalization=norm_info,
         model=fit.model,
         dropped_classes=dropped,
