@@ -1,7 +1,7 @@
 """Wall time of whole ``deepgmm`` commands on small synthetic jobs, start-up and shut-down included.
 
-Each job of ``_cli_cases.py`` (``segment``: GMM on a 24x20 image; ``segment-deepsvg``: deepSVG's
-defaults on it; ``segment-data``: the SVGMM on a cohort of 3; ``train``: 6 epochs of a tiny U-Net
+Each job of ``tests/stress/_cli_cases.py``, the stress tests' own (``segment``: GMM on a 24x20
+image; ``segment-deepsvg``: deepSVG's defaults on it; ``segment-data``: the SVGMM on a cohort of 3; ``train``: 6 epochs of a tiny U-Net
 on 4 images, ``--deterministic``, ``train-default`` without it; ``predict``: a tiny model on 3
 cases, ``predict-image`` on one; ``table1``: ``myops table1 --methods gmm`` on 2 synthetic patients;
 ``table2``: ``myops table2`` trained on one of them for 3 epochs) is run ``--repeats`` times as a
@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _cli_cases import SCENARIOS, run_cli
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "stress"))  # the jobs are the stress tests' own
+
+from _cli_cases import SCENARIOS, run_cli  # noqa: E402
 
 
 def _baseline(env: dict[str, str]) -> float:

@@ -1,4 +1,5 @@
-"""Small synthetic jobs for each ``deepgmm`` command, run as fresh processes (the stress tests of this folder).
+"""Small synthetic jobs for each ``deepgmm`` command, run as fresh processes (the stress tests of this folder,
+and ``benchmarks/bench_cli.py``, which times them).
 
 Each :class:`Scenario` writes its data into a folder and gives the command's argv, what an
 interrupted run may leave, the documented way on after an interruption, and the result that must
