@@ -1,10 +1,11 @@
 """Wall time of whole ``deepgmm`` commands on small synthetic jobs, start-up and shut-down included.
 
 Each job of ``tests/stress/_cli_cases.py``, the stress tests' own (``segment``: GMM on a 24x20
-image; ``segment-deepsvg``: deepSVG's defaults on it; ``segment-data``: the SVGMM on a cohort of 3; ``train``: 6 epochs of a tiny U-Net
-on 4 images, ``--deterministic``, ``train-default`` without it; ``predict``: a tiny model on 3
-cases, ``predict-image`` on one; ``table1``: ``myops table1 --methods gmm`` on 2 synthetic patients;
-``table2``: ``myops table2`` trained on one of them for 3 epochs) is run ``--repeats`` times as a
+image; ``segment-deepsvg``: deepSVG's defaults on it; ``segment-data``: the SVGMM on a cohort of
+3; ``train``: 6 epochs of a tiny U-Net on 4 images, ``--deterministic``, ``train-default``
+without it; ``predict``: a tiny model on 3 cases, ``predict-image`` on one; ``table1``: ``myops
+table1 --methods gmm`` on 2 synthetic patients; ``table2``: ``myops table2`` trained on one of
+them for 3 epochs) is run ``--repeats`` times as a
 fresh process, the versions given by ``--src`` taking turns, so that each sees the same machine
 load. The baseline, measured in the same run and the same way, is a fresh interpreter that imports
 torch and exits (``python -c "import torch"``): the floor of any command that computes. Prints the
