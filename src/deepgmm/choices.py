@@ -11,7 +11,7 @@ __all__ = [
     "DEVICES", "INIT_METHODS", "DEEP_INITS", "MATCHINGS", "READOUTS", "LAYOUTS", "TRAIN_METHODS", "MIXTURES",
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
-    "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS", "COLOUR_SPACES",
+    "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS", "COLOUR_SPACES", "FEATURES",
     "BSDS_PEER_METHODS",
 ]
 
@@ -53,6 +53,9 @@ GROUND_TRUTH_SELECTIONS: tuple[str, ...] = ("all", "fine", "coarse")
 CONNECTIVITIES: tuple[int, ...] = (8, 4)
 # colour spaces of a photograph's pixels (preprocess.rgb_to_lab)
 COLOUR_SPACES: tuple[str, ...] = ("rgb", "lab")
+# what segment() fits: the channels as given, a photograph's features (colour + position,
+# preprocess.photo_features), or "auto": a photograph's features for 8-bit RGB (3-channel 2D) input
+FEATURES: tuple[str, ...] = ("auto", "channels", "photo")
 # peers run next to deepgmm's methods by deepgmm bsds (experiments.bsds_peers; k-means and
 # scikit-learn's GaussianMixture need the extra "peers", Kim & Kanezaki (2020) only torch)
 BSDS_PEER_METHODS: tuple[str, ...] = ("kmeans", "kmeans_xy", "sklearn_gmm", "kim_kanezaki")

@@ -15,11 +15,20 @@ import numpy as np
 
 from .choices import COLOUR_SPACES
 
-__all__ = ["zscore", "bounding_box", "box_slices", "window_around", "crop", "rgb_to_lab", "photo_features"]
+__all__ = ["zscore", "bounding_box", "box_slices", "window_around", "crop", "rgb_to_lab", "photo_features",
+           "PHOTO_COLOUR_SPACE", "PHOTO_POSITION_WEIGHT", "PHOTO_SMOOTH_FRACTION"]
 
 # a channel counts as constant when its standard deviation is below this fraction of max(|mean|, 1):
 # float rounding alone leaves such a spread in a constant channel
 CONSTANT_RTOL = 1e-12
+
+# a photograph's features and the SVGMM's width on them, chosen on BSDS500 train (docs/natural-images.md):
+PHOTO_COLOUR_SPACE = "lab"
+"""The colour space of a photograph's features (:data:`deepgmm.choices.COLOUR_SPACES`)."""
+PHOTO_POSITION_WEIGHT = 1.0
+"""Weight of the position features of a photograph (0: colour only); see :func:`photo_features`."""
+PHOTO_SMOOTH_FRACTION = 0.02
+"""The SVGMM's ``smooth_sigma`` on a photograph, as a fraction of its shorter side."""
 
 # sRGB (D65) linear RGB -> CIE XYZ, and the D65 reference white (IEC 61966-2-1; CIE 15)
 _RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],

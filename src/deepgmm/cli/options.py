@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS,
-                       INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
+                       FEATURES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
            "parse_fit_scale", "parse_n_components"]
@@ -123,11 +123,17 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "ones (their pixels to the likelier class left) so that -k classes remain (default: deepsvg 1, "
                   "others 0; 0 with --mu-prior)", minimum=0, metavar="N"),
     SegmentOption("--normalize", "normalize", str,
-                  "z-score every channel over the mask or the whole image first (default: mask)",
+                  "z-score every channel over the mask or the whole image first (default: mask; none for a "
+                  "photograph's features, z-scored over the image already)",
                   choices=NORMALIZATIONS),
+    SegmentOption("--features", "features", str,
+                  "what the mixture fits: the channels as given, or a photograph's features (colour in L*a*b*, "
+                  "z-scored, and the pixel position; the svgmm width 2%% of the shorter side; chosen on BSDS500, "
+                  "docs/natural-images.md). Default auto: photo for one RGB PNG/JPEG image, channels otherwise",
+                  choices=FEATURES),
     SegmentOption("--colour-space", "colour_space", str,
-                  "rgb (default: the channels as given) or lab: convert an RGB photograph (values 0..255) to CIE "
-                  "L*a*b* first (better on photographs, docs/natural-images.md)", choices=COLOUR_SPACES),
+                  "rgb or lab: convert an RGB photograph (values 0..255) to CIE L*a*b* first (default: rgb, the "
+                  "channels as given; lab with --features photo)", choices=COLOUR_SPACES),
     SegmentOption("--nan-policy", "nan_policy", str,
                   "NaN/Inf pixels inside the mask: an error, or leave them out of the mask (default: raise)",
                   choices=NAN_POLICIES),

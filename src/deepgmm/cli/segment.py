@@ -79,6 +79,16 @@ def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str
     return summary
 
 
+def _resolve_features(options: dict[str, Any], image: Any) -> dict[str, Any]:
+    """``options`` with ``--features auto`` (the default) made explicit for one RGB photograph (a PNG
+    or JPEG file read as 3 channels of 2D): "photo". Anything else is left to the library, whose
+    "auto" keeps the channels of the float data read here."""
+    photo = image.kind in ("png", "jpeg") and len(image.paths) == 1 and image.n_channels == 3 and image.ndim == 2
+    if options.get("features", "auto") == "auto" and photo:
+        return dict(options, features="photo")
+    return options
+
+
 def _k_choice(args: argparse.Namespace) -> tuple[list[int] | None, str | None]:
     """``-k LO:HI`` (and ``--select``): the candidate K and the criterion; (None, None) for one K."""
     if isinstance(args.n_components, list):
@@ -135,7 +145,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     logger.info("read %d channel(s) of spatial shape %s from %d file(s)",
                 image.n_channels, image.spatial_shape, len(image.paths))
 
-    seg = _fit(image, mask, args, options)
+    seg = _fit(image, mask, args, _resolve_features(options, image))
 
     labels_name, probs_name = LABEL_FILES[fmt], PROBABILITY_FILES[fmt]
     summary = _summary(seg, image, mask, args, fmt, options)
@@ -150,6 +160,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         dio.save_json(folder / SUMMARY_FILE, summary)
     print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
           f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
+    if seg.settings["features"]["kind"] == "photo":
+        names = ", ".join(seg.settings["features"]["channels"])
+        print(f"fitted a photograph's features ({names}); --features channels fits the channels as given")
     print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}"
           + (f", {bias_name}" if bias_name else ""))
     return 0

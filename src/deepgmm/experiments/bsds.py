@@ -23,7 +23,7 @@ import numpy as np
 from ..choices import BSDS_PEER_METHODS, COLOUR_SPACES, EM_METHODS, METHODS
 from ..datasets import bsds
 from ..io import load_image
-from ..preprocess import photo_features
+from ..preprocess import PHOTO_COLOUR_SPACE, PHOTO_POSITION_WEIGHT, PHOTO_SMOOTH_FRACTION, photo_features
 from ._run import TableResult
 from .bsds_peers import BSDS_PEER_FITS, unavailable
 from .cases import Case, DataSet
@@ -38,11 +38,11 @@ BSDS_METHODS: tuple[str, ...] = METHODS + BSDS_PEER_METHODS
 DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
 N_COMPONENTS = 5
 """K of deepgmm's methods and of the k-means and GaussianMixture peers."""
-COLOUR_SPACE = "lab"
+COLOUR_SPACE = PHOTO_COLOUR_SPACE
 """The colour space of the features (:data:`deepgmm.choices.COLOUR_SPACES`)."""
-POSITION_WEIGHT = 1.0
+POSITION_WEIGHT = PHOTO_POSITION_WEIGHT
 """Weight of the position features (0: colour only); see :func:`deepgmm.preprocess.photo_features`."""
-SVGMM_SIGMA_FRACTION = 0.02
+SVGMM_SIGMA_FRACTION = PHOTO_SMOOTH_FRACTION
 """SVGMM's ``smooth_sigma`` as a fraction of the photograph's shorter side (321 pixels in BSDS500)."""
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {"svgmm": {"smooth_sigma": round(SVGMM_SIGMA_FRACTION * 321, 2)}}
 """``segment()`` settings per method on top of the library's defaults (spatial widths in pixels)."""

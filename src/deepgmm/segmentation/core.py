@@ -19,11 +19,11 @@ import torch
 
 from .. import memory
 from .._validation import check_choice, check_int, resolve_device
-from ..choices import COLOUR_SPACES, COVARIANCE_TYPES, EM_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
+from ..choices import COLOUR_SPACES, COVARIANCE_TYPES, EM_METHODS, FEATURES, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
 from ..choices import METHODS as METHOD_NAMES
 from ..deep.regularizers import MuPrior, SmoothedPosterior
 from ..io import load_mu_data
-from ..preprocess import rgb_to_lab, zscore
+from ..preprocess import PHOTO_COLOUR_SPACE, PHOTO_POSITION_WEIGHT, PHOTO_SMOOTH_FRACTION, photo_features, rgb_to_lab, zscore
 from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
 from .fields import DEEP_FIELD_METHOD, field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
@@ -56,6 +56,39 @@ def _as_image(image: Any) -> torch.Tensor:
     if t.shape[0] < 1 or any(s < 1 for s in t.shape[1:]):
         raise ValueError(f"image has an empty axis: shape {tuple(t.shape)}")
     return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _is_photograph(image: Any) -> bool:
+    """Whether ``image`` is 8-bit RGB: ``(3, H, W)`` of dtype uint8 (numpy or torch)."""
+    dtype = image.dtype if isinstance(image, (np.ndarray, torch.Tensor)) else np.asarray(image).dtype
+    return dtype in (np.uint8, torch.uint8) and tuple(np.shape(image))[:1] == (3,) and np.ndim(image) == 3
+
+
+def _features(image: Any, features: str, colour_space: str | None,
+              normalize: str | None) -> tuple[torch.Tensor, str, str, str, dict[str, Any] | None]:
+    """What the mixture fits, from ``image``: ``(C, *spatial)`` float, and the resolved ``features``,
+    ``colour_space``, ``normalize`` and, for a photograph, the features' record.
+
+    "channels": the channels (in ``colour_space``, default "rgb"). "photo": a photograph's features
+    (:func:`deepgmm.preprocess.photo_features`: colour in ``colour_space``, default
+    :data:`PHOTO_COLOUR_SPACE`, z-scored over the image, and the position), not z-scored again unless
+    ``normalize`` says so. "auto": "photo" for 8-bit RGB (:func:`_is_photograph`), else "channels".
+    """
+    if features == "auto":
+        features = "photo" if _is_photograph(image) else "channels"
+    img = _as_image(image)
+    if features == "channels":
+        colour_space = colour_space or "rgb"
+        return _to_colour_space(img, colour_space), features, colour_space, normalize or "mask", None
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise ValueError(f"features='photo' needs an RGB photograph (3, H, W) of values 0..255, got shape "
+                         f"{tuple(img.shape)}; use features='channels' for other images")
+    colour_space = colour_space or PHOTO_COLOUR_SPACE
+    feats = photo_features(img.numpy(), colour_space, PHOTO_POSITION_WEIGHT)
+    record = {"kind": "photo", "colour_space": colour_space, "position_weight": PHOTO_POSITION_WEIGHT,
+              "channels": ["L*", "a*", "b*"] if colour_space == "lab" else ["R", "G", "B"]}
+    record["channels"] += ["row", "column"] if PHOTO_POSITION_WEIGHT > 0 else []
+    return torch.from_numpy(feats), features, colour_space, normalize or "none", record
 
 
 def _to_colour_space(img: torch.Tensor, colour_space: str) -> torch.Tensor:
@@ -190,7 +223,7 @@ def segment(
     method: str = "gmm",
     n_components: int = 4,
     covariance_type: str | None = None,
-    normalize: str = "mask",
+    normalize: str | None = None,
     nan_policy: str = "raise",
     random_state: int | None = 0,
     device: str = "cpu",
@@ -202,7 +235,8 @@ def segment(
     bias_field: Any = None,
     prior_maps: Any = None,
     prior_weight: float = 1.0,
-    colour_space: str = "rgb",
+    colour_space: str | None = None,
+    features: str = "auto",
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -217,7 +251,8 @@ def segment(
     covariance_type : "diag" or "full"; None (default): the method's own default, "full" for
         "deepsvg" (docs/deep.md) and "diag" for the others
     normalize : "none", "mask" or "image"
-        Z-score every channel over the mask's pixels or over the whole image first.
+        Z-score every channel over the mask's pixels or over the whole image first. None (default):
+        "mask", and "none" for a photograph's features (``features``), which are z-scored already.
     nan_policy : "raise" or "mask"
         NaN/Inf pixels are an error, or are left out of the mask (with a warning).
     random_state : seed (default 0, so results repeat); None draws a fresh one.
@@ -270,10 +305,20 @@ def segment(
     prior_weight : in [0, 1] (default 1): how much the maps weigh against the fitted weights; 1: the
         posterior is the normalised ``prior_nk * N(x_n | k)`` (GMM), the per-voxel weights are the
         maps (SVGMM); 0: the maps only start the fit.
-    colour_space : "rgb" (default: the channels as given) or "lab": an RGB photograph (3 channels,
-        sRGB values 0..255) is converted to CIE L*a*b* (:func:`deepgmm.preprocess.rgb_to_lab`)
-        before anything else; means and covariances are then in L*a*b* units. On BSDS500 photographs
-        Lab segments better than RGB (docs/natural-images.md).
+    colour_space : "rgb" or "lab": an RGB photograph (3 channels, sRGB values 0..255) is converted to
+        CIE L*a*b* (:func:`deepgmm.preprocess.rgb_to_lab`) before anything else; means and covariances
+        are then in L*a*b* units. None (default): "rgb" (the channels as given), and "lab" for a
+        photograph's features. On BSDS500 photographs Lab segments better than RGB
+        (docs/natural-images.md).
+    features : "auto" (default), "channels" or "photo": what the mixture fits. "channels": the
+        image's channels. "photo", for an RGB photograph ``(3, H, W)`` of values 0..255: the features
+        chosen on BSDS500 ``train`` (:func:`deepgmm.preprocess.photo_features`): the colour in
+        L*a*b*, z-scored over the image, and the pixel's row and column as two weak features; the
+        SVGMM's ``smooth_sigma`` defaults to 2% of the shorter side. Means and covariances are then
+        in those five feature units (``settings["features"]["channels"]`` names them); ``bias_field``
+        and class statistics in image units (``mu_prior``, ``means_init``) are not taken.
+        "auto": "photo" for an image of dtype uint8 with 3 channels and 2 spatial axes, "channels"
+        for anything else (a float image is never taken for a photograph: pass "photo").
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -282,8 +327,9 @@ def segment(
     Segmentation
     """
     t0 = time.perf_counter()
-    _check_arguments(method, n_components, covariance_type, normalize, nan_policy, prior_units, colour_space, device)
-    img = _to_colour_space(_as_image(image), colour_space)
+    _check_arguments(method, n_components, covariance_type, normalize, nan_policy, prior_units, colour_space,
+                     features, device)
+    img, features, colour_space, normalize, photo = _features(image, features, colour_space, normalize)
     spatial = tuple(img.shape[1:])
     order_by = parse_order(order, img.shape[0])
     if spacing is not None:
@@ -303,6 +349,8 @@ def segment(
     widths_given: dict[str, Any] = {}
     if spacing is not None:
         settings, widths_given = _widths_to_voxels(settings, spacing)
+    if photo is not None:
+        _check_photo_settings(settings, bias_field, prior_units, method, spatial)
     fields = field_request(bias_field, prior_maps, prior_weight, method=method, n_components=n_components,
                            spatial=spatial, spacing=spacing, order_by=order_by, spare_classes=spare_classes,
                            settings=settings, prior_units=prior_units)
@@ -342,8 +390,8 @@ def segment(
     seconds = time.perf_counter() - t0
     logger.info("segment(method=%s, K=%d): NLL %.5f after %d iterations in %.2f s",
                 method, n_components, fit.nll, fit.n_iter, seconds)
-    record = _settings_record(settings, fit, dict(normalize=normalize, nan_policy=nan_policy,
-                                                  prior_units=prior_units, colour_space=colour_space),
+    record = _settings_record(settings, fit, dict(normalize=normalize, nan_policy=nan_policy, prior_units=prior_units,
+                                                  colour_space=colour_space, features=photo or {"kind": features}),
                               spacing, widths_given, fields, method)
     if spare:
         record["dropped_classes"] = dropped
@@ -352,18 +400,36 @@ def segment(
     return _segmentation(fit, region, n_components, method, scaling, norm_info, record, seconds, dropped, bias)
 
 
-def _check_arguments(method: str, n_components: Any, covariance_type: str | None, normalize: str, nan_policy: str,
-                     prior_units: str, colour_space: str, device: str) -> None:
+def _check_arguments(method: str, n_components: Any, covariance_type: str | None, normalize: str | None,
+                     nan_policy: str, prior_units: str, colour_space: str | None, features: str, device: str) -> None:
     """Raise ``ValueError`` naming the first of ``segment()``'s plain arguments that is not allowed."""
     check_choice("method", method, METHOD_NAMES)
     check_int("n_components", n_components, minimum=1)
     if covariance_type is not None:
         check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
-    check_choice("normalize", normalize, NORMALIZATIONS)
+    if normalize is not None:
+        check_choice("normalize", normalize, NORMALIZATIONS)
     check_choice("nan_policy", nan_policy, NAN_POLICIES)
     check_choice("prior_units", prior_units, PRIOR_UNITS)
-    check_choice("colour_space", colour_space, COLOUR_SPACES)
+    if colour_space is not None:
+        check_choice("colour_space", colour_space, COLOUR_SPACES)
+    check_choice("features", features, FEATURES)
     resolve_device(device)
+
+
+def _check_photo_settings(settings: dict[str, Any], bias_field: Any, prior_units: str, method: str,
+                          spatial: tuple[int, ...]) -> None:
+    """Refuse what a photograph's features cannot take; give the SVGMM its width for photographs
+    (:data:`PHOTO_SMOOTH_FRACTION` of the shorter side, in pixels) unless ``smooth_sigma`` was given."""
+    if bias_field is not None:
+        raise ValueError("bias_field is not taken with features='photo' (the features are colour and position, "
+                         "not intensities); use features='channels'")
+    if prior_units == "image" and has_class_order_prior(settings):
+        raise ValueError("with features='photo' the class statistics (mu_prior, means_init) are in the features' "
+                         "units (z-scored L*a*b*, row, column): pass them with prior_units='normalized', or use "
+                         "features='channels'")
+    if method == "svgmm" and "smooth_sigma" not in settings:
+        settings["smooth_sigma"] = round(PHOTO_SMOOTH_FRACTION * min(spatial), 2)
 
 
 def _leave_out_non_finite(img: torch.Tensor, region: torch.Tensor,
