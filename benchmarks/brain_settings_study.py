@@ -47,6 +47,27 @@ SETTINGS: dict[str, dict] = {
     "svgmm_s4_b3": dict(method="svgmm", smooth_sigma=4.0, bias_field=3),
     "gmm_n4": dict(method="gmm", n4=True),
 }
+# several Gaussians per tissue (SPM's "ngaus"): ``tissues`` = Gaussians for CSF, GM, WM, numbered by mean
+for _t in ((1, 2, 2), (2, 2, 2), (2, 1, 2), (2, 2, 1), (1, 2, 1), (1, 1, 2), (3, 2, 2), (2, 3, 2), (2, 2, 3)):
+    _n = "".join(str(v) for v in _t)
+    SETTINGS[f"gmm_t{_n}"] = dict(method="gmm", tissues=_t)
+    SETTINGS[f"gmm_t{_n}_b2p10"] = dict(method="gmm", tissues=_t, bias_field=2, bias_penalty=10.0)
+    SETTINGS[f"svgmm_s4_t{_n}"] = dict(method="svgmm", smooth_sigma=4.0, tissues=_t)
+    SETTINGS[f"svgmm_s4_b2_t{_n}"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, tissues=_t)
+for _s in (1, 2, 3, 6):
+    SETTINGS[f"svgmm_s{_s}_t121"] = dict(method="svgmm", smooth_sigma=float(_s), tissues=(1, 2, 1))
+    SETTINGS[f"svgmm_s{_s}_b2_t121"] = dict(method="svgmm", smooth_sigma=float(_s), bias_field=2, tissues=(1, 2, 1))
+for _g in (0.5, 0.7):
+    _n = str(_g).replace(".", "")
+    SETTINGS[f"gmm_b2g{_n}"] = dict(method="gmm", bias_field=2, bias_guard=_g)
+    SETTINGS[f"gmm_b2g{_n}_t121"] = dict(method="gmm", bias_field=2, bias_guard=_g, tissues=(1, 2, 1))
+    SETTINGS[f"svgmm_s4_b2g{_n}"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, bias_guard=_g)
+    SETTINGS[f"svgmm_s4_b2g{_n}_t121"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, bias_guard=_g,
+                                             tissues=(1, 2, 1))
+for _p in (1, 3, 10, 30, 100):
+    SETTINGS[f"gmm_b2p{_p}"] = dict(method="gmm", bias_field=2, bias_penalty=float(_p))
+    SETTINGS[f"gmm_b3p{_p}"] = dict(method="gmm", bias_field=3, bias_penalty=float(_p))
+    SETTINGS[f"svgmm_s4_b2p{_p}"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, bias_penalty=float(_p))
 
 
 def n4(image: np.ndarray, mask: np.ndarray, spacing) -> np.ndarray:
@@ -64,20 +85,38 @@ def synthetic_field(shape, spacing) -> np.ndarray:
     return np.exp(0.3 * u[0] - 0.2 * u[2] + 0.1 * u[0] * u[1]).astype(np.float32)
 
 
+def merge_tissues(probabilities: np.ndarray, mask: np.ndarray, tissues) -> np.ndarray:
+    """Labels 1..len(tissues) from the posteriors ``(K, *spatial)`` of classes numbered by mean: the first
+    ``tissues[0]`` classes are tissue 1, the next ``tissues[1]`` tissue 2, ...; the most probable tissue by
+    its summed posterior, 0 outside ``mask``."""
+    edges = np.cumsum((0,) + tuple(tissues))
+    summed = np.stack([probabilities[a:b].sum(0) for a, b in zip(edges[:-1], edges[1:])])
+    return np.where(mask, summed.argmax(0) + 1, 0).astype(np.uint8)
+
+
 def run_one(case, name: str) -> dict:
     """``name``: a key of SETTINGS, or ``syn_<key>``: the same on the volume times :func:`synthetic_field`."""
     synthetic = name.startswith("syn_")
     opts = dict(SETTINGS[name.removeprefix("syn_")])
     use_n4 = opts.pop("n4", False)
+    tissues = opts.pop("tissues", (1, 1, 1))
     image = case.image * synthetic_field(case.image.shape[1:], case.spacing)[None] if synthetic else case.image
     t0 = time.perf_counter()
     image = n4(image, case.mask, case.spacing) if use_n4 else image
-    seg = segment(image, case.mask, n_components=3, order="mean", spacing=case.spacing, **opts)
+    seg = segment(image, case.mask, n_components=sum(tissues), order="mean", spacing=case.spacing, **opts)
     seconds = time.perf_counter() - t0
-    ev = evaluate(seg.labels, case.truth, labels=[1, 2, 3], names=["CSF", "GM", "WM"], matching="none",
+    labels = merge_tissues(seg.probabilities, case.mask, tissues)
+    ev = evaluate(labels, case.truth, labels=[1, 2, 3], names=["CSF", "GM", "WM"], matching="none",
                   pred_labels=[1, 2, 3]).to_dict()
     return {"setting": name, "subject": int(case.key[0]), "dice": ev["dice"], "seconds": seconds,
-            "n_iter": seg.n_iter, "nll": seg.nll}
+            "n_iter": seg.n_iter, "nll": seg.nll, "confusion": confusion(labels, case.truth).tolist(),
+            "means": np.asarray(seg.means_normalized).ravel().round(4).tolist()}
+
+
+def confusion(labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Voxel counts ``(3, 3)``: rows the truth CSF, GM, WM; columns the labels 1, 2, 3."""
+    return np.bincount(3 * (truth[truth > 0].astype(np.int64) - 1) + (labels[truth > 0].astype(np.int64) - 1),
+                       minlength=9).reshape(3, 3)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ take new pixels and use the global weights, without field or maps (as the parent
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -48,7 +49,26 @@ from .bias import BIAS_MODELS, evaluate_field, field_from_posteriors, legendre_b
 from .likelihood import abs_max_per_channel, params_from_moments, weighted_moments
 from .mixture import GaussianMixture, SpatiallyVariantGMM, _EMState, _to_numpy
 
-__all__ = ["FieldGaussianMixture", "FieldSpatiallyVariantGMM", "normalize_prior_maps"]
+__all__ = ["FieldGaussianMixture", "FieldSpatiallyVariantGMM", "normalize_prior_maps", "class_separation"]
+
+logger = logging.getLogger(__name__)
+
+
+def class_separation(means: Tensor, covariances: Tensor, covariance_type: str) -> float:
+    """The smallest separation between two Gaussians of the mixture, ``min_{j<k} sqrt((mu_j - mu_k)^T
+    (Sigma_j + Sigma_k)^-1 (mu_j - mu_k))`` (means ``(K, C)``, covariances ``(K, C)`` diag or ``(K, C, C)``);
+    scale-free, so a multiplicative field's overall scale does not change it. ``inf`` for K < 2."""
+    K = means.shape[0]
+    if K < 2:
+        return math.inf
+    j, k = torch.triu_indices(K, K, offset=1)
+    d = (means[j] - means[k]).double()  # (pairs, C)
+    if covariance_type == "diag":
+        dist2 = (d * d / (covariances[j] + covariances[k]).double()).sum(1)
+    else:
+        S = (covariances[j] + covariances[k]).double()
+        dist2 = (d * torch.linalg.solve(S, d.unsqueeze(-1)).squeeze(-1)).sum(1)
+    return float(dist2.min().sqrt())
 
 
 class _FieldState(_EMState):
@@ -91,6 +111,8 @@ class _FieldMixin:
         self._degree = parse_degree(self.bias_field)
         check_choice("bias_model", self.bias_model, BIAS_MODELS)
         self._w = check_float("prior_weight", self.prior_weight, minimum=0.0, maximum=1.0)
+        self._penalty = check_float("bias_penalty", self.bias_penalty, minimum=0.0)
+        self._guard = check_float("bias_guard", self.bias_guard, minimum=0.0, maximum=1.0)
         m = None
         if mask is not None:
             m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
@@ -180,14 +202,21 @@ class _FieldMixin:
         mult = self.bias_model == "multiplicative"
         x_raw = X + self._shift  # the pixels as given (the multiplicative field scales them, not the centred ones)
         log_jac = 0.0  # mean over the pixels of sum_c log c_nc (multiplicative model)
+        log_prior = 0.0  # mean over the pixels of the field's log-prior, -bias_penalty / 2 |b_n|^2
         self._xmax = abs_max_per_channel(Y)
         nll, moments, shift = self._pass(Y, state, resp)
         if not math.isfinite(nll):
             raise ValueError(f"EM cannot start: the NLL at the initial parameters is {nll}; increase reg_covar")
         history, converged, n_iter = [nll], False, 0
-        # coarse to fine: degree 1 until EM settles, then 2, ... (the degree-j basis is the first columns)
+        # coarse to fine: degree 1 until EM settles, then 2, ... (the degree-j basis is the first columns);
+        # with the guard, a field-free stage first, and a stage whose classes end closer than the guard
+        # allows is undone (the fit returns to the end of the stage before and stops)
         stages = [] if self._basis is None else [n_terms(self._field_mask.ndim, j) for j in range(1, self._degree + 1)]
+        if stages and self._guard > 0:
+            stages.insert(0, 0)
         n_cols = stages.pop(0) if stages else 0
+        self.bias_degree_ = None
+        settled: tuple | None = None  # (state, n_cols, n_iter, separation) at the end of the last accepted stage
         for it in range(1, self.max_iter + 1):
             old = state
             new = self._m_step(Y, state, moments, shift, resp.clone() if self._spatial else None, it)
@@ -196,35 +225,66 @@ class _FieldMixin:
                 glw = self._global_update(old, resp)
                 new.log_weights = self._blend(glw)
             coef = old.coef
-            if self._basis is not None:  # the field under the same posteriors and the new Gaussians
+            if self._basis is not None and n_cols:  # the field under the same posteriors and the new Gaussians
                 basis = self._basis[:, :n_cols]
                 if mult:
                     start = X.new_zeros(n_cols, X.shape[1], dtype=torch.float64) if coef is None else coef[:n_cols]
                     part = multiplicative_update(basis, start, x_raw, self._shift, resp.exp(), new.means,
-                                                 new.covariances, self.covariance_type)
+                                                 new.covariances, self.covariance_type, penalty=self._penalty)
                     log_c = evaluate_field(basis, part)
                     Y = x_raw * torch.exp(log_c) - self._shift
                     log_jac = float(log_c.sum(dtype=torch.float64)) / N
                 else:
-                    part = field_from_posteriors(basis, X, resp.exp(), new.means, new.covariances, self.covariance_type)
-                    Y = X - evaluate_field(basis, part)
+                    part = field_from_posteriors(basis, X, resp.exp(), new.means, new.covariances, self.covariance_type,
+                                                 penalty=self._penalty)
+                    log_c = evaluate_field(basis, part)
+                    Y = X - log_c
+                log_prior = -0.5 * self._penalty * float(log_c.pow(2).sum(dtype=torch.float64)) / N
                 coef = part.new_zeros(self._basis.shape[1], part.shape[1])
                 coef[:n_cols] = part
                 self._xmax = abs_max_per_channel(Y)
             state = _FieldState(new, coef, glw)
             nll, moments, shift = self._pass(Y, state, resp)
-            nll -= log_jac
+            nll -= log_jac + log_prior
             history.append(nll)
             n_iter = it
             if not math.isfinite(nll):
                 raise ValueError(f"EM diverged: the NLL became {nll} at iteration {it}; increase reg_covar")
             if self.tol > 0 and self._converged(history[-2], nll):
+                if self._guard > 0 and self._basis is not None:
+                    settled, undone = self._guard_stage(state, n_cols, it, settled)
+                    if undone:
+                        state, n_cols, n_iter = settled[0], settled[1], settled[2]
+                        del history[n_iter + 1:]
+                        converged = True
+                        break
                 if stages:
                     n_cols = stages.pop(0)
                     continue
                 converged = True
                 break
+        if self._basis is not None:
+            self.bias_degree_ = self._stage_degree(n_cols)
         return state, history, n_iter, converged
+
+    def _guard_stage(self, state: _EMState, n_cols: int, it: int, settled: tuple | None) -> tuple[tuple, bool]:
+        """At the end of a field stage: the stage is kept while the classes' smallest separation
+        (:func:`class_separation`) is at least ``bias_guard`` times the field-free stage's. Returns the
+        last accepted stage's record and whether this stage is undone."""
+        sep = class_separation(state.means, state.covariances, self.covariance_type)
+        if settled is not None and sep < self._guard * settled[3]:
+            logger.info("bias field: the degree-%d stage brought two classes together (separation %.3g, "
+                        "%.3g without the field); kept the field of the stage before", self._stage_degree(n_cols),
+                        sep, settled[3])
+            return settled, True
+        weights = state.log_weights.clone()
+        kept = _FieldState(_EMState(weights, state.means, state.covariances), getattr(state, "coef", None),
+                           getattr(state, "global_log_weights", None))
+        ref = sep if settled is None else settled[3]  # the field-free stage's separation stays the reference
+        return (kept, n_cols, it, ref), False
+
+    def _stage_degree(self, n_cols: int) -> int:
+        return next(j for j in range(self._degree + 1) if n_terms(self._field_mask.ndim, j) >= n_cols)
 
     def _set_fitted_labels(self, Xc: Tensor, state: _EMState) -> None:
         self.bias_coef_ = self.bias_field_ = None
@@ -266,6 +326,17 @@ _FIELD_PARAMS_DOC = """
     bias_model : "multiplicative" (default) or "additive"
         ``X = Y * f`` (intensities, 0 meaning no signal: ``X`` is not to be centred) or ``X = Y + b``
         (e.g. log intensities), :mod:`deepgmm.bias`.
+    bias_penalty : float >= 0, default 0
+        ``lam``: a zero-mean Gaussian prior of precision ``lam`` on the log-field's value at every
+        pixel (multiplicative; additive: on ``b_n`` in the units of ``X``), i.e. ``lam / 2`` times the mean
+        of ``|b_n|^2`` added to the objective (MAP-ECM: ``nll_history_`` is then this penalised NLL,
+        which never rises for the GMM). It keeps the field from taking up the anatomy (e.g. brighten
+        the cortex to the white matter's intensity, where a 3-class GMM then merges GM and WM).
+    bias_guard : float in [0, 1], default 0 (off)
+        Grow the field's degree only while the classes stay apart: EM first settles without the
+        field, then with degree 1, 2, ...; a stage at whose end the smallest separation between two
+        classes (:func:`class_separation`) is below ``bias_guard`` times the field-free stage's is
+        undone, and the fit ends at the stage before (``bias_degree_``: the degree kept, 0 for none).
     spacing : sequence of float, optional
         Voxel sizes of the mask's axes (e.g. mm), the field's physical coordinates (None: 1 each).
     prior_maps : array ``(K, *mask.shape)`` or ``(N, K)``, optional
@@ -294,7 +365,7 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
                  random_state: int | None = None, device: str | torch.device | None = "cpu",
                  dtype: str | torch.dtype | None = None, chunk_size: int = 262144, bias_field: Any = None,
                  spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
-                 bias_model: str = "multiplicative") -> None:
+                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.0) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
@@ -304,6 +375,8 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
         self.prior_maps = prior_maps
         self.prior_weight = prior_weight
         self.bias_model = bias_model
+        self.bias_penalty = bias_penalty
+        self.bias_guard = bias_guard
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldGaussianMixture":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
@@ -328,7 +401,7 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
                  dtype: str | torch.dtype | None = None, chunk_size: int = 262144,
                  smooth_sigma: float | tuple[float, ...] = 0.0, bias_field: Any = None, spacing: Any = None,
                  prior_maps: Any = None, prior_weight: float = 1.0,
-                 bias_model: str = "multiplicative") -> None:
+                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.0) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
@@ -338,6 +411,8 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
         self.prior_maps = prior_maps
         self.prior_weight = prior_weight
         self.bias_model = bias_model
+        self.bias_penalty = bias_penalty
+        self.bias_guard = bias_guard
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldSpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
