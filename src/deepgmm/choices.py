@@ -22,7 +22,7 @@ METHODS: tuple[str, ...] = EM_METHODS + DEEP_METHODS
 # peers run next to them by deepgmm brain (experiments.peers; the extra "peers")
 PEER_METHODS: tuple[str, ...] = ("atropos", "atropos_n4", "dipy_hmrf", "sklearn_gmm")
 # deepgmm's documented setting for T1 brain volumes, a method of deepgmm brain (experiments.brain.BRAIN_SETTINGS)
-BRAIN_PRESETS: tuple[str, ...] = ("deepgmm_brain",)
+BRAIN_PRESETS: tuple[str, ...] = ("deepgmm_brain", "deepgmm_brain4")
 # the mixture behind each deep method: global weights (GMM) or per-pixel weights (SVGMM)
 MIXTURES: tuple[str, ...] = ("gmm", "svgmm")
 METHOD_MIXTURES: dict[str, str] = {"deepg": "gmm", "deepsvg": "svgmm"}
