@@ -64,6 +64,14 @@ for _g in (0.5, 0.7):
     SETTINGS[f"svgmm_s4_b2g{_n}"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, bias_guard=_g)
     SETTINGS[f"svgmm_s4_b2g{_n}_t121"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, bias_guard=_g,
                                              tissues=(1, 2, 1))
+for _t in ((1, 3, 1), (2, 3, 1), (1, 2, 2), (2, 3, 2), (1, 3, 2)):
+    _n = "".join(str(v) for v in _t)
+    SETTINGS[f"svgmm_s2_t{_n}"] = dict(method="svgmm", smooth_sigma=2.0, tissues=_t)
+for _r in (0.01, 0.05):
+    _n = str(_r).replace("0.", "")
+    SETTINGS[f"svgmm_s2_t121_r{_n}"] = dict(method="svgmm", smooth_sigma=2.0, tissues=(1, 2, 1), reg_covar=_r)
+    SETTINGS[f"gmm_t121_r{_n}"] = dict(method="gmm", tissues=(1, 2, 1), reg_covar=_r)
+    SETTINGS[f"svgmm_s2_r{_n}"] = dict(method="svgmm", smooth_sigma=2.0, reg_covar=_r)
 for _p in (1, 3, 10, 30, 100):
     SETTINGS[f"gmm_b2p{_p}"] = dict(method="gmm", bias_field=2, bias_penalty=float(_p))
     SETTINGS[f"gmm_b3p{_p}"] = dict(method="gmm", bias_field=3, bias_penalty=float(_p))

@@ -51,11 +51,12 @@ def _dice_by_mean(est, truth):
 
 # ----------------------------------------------------------------------------- penalty
 @pytest.mark.parametrize("make", [
-    lambda p: FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=0, max_iter=20, bias_penalty=p),
     lambda p: FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=0, max_iter=20, bias_penalty=p,
-                                   covariance_type="full"),
+                                   bias_guard=0),
     lambda p: FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=0, max_iter=20, bias_penalty=p,
-                                   bias_model="additive"),
+                                   covariance_type="full", bias_guard=0),
+    lambda p: FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=0, max_iter=20, bias_penalty=p,
+                                   bias_model="additive", bias_guard=0),
     lambda p: FieldSpatiallyVariantGMM(n_components=3, bias_field=2, random_state=0, tol=0, max_iter=20,
                                        bias_penalty=p),
 ])
@@ -74,7 +75,8 @@ def test_penalty_shrinks_the_field_towards_zero():
     X = v[mask][:, None] * 20
     rms = []
     for p in (0.0, 3.0, 30.0, 3000.0):
-        est = FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-7, bias_penalty=p)
+        est = FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-7, bias_penalty=p,
+                                   bias_guard=0)
         est.fit(X, mask=mask)
         rms.append(float(np.sqrt(np.mean(est.bias_field_ ** 2))))
     assert rms[0] > 0.5 * np.sqrt(np.mean((log_field - log_field.mean()) ** 2))
@@ -124,10 +126,10 @@ def test_class_separation_matches_a_loop_over_pairs():
 def test_guard_keeps_the_classes_apart_where_the_free_field_merges_them():
     img, truth, mask = _shells()
     X, t = img[mask][:, None], truth[mask]
-    free = FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-5).fit(
+    free = FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-5, bias_guard=0).fit(
         X, mask=mask)
-    guarded = FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-5,
-                                   bias_guard=0.5).fit(X, mask=mask)
+    guarded = FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-5).fit(X, mask=mask)
+    assert guarded.bias_guard == 0.5  # the GMM's default
     plain = FieldGaussianMixture(n_components=3, random_state=0, tol=1e-5).fit(X)
     sep = [class_separation(torch.as_tensor(m.means_), torch.as_tensor(m.covariances_), "diag")
            for m in (free, guarded, plain)]

@@ -332,7 +332,7 @@ _FIELD_PARAMS_DOC = """
         of ``|b_n|^2`` added to the objective (MAP-ECM: ``nll_history_`` is then this penalised NLL,
         which never rises for the GMM). It keeps the field from taking up the anatomy (e.g. brighten
         the cortex to the white matter's intensity, where a 3-class GMM then merges GM and WM).
-    bias_guard : float in [0, 1], default 0 (off)
+    bias_guard : float in [0, 1], default 0.5 (GMM) or 0 (off; SVGMM, whose spatial prior keeps the classes apart)
         Grow the field's degree only while the classes stay apart: EM first settles without the
         field, then with degree 1, 2, ...; a stage at whose end the smallest separation between two
         classes (:func:`class_separation`) is below ``bias_guard`` times the field-free stage's is
@@ -365,7 +365,7 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
                  random_state: int | None = None, device: str | torch.device | None = "cpu",
                  dtype: str | torch.dtype | None = None, chunk_size: int = 262144, bias_field: Any = None,
                  spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
-                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.0) -> None:
+                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.5) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,

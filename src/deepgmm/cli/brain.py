@@ -21,7 +21,8 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.json, table.md, figures/)")
     p.add_argument("--methods", metavar="M1,M2,...",
                    help=f"methods to run, from {','.join(METHODS + BRAIN_PRESETS + PEER_METHODS)} (default: "
-                        f"{','.join(EM_METHODS)}; deepgmm_brain: the documented setting for brains, docs/brain.md; "
+                        f"{','.join(EM_METHODS)}; deepgmm_brain, deepgmm_brain4: the documented settings for brains, "
+                        "docs/brain.md; "
                         "the deep ones take about a minute per volume on a CPU, fitted on a coarser grid; the peers need "
                         "pip install -e '.[peers]' and are skipped without it)")
     p.add_argument("--matching", choices=BRAIN_MATCHINGS,
