@@ -6,7 +6,10 @@ Dice without matching. Settings are chosen on the training half of the sorted su
 (01 04 06 08 16: indices 0, 2, 4, 6, 8) and reported on the held-out half (03 05 07 09 18) and
 on all ten (``--brainweb``: the BrainWeb volume instead, as subject 0).
 ``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
-antspyx). Data are read from --data; nothing derived from them is written except the JSON of
+antspyx). ``_tABC``: A, B, C Gaussians for CSF, GM, WM (K = A + B + C, numbered by mean and merged in
+that order, deepgmm.experiments.brain.merge_tissues); ``_bD``: a bias field of degree D, ``pL`` with
+``bias_penalty`` L, ``gG`` with ``bias_guard`` G (the GMM's default guard is 0.5); ``_rR``: reg_covar
+0.R. Each row records the confusion matrix (truth CSF/GM/WM x labels) and the field's kept degree. Data are read from --data; nothing derived from them is written except the JSON of
 scores (--out).
 
     OMP_NUM_THREADS=1 python benchmarks/brain_settings_study.py --data ../shared/data/ibsr18 \
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from deepgmm import segment
-from deepgmm.experiments.brain import load_brainweb, load_ibsr
+from deepgmm.experiments.brain import load_brainweb, load_ibsr, merge_tissues
 from deepgmm.metrics import evaluate
 
 TRAIN = (1, 4, 6, 8, 16)
@@ -35,6 +38,7 @@ SETTINGS: dict[str, dict] = {
     "gmm_b2": dict(method="gmm", bias_field=2),
     "gmm_b3": dict(method="gmm", bias_field=3),
     "gmm_b4": dict(method="gmm", bias_field=4),
+    "gmm_b2_free": dict(method="gmm", bias_field=2, bias_guard=0.0),
     "svgmm": dict(method="svgmm"),
     "svgmm_s1": dict(method="svgmm", smooth_sigma=1.0),
     "svgmm_s2": dict(method="svgmm", smooth_sigma=2.0),
@@ -67,14 +71,14 @@ for _g in (0.5, 0.7):
 for _t in ((1, 3, 1), (2, 3, 1), (1, 2, 2), (2, 3, 2), (1, 3, 2)):
     _n = "".join(str(v) for v in _t)
     SETTINGS[f"svgmm_s2_t{_n}"] = dict(method="svgmm", smooth_sigma=2.0, tissues=_t)
-for _r in (0.01, 0.05):
+for _r in (0.01, 0.05, 0.3, 0.5):
     _n = str(_r).replace("0.", "")
     SETTINGS[f"svgmm_s2_t121_r{_n}"] = dict(method="svgmm", smooth_sigma=2.0, tissues=(1, 2, 1), reg_covar=_r)
     SETTINGS[f"gmm_t121_r{_n}"] = dict(method="gmm", tissues=(1, 2, 1), reg_covar=_r)
     SETTINGS[f"svgmm_s2_r{_n}"] = dict(method="svgmm", smooth_sigma=2.0, reg_covar=_r)
 for _p in (1, 3, 10, 30, 100):
-    SETTINGS[f"gmm_b2p{_p}"] = dict(method="gmm", bias_field=2, bias_penalty=float(_p))
-    SETTINGS[f"gmm_b3p{_p}"] = dict(method="gmm", bias_field=3, bias_penalty=float(_p))
+    SETTINGS[f"gmm_b2p{_p}"] = dict(method="gmm", bias_field=2, bias_penalty=float(_p), bias_guard=0.0)
+    SETTINGS[f"gmm_b3p{_p}"] = dict(method="gmm", bias_field=3, bias_penalty=float(_p), bias_guard=0.0)
     SETTINGS[f"svgmm_s4_b2p{_p}"] = dict(method="svgmm", smooth_sigma=4.0, bias_field=2, bias_penalty=float(_p))
 
 
@@ -93,15 +97,6 @@ def synthetic_field(shape, spacing) -> np.ndarray:
     return np.exp(0.3 * u[0] - 0.2 * u[2] + 0.1 * u[0] * u[1]).astype(np.float32)
 
 
-def merge_tissues(probabilities: np.ndarray, mask: np.ndarray, tissues) -> np.ndarray:
-    """Labels 1..len(tissues) from the posteriors ``(K, *spatial)`` of classes numbered by mean: the first
-    ``tissues[0]`` classes are tissue 1, the next ``tissues[1]`` tissue 2, ...; the most probable tissue by
-    its summed posterior, 0 outside ``mask``."""
-    edges = np.cumsum((0,) + tuple(tissues))
-    summed = np.stack([probabilities[a:b].sum(0) for a, b in zip(edges[:-1], edges[1:])])
-    return np.where(mask, summed.argmax(0) + 1, 0).astype(np.uint8)
-
-
 def run_one(case, name: str) -> dict:
     """``name``: a key of SETTINGS, or ``syn_<key>``: the same on the volume times :func:`synthetic_field`."""
     synthetic = name.startswith("syn_")
@@ -118,6 +113,7 @@ def run_one(case, name: str) -> dict:
                   pred_labels=[1, 2, 3]).to_dict()
     return {"setting": name, "subject": int(case.key[0]), "dice": ev["dice"], "seconds": seconds,
             "n_iter": seg.n_iter, "nll": seg.nll, "confusion": confusion(labels, case.truth).tolist(),
+            "bias_degree": getattr(seg.model, "bias_degree_", None),
             "means": np.asarray(seg.means_normalized).ravel().round(4).tolist()}
 
 

@@ -54,7 +54,7 @@ BRAIN_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 4.0, "bias_
 :data:`SEGMENT_OPTIONS`), chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md): the SVGMM with
 its posteriors smoothed by a Gaussian of sigma 4 mm and a bias field of degree 2, with the voxel
 sizes of the affine (``segment(spacing=...)``)."""
-BRAIN_TISSUE_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 2.0, "tissues": (1, 2, 1)}
+BRAIN_TISSUE_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0, "bias_field": 2, "tissues": (1, 2, 1)}
 """The method ``deepgmm_brain4``: Gaussians per tissue as SPM's unified segmentation has them (``tissues``:
 how many for CSF, GM, WM), fitted as one mixture of ``sum(tissues)`` classes numbered by mean T1 and
 merged into the tissues in that order (:func:`merge_tissues`); the other keys as :data:`BRAIN_SETTINGS`.
