@@ -9,8 +9,8 @@ on all ten (``--brainweb``: the BrainWeb volume instead, as subject 0).
 antspyx). ``_tABC``: A, B, C Gaussians for CSF, GM, WM (K = A + B + C, numbered by mean and merged in
 that order, deepgmm.experiments.brain.merge_tissues); ``_bD``: a bias field of degree D, ``pL`` with
 ``bias_penalty`` L, ``gG`` with ``bias_guard`` G (the GMM's default guard is 0.5); ``_rR``: reg_covar
-0.R. Each row records the confusion matrix (truth CSF/GM/WM x labels) and the field's kept degree. Data are read from --data; nothing derived from them is written except the JSON of
-scores (--out).
+0.R. Each row records the confusion matrix (truth CSF/GM/WM x labels) and the field's kept degree.
+Data are read from --data; nothing derived from them is written except the JSON of scores (--out).
 
     OMP_NUM_THREADS=1 python benchmarks/brain_settings_study.py --data ../shared/data/ibsr18 \
         --out /tmp/brain_study.json [--subjects 1,4,6,8,16] [--settings gmm,gmm_b3,...]
@@ -39,6 +39,7 @@ SETTINGS: dict[str, dict] = {
     "gmm_b3": dict(method="gmm", bias_field=3),
     "gmm_b4": dict(method="gmm", bias_field=4),
     "gmm_b2_free": dict(method="gmm", bias_field=2, bias_guard=0.0),
+    "gmm_b3_free": dict(method="gmm", bias_field=3, bias_guard=0.0),
     "svgmm": dict(method="svgmm"),
     "svgmm_s1": dict(method="svgmm", smooth_sigma=1.0),
     "svgmm_s2": dict(method="svgmm", smooth_sigma=2.0),
