@@ -18,8 +18,8 @@ a coarser grid, ``fit_scale="auto"``, read out at full resolution; about a minut
 CPU). The peers of :mod:`.peers` (``atropos``, ``atropos_n4``, ``dipy_hmrf``, ``sklearn_gmm``; the
 extra ``peers``) run when named, on the same cropped volumes and masks, their classes numbered by
 mean T1 too; a peer whose package is missing is skipped.
-``deepgmm_brain`` is deepgmm's documented setting for brains (:data:`BRAIN_SETTINGS`);
-``deepgmm_brain4`` fits several Gaussians per tissue and merges them (:data:`BRAIN_TISSUE_SETTINGS`).
+``deepgmm_brain4`` is deepgmm's documented setting for brains: several Gaussians per tissue, merged
+(:data:`BRAIN_TISSUE_SETTINGS`); ``deepgmm_brain`` the previous one (:data:`BRAIN_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ BRAIN_METHODS: tuple[str, ...] = METHODS + BRAIN_PRESETS + PEER_METHODS
 DEFAULT_METHODS: tuple[str, ...] = EM_METHODS
 SEGMENT_OPTIONS: dict[str, Any] = {"normalize": "mask", "order": "mean"}
 BRAIN_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 4.0, "bias_field": 2}
-"""The method ``deepgmm_brain``: deepgmm's documented setting for T1 brain volumes (on top of
+"""The method ``deepgmm_brain``: deepgmm's previous setting for T1 brain volumes (on top of
 :data:`SEGMENT_OPTIONS`), chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md): the SVGMM with
 its posteriors smoothed by a Gaussian of sigma 4 mm and a bias field of degree 2, with the voxel
 sizes of the affine (``segment(spacing=...)``)."""
