@@ -4,6 +4,7 @@ that grows the field's degree only while the classes stay apart (``bias_guard``)
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -156,3 +157,26 @@ def test_guard_and_penalty_errors(kw, name):
     mask = np.ones(SHAPE, bool)
     with pytest.raises(ValueError, match=name):
         FieldGaussianMixture(n_components=3, bias_field=2, **kw).fit(v[mask][:, None], mask=mask)
+
+
+def test_guard_also_applies_when_max_iter_ends_a_stage():
+    """Wherever max_iter stops the fit, the classes it returns are at least ``bias_guard`` times the
+    field-free separation apart, also where the stop falls inside a stage that has merged two classes
+    (found by the same staging with a guard too small to act)."""
+    img, truth, mask = _shells()
+    X = img[mask][:, None]
+    plain = FieldGaussianMixture(n_components=3, random_state=0, tol=1e-5).fit(X)
+    ref = class_separation(torch.as_tensor(plain.means_), torch.as_tensor(plain.covariances_), "diag")
+    merged_stops = 0
+    for max_iter in range(20, 100, 10):
+        fits = [FieldGaussianMixture(n_components=3, bias_field=2, random_state=0, tol=1e-5, max_iter=max_iter,
+                                     bias_guard=g) for g in (1e-9, 0.5)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for m in fits:
+                m.fit(X, mask=mask)
+        weak, guarded = [class_separation(torch.as_tensor(m.means_), torch.as_tensor(m.covariances_), "diag")
+                         for m in fits]
+        merged_stops += (weak < 0.5 * ref) and not fits[0].converged_
+        assert guarded >= 0.5 * ref * 0.99
+    assert merged_stops > 0

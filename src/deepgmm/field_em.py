@@ -263,6 +263,11 @@ class _FieldMixin:
                     continue
                 converged = True
                 break
+        if not converged and self._guard > 0 and self._basis is not None and settled is not None:
+            settled, undone = self._guard_stage(state, n_cols, n_iter, settled)  # max_iter within a stage
+            if undone:
+                state, n_cols, n_iter = settled[0], settled[1], settled[2]
+                del history[n_iter + 1:]
         if self._basis is not None:
             self.bias_degree_ = self._stage_degree(n_cols)
         return state, history, n_iter, converged
