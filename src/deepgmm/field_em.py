@@ -12,7 +12,11 @@ Two per-voxel additions to the EM mixtures of :mod:`deepgmm.mixture`, for images
   for the GMM and the unsmoothed SVGMM the NLL of the observed pixels (with the Jacobian of the
   correction, multiplicative) never rises. The field starts at zero and its degree
   grows from 1 to ``bias_field``, one step each time EM settles (gain below ``tol``): a high-degree
-  field fitted from the start can take up the anatomy and trap EM in a poor optimum.
+  field fitted from the start can take up the anatomy and trap EM in a poor optimum. Two
+  stabilisers: ``bias_guard`` (the GMM's default 0.5) fits a field-free stage first and undoes a
+  degree stage that brings two classes closer than ``bias_guard`` times the field-free separation
+  (:func:`class_separation`); ``bias_penalty`` puts a Gaussian prior on the log-field's values (MAP,
+  the penalised NLL never rises).
 * **prior probability maps** (``prior_maps`` ``(K, *spatial)`` or ``(N, K)``, normalised per voxel;
   ``prior_weight`` ``w`` in [0, 1]): class ``k`` of the fit is the class of map ``k`` (the fit
   starts from the maps taken as responsibilities).
