@@ -10,7 +10,8 @@ Two per-voxel additions to the EM mixtures of :mod:`deepgmm.mixture`, for images
   update under the same posteriors and the new Gaussians (weighted least squares, additive;
   Newton steps that never lower the expected log-likelihood, multiplicative): an ECM algorithm, so
   for the GMM and the unsmoothed SVGMM the NLL of the observed pixels (with the Jacobian of the
-  correction, multiplicative) never rises. The field starts at zero and its degree
+  correction, multiplicative) never rises, up to the covariance floor ``reg_covar`` (added after the
+  M-step's maximisation, it can let the NLL rise slightly). The field starts at zero and its degree
   grows from 1 to ``bias_field``, one step each time EM settles (gain below ``tol``): a high-degree
   field fitted from the start can take up the anatomy and trap EM in a poor optimum. Two
   stabilisers: ``bias_guard`` (the GMM's default 0.5) fits a field-free stage first and undoes a
