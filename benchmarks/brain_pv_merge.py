@@ -25,8 +25,8 @@ FRACTIONS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75)
 def main() -> None:
     torch.set_num_threads(1)
     data, subjects = Path(sys.argv[1]), [int(v) for v in sys.argv[2].split(",")]
-    opts = {k: v for k, v in BRAIN_TISSUE_SETTINGS.items() if k != "tissues"}
-    assert tuple(BRAIN_TISSUE_SETTINGS["tissues"]) == (1, 2, 1)
+    opts = {k: v for k, v in BRAIN_TISSUE_SETTINGS.items() if k != "gaussians_per_class"}
+    assert tuple(BRAIN_TISSUE_SETTINGS["gaussians_per_class"]) == (1, 2, 1)
     scores = {}
     for s in subjects:
         case = load_ibsr(data, [s])[0]

@@ -7,7 +7,7 @@ Dice without matching. Settings are chosen on the training half of the sorted su
 on all ten (``--brainweb``: the BrainWeb volume instead, as subject 0).
 ``gmm_n4`` is the GMM on the volume after ANTs' N4 correction inside the mask (needs
 antspyx). ``_tABC``: A, B, C Gaussians for CSF, GM, WM (K = A + B + C, numbered by mean and merged in
-that order, deepgmm.experiments.brain.merge_tissues); ``_bD``: a bias field of degree D, ``pL`` with
+that order: segment(gaussians_per_class=...)); ``_bD``: a bias field of degree D, ``pL`` with
 ``bias_penalty`` L, ``gG`` with ``bias_guard`` G (the GMM's default guard is 0.5); ``_rR``: reg_covar
 0.R. Each row records the confusion matrix (truth CSF/GM/WM x labels) and the field's kept degree.
 Data are read from --data; nothing derived from them is written except the JSON of scores (--out).
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from deepgmm import segment
-from deepgmm.experiments.brain import load_brainweb, load_ibsr, merge_tissues
+from deepgmm.experiments.brain import load_brainweb, load_ibsr
 from deepgmm.metrics import evaluate
 
 TRAIN = (1, 4, 6, 8, 16)
@@ -107,9 +107,10 @@ def run_one(case, name: str) -> dict:
     image = case.image * synthetic_field(case.image.shape[1:], case.spacing)[None] if synthetic else case.image
     t0 = time.perf_counter()
     image = n4(image, case.mask, case.spacing) if use_n4 else image
-    seg = segment(image, case.mask, n_components=sum(tissues), order="mean", spacing=case.spacing, **opts)
+    seg = segment(image, case.mask, n_components=len(tissues), order="mean", spacing=case.spacing,
+                  gaussians_per_class=None if tissues == (1, 1, 1) else tissues, **opts)
     seconds = time.perf_counter() - t0
-    labels = merge_tissues(seg.probabilities, case.mask, tissues)
+    labels = seg.labels
     ev = evaluate(labels, case.truth, labels=[1, 2, 3], names=["CSF", "GM", "WM"], matching="none",
                   pred_labels=[1, 2, 3]).to_dict()
     return {"setting": name, "subject": int(case.key[0]), "dice": ev["dice"], "seconds": seconds,

@@ -1,5 +1,5 @@
-"""Several Gaussians per tissue on brain volumes: :func:`deepgmm.experiments.brain.merge_tissues` and the
-runner's method ``deepgmm_brain4`` (:func:`deepgmm.experiments.brain.brain_tissues_fit`)."""
+"""Several Gaussians per tissue on brain volumes: the runner's method ``deepgmm_brain4``
+(``segment(gaussians_per_class=(1, 2, 1))``; the merge itself: tests/test_merge.py)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,12 @@ import numpy as np
 import pytest
 
 from _helpers import brain_phantom
+from deepgmm import segment
 from deepgmm.datasets import ibsr
 from deepgmm.experiments import brain
 
 SHAPE = (22, 16, 20)
 AFFINE = np.diag([0.9375, 1.5, 0.9375, 1.0])
-
-
-def test_merge_tissues_matches_a_loop():
-    rng = np.random.default_rng(0)
-    p = rng.dirichlet(np.ones(6), size=(5, 4, 3)).transpose(3, 0, 1, 2)  # (6, 5, 4, 3)
-    mask = rng.random((5, 4, 3)) > 0.3
-    got = brain.merge_tissues(p, mask, (1, 3, 2))
-    want = np.zeros(mask.shape, np.uint8)
-    for idx in zip(*np.nonzero(mask)):
-        v = p[(slice(None),) + idx]
-        want[idx] = 1 + int(np.argmax([v[0], v[1] + v[2] + v[3], v[4] + v[5]]))
-    np.testing.assert_array_equal(got, want)
-    with pytest.raises(ValueError, match="need 4 classes"):
-        brain.merge_tissues(p, mask, (1, 2, 1))
 
 
 def _write_two_gm(root: Path, subject: int = 1) -> Path:
@@ -55,20 +42,21 @@ def test_brain4_merges_two_gm_gaussians(tmp_path):
     assert min(r["dice"].values()) > 0.95  # the two GM Gaussians (the 2nd and 3rd by mean) merged into GM
     # the other partitions of the same four classes miss a tissue
     case = brain.load_ibsr(data, [1])[0]
-    seg = brain.segment(case.image, case.mask, method="svgmm", n_components=4, order="mean", smooth_sigma=0.75,
+    seg = segment(case.image, case.mask, method="svgmm", n_components=4, order="mean", smooth_sigma=0.75,
                         spacing=case.spacing)
     truth = case.truth
     for other in ((2, 1, 1), (1, 1, 2)):
-        labels = brain.merge_tissues(seg.probabilities, truth > 0, other)
+        edges = np.cumsum((0,) + other)
+        labels = np.where(truth > 0, np.add.reduceat(seg.probabilities, edges[:-1], axis=0).argmax(0) + 1, 0)
         assert min(2 * np.sum((labels == k) & (truth == k)) / (np.sum(labels == k) + np.sum(truth == k))
                    for k in (1, 2, 3)) < 0.9
     settings = json.loads((tmp_path / "o" / "results.json").read_text())["method_settings"]["deepgmm_brain4"]
-    assert settings["preset"] == "deepgmm_brain4" and settings["tissues"] == [1, 2, 1]
-    assert settings["n_components"] == 4 and settings["smooth_sigma"] == 0.75
+    assert settings["preset"] == "deepgmm_brain4" and settings["gaussians_per_class"] == [1, 2, 1]
+    assert settings["n_components"] == 4 and settings["smooth_sigma"] == 0.75  # the estimator fitted 4 Gaussians
 
 
 def test_brain4_tissues_error(tmp_path):
     data = _write_two_gm(tmp_path / "d")
     case = brain.load_ibsr(data, [1])[0]
-    with pytest.raises(ValueError, match="tissues"):
-        brain.brain_tissues_fit(brain.ibsr_dataset(data), case, "deepgmm_brain4", 0, {"tissues": (1, 0, 2)})
+    with pytest.raises(ValueError, match="gaussians_per_class"):
+        brain.brain_preset_fit(brain.ibsr_dataset(data), case, "deepgmm_brain4", 0, {"gaussians_per_class": (1, 0, 2)})

@@ -97,6 +97,17 @@ def parse_fit_scale(text: str) -> int | str:
     return value
 
 
+def _counts(text: str) -> list[int]:
+    """``--gaussians-per-class``: one count >= 1 per class, e.g. ``1,2,1``."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one count per class such as 1,2,1, got {text!r}") from None
+    if not all(v >= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every count must be >= 1, got {text!r}")
+    return values
+
+
 def parse_n_components(text: str) -> int | list[int]:
     """``-k``: a number of classes ``K``, or a range ``LO:HI`` (both included) to choose K from."""
     lo, sep, hi = text.partition(":")
@@ -116,6 +127,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--order", "order", parse_order, "number the classes by their mean in channel 0 (mean) or "
                   "channel C (mean:C), ascending: label 1 = lowest mean, whatever the seed (default: the fit's own "
                   "order; not with --mu-prior, which fixes the order itself)", metavar="mean[:C]"),
+    SegmentOption("--gaussians-per-class", "gaussians_per_class", _counts, "fit several Gaussians for a class and "
+                  "merge them: N1,N2,... (one count per class, -k of them), the Gaussians numbered by their mean "
+                  "(--order) and merged in that order, e.g. 1,2,1 for CSF, GM, WM on a T1 brain (docs/brain.md)",
+                  metavar="N1,N2,..."),
     SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
                   "otherwise)",
                   choices=COVARIANCE_TYPES),

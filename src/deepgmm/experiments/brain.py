@@ -20,12 +20,12 @@ extra ``peers``) run when named, on the same cropped volumes and masks, their cl
 mean T1 too; a peer whose package is missing is skipped.
 ``deepgmm_brain4`` is deepgmm's documented setting for brains: several Gaussians per tissue, merged
 (:data:`BRAIN_TISSUE_SETTINGS`); ``deepgmm_brain`` the previous one (:data:`BRAIN_SETTINGS`).
+Both run :func:`deepgmm.segment` with their settings (:data:`BRAIN_PRESET_SETTINGS`).
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,7 +35,6 @@ import numpy as np
 from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
 from ..datasets import ibsr
 from ..preprocess import box_slices
-from ..segmentation import segment
 from ._run import TableResult
 from . import cases as _cases
 from .cases import Case, DataSet, Fit
@@ -43,7 +42,7 @@ from .fit_runner import FitExperiment, run_fit
 from .peers import PEER_FITS, unavailable
 
 __all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIONS", "BRAIN_SETTINGS", "CROP_MARGIN",
-           "BRAIN_TISSUE_SETTINGS", "VolumeInfo", "brain_preset_fit", "brain_tissues_fit", "merge_tissues",
+           "BRAIN_TISSUE_SETTINGS", "BRAIN_PRESET_SETTINGS", "VolumeInfo", "brain_preset_fit",
            "ibsr_dataset", "brainweb_dataset", "ibsr_experiment", "brainweb_experiment", "run_ibsr", "run_brainweb"]
 
 BRAIN_METHODS: tuple[str, ...] = METHODS + BRAIN_PRESETS + PEER_METHODS
@@ -54,11 +53,15 @@ BRAIN_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 4.0, "bias_
 :data:`SEGMENT_OPTIONS`), chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md): the SVGMM with
 its posteriors smoothed by a Gaussian of sigma 4 mm and a bias field of degree 2, with the voxel
 sizes of the affine (``segment(spacing=...)``)."""
-BRAIN_TISSUE_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0, "bias_field": 2, "tissues": (1, 2, 1)}
-"""The method ``deepgmm_brain4``: Gaussians per tissue as SPM's unified segmentation has them (``tissues``:
-how many for CSF, GM, WM), fitted as one mixture of ``sum(tissues)`` classes numbered by mean T1 and
-merged into the tissues in that order (:func:`merge_tissues`); the other keys as :data:`BRAIN_SETTINGS`.
-Chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md)."""
+BRAIN_TISSUE_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0, "bias_field": 2,
+                                         "gaussians_per_class": (1, 2, 1)}
+"""The method ``deepgmm_brain4``: Gaussians per tissue as SPM's unified segmentation has them
+(``gaussians_per_class``: how many for CSF, GM, WM), fitted as one mixture of ``sum`` Gaussians
+numbered by mean T1 and merged into the tissues in that order (:mod:`deepgmm.segmentation.merge`);
+the other keys as :data:`BRAIN_SETTINGS`. Chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md)."""
+BRAIN_PRESET_SETTINGS: dict[str, dict[str, Any]] = {"deepgmm_brain": BRAIN_SETTINGS,
+                                                    "deepgmm_brain4": BRAIN_TISSUE_SETTINGS}
+"""The settings of each of :data:`deepgmm.choices.BRAIN_PRESETS`."""
 CROP_MARGIN = 4
 """Voxels kept around the brain mask's bounding box."""
 
@@ -92,42 +95,12 @@ def _case(vol: ibsr.BrainVolume, title: str) -> Case:
 
 
 def brain_preset_fit(dataset: DataSet, case: Case, method: str, seed: int, options: Mapping[str, Any]) -> Fit:
-    """:func:`deepgmm.segment` at :data:`BRAIN_SETTINGS` (``options`` on top), widths and the bias
-    field's coordinates in mm (the case's voxel sizes)."""
-    settings = dict(BRAIN_SETTINGS, **options)
+    """:func:`deepgmm.segment` at the preset's settings (:data:`BRAIN_PRESET_SETTINGS`, ``options`` on
+    top), widths and the bias field's coordinates in mm (the case's voxel sizes)."""
+    settings = dict(BRAIN_PRESET_SETTINGS[method], **options)
     fit = _cases.segment_fit(dataset, case, settings.pop("method"), seed, dict(settings, spacing=case.spacing))
     # the same record for every volume: widths in mm as given, voxel sizes from each affine
     fit.settings.update(settings, preset=method, spacing="from the affine", widths="mm")
-    return fit
-
-
-def merge_tissues(probabilities: np.ndarray, mask: np.ndarray, tissues: Sequence[int]) -> np.ndarray:
-    """Tissue labels ``(*spatial)`` 1..len(tissues) (0 outside ``mask``) from the posteriors ``(K, *spatial)``
-    of ``K = sum(tissues)`` classes numbered by mean: the first ``tissues[0]`` classes are tissue 1, the
-    next ``tissues[1]`` tissue 2, ...; each voxel goes to the tissue of the largest summed posterior."""
-    edges = np.cumsum((0,) + tuple(int(t) for t in tissues))
-    if probabilities.shape[0] != edges[-1]:
-        raise ValueError(f"tissues {tuple(tissues)} need {edges[-1]} classes, got {probabilities.shape[0]}")
-    summed = np.add.reduceat(probabilities, edges[:-1], axis=0)  # (T, *spatial)
-    return np.where(mask, summed.argmax(0) + 1, 0).astype(np.uint8)
-
-
-def brain_tissues_fit(dataset: DataSet, case: Case, method: str, seed: int, options: Mapping[str, Any]) -> Fit:
-    """:func:`deepgmm.segment` at :data:`BRAIN_TISSUE_SETTINGS` (``options`` on top) with ``sum(tissues)``
-    classes, merged into the data set's tissues by :func:`merge_tissues`; widths in mm."""
-    settings = dict(BRAIN_TISSUE_SETTINGS, **options)
-    tissues = tuple(int(t) for t in settings.pop("tissues"))
-    if len(tissues) != dataset.n_classes or min(tissues) < 1:
-        raise ValueError(f"tissues: one count >= 1 per class ({dataset.n_classes}), got {tissues}")
-    name = settings.pop("method")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        seg = segment(case.image, case.mask, method=name, n_components=sum(tissues), random_state=seed,
-                      spacing=case.spacing, **dataset.segment_options, **settings)
-    labels = merge_tissues(seg.probabilities, case.mask, tissues)
-    fit = Fit(labels, float(seg.nll), float(seg.seconds), int(seg.n_iter), bool(seg.converged),
-              _cases._settings_of(seg, dataset.segment_options), _cases._caught(caught))
-    fit.settings.update(settings, tissues=list(tissues), preset=method, spacing="from the affine", widths="mm")
     return fit
 
 
@@ -169,7 +142,7 @@ def brainweb_dataset(data: str | Path) -> DataSet:
                    figure="volume")
 
 
-_FITS = {**PEER_FITS, **{name: brain_preset_fit for name in BRAIN_PRESETS}, "deepgmm_brain4": brain_tissues_fit}
+_FITS = {**PEER_FITS, **{name: brain_preset_fit for name in BRAIN_PRESETS}}
 
 _WHAT = ("each method (K=3, z-score over the brain mask, classes numbered by their mean: CSF < GM < WM) on every "
          "{unit}, scored without matching and after Hungarian matching")

@@ -26,6 +26,7 @@ from ..io import load_mu_data
 from ..preprocess import PHOTO_COLOUR_SPACE, PHOTO_POSITION_WEIGHT, PHOTO_SMOOTH_FRACTION, photo_features, rgb_to_lab, zscore
 from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
+from .merge import merge_fit, parse_gaussians_per_class
 from .fields import DEEP_FIELD_METHOD, field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
 from .methods import METHODS
 from .order import class_permutation, parse_order, permute_fit
@@ -237,6 +238,7 @@ def segment(
     prior_weight: float = 1.0,
     colour_space: str | None = None,
     features: str = "auto",
+    gaussians_per_class: Any = None,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -319,6 +321,15 @@ def segment(
         and class statistics in image units (``mu_prior``, ``means_init``) are not taken.
         "auto": "photo" for an image of dtype uint8 with 3 channels and 2 spatial axes, "channels"
         for anything else (a float image is never taken for a photograph: pass "photo").
+    gaussians_per_class : None (default: one Gaussian per class) or ``n_components`` counts, e.g.
+        ``(1, 2, 1)``: fit ``sum`` Gaussians, number them by their mean (``order``; default channel 0),
+        and make class 1 of the first ``counts[0]``, class 2 of the next ``counts[1]``, ... (SPM's
+        several Gaussians per tissue; :mod:`deepgmm.segmentation.merge`). A class's probability is the
+        sum of its Gaussians' posteriors, its mean, covariance and weight those of its Gaussians taken
+        together; ``nll`` and ``model`` are the fitted mixture's, ``settings["class_order"]`` lists
+        its Gaussians in mean order and ``settings["gaussians_per_class"]`` the counts. On T1 brain
+        volumes ``(1, 2, 1)`` (CSF, GM, WM) is docs/brain.md's setting. Not with spare classes,
+        prior maps or a class-order prior.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -332,14 +343,17 @@ def segment(
     img, features, colour_space, normalize, photo = _features(image, features, colour_space, normalize)
     spatial = tuple(img.shape[1:])
     order_by = parse_order(order, img.shape[0])
+    counts = parse_gaussians_per_class(gaussians_per_class, n_components)
+    n_fit = n_components if counts is None else sum(counts)  # the Gaussians fitted (before spare classes)
     if spacing is not None:
         spacing = as_spacing(spacing, len(spatial))
     img, region = _leave_out_non_finite(img, _as_mask(mask, spatial), nan_policy)
     n_pix = int(region.sum())
     if n_pix == 0:
         raise ValueError("mask is empty: it selects no pixel of the image")
-    if n_pix < n_components:
-        raise ValueError(f"mask selects {n_pix} pixel(s), fewer than n_components={n_components}")
+    if n_pix < n_fit:
+        what = f"n_components={n_components}" if counts is None else f"the {n_fit} Gaussians of gaussians_per_class"
+        raise ValueError(f"mask selects {n_pix} pixel(s), fewer than {what}")
 
     settings = METHODS[method].defaults()
     settings.update(options)
@@ -351,23 +365,26 @@ def segment(
         settings, widths_given = _widths_to_voxels(settings, spacing)
     if photo is not None:
         _check_photo_settings(settings, bias_field, prior_units, method, spatial)
+    if counts is not None:
+        _check_merge_settings(settings, prior_maps, spare_classes)
+        order_by = order_by or ("mean", 0)
     fields = field_request(bias_field, prior_maps, prior_weight, method=method, n_components=n_components,
                            spatial=spatial, spacing=spacing, order_by=order_by, spare_classes=spare_classes,
                            settings=settings, prior_units=prior_units)
     if order_by is not None and has_class_order_prior(settings):
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
-    spare = 0 if fields is not None and fields.prior_maps is not None else resolve_spare_classes(spare_classes, method,
-                                                                                                   settings)
-    settings["n_components"] = n_components + spare
+    no_spare = counts is not None or (fields is not None and fields.prior_maps is not None)
+    spare = 0 if no_spare else resolve_spare_classes(spare_classes, method, settings)
+    settings["n_components"] = n_fit + spare
     if check_memory:
-        _check_memory(img, region, n_pix, n_components + spare, method, settings)
+        _check_memory(img, region, n_pix, n_fit + spare, method, settings)
 
-    img, deep_field = prepare_image(img, region, fields, method, n_components + spare, settings)
+    img, deep_field = prepare_image(img, region, fields, method, n_fit + spare, settings)
     img, norm_info = _normalise_for_fit(img, region, normalize, fields, method)
     scaling = ChannelScaling.from_normalization(norm_info, img.shape[0])
-    spare = _spare_the_data_allow(img[:, region].T, n_components, spare, spare_classes)
-    settings["n_components"] = n_components + spare
+    spare = _spare_the_data_allow(img[:, region].T, n_fit, spare, spare_classes)
+    settings["n_components"] = n_fit + spare
 
     logger.info("segment(method=%s, K=%d%s): fitting %d pixel(s) of %d channel(s)", method, n_components,
                 f" + {spare} spare" if spare else "", n_pix, img.shape[0])
@@ -386,6 +403,8 @@ def segment(
     class_order = None
     if order_by is not None:
         fit, class_order = _order_classes(fit, order_by, dropped, scaling)
+    if counts is not None:
+        fit = merge_fit(fit, counts)
 
     seconds = time.perf_counter() - t0
     logger.info("segment(method=%s, K=%d): NLL %.5f after %d iterations in %.2f s",
@@ -397,6 +416,8 @@ def segment(
         record["dropped_classes"] = dropped
     if class_order is not None:
         record["class_order"] = class_order
+    if counts is not None:
+        record["gaussians_per_class"] = list(counts)
     return _segmentation(fit, region, n_components, method, scaling, norm_info, record, seconds, dropped, bias)
 
 
@@ -415,6 +436,19 @@ def _check_arguments(method: str, n_components: Any, covariance_type: str | None
         check_choice("colour_space", colour_space, COLOUR_SPACES)
     check_choice("features", features, FEATURES)
     resolve_device(device)
+
+
+def _check_merge_settings(settings: dict[str, Any], prior_maps: Any, spare_classes: int | None) -> None:
+    """Refuse what ``gaussians_per_class`` cannot be combined with (its classes are made in mean order)."""
+    if prior_maps is not None:
+        raise ValueError("gaussians_per_class cannot be combined with prior_maps: a map gives the prior of one "
+                         "Gaussian; drop one of the two")
+    if has_class_order_prior(settings):
+        raise ValueError("gaussians_per_class cannot be combined with a class-order prior (mu_prior, means_init): "
+                         "the classes are made of Gaussians in the order of their means; drop one of the two")
+    if spare_classes:
+        raise ValueError(f"spare_classes={spare_classes} cannot be combined with gaussians_per_class, which gives "
+                         "every fitted Gaussian a class; drop one of the two")
 
 
 def _check_photo_settings(settings: dict[str, Any], bias_field: Any, prior_units: str, method: str,
