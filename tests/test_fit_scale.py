@@ -18,7 +18,8 @@ import torch
 from deepgmm import segment
 from deepgmm.cli.options import SEGMENT_OPTIONS, parse_fit_scale
 from deepgmm.deep import DeepG, DeepSVG
-from deepgmm.deep.estimator import FIT_VOXELS, _block_means, _upsample, auto_fit_scale
+from deepgmm.deep.estimator import (FIT_PIXELS_2D, FIT_VOXELS, FULL_PIXELS_2D, MAX_STEPS, SCALED_MAX_STEPS,
+                                     _block_means, _upsample, auto_fit_scale)
 from deepgmm.deep.regularizers import SmoothedPosterior
 from deepgmm.preprocess import box_slices
 
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(features=(8, 16), norm="instance")
 FAST = dict(network=TINY, max_steps=4, min_steps=0, pretrain_steps=2)
+FAST_NO_STEPS = dict(network=TINY, min_steps=0, pretrain_steps=2)  # the default max_steps
 MYOPS = Path(os.environ.get("DEEPGMM_MYOPS", Path(__file__).parents[1].parent / "shared/data/myops2020"))
 
 
@@ -40,19 +42,38 @@ def two_region_image(shape, seed=0):
 
 
 # ---------------------------------------------------------------- the automatic scale
-@pytest.mark.parametrize("shape", [(160, 160), (256, 256), (257, 256), (481, 321), (150, 124, 148), (7,), (1000,)])
-def test_auto_fit_scale_is_the_smallest_block_size_that_fits(shape):
-    s = auto_fit_scale(shape)
+def naive_auto_scale(shape):
+    """The rule by enumeration: 2D windows up to FULL_PIXELS_2D pixels as they are, larger ones on at
+    most FIT_PIXELS_2D; anything else on at most FIT_VOXELS."""
+    if len(shape) == 2 and shape[0] * shape[1] <= FULL_PIXELS_2D:
+        return 1
+    limit = FIT_PIXELS_2D if len(shape) == 2 else FIT_VOXELS
+    return next(t for t in range(1, max(shape) + 1) if math.prod(math.ceil(n / t) for n in shape) <= limit)
+
+
+@pytest.mark.parametrize("shape", [(160, 160), (161, 160), (256, 256), (257, 256), (481, 321), (321, 481),
+                                   (1024, 768), (40, 40, 40), (150, 124, 148), (7,), (1000,), (100000,)])
+def test_auto_fit_scale_matches_the_rule_by_enumeration(shape):
+    assert auto_fit_scale(shape) == naive_auto_scale(shape)
+
+
+@pytest.mark.parametrize("shape,limit", [((256, 256), FIT_VOXELS), ((481, 321), FIT_VOXELS), ((100, 100), 2000),
+                                         ((150, 124, 148), FIT_VOXELS)])
+def test_auto_fit_scale_with_a_given_limit_is_the_smallest_block_size_that_fits(shape, limit):
+    s = auto_fit_scale(shape, limit)
     grid = [math.prod(math.ceil(n / t) for n in shape) for t in range(1, s + 1)]
-    assert grid[-1] <= FIT_VOXELS
-    assert all(g > FIT_VOXELS for g in grid[:-1])  # no smaller s fits
+    assert grid[-1] <= limit
+    assert all(g > limit for g in grid[:-1])  # no smaller s fits
 
 
-def test_images_up_to_256x256_are_fitted_as_they_are():
-    assert auto_fit_scale((256, 256)) == 1
-    assert auto_fit_scale((160, 160)) == 1
-    assert auto_fit_scale((481, 321)) > 1
-    assert auto_fit_scale((150, 124, 148)) > 1
+def test_the_automatic_scale_of_known_sizes():
+    assert auto_fit_scale((160, 160)) == 1  # a MyoPS slice: as it is
+    assert auto_fit_scale((146, 153)) == 1
+    assert auto_fit_scale((161, 160)) == 2  # just above: 81x80
+    assert auto_fit_scale((256, 256)) == 2  # 128x128
+    assert auto_fit_scale((481, 321)) == auto_fit_scale((321, 481)) == 4  # a BSDS500 photograph: 121x81
+    assert auto_fit_scale((40, 40, 40)) == 1  # volumes: FIT_VOXELS, as before
+    assert auto_fit_scale((150, 124, 148)) == 4  # an IBSR brain window
 
 
 @pytest.mark.skipif(not (MYOPS / "train25").is_dir(), reason="MyoPS 2020 data not found")
@@ -142,6 +163,33 @@ def test_fit_scale_one_and_auto_give_the_same_bits_on_a_small_image():
     np.testing.assert_array_equal(sa.probabilities, sb.probabilities)
 
 
+def test_default_max_steps_at_full_resolution_and_on_a_grid():
+    """max_steps=None: MAX_STEPS at full resolution (as before the scaled default existed), SCALED_MAX_STEPS
+    on a coarser grid; a given max_steps holds at every scale. tol=0 runs every allowed step."""
+    assert (MAX_STEPS, SCALED_MAX_STEPS) == (200, 60)
+    img, mask = two_region_image((16, 18))
+    run = dict(n_components=2, network=TINY, pretrain_steps=0, tol=0.0, crop_margin=None)
+    assert DeepSVG(**run).fit(img, mask).n_iter_ == MAX_STEPS
+    assert DeepSVG(fit_scale=2, **run).fit(img, mask).n_iter_ == SCALED_MAX_STEPS
+    assert DeepG(fit_scale=2, max_steps=7, **run).fit(img, mask).n_iter_ == 7
+    assert DeepSVG(fit_scale=1, max_steps=SCALED_MAX_STEPS + 5, **run).fit(img, mask).n_iter_ == SCALED_MAX_STEPS + 5
+
+
+def test_the_defaults_give_the_old_bits_at_full_resolution():
+    """A window up to 160x160 (every MyoPS window and slice) is fitted as with fit_scale=1 and
+    max_steps=200 (the defaults before the 2D rule and the scaled step limit), bit for bit."""
+    img, mask = two_region_image((44, 40))
+    run = dict(n_components=3, network=TINY, pretrain_steps=3, min_steps=0)
+    old = DeepSVG(fit_scale=1, max_steps=200, **run).fit(img, mask)
+    new = DeepSVG(**run).fit(img, mask)
+    assert new.fit_scale_ == 1
+    np.testing.assert_array_equal(old.probabilities_, new.probabilities_)
+    assert old.nll_history_ == new.nll_history_
+    sa = segment(img, mask, method="deepg", n_components=2, fit_scale=1, max_steps=200, **FAST_NO_STEPS)
+    sb = segment(img, mask, method="deepg", n_components=2, **FAST_NO_STEPS)
+    np.testing.assert_array_equal(sa.probabilities, sb.probabilities)
+
+
 def test_the_smoothed_posterior_width_shrinks_with_the_scale():
     est = DeepSVG(smooth_sigma=(0.0, 6.0, 9.0))
     regs = est._validate()
@@ -184,7 +232,10 @@ def test_cli_flag():
         with pytest.raises(argparse.ArgumentTypeError):
             parse_fit_scale(bad)
     (opt,) = [o for o in SEGMENT_OPTIONS if o.keyword == "fit_scale"]
-    assert str(FIT_VOXELS) in opt.help  # the help states the library's threshold
+    for n in (FIT_VOXELS, FIT_PIXELS_2D, FULL_PIXELS_2D):
+        assert str(n) in opt.help  # the help states the library's thresholds
+    (steps,) = [o for o in SEGMENT_OPTIONS if o.keyword == "max_steps"]
+    assert str(MAX_STEPS) in steps.help and str(SCALED_MAX_STEPS) in steps.help
 
 
 # ---------------------------------------------------------------- memory

@@ -379,9 +379,12 @@ def test_deep_memory_estimate_is_not_far_below_the_real_peak():
         "segment(img[:, :40, :40], method='deepsvg', max_steps=2, pretrain_steps=1)",
         "cfg = network_config('fast', spatial_dims=2, in_channels=3, out_channels=4)",
     ])
-    measured = "segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None)"
+    # at full resolution (fit_scale=1): 256x256 is above the automatic scale's 2D threshold
+    measured = ("segment(img, method='deepsvg', max_steps=3, min_steps=3, pretrain_steps=2, crop_margin=None, "
+                "fit_scale=1)")
     # what segment() checks: the method's own part (network, smoothed-posterior term) on top
-    own = "METHODS['deepsvg'].memory(torch.as_tensor(img), torch.ones(256, 256, dtype=torch.bool), {'crop_margin': None})"
+    own = ("METHODS['deepsvg'].memory(torch.as_tensor(img), torch.ones(256, 256, dtype=torch.bool), "
+           "{'crop_margin': None, 'fit_scale': 1})")
     used, estimate = _peak_and_estimate(warm_up, measured, "S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
                                         f" + {own}")
     network = "activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)"

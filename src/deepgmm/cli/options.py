@@ -166,8 +166,8 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   methods=EM_METHODS),
     SegmentOption("--n-init", "n_init", int, "EM: number of starts; the lowest final NLL wins", minimum=1,
                   metavar="N", methods=EM_METHODS),
-    SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of optimiser steps", minimum=0,
-                  metavar="N", methods=DEEP_METHODS),
+    SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of NLL steps (default 200; 60 when "
+                  "fitted on a coarser grid, --fit-scale)", minimum=0, metavar="N", methods=DEEP_METHODS),
     SegmentOption("--min-steps", "min_steps", int, "deep: never stop before this step", minimum=0, metavar="N",
                   methods=DEEP_METHODS),
     SegmentOption("--lr", "lr", float, "deep: AdamW learning rate", minimum=0.0, metavar="LR", methods=DEEP_METHODS),
@@ -209,9 +209,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "towards the maps; 1: the maps are the prior (default 1)", minimum=0.0, metavar="W",
                   methods=EM_METHODS),
     SegmentOption("--fit-scale", "fit_scale", parse_fit_scale, "deep: fit the network on blocks of S pixels per "
-                  "axis and read out at full resolution; 1: every step at full resolution; auto (default): the "
-                  "smallest S that leaves at most 65536 pixels, so images up to that size (e.g. 256x256) are fitted "
-                  "as they are", metavar="S", methods=DEEP_METHODS),
+                  "axis and read out at full resolution; 1: every step at full resolution; auto (default): a 2D "
+                  "image of up to 160x160 (25600) pixels as it is, a larger one on at most 16384 (128x128) pixels "
+                  "(a 481x321 photograph: S=4), a volume on at most 65536 voxels", metavar="S",
+                  methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

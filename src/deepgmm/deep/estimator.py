@@ -14,8 +14,10 @@ the EM start) is averaged over blocks of ``s`` pixels per axis inside the mask, 
 there, and the read-out happens at full resolution: the network's logits are interpolated back
 to the image's grid, the M-step is taken there from them and the soft labels are the posteriors
 ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)`` of the full-resolution pixels with the interpolated soft
-labels ``w`` as their per-pixel prior. ``fit_scale="auto"`` (default) picks the smallest ``s``
-whose grid has at most :data:`FIT_VOXELS` pixels, so images up to that size are fitted as they are.
+labels ``w`` as their per-pixel prior. ``fit_scale="auto"`` (default) is :func:`auto_fit_scale`:
+volumes on a grid of at most :data:`FIT_VOXELS` voxels; 2D windows of up to :data:`FULL_PIXELS_2D`
+pixels as they are, larger ones on a grid of at most :data:`FIT_PIXELS_2D` pixels. A fit on a coarser
+grid stops after at most :data:`SCALED_MAX_STEPS` NLL steps unless ``max_steps`` is given.
 """
 
 from __future__ import annotations
@@ -50,16 +52,38 @@ from .regularizers import (
 )
 from .unet import UNet, UNetConfig, network_config
 
-__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "auto_fit_scale"]
+__all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D",
+           "MAX_STEPS", "SCALED_MAX_STEPS", "auto_fit_scale"]
 
 logger = logging.getLogger(__name__)
 
 FIT_VOXELS = 65536
-"""``fit_scale="auto"``: the most pixels the network is fitted on (docs/deep.md, "Volumes and large images")."""
+"""``fit_scale="auto"`` for a volume: the most voxels the network is fitted on (docs/deep.md, "Volumes and
+large images")."""
+FULL_PIXELS_2D = 25600
+"""``fit_scale="auto"`` for a 2D window: up to this many pixels (160x160, the MyoPS slices on which the
+deep defaults were chosen) it is fitted as it is."""
+FIT_PIXELS_2D = 16384
+"""``fit_scale="auto"`` for a 2D window above :data:`FULL_PIXELS_2D` pixels: the most pixels of its grid
+(128x128; a 481x321 photograph is fitted at ``s = 4``, chosen on BSDS500 train: docs/deep.md)."""
+MAX_STEPS = 200
+"""``max_steps=None``: the most NLL steps of a fit at full resolution."""
+SCALED_MAX_STEPS = 60
+"""``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
 
 
-def auto_fit_scale(shape: Sequence[int], max_voxels: int = FIT_VOXELS) -> int:
-    """The smallest integer ``s >= 1`` whose grid ``ceil(shape / s)`` has at most ``max_voxels`` pixels."""
+def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:
+    """The block size ``fit_scale="auto"`` picks for a window of spatial ``shape``: the smallest
+    integer ``s >= 1`` whose grid ``ceil(shape / s)`` has at most ``max_voxels`` pixels. ``max_voxels``
+    None: :data:`FIT_VOXELS` for a volume; for a 2D window 1 up to :data:`FULL_PIXELS_2D` pixels, else
+    the smallest ``s`` whose grid has at most :data:`FIT_PIXELS_2D`."""
+    if max_voxels is None:
+        if len(shape) != 2:
+            max_voxels = FIT_VOXELS
+        elif math.prod(int(n) for n in shape) <= FULL_PIXELS_2D:
+            return 1
+        else:
+            max_voxels = FIT_PIXELS_2D
     s = 1
     while math.prod(-(-int(n) // s) for n in shape) > max_voxels:
         s += 1
@@ -85,6 +109,8 @@ class DeepGMM(ParamsMixin):
     network : "fast" (default), "paper", "tiny", a dict of :class:`UNetConfig` settings or a config
     lr, weight_decay, grad_clip : AdamW learning rate, weight decay, gradient-norm clip
     tol, min_steps, max_steps : stop when ``|NLL change| < tol`` after ``min_steps``; at most ``max_steps``
+        NLL steps (None, the default: :data:`MAX_STEPS` at full resolution, :data:`SCALED_MAX_STEPS` on a
+        coarser grid)
     reg_covar : variance floor added in the M-step (default 0.3, in the units of z-scored channels)
     tv : weight of the total-variation term on the soft labels; None: the method's default, 0 (on
         MyoPS it hurts deepG, and adds nothing to deepSVG's smoothed-posterior term: docs/deep.md)
@@ -109,8 +135,9 @@ class DeepGMM(ParamsMixin):
         The loss only sees the mask, so this saves time without changing what is modelled.
     fit_scale : "auto" (default) or an integer ``s >= 1``: fit the network on the (cropped) image
         averaged over blocks of ``s`` pixels per axis inside the mask and read out at full resolution
-        (the module's docstring). 1: every step at full resolution. "auto": the smallest ``s`` whose
-        grid has at most :data:`FIT_VOXELS` pixels (1 for images up to that size, e.g. 256x256)
+        (the module's docstring). 1: every step at full resolution. "auto": :func:`auto_fit_scale` (a
+        volume: the smallest ``s`` whose grid has at most :data:`FIT_VOXELS` voxels; a 2D window of up to
+        160x160 pixels: 1; a larger one: the smallest ``s`` whose grid has at most 128x128 pixels)
     random_state : seed of the network's weights and of the EM start
     device : "cpu", "cuda" or "auto"
     progress : show a progress bar (steps, NLL) on stderr; without one, the fit's progress is logged
@@ -148,7 +175,7 @@ class DeepGMM(ParamsMixin):
         grad_clip: float = 12.0,
         tol: float = 1e-3,
         min_steps: int = 10,
-        max_steps: int = 200,
+        max_steps: int | None = None,
         reg_covar: float = 0.3,
         tv: float | None = None,
         smooth: float | None = None,
@@ -203,7 +230,8 @@ class DeepGMM(ParamsMixin):
         check_float("grad_clip", self.grad_clip, minimum=0.0, strict=True)
         check_float("tol", self.tol, minimum=0.0)
         check_int("min_steps", self.min_steps, minimum=0)
-        check_int("max_steps", self.max_steps, minimum=0)
+        if self.max_steps is not None:
+            check_int("max_steps", self.max_steps, minimum=0)
         check_float("reg_covar", self.reg_covar, minimum=0.0)
         check_float("lam", self.lam, minimum=0.0)
         if self.tv is not None:
@@ -276,7 +304,8 @@ class DeepGMM(ParamsMixin):
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs_fit)
 
-        bar = Progress(self.pretrain_steps * (self.init == "em") + self.max_steps, type(self).__name__, logger,
+        max_steps = self._resolve_max_steps(scale)
+        bar = Progress(self.pretrain_steps * (self.init == "em") + max_steps, type(self).__name__, logger,
                        bar=bool(self.progress), final=None, leave=False)
         with bar:  # the bar closed, or the last line logged, also on an error
             if self.init == "em":
@@ -289,7 +318,7 @@ class DeepGMM(ParamsMixin):
             history: list[float] = []
             converged = False
             n_iter = 0
-            for step in range(1, self.max_steps + 1):
+            for step in range(1, max_steps + 1):
                 out = loss_fn(x, net(x), m)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
@@ -326,6 +355,12 @@ class DeepGMM(ParamsMixin):
         if isinstance(self.fit_scale, str):
             return auto_fit_scale(shape)
         return int(self.fit_scale)
+
+    def _resolve_max_steps(self, scale: int) -> int:
+        """The most NLL steps of a fit at block size ``scale``: ``max_steps`` or its default."""
+        if self.max_steps is not None:
+            return int(self.max_steps)
+        return MAX_STEPS if scale == 1 else SCALED_MAX_STEPS
 
     def _downsample(self, img: Tensor, region: Tensor, scale: int) -> tuple[Tensor, Tensor]:
         """``img`` ``(C, *S)`` and ``region`` ``(*S)`` on the grid of blocks of ``scale`` pixels per axis:
