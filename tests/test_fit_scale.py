@@ -166,7 +166,7 @@ def test_fit_scale_one_and_auto_give_the_same_bits_on_a_small_image():
 def test_default_max_steps_at_full_resolution_and_on_a_grid():
     """max_steps=None: MAX_STEPS at full resolution (as before the scaled default existed), SCALED_MAX_STEPS
     on a coarser grid; a given max_steps holds at every scale. tol=0 runs every allowed step."""
-    assert (MAX_STEPS, SCALED_MAX_STEPS) == (200, 60)
+    assert (MAX_STEPS, SCALED_MAX_STEPS) == (200, 40)
     img, mask = two_region_image((16, 18))
     run = dict(n_components=2, network=TINY, pretrain_steps=0, tol=0.0, crop_margin=None)
     assert DeepSVG(**run).fit(img, mask).n_iter_ == MAX_STEPS

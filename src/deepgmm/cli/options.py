@@ -166,7 +166,7 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   methods=EM_METHODS),
     SegmentOption("--n-init", "n_init", int, "EM: number of starts; the lowest final NLL wins", minimum=1,
                   metavar="N", methods=EM_METHODS),
-    SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of NLL steps (default 200; 60 when "
+    SegmentOption("--max-steps", "max_steps", int, "deep: maximum number of NLL steps (default 200; 40 when "
                   "fitted on a coarser grid, --fit-scale)", minimum=0, metavar="N", methods=DEEP_METHODS),
     SegmentOption("--min-steps", "min_steps", int, "deep: never stop before this step", minimum=0, metavar="N",
                   methods=DEEP_METHODS),

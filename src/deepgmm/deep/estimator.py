@@ -68,7 +68,7 @@ FIT_PIXELS_2D = 16384
 (128x128; a 481x321 photograph is fitted at ``s = 4``, chosen on BSDS500 train: docs/deep.md)."""
 MAX_STEPS = 200
 """``max_steps=None``: the most NLL steps of a fit at full resolution."""
-SCALED_MAX_STEPS = 60
+SCALED_MAX_STEPS = 40
 """``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
 
 
