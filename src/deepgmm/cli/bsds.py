@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--methods", metavar="M1,M2,...",
                    help=f"methods to run, from {','.join(METHODS + BSDS_PEER_METHODS)} "
                         f"(default: {','.join(EM_METHODS)}; "
-                        "the deep ones and kim_kanezaki take minutes per image on a CPU; kmeans, kmeans_xy and "
+                        "the deep ones take seconds per image on a CPU, kim_kanezaki minutes; kmeans, kmeans_xy and "
                         "sklearn_gmm need pip install -e '.[peers]' and are skipped without it)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--images", metavar="ID,ID,...", help="the images to use, by id, e.g. 101085,101087")
