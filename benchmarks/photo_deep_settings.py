@@ -12,7 +12,7 @@ and ``segment(method=--method, **options)``; PRI, VoI and covering against every
 Each configuration (``--name``, its ``--options``) writes its records to its own ``--out`` (JSON; a
 rerun skips the images already there), so configurations can run in separate processes.
 ``--table FILE...`` prints one Markdown row per configuration: means of the scores, mean steps, median
-seconds and the median per-image ratio to the GMM's seconds, and on how many images the
+seconds and CPU seconds and the median per-image ratio to the GMM's seconds, and on how many images the
 configuration is at least as good as the one named ``--against`` (default ``default``).
 """
 
@@ -79,9 +79,9 @@ def table(args: argparse.Namespace) -> None:
     for f in args.table:
         records.update(_load(f))
     ref = records.get(args.against, {}).get("images", {})
-    print("| configuration | images | PRI | VoI | covering | steps | s/image (median) | / GMM (median) "
+    print("| configuration | images | PRI | VoI | covering | steps | s/image (median) | CPU s (median) | / GMM (median) "
           f"| PRI / VoI / covering no worse than {args.against} |")
-    print("|---" * 9 + "|")
+    print("|---" * 10 + "|")
     for name, entry in records.items():
         imgs = entry["images"]
         if not imgs:
@@ -94,7 +94,8 @@ def table(args: argparse.Namespace) -> None:
         opts = json.dumps(entry["options"]) if entry["options"] else "defaults"
         print(f"| {name}: {entry['method']} {opts} | {len(imgs)} | {mean['pri']:.4f} | {mean['voi']:.4f} | "
               f"{mean['covering']:.4f} | {np.mean([r['steps'] for r in imgs.values()]):.1f} | "
-              f"{np.median([r['seconds'] for r in imgs.values()]):.2f} | {ratio:.1f} | "
+              f"{np.median([r['seconds'] for r in imgs.values()]):.2f} | "
+              f"{np.median([r['cpu_seconds'] for r in imgs.values()]):.2f} | {ratio:.1f} | "
               f"{' / '.join(str(w) for w in wins)} of {len(both)} |")
 
 
