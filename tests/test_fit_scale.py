@@ -176,6 +176,17 @@ def test_default_max_steps_at_full_resolution_and_on_a_grid():
     assert DeepSVG(fit_scale=1, max_steps=SCALED_MAX_STEPS + 5, **run).fit(img, mask).n_iter_ == SCALED_MAX_STEPS + 5
 
 
+def test_a_photograph_sized_image_through_segment_is_fitted_at_scale_4_with_at_most_40_steps():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(3, 321, 481)).astype(np.float32)
+    img[:, :160] += 3.0
+    seg = segment(img, method="deepsvg", n_components=2, network=TINY, pretrain_steps=1, tol=0.0)
+    assert seg.model.fit_scale_ == 4 and seg.n_iter == SCALED_MAX_STEPS
+    assert seg.labels.shape == (321, 481)
+    top, bottom = seg.labels[:150], seg.labels[170:]
+    assert np.bincount(top.ravel()).argmax() != np.bincount(bottom.ravel()).argmax()
+
+
 def test_the_defaults_give_the_old_bits_at_full_resolution():
     """A window up to 160x160 (every MyoPS window and slice) is fitted as with fit_scale=1 and
     max_steps=200 (the defaults before the 2D rule and the scaled step limit), bit for bit."""
