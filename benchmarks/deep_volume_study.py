@@ -57,6 +57,8 @@ CONFIGS: dict[str, dict] = {
                                 spare_classes=0, smooth=10.0, mm=True),
     "brain_nospare_full": dict(method="deepsvg", smooth_sigma=4.0, init_smooth_sigma=4.0, bias_field=2,
                                spare_classes=0, fit_loss="full", mm=True),
+    "brain_nospare_full_r5": dict(method="deepsvg", smooth_sigma=4.0, init_smooth_sigma=4.0, bias_field=2,
+                                  spare_classes=0, fit_loss="full", readout_em=5, mm=True),
     "brain_nospare_full_lam3": dict(method="deepsvg", smooth_sigma=4.0, init_smooth_sigma=4.0, bias_field=2,
                                     spare_classes=0, fit_loss="full", smooth=3.0, mm=True),
     "brain_nospare_full_lam10": dict(method="deepsvg", smooth_sigma=4.0, init_smooth_sigma=4.0, bias_field=2,
