@@ -36,7 +36,7 @@ from .. import mixture as em
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS
-from ..likelihood import COVARIANCE_TYPES, log_posteriors
+from ..likelihood import COVARIANCE_TYPES, log_posteriors, m_step
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from ..progress import Progress
@@ -53,7 +53,7 @@ from .regularizers import (
 from .unet import UNet, UNetConfig, network_config
 
 __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D",
-           "MAX_STEPS", "SCALED_MAX_STEPS", "auto_fit_scale"]
+           "MAX_STEPS", "SCALED_MAX_STEPS", "FIT_LOSSES", "auto_fit_scale"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ MAX_STEPS = 200
 """``max_steps=None``: the most NLL steps of a fit at full resolution."""
 SCALED_MAX_STEPS = 40
 """``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
+
+
+FIT_LOSSES = ("grid", "full")
+"""``fit_loss``: where the NLL steps of a ``fit_scale > 1`` fit score the network: on the grid's block
+means, or on the window's pixels through the interpolated logits (the read-out's mixture)."""
 
 
 def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:
@@ -138,6 +143,15 @@ class DeepGMM(ParamsMixin):
         (the module's docstring). 1: every step at full resolution. "auto": :func:`auto_fit_scale` (a
         volume: the smallest ``s`` whose grid has at most :data:`FIT_VOXELS` voxels; a 2D window of up to
         160x160 pixels: 1; a larger one: the smallest ``s`` whose grid has at most 128x128 pixels)
+    fit_loss : with ``fit_scale > 1``, what the NLL steps score: "grid" (default), the mixture of the
+        grid's block means; "full", the mixture of the window's pixels under the interpolated logits
+        (the read-out's mixture: the network still runs on the grid, the loss and its gradient at full
+        resolution). Block means of thin structures are partial volumes, a mode of their own that a
+        class can drift to on the grid (docs/deep.md, "Why the deep fit degrades on brain volumes")
+    readout_em : with ``fit_scale > 1``, EM iterations of the read-out at full resolution: the
+        interpolated soft labels stay the per-pixel weights, the means and covariances are re-estimated
+        from the posteriors instead of from the (blurred) soft labels. 0 (default): one M-step from
+        the soft labels, as before
     random_state : seed of the network's weights and of the EM start
     device : "cpu", "cuda" or "auto"
     progress : show a progress bar (steps, NLL) on stderr; without one, the fit's progress is logged
@@ -190,6 +204,8 @@ class DeepGMM(ParamsMixin):
         pretrain_lr: float = 3e-3,
         crop_margin: int | None = 16,
         fit_scale: int | str = "auto",
+        fit_loss: str = "grid",
+        readout_em: int = 0,
         random_state: int | None = 0,
         device: str | torch.device | None = "cpu",
         progress: bool = False,
@@ -217,6 +233,8 @@ class DeepGMM(ParamsMixin):
         self.pretrain_lr = pretrain_lr
         self.crop_margin = crop_margin
         self.fit_scale = fit_scale
+        self.fit_loss = fit_loss
+        self.readout_em = readout_em
         self.random_state = random_state
         self.device = device
         self.progress = progress
@@ -246,6 +264,8 @@ class DeepGMM(ParamsMixin):
             if isinstance(self.fit_scale, str):
                 raise ValueError(f"fit_scale must be 'auto' or an integer >= 1, got {self.fit_scale!r}")
             check_int("fit_scale", self.fit_scale, minimum=1)
+        check_choice("fit_loss", self.fit_loss, FIT_LOSSES)
+        check_int("readout_em", self.readout_em, minimum=0)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
         if self.smooth is not None:
@@ -314,12 +334,21 @@ class DeepGMM(ParamsMixin):
                 target = self._target_to_fit(target, region, scale).to(dev)  # (1, K, *spatial)
                 self._distil(net, x, m, target, bar)
 
+            full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
+            full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
+            read_loss = loss_fn if scale == 1 else DeepMixtureLoss(  # the full resolution's regularisers
+                mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar,
+                regularizers=regs)
+            full_steps = scale > 1 and self.fit_loss == "full"  # the loss on the window's pixels
             opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             history: list[float] = []
             converged = False
             n_iter = 0
             for step in range(1, max_steps + 1):
-                out = loss_fn(x, net(x), m)
+                if full_steps:
+                    out = read_loss(full_x, _upsample(net(x), scale, tuple(full_x.shape[2:])), full_m)
+                else:
+                    out = loss_fn(x, net(x), m)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
@@ -334,10 +363,6 @@ class DeepGMM(ParamsMixin):
                     converged = True
                     break
 
-        full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
-        full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
-        read_loss = loss_fn if scale == 1 else DeepMixtureLoss(  # the full resolution's regularisers
-            mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar, regularizers=regs)
         logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale)  # (1, K, *window)
         self.network_ = net.eval()
         self.network_config_ = cfg
@@ -469,14 +494,35 @@ class DeepGMM(ParamsMixin):
         return (probs.cpu().numpy().astype(np.float32),
                 labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32))
 
+    def _readout_em(self, logits: Tensor, region: Tensor, x: Tensor, means: Tensor,
+                    covariances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``readout_em`` EM iterations at full resolution with the interpolated soft labels as fixed
+        per-pixel weights: E-step ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)``, M-step from ``p`` (not from
+        ``w``, whose block-level blur pulls the classes' means together). ``logits`` ``(K, *window)``,
+        ``region`` ``(*window)``, ``x`` ``(C, *window)``; returns means, covariances and ``nk`` ``(K,)``."""
+        K, C = logits.shape[0], x.shape[0]
+        inside = region.to(logits.device).reshape(-1)
+        with torch.no_grad():
+            pixels = x.reshape(C, -1).T[inside].double()  # (N, C)
+            log_w = torch.log_softmax(logits.double(), 0).reshape(K, -1).T[inside]  # (N, K)
+            means, covariances = means.double(), covariances.double()
+            nk = torch.zeros(K, dtype=torch.float64, device=logits.device)
+            for _ in range(self.readout_em):
+                post = log_posteriors(pixels, means, covariances, log_w, self.covariance_type_).exp()
+                nk, means, covariances = m_step(pixels, post, self.covariance_type_, self.reg_covar)
+        return means.to(x.dtype), covariances.to(x.dtype), nk.to(x.dtype)
+
     def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
                      converged: bool, regs: list[Regularizer], x: Tensor) -> None:
         fit = out.fit
-        given = (x[0], fit.means[0], fit.covariances[0]) if self.fit_scale_ > 1 else ()
+        means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
+        if self.fit_scale_ > 1 and self.readout_em > 0:
+            means, covariances, nk = self._readout_em(logits, region, x[0], means, covariances)
+        given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
         self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
-        self.means_ = fit.means[0].cpu().numpy()
-        self.covariances_ = fit.covariances[0].cpu().numpy()
-        self.weights_ = (fit.nk[0] / fit.nk[0].sum()).cpu().numpy()
+        self.means_ = means.cpu().numpy()
+        self.covariances_ = covariances.cpu().numpy()
+        self.weights_ = (nk / nk.sum()).cpu().numpy()
         self.nll_ = float(out.nll[0])
         self.loss_ = float(out.total)
         self.nll_history_ = history
