@@ -107,3 +107,28 @@ def count_segment_fits(monkeypatch) -> list:
 
     monkeypatch.setattr(cases, "segment_fit", counting)
     return calls
+
+
+def field_phantom(seed: int = 0, shape: Sequence[int] = (24, 28, 20), noise: float = 0.08):
+    """Log-domain phantom with a known smooth field: three classes (a slab inside a ball inside the rest)
+    of log-intensities 0, 0.6, 1.2, Gaussian noise, plus ``log_field``. Returns the values, the log-field
+    and the truth (1..3), each of ``shape``."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    truth = np.ones(tuple(shape), int)
+    truth[z ** 2 + y ** 2 + x ** 2 < 0.5] = 2
+    truth[np.abs(x) < 0.2] = 3
+    log_field = 0.25 * x + 0.15 * y * z - 0.2 * x ** 2
+    values = np.array([0.0, 0.0, 0.6, 1.2])[truth] + rng.normal(0, noise, tuple(shape))
+    return values + log_field, log_field, truth
+
+
+def two_region_image(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(1, *shape)`` float32: two halves 3 standard deviations apart along the first axis, and a mask
+    one pixel inside the border."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(1,) + tuple(shape)).astype(np.float32)
+    img[0, : shape[0] // 2] += 3.0
+    mask = np.zeros(tuple(shape), bool)
+    mask[tuple(slice(1, n - 1) for n in shape)] = True
+    return img, mask

@@ -15,7 +15,7 @@ import torch
 from numpy.polynomial import legendre
 from scipy.stats import norm
 
-from _helpers import check_error
+from _helpers import check_error, field_phantom
 from deepgmm import segment
 from deepgmm.bias import (evaluate_field, field_from_posteriors, legendre_basis, n_terms, parse_degree, solve_field,
                           term_degrees)
@@ -33,17 +33,9 @@ def _grid(shape=SHAPE):
 
 def _phantom(seed=0, shape=SHAPE, noise=0.08):
     """Log-domain phantom: three classes (a slab inside a ball inside the rest), a known smooth field."""
-    rng = np.random.default_rng(seed)
-    z, y, x = _grid(shape)
-    truth = np.ones(shape, int)
-    truth[z ** 2 + y ** 2 + x ** 2 < 0.5] = 2
-    truth[np.abs(x) < 0.2] = 3
-    log_field = 0.25 * x + 0.15 * y * z - 0.2 * x ** 2
-    values = np.array([0.0, 0.0, 0.6, 1.2])[truth] + rng.normal(0, noise, shape)
-    return values + log_field, log_field, truth
+    return field_phantom(seed, shape, noise)
 
 
-# ----------------------------------------------------------------------------- basis
 def test_basis_columns_are_products_of_legendre_polynomials():
     mask = np.zeros((5, 7, 4), bool)
     mask[1:5, 0:7, 1:3] = True

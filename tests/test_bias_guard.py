@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import field_phantom
 from deepgmm.bias import legendre_basis, multiplicative_update
 from deepgmm.field_em import FieldGaussianMixture, FieldSpatiallyVariantGMM, class_separation
 from deepgmm.likelihood import Gaussians
@@ -23,13 +24,8 @@ def _grid(shape):
 
 def _biased(seed=4, noise=0.15, shape=SHAPE):
     """Intensities of three classes (a slab inside a ball inside the rest) times a smooth field."""
-    rng = np.random.default_rng(seed)
-    z, y, x = _grid(shape)
-    truth = np.ones(shape, int)
-    truth[z ** 2 + y ** 2 + x ** 2 < 0.5] = 2
-    truth[np.abs(x) < 0.2] = 3
-    log_field = 0.25 * x + 0.15 * y * z - 0.2 * x ** 2
-    return np.exp(np.array([0.0, 0.0, 0.6, 1.2])[truth] + rng.normal(0, noise, shape) + log_field), log_field, truth
+    values, log_field, truth = field_phantom(seed, shape, noise)
+    return np.exp(values), log_field, truth
 
 
 def _shells(n=30, means=(0.5, 1.0, 1.3), sd=0.15, seed=0):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import two_region_image
 from deepgmm import segment
 from deepgmm.deep import DeepG, DeepSVG
 from deepgmm.deep.estimator import FIT_LOSSES
@@ -19,22 +20,12 @@ TINY = dict(features=(8, 16), norm="instance")
 FAST = dict(network=TINY, max_steps=4, min_steps=0, pretrain_steps=2)
 
 
-def two_region_volume(shape=(24, 20, 22), seed=0):
-    """``(1, *shape)``: two halves 3 standard deviations apart along the first axis, and a mask."""
-    rng = np.random.default_rng(seed)
-    img = rng.normal(size=(1,) + shape).astype(np.float32)
-    img[0, : shape[0] // 2] += 3.0
-    mask = np.zeros(shape, bool)
-    mask[tuple(slice(1, n - 1) for n in shape)] = True
-    return img, mask
-
-
 @pytest.mark.parametrize("cls", [DeepSVG, DeepG])
 def test_full_loss_scores_the_window_pixels(cls):
     """With ``fit_loss="full"`` the NLL of every step is the full-resolution NLL: with a learning rate
     too small to move the network, the last step's NLL equals the final (full-resolution) ``nll_``;
     on the grid's block means it does not (their variance is smaller)."""
-    img, mask = two_region_volume()
+    img, mask = two_region_image((24, 20, 22))
     opts = dict(FAST, n_components=2, fit_scale=2, lr=1e-12, max_steps=2)
     full = cls(fit_loss="full", **opts).fit(img, mask)
     grid = cls(fit_loss="grid", **opts).fit(img, mask)
@@ -46,7 +37,7 @@ def test_full_loss_scores_the_window_pixels(cls):
 def test_readout_em_gives_the_fixed_point_of_the_posteriors():
     """After enough read-out EM iterations, the means and variances are the M-step of the returned
     posteriors (computed here with numpy), and prediction reads out the same posteriors."""
-    img, mask = two_region_volume()
+    img, mask = two_region_image((24, 20, 22))
     est = DeepSVG(n_components=2, fit_scale=2, readout_em=60, covariance_type="diag", reg_covar=0.0, **FAST)
     est.fit(img, mask)
     p = est.probabilities_[:, mask].astype(np.float64)  # (K, N)
@@ -63,7 +54,7 @@ def test_readout_em_gives_the_fixed_point_of_the_posteriors():
 def test_readout_em_undoes_the_blur_of_the_soft_labels():
     """Two classes 3 apart: the M-step from the interpolated (blurred) soft labels of a barely trained
     network pulls the two means together; the read-out EM puts them back near 0 and 3."""
-    img, mask = two_region_volume()
+    img, mask = two_region_image((24, 20, 22))
     plain = DeepSVG(n_components=2, fit_scale=2, **FAST).fit(img, mask)
     em = DeepSVG(n_components=2, fit_scale=2, readout_em=5, **FAST).fit(img, mask)
     gap = lambda e: float(np.ptp(e.means_[:, 0]))  # noqa: E731
@@ -73,7 +64,7 @@ def test_readout_em_undoes_the_blur_of_the_soft_labels():
 
 def test_options_are_no_ops_at_full_resolution():
     """At ``fit_scale=1`` (every MyoPS slice) neither option changes a bit."""
-    img, mask = two_region_volume((20, 18, 16))
+    img, mask = two_region_image((20, 18, 16))
     base = DeepSVG(n_components=2, fit_scale=1, **FAST).fit(img, mask)
     new = DeepSVG(n_components=2, fit_scale=1, fit_loss="full", readout_em=5, **FAST).fit(img, mask)
     np.testing.assert_array_equal(base.probabilities_, new.probabilities_)
@@ -82,7 +73,7 @@ def test_options_are_no_ops_at_full_resolution():
 
 
 def test_defaults_keep_the_grid_path():
-    img, mask = two_region_volume()
+    img, mask = two_region_image((24, 20, 22))
     a = DeepSVG(n_components=2, fit_scale=2, **FAST).fit(img, mask)
     b = DeepSVG(n_components=2, fit_scale=2, fit_loss="grid", readout_em=0, **FAST).fit(img, mask)
     np.testing.assert_array_equal(a.probabilities_, b.probabilities_)
@@ -91,7 +82,7 @@ def test_defaults_keep_the_grid_path():
 
 
 def test_segment_passes_the_options_through():
-    img, mask = two_region_volume()
+    img, mask = two_region_image((24, 20, 22))
     seg = segment(img, mask, method="deepsvg", n_components=2, spare_classes=0, fit_scale=2, fit_loss="full",
                   readout_em=3, **FAST)
     assert seg.settings["fit_loss"] == "full" and seg.settings["readout_em"] == 3
@@ -102,13 +93,13 @@ def test_segment_passes_the_options_through():
 @pytest.mark.parametrize("bad", [{"fit_loss": "pixels"}, {"fit_loss": None}, {"readout_em": -1},
                                  {"readout_em": 1.5}])
 def test_bad_values_are_errors(bad):
-    img, mask = two_region_volume((12, 12, 12))
+    img, mask = two_region_image((12, 12, 12))
     with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
         DeepSVG(n_components=2, fit_scale=2, **FAST, **bad).fit(img, mask)
 
 
 def test_tensor_input_is_accepted():
-    img, mask = two_region_volume()
+    img, mask = two_region_image((24, 20, 22))
     est = DeepSVG(n_components=2, fit_scale=2, fit_loss="full", readout_em=2, **FAST)
     est.fit(torch.from_numpy(img), torch.from_numpy(mask))
     assert est.labels_.shape == mask.shape

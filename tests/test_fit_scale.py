@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import two_region_image
 from deepgmm import segment
 from deepgmm.cli.options import SEGMENT_OPTIONS, parse_fit_scale
 from deepgmm.deep import DeepG, DeepSVG
@@ -30,16 +31,6 @@ TINY = dict(features=(8, 16), norm="instance")
 FAST = dict(network=TINY, max_steps=4, min_steps=0, pretrain_steps=2)
 FAST_NO_STEPS = dict(network=TINY, min_steps=0, pretrain_steps=2)  # the default max_steps
 MYOPS = Path(os.environ.get("DEEPGMM_MYOPS", Path(__file__).parents[1].parent / "shared/data/myops2020"))
-
-
-def two_region_image(shape, seed=0):
-    """``(1, *shape)``: two halves 3 standard deviations apart along the first axis, and a mask."""
-    rng = np.random.default_rng(seed)
-    img = rng.normal(size=(1,) + shape).astype(np.float32)
-    img[0, : shape[0] // 2] += 3.0
-    mask = np.zeros(shape, bool)
-    mask[tuple(slice(1, n - 1) for n in shape)] = True
-    return img, mask
 
 
 # ---------------------------------------------------------------- the automatic scale
