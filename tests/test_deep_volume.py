@@ -6,6 +6,8 @@ returned posteriors), the unchanged default and full-resolution paths (same bits
 """
 
 import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import norm
 import pytest
 import torch
 
@@ -49,6 +51,12 @@ def test_readout_em_gives_the_fixed_point_of_the_posteriors():
     np.testing.assert_allclose(est.covariances_[:, 0], var, rtol=1e-3)
     np.testing.assert_allclose(est.weights_, nk / nk.sum(), atol=1e-4)
     np.testing.assert_allclose(est.predict_proba(img, mask), est.probabilities_, atol=1e-5)
+    # nll_ is the NLL at these parameters: with p_nk = w_nk N_k(x_n) / sum_j w_nj N_j(x_n),
+    # -log sum_k w_nk N_k(x_n) = logsumexp_k(log p_nk - log N_k(x_n))
+    log_dens = norm.logpdf(x[None], est.means_[:, :1], np.sqrt(est.covariances_[:, :1]))  # (K, N)
+    assert est.nll_ == pytest.approx(float(np.mean(logsumexp(np.log(p) - log_dens, axis=0))), rel=1e-3)
+    one = DeepSVG(n_components=2, fit_scale=2, readout_em=1, covariance_type="diag", reg_covar=0.0, **FAST)
+    assert est.nll_ <= one.fit(img, mask).nll_ + 1e-9  # EM under fixed weights never raises the NLL
 
 
 def test_readout_em_undoes_the_blur_of_the_soft_labels():

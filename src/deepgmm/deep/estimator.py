@@ -36,7 +36,7 @@ from .. import mixture as em
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS
-from ..likelihood import COVARIANCE_TYPES, log_posteriors, m_step
+from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from ..progress import Progress
@@ -165,7 +165,9 @@ class DeepGMM(ParamsMixin):
         the mask, 1..K inside (the argmax of ``probabilities_`` plus one)
     means_, covariances_ : ``(K, C)``, ``(K, C)`` or ``(K, C, C)``; covariance_type_ : the one fitted
     weights_ : ``(K,)`` class proportions over the mask
-    nll_ : final NLL (at full resolution); nll_history_ : NLL at every step (on the fitted grid);
+    nll_ : final NLL (at full resolution; with ``readout_em``, at the read-out's parameters);
+        nll_history_ : NLL at every step (on the fitted grid); loss_ : the loss of the last read-out
+        before ``readout_em``;
     n_iter_, converged_, fit_seconds_
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
     """
@@ -495,11 +497,13 @@ class DeepGMM(ParamsMixin):
                 labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32))
 
     def _readout_em(self, logits: Tensor, region: Tensor, x: Tensor, means: Tensor,
-                    covariances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                    covariances: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
         """``readout_em`` EM iterations at full resolution with the interpolated soft labels as fixed
         per-pixel weights: E-step ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)``, M-step from ``p`` (not from
         ``w``, whose block-level blur pulls the classes' means together). ``logits`` ``(K, *window)``,
-        ``region`` ``(*window)``, ``x`` ``(C, *window)``; returns means, covariances and ``nk`` ``(K,)``."""
+        ``region`` ``(*window)``, ``x`` ``(C, *window)``; returns means, covariances, ``nk`` ``(K,)`` and
+        the mean NLL of the pixels at those parameters (the method's mixture: per-pixel weights ``w``
+        for deepSVG, the global ``nk / N`` for deepG, as the loss has it)."""
         K, C = logits.shape[0], x.shape[0]
         inside = region.to(logits.device).reshape(-1)
         with torch.no_grad():
@@ -510,20 +514,23 @@ class DeepGMM(ParamsMixin):
             for _ in range(self.readout_em):
                 post = log_posteriors(pixels, means, covariances, log_w, self.covariance_type_).exp()
                 nk, means, covariances = m_step(pixels, post, self.covariance_type_, self.reg_covar)
-        return means.to(x.dtype), covariances.to(x.dtype), nk.to(x.dtype)
+            weights = log_w if self._mixture == "svgmm" else torch.log(nk / nk.sum())
+            nll = float(mixture_nll(log_gaussian(pixels, means, covariances, self.covariance_type_), weights))
+        return means.to(x.dtype), covariances.to(x.dtype), nk.to(x.dtype), nll
 
     def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
                      converged: bool, regs: list[Regularizer], x: Tensor) -> None:
         fit = out.fit
         means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
+        nll = float(out.nll[0])
         if self.fit_scale_ > 1 and self.readout_em > 0:
-            means, covariances, nk = self._readout_em(logits, region, x[0], means, covariances)
+            means, covariances, nk, nll = self._readout_em(logits, region, x[0], means, covariances)
         given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
         self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
         self.means_ = means.cpu().numpy()
         self.covariances_ = covariances.cpu().numpy()
         self.weights_ = (nk / nk.sum()).cpu().numpy()
-        self.nll_ = float(out.nll[0])
+        self.nll_ = nll
         self.loss_ = float(out.total)
         self.nll_history_ = history
         self.n_iter_ = n_iter
