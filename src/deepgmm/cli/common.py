@@ -169,8 +169,10 @@ def add_split_options(parser: argparse.ArgumentParser, merge_does: str = "comput
 def run_experiment(args: argparse.Namespace, run: Any, *params: Any, **kwargs: Any) -> int:
     """``run(*params, **kwargs, shard=, merge=, dist=)`` (an experiments runner), in torchrun's
     process group when started by torchrun; the one process, or rank 0, prints the table."""
+    from ..experiments._shards import refuse_under_torchrun
     from ..training.distributed import in_torchrun, init_distributed, shutdown
 
+    refuse_under_torchrun(args.shard, args.merge, in_torchrun())  # on every rank, before any joins the group
     dist = init_distributed("cpu", timeout_s=RANK_TIMEOUT_S) if in_torchrun() else None  # coordination only
     try:
         res = run(*params, **kwargs, shard=args.shard, merge=args.merge, dist=dist)

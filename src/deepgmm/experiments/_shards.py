@@ -40,7 +40,7 @@ from ._store import FIGURES_DIR, PREDICTIONS_DIR, RESULTS_FILE, SCORE_KEYS, SHAR
 
 __all__ = ["SHARDS_DIR", "MODELS_DIR", "parse_shard", "shard_name", "shard_folder", "balance", "find_shards",
            "check_shard_set", "check_shards", "absorb", "take_in", "Taken", "send_plan", "receive_plan", "gather",
-           "check_split", "shard_template"]
+           "check_split", "refuse_under_torchrun", "shard_template"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +72,23 @@ def shard_folder(out: str | Path, i: int, n: int) -> Path:
     return Path(out) / SHARDS_DIR / shard_name(i, n)
 
 
+def refuse_under_torchrun(shard: Any, merge: bool, under_torchrun: bool) -> None:
+    """Raise ``ValueError`` where ``--shard`` or ``--merge`` is given to a job of several torchrun
+    processes. Every rank checks this before it joins the process group, so that each one stops
+    with this message instead of waiting for (or losing) a peer that stopped."""
+    if shard is not None and under_torchrun:
+        raise ValueError("--shard and torchrun exclude each other: under torchrun the processes share the work "
+                         "themselves; --shard I/N is for jobs started without torchrun (e.g. an array job)")
+    if merge and under_torchrun:
+        raise ValueError("--merge runs in one process, not under torchrun")
+
+
 def check_split(shard: Any, dist: DistInfo | None, *, merge: bool, overwrite: bool) -> tuple[int, int] | None:
     """Check ``shard`` (None or I/N), the torchrun job ``dist`` and ``merge`` together; returns (I, N) or None."""
     share = parse_shard(shard) if shard is not None else None
-    under_torchrun = dist is not None and dist.world_size > 1
-    if share is not None and under_torchrun:
-        raise ValueError("--shard and torchrun exclude each other: under torchrun the processes share the work "
-                         "themselves; --shard I/N is for jobs started without torchrun (e.g. an array job)")
+    refuse_under_torchrun(share, merge, dist is not None and dist.world_size > 1)
     if merge and share is not None:
         raise ValueError("--merge and --shard exclude each other: run the shards with --shard I/N, then once --merge")
-    if merge and under_torchrun:
-        raise ValueError("--merge runs in one process, not under torchrun")
     if merge and overwrite:
         raise ValueError("--merge and --overwrite exclude each other (--overwrite would clear the shards)")
     return share
