@@ -21,7 +21,7 @@ DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg")
 METHODS: tuple[str, ...] = EM_METHODS + DEEP_METHODS
 # peers run next to them by deepgmm brain (experiments.peers; the extra "peers")
 PEER_METHODS: tuple[str, ...] = ("atropos", "atropos_n4", "dipy_hmrf", "sklearn_gmm")
-# deepgmm's documented setting for T1 brain volumes, a method of deepgmm brain (experiments.brain.BRAIN_SETTINGS)
+# deepgmm's documented settings for T1 brain volumes, methods of deepgmm brain (experiments.brain.BRAIN_PRESET_SETTINGS)
 BRAIN_PRESETS: tuple[str, ...] = ("deepgmm_brain", "deepgmm_brain4")
 # the mixture behind each deep method: global weights (GMM) or per-pixel weights (SVGMM)
 MIXTURES: tuple[str, ...] = ("gmm", "svgmm")
