@@ -108,7 +108,7 @@ def run_one(case, name: str) -> dict:
     t0 = time.perf_counter()
     image = n4(image, case.mask, case.spacing) if use_n4 else image
     seg = segment(image, case.mask, n_components=len(tissues), order="mean", spacing=case.spacing,
-                  gaussians_per_class=None if tissues == (1, 1, 1) else tissues, **opts)
+                  gaussians_per_class=tissues, **opts)
     seconds = time.perf_counter() - t0
     labels = seg.labels
     ev = evaluate(labels, case.truth, labels=[1, 2, 3], names=["CSF", "GM", "WM"], matching="none",

@@ -112,6 +112,17 @@ class _FieldMixin:
     """The bias-field and prior-map EM on top of :class:`deepgmm.mixture._BaseMixture` (see the module)."""
 
     # ------------------------------------------------------------------ setup
+    def _keep_field_params(self, bias_field: Any, spacing: Any, prior_maps: Any, prior_weight: float,
+                           bias_model: str, bias_penalty: float, bias_guard: float) -> None:
+        """Store the field parameters as given (scikit-learn's rule: ``__init__`` only keeps them)."""
+        self.bias_field = bias_field
+        self.spacing = spacing
+        self.prior_maps = prior_maps
+        self.prior_weight = prior_weight
+        self.bias_model = bias_model
+        self.bias_penalty = bias_penalty
+        self.bias_guard = bias_guard
+
     def _setup_fields(self, X: Any, mask: Any) -> None:
         self._degree = parse_degree(self.bias_field)
         check_choice("bias_model", self.bias_model, BIAS_MODELS)
@@ -380,13 +391,7 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
                          device=device, dtype=dtype, chunk_size=chunk_size)
-        self.bias_field = bias_field
-        self.spacing = spacing
-        self.prior_maps = prior_maps
-        self.prior_weight = prior_weight
-        self.bias_model = bias_model
-        self.bias_penalty = bias_penalty
-        self.bias_guard = bias_guard
+        self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard)
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldGaussianMixture":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
@@ -416,13 +421,7 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
                          device=device, dtype=dtype, chunk_size=chunk_size, smooth_sigma=smooth_sigma)
-        self.bias_field = bias_field
-        self.spacing = spacing
-        self.prior_maps = prior_maps
-        self.prior_weight = prior_weight
-        self.bias_model = bias_model
-        self.bias_penalty = bias_penalty
-        self.bias_guard = bias_guard
+        self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard)
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldSpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""

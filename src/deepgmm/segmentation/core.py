@@ -364,7 +364,7 @@ def segment(
     if spacing is not None:
         settings, widths_given = _widths_to_voxels(settings, spacing)
     if photo is not None:
-        _check_photo_settings(settings, bias_field, prior_units, method, spatial)
+        _apply_photo_settings(settings, bias_field, prior_units, method, spatial)
     if counts is not None:
         _check_merge_settings(settings, prior_maps, spare_classes)
         order_by = order_by or ("mean", 0)
@@ -451,7 +451,7 @@ def _check_merge_settings(settings: dict[str, Any], prior_maps: Any, spare_class
                          "every fitted Gaussian a class; drop one of the two")
 
 
-def _check_photo_settings(settings: dict[str, Any], bias_field: Any, prior_units: str, method: str,
+def _apply_photo_settings(settings: dict[str, Any], bias_field: Any, prior_units: str, method: str,
                           spatial: tuple[int, ...]) -> None:
     """Refuse what a photograph's features cannot take; give the SVGMM its width for photographs
     (:data:`PHOTO_SMOOTH_FRACTION` of the shorter side, in pixels) unless ``smooth_sigma`` was given."""
