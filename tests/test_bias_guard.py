@@ -176,3 +176,79 @@ def test_guard_also_applies_when_max_iter_ends_a_stage():
         merged_stops += (weak < 0.5 * ref) and not fits[0].converged_
         assert guarded >= 0.5 * ref * 0.99
     assert merged_stops > 0
+
+
+# ----------------------------------------------------------------------------- segment() and the CLI
+def _dice_of_labels(labels, truth):
+    """Dice per class of ``labels`` (1..3, classes ordered by mean) against ``truth`` (0..2)."""
+    return np.array([2 * np.sum((labels == k + 1) & (truth == k)) / (np.sum(labels == k + 1) + np.sum(truth == k))
+                     for k in range(3)])
+
+
+def test_segment_passes_guard_and_penalty_to_the_field_fit():
+    from deepgmm import segment
+
+    img, truth, mask = _shells()
+    free = segment(img[None], mask, method="gmm", n_components=3, bias_field=2, bias_guard=0.0, order="mean")
+    guarded = segment(img[None], mask, method="gmm", n_components=3, bias_field=2, order="mean")
+    assert free.model.bias_guard == 0.0 and guarded.model.bias_guard == 0.5
+    assert free.settings["bias_field"]["bias_guard"] == 0.0 and guarded.settings["bias_field"]["bias_guard"] == 0.5
+    assert guarded.settings["bias_field"]["bias_penalty"] == 0.0
+    assert "bias_guard" not in free.settings  # recorded with the field, not as an estimator option
+    assert _dice_of_labels(free.labels[mask], truth[mask]).min() < 0.2
+    assert _dice_of_labels(guarded.labels[mask], truth[mask]).min() > 0.7
+    v, _, _ = _biased(seed=6, noise=0.05)
+    spread = [np.log(segment(v[None], None, method="svgmm", n_components=3, bias_field=2, bias_penalty=p,
+                             smooth_sigma=2.0).bias_field).std() for p in (0.0, 1e4)]
+    assert spread[1] < 0.2 * spread[0]  # the penalty shrinks the field
+
+
+def test_segment_passes_the_penalty_to_the_deep_methods_field_stage():
+    from deepgmm import segment
+
+    v, _, _ = _biased(seed=6, noise=0.05, shape=(16, 20, 16))
+    fits = [segment(v[None], None, method="deepg", n_components=3, bias_field=2, max_steps=1, pretrain_steps=1, **kw)
+            for kw in ({}, {"bias_penalty": 1e4})]
+    assert [f.settings["bias_field"]["fitted_by"] for f in fits] == ["svgmm", "svgmm"]
+    assert [f.settings["bias_field"]["bias_penalty"] for f in fits] == [0.0, 1e4]
+    assert fits[0].settings["bias_field"]["bias_guard"] == 0.0  # the SVGMM stage's default
+    assert np.log(fits[1].bias_field).std() < 0.2 * np.log(fits[0].bias_field).std()
+
+
+@pytest.mark.parametrize("kw", [dict(bias_guard=0.5), dict(bias_penalty=1.0), dict(bias_guard=0.2, bias_penalty=1.0)])
+def test_segment_refuses_field_tuning_without_a_field(kw):
+    from deepgmm import segment
+
+    img, _, mask = _shells(n=12)
+    with pytest.raises(ValueError, match="give bias_field"):
+        segment(img[None], mask, method="gmm", n_components=3, **kw)
+
+
+def test_cli_bias_guard_and_penalty(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from _helpers import check_error
+    from deepgmm.cli import main
+
+    img, truth, mask = _shells()
+    nib.save(nib.Nifti1Image(img.astype(np.float32), np.eye(4)), tmp_path / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), tmp_path / "mask.nii.gz")
+    base = ["segment", tmp_path / "t1.nii.gz", "--mask", tmp_path / "mask.nii.gz", "--method", "gmm", "-k", "3",
+            "--order", "mean"]
+    dice = {}
+    for guard in ("0", "0.5"):
+        out = tmp_path / f"g{guard}"
+        rc = main([str(a) for a in base] + ["--bias-field", "2", "--bias-guard", guard, "--bias-penalty", "0.5",
+                                            "--out", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        record = json.loads((out / "summary.json").read_text())["settings"]["bias_field"]
+        assert record["bias_guard"] == float(guard) and record["bias_penalty"] == 0.5
+        labels = np.asarray(nib.load(out / "labels.nii.gz").dataobj)
+        dice[guard] = _dice_of_labels(labels[mask], truth[mask]).min()
+    assert dice["0"] < 0.2 < 0.7 < dice["0.5"]
+    check_error(capsys, base + ["--bias-guard", "0.5", "--out", tmp_path / "e1"], "--bias-field")
+    check_error(capsys, base + ["--bias-field", "2", "--bias-guard", "1.5", "--out", tmp_path / "e2"], "--bias-guard", "<= 1")
+    check_error(capsys, base + ["--bias-field", "2", "--bias-penalty", "-1", "--out", tmp_path / "e3"],
+                "--bias-penalty")

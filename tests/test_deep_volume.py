@@ -14,7 +14,7 @@ import torch
 from _helpers import two_region_image
 from deepgmm import segment
 from deepgmm.deep import DeepG, DeepSVG
-from deepgmm.deep.estimator import FIT_LOSSES
+from deepgmm.choices import FIT_LOSSES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,3 +111,32 @@ def test_tensor_input_is_accepted():
     est = DeepSVG(n_components=2, fit_scale=2, fit_loss="full", readout_em=2, **FAST)
     est.fit(torch.from_numpy(img), torch.from_numpy(mask))
     assert est.labels_.shape == mask.shape
+
+
+def test_cli_flags_reach_the_fit(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from _helpers import check_error
+    from deepgmm.cli import main
+
+    img, mask = two_region_image((24, 20, 22))
+    nib.save(nib.Nifti1Image(img[0].astype(np.float32), np.eye(4)), tmp_path / "x.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), np.eye(4)), tmp_path / "m.nii.gz")
+    base = ["segment", str(tmp_path / "x.nii.gz"), "--mask", str(tmp_path / "m.nii.gz"), "-k", "2",
+            "--method", "deepsvg", "--spare-classes", "0", "--fit-scale", "2", "--network", "tiny", "--max-steps", "4",
+            "--pretrain-steps", "2", "--order", "mean"]
+    gaps = {}
+    for n in ("0", "5"):
+        out = tmp_path / f"r{n}"
+        rc = main(base + ["--fit-loss", "full", "--readout-em", n, "--out", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["settings"]["fit_loss"] == "full" and summary["settings"]["readout_em"] == int(n)
+        gaps[n] = float(np.ptp(np.asarray(summary["class_means"])[:, 0]))  # image units
+    assert gaps["5"] == pytest.approx(3.0, abs=0.3) and gaps["0"] < gaps["5"]  # the read-out EM reached the fit
+    check_error(capsys, base + ["--fit-loss", "pixels", "--out", str(tmp_path / "e1")], "--fit-loss")
+    check_error(capsys, base + ["--readout-em", "-1", "--out", str(tmp_path / "e2")], "--readout-em")
+    check_error(capsys, ["segment", str(tmp_path / "x.nii.gz"), "-k", "2", "--method", "gmm", "--readout-em", "2",
+                         "--out", str(tmp_path / "e3")], "--readout-em")

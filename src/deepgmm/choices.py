@@ -12,7 +12,7 @@ __all__ = [
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
     "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS", "COLOUR_SPACES", "FEATURES",
-    "BSDS_PEER_METHODS",
+    "BSDS_PEER_METHODS", "FIT_LOSSES",
 ]
 
 # segment(method=...): EM mixtures and their deep counterparts
@@ -56,6 +56,9 @@ COLOUR_SPACES: tuple[str, ...] = ("rgb", "lab")
 # what segment() fits: the channels as given, a photograph's features (colour + position,
 # preprocess.photo_features), or "auto": a photograph's features for 8-bit RGB (3-channel 2D) input
 FEATURES: tuple[str, ...] = ("auto", "channels", "photo")
+# deep fits on a coarser grid (fit_scale > 1): what the NLL steps score, the grid's block means or
+# the full-resolution pixels of the window through the interpolated logits
+FIT_LOSSES: tuple[str, ...] = ("grid", "full")
 # peers run next to deepgmm's methods by deepgmm bsds (experiments.bsds_peers; k-means and
 # scikit-learn's GaussianMixture need the extra "peers", Kim & Kanezaki (2020) only torch)
 BSDS_PEER_METHODS: tuple[str, ...] = ("kmeans", "kmeans_xy", "sklearn_gmm", "kim_kanezaki")

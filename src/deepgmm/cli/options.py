@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS,
-                       FEATURES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
+                       FEATURES, FIT_LOSSES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
            "parse_fit_scale", "parse_n_components"]
@@ -201,6 +201,12 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "divided by the field of an SVGMM fitted first; written as bias_field.nii.gz (or .npy) beside the "
                   "labels (default: none)",
                   metavar="polyD"),
+    SegmentOption("--bias-guard", "bias_guard", float, "with --bias-field: fit without the field first and undo a "
+                  "field degree that brings two classes closer than G times their field-free separation, in [0, 1] "
+                  "(0: off; default: gmm 0.5, svgmm and the deep methods' svgmm stage 0)", minimum=0.0, metavar="G"),
+    SegmentOption("--bias-penalty", "bias_penalty", float, "with --bias-field: weight of a Gaussian prior that keeps "
+                  "the log field's values near 0, so that a weak field is preferred (default 0: none)", minimum=0.0,
+                  metavar="P"),
     SegmentOption("--prior-maps", "prior_maps", _file_list, "EM: per-voxel class prior maps, one file per class "
                   "(K files of the image's shape; class k of the output is map k): Atropos' prior probability "
                   "images, SPM's tissue probability maps", metavar="F1,F2,...", methods=EM_METHODS),
@@ -213,6 +219,13 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "image of up to 160x160 (25600) pixels as it is, a larger one on at most 16384 (128x128) pixels "
                   "(a 481x321 photograph: S=4), a volume on at most 65536 voxels", metavar="S",
                   methods=DEEP_METHODS),
+    SegmentOption("--fit-loss", "fit_loss", str, "deep, with a --fit-scale above 1: what the NLL steps score, the "
+                  "grid's block means (grid, default) or the full-resolution pixels through the interpolated "
+                  "network output (full: slower, keeps thin structures that block means blur; docs/deep.md)",
+                  choices=FIT_LOSSES, methods=DEEP_METHODS),
+    SegmentOption("--readout-em", "readout_em", int, "deep, with a --fit-scale above 1: EM iterations at full "
+                  "resolution after the fit, the network's soft labels kept as per-pixel weights (default 0)",
+                  minimum=0, metavar="N", methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

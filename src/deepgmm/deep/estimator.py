@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import mixture as em
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
-from ..choices import DEEP_INITS
+from ..choices import DEEP_INITS, FIT_LOSSES
 from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
@@ -72,9 +72,6 @@ SCALED_MAX_STEPS = 40
 """``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
 
 
-FIT_LOSSES = ("grid", "full")
-"""``fit_loss``: where the NLL steps of a ``fit_scale > 1`` fit score the network: on the grid's block
-means, or on the window's pixels through the interpolated logits (the read-out's mixture)."""
 
 
 def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:

@@ -27,7 +27,7 @@ from ..preprocess import PHOTO_COLOUR_SPACE, PHOTO_POSITION_WEIGHT, PHOTO_SMOOTH
 from ..smoothing import as_spacing, widths_to_voxels
 from ..units import PRIOR_SETTINGS, ChannelScaling
 from .merge import merge_fit, parse_gaussians_per_class
-from .fields import DEEP_FIELD_METHOD, field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
+from .fields import field_request, fit_em_with_fields, normalise_field, prepare_image, uncentre
 from .methods import METHODS
 from .order import class_permutation, parse_order, permute_fit
 from .result import MethodFit, Segmentation
@@ -533,9 +533,7 @@ def _settings_record(settings: dict[str, Any], fit: MethodFit, plain: dict[str, 
         record.update(spacing=list(spacing), widths_mm={k: list(v) if isinstance(v, tuple) else v
                                                         for k, v in widths_given.items()})
     if fields is not None:
-        record.update(fields.record())
-        if fields.degree is not None:
-            record["bias_field"]["fitted_by"] = method if method in EM_METHODS else DEEP_FIELD_METHOD
+        record.update(fields.record(method))
     return record
 
 

@@ -29,8 +29,9 @@ class-order prior.
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -43,29 +44,39 @@ from ..field_em import FieldGaussianMixture, FieldSpatiallyVariantGMM
 from ..mixture import EM_IMAGE_DEFAULTS
 from .result import MethodFit
 
-__all__ = ["DEEP_FIELD_METHOD", "FieldRequest", "field_request", "fit_em_with_fields", "deep_bias_correction", "multiplicative_field",
+__all__ = ["DEEP_FIELD_METHOD", "FIELD_TUNING", "FieldRequest", "field_request", "fit_em_with_fields", "deep_bias_correction", "multiplicative_field",
            "prepare_image", "uncentre", "normalise_field"]
 
 _ESTIMATORS = {"gmm": FieldGaussianMixture, "svgmm": FieldSpatiallyVariantGMM}
 DEEP_FIELD_METHOD = "svgmm"
 """The EM method whose field the deep methods' image is divided by."""
+FIELD_TUNING = ("bias_guard", "bias_penalty")
+"""Options of ``segment()`` that tune the field's fit (:class:`deepgmm.field_em.FieldGaussianMixture`);
+they need ``bias_field``, and reach the deep methods' SVGMM stage too."""
 
 
 @dataclass(frozen=True)
 class FieldRequest:
     """What ``segment()`` was asked for: the field's degree (None: no field), the prior maps
-    ``(K, *spatial)`` float64 (None: none), their weight and the voxel sizes (None: 1 each)."""
+    ``(K, *spatial)`` float64 (None: none), their weight, the voxel sizes (None: 1 each) and the
+    field's tuning options given (:data:`FIELD_TUNING`; the estimator's defaults otherwise)."""
 
     degree: int | None
     prior_maps: np.ndarray | None
     prior_weight: float
     spacing: tuple[float, ...] | None
+    tuning: dict[str, float] = dataclass_field(default_factory=dict)
 
-    def record(self) -> dict[str, Any]:
-        """The JSON-ready part of ``Segmentation.settings``."""
+    def record(self, method: str) -> dict[str, Any]:
+        """The JSON-ready part of ``Segmentation.settings`` for a fit by ``method``: the field's
+        degree, voxel sizes, the method that fitted it and its tuning options (given or default)."""
         out: dict[str, Any] = {}
         if self.degree is not None:
-            out["bias_field"] = {"degree": self.degree, "spacing": None if self.spacing is None else list(self.spacing)}
+            fitted_by = method if method in EM_METHODS else DEEP_FIELD_METHOD
+            defaults = inspect.signature(_ESTIMATORS[fitted_by]).parameters
+            out["bias_field"] = {"degree": self.degree, "spacing": None if self.spacing is None else list(self.spacing),
+                                 "fitted_by": fitted_by,
+                                 **{k: self.tuning.get(k, defaults[k].default) for k in FIELD_TUNING}}
         if self.prior_maps is not None:
             out["prior_maps"] = {"n_maps": int(self.prior_maps.shape[0]), "weight": self.prior_weight}
         return out
@@ -85,9 +96,13 @@ def _load_maps(prior_maps: Any) -> np.ndarray:
 def field_request(bias_field: Any, prior_maps: Any, prior_weight: Any, *, method: str, n_components: int,
                   spatial: tuple[int, ...], spacing: tuple[float, ...] | None, order_by: Any,
                   spare_classes: int | None, settings: dict[str, Any], prior_units: str) -> FieldRequest | None:
-    """Check ``segment()``'s field options against the rest; None when neither is asked for."""
+    """Check ``segment()``'s field options against the rest; None when neither is asked for. The
+    field's tuning options (:data:`FIELD_TUNING`) are taken out of ``settings`` into the request."""
     degree = parse_degree(bias_field)
     w = check_float("prior_weight", prior_weight, minimum=0.0, maximum=1.0)
+    tuning = {k: settings.pop(k) for k in FIELD_TUNING if k in settings}
+    if tuning and degree is None:
+        raise ValueError(f"{' and '.join(tuning)} tune(s) the bias field's fit: give bias_field (a degree) as well")
     if degree is None and prior_maps is None:
         return None
     maps = None
@@ -107,7 +122,7 @@ def field_request(bias_field: Any, prior_maps: Any, prior_weight: Any, *, method
             raise ValueError("spare_classes cannot be combined with prior_maps: the maps fix the classes")
         if settings.get("means_init") is not None or settings.get("init") == "means":
             raise ValueError("prior_maps start the fit themselves: drop means_init / init='means'")
-    return FieldRequest(degree, maps, w, spacing)
+    return FieldRequest(degree, maps, w, spacing, tuning)
 
 
 def uncentre(img: torch.Tensor, norm_info: dict[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any] | None]:
@@ -128,7 +143,7 @@ def fit_em_with_fields(method: str, image: torch.Tensor, mask: torch.Tensor, set
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for this method; valid: {', '.join(cls._param_names())}")
     m = mask.numpy()
-    est = cls(**settings, bias_field=req.degree, spacing=req.spacing,
+    est = cls(**settings, **req.tuning, bias_field=req.degree, spacing=req.spacing,
               prior_maps=None if req.prior_maps is None else req.prior_maps[:, m].T,
               prior_weight=req.prior_weight).fit(image[:, mask].T, mask=m)
     weights = est.weights_ if est.weights_.ndim == 1 else est.weights_.mean(0)
@@ -159,7 +174,8 @@ def deep_bias_correction(img: torch.Tensor, region: torch.Tensor, req: FieldRequ
     z, _ = uncentre(torch.from_numpy(z), info)
     opts = dict(EM_IMAGE_DEFAULTS[DEEP_FIELD_METHOD], n_components=n_components, random_state=settings.get("random_state"),
                 device=settings.get("device", "cpu"))
-    fit = fit_em_with_fields(DEEP_FIELD_METHOD, z, region, opts, FieldRequest(req.degree, None, 1.0, req.spacing))
+    fit = fit_em_with_fields(DEEP_FIELD_METHOD, z, region, opts,
+                             FieldRequest(req.degree, None, 1.0, req.spacing, req.tuning))
     field = multiplicative_field(fit.model.bias_field_, region.numpy())
     corrected = img / torch.from_numpy(field).to(img.dtype)
     return corrected, field
