@@ -566,27 +566,27 @@ def test_mu_prior_from_a_file(tmp_path):
         DeepSVG(n_components=3, mu_prior=str(tmp_path / "missing.txt")).fit(img)
 
 
+@pytest.mark.slow
 def test_spare_class_lets_deepsvg_find_the_phantoms_edema():
     """On the demo phantom (deepgmm demo's default), deepSVG's default spare class frees a class for
-    edema: without it, edema is lost (docs/deep.md, "A spare class")."""
+    edema: over five seeds it finds edema (Dice > 0.3) in most fits, without it in hardly any
+    (docs/deep.md, "A spare class"). One fit is not enough: which optimum a fit ends in depends on
+    the seed and, through the order of the kernels' sums, on the thread count (conftest: one)."""
     from deepgmm.phantom import make_phantom
 
     ph = make_phantom()
-    scores = {}
-    # the fit depends on the threads' summation order: with one thread edema is lost with and without
-    # the spare class; two threads (the CI machine's and torch's default here) are pinned so the test
-    # checks the same fit on every machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    edema: dict[object, list[float]] = {None: [], 0: []}
+    means: dict[object, list[float]] = {None: [], 0: []}
+    for seed in range(5):
         for spare in (None, 0):
-            seg = segment(ph.image, ph.mask, method="deepsvg", n_components=4, spare_classes=spare)
+            seg = segment(ph.image, ph.mask, method="deepsvg", n_components=4, spare_classes=spare, random_state=seed)
             assert seg.probabilities.shape[0] == 4 and set(np.unique(seg.labels[ph.mask > 0])) <= {1, 2, 3, 4}
-            scores[spare] = evaluate(seg.labels, ph.labels, labels=[1, 2, 3, 4]).dice
-    finally:
-        torch.set_num_threads(threads)
-    assert scores[None][3] > 0.3 and scores[0][3] < 0.1, scores  # label 3: edema
-    assert np.mean(list(scores[None].values())) > np.mean(list(scores[0].values())) + 0.05
+            dice = evaluate(seg.labels, ph.labels, labels=[1, 2, 3, 4]).dice
+            edema[spare].append(dice[3])  # label 3: edema
+            means[spare].append(float(np.mean(list(dice.values()))))
+    found = {k: sum(v > 0.3 for v in vals) for k, vals in edema.items()}
+    assert found[None] >= 3 and found[0] <= 1, edema
+    assert np.median(means[None]) > np.median(means[0]) + 0.05, means
 
 
 # ---------------------------------------------------------------- scikit-learn-style prediction
