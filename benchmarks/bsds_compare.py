@@ -1,0 +1,55 @@
+"""Each method of a ``deepgmm bsds`` run against one reference method, image by image: on how many
+images it is ahead on PRI, VoI and covering, the paired Wilcoxon signed-rank p-value of each
+difference, and the median over the images of the reference's seconds divided by the method's
+(how many times faster it is, both timed within the same run).
+
+    python benchmarks/bsds_compare.py bsds-val-all/results.json --reference kim_kanezaki
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+# metric: +1 where higher is better, -1 where lower is better
+METRICS = {"pri": 1, "voi": -1, "covering": 1}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", type=Path, help="results.json of a deepgmm bsds run")
+    ap.add_argument("--reference", default="kim_kanezaki")
+    args = ap.parse_args()
+    records = json.loads(args.results.read_text())["records"]
+    by: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        by[r["method"]][str(r["image"])] = r
+    if args.reference not in by:
+        raise SystemExit(f"no records of {args.reference!r} in {args.results}; methods: {', '.join(by)}")
+    ref = by[args.reference]
+    print(f"{args.results}: each method against {args.reference}, on the images both have")
+    head = " | ".join(f"ahead on {m} (p)" for m in METRICS)
+    print(f"| method | images | {head} | x faster (median per image) |")
+    print("|---|---|" + "---|" * len(METRICS) + "---|")
+    for method, rows in by.items():
+        if method == args.reference:
+            continue
+        cases = sorted(set(rows) & set(ref))
+        cells = []
+        for metric, sign in METRICS.items():
+            diff = sign * (np.array([rows[c][metric] for c in cases]) - np.array([ref[c][metric] for c in cases]))
+            p = wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0
+            cells.append(f"{int(np.sum(diff > 0))} ({p:.1g})")
+        speed = statistics.median(ref[c]["seconds"] / rows[c]["seconds"] for c in cases)
+        print(f"| {method} | {len(cases)} | " + " | ".join(cells) + f" | {speed:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
