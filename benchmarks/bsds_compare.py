@@ -4,6 +4,9 @@ difference, and the median over the images of the reference's seconds divided by
 (how many times faster it is, both timed within the same run).
 
     python benchmarks/bsds_compare.py bsds-val-all/results.json --reference kim_kanezaki
+
+``--reference-from`` takes the reference's records from other runs' ``results.json`` instead (e.g.
+Kim & Kanezaki at full resolution on some of the images); the seconds then come from different runs.
 """
 
 from __future__ import annotations
@@ -25,29 +28,41 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", type=Path, help="results.json of a deepgmm bsds run")
     ap.add_argument("--reference", default="kim_kanezaki")
+    ap.add_argument("--reference-from", type=Path, nargs="+", help="results.json files holding the reference")
     args = ap.parse_args()
     records = json.loads(args.results.read_text())["records"]
     by: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in records:
-        by[r["method"]][str(r["image"])] = r
+        if not (args.reference_from and r["method"] == args.reference):
+            by[r["method"]][str(r["image"])] = r
+    for path in args.reference_from or ():
+        for r in json.loads(path.read_text())["records"]:
+            if r["method"] == args.reference:
+                by[r["method"]][str(r["image"])] = r
     if args.reference not in by:
         raise SystemExit(f"no records of {args.reference!r} in {args.results}; methods: {', '.join(by)}")
     ref = by[args.reference]
-    print(f"{args.results}: each method against {args.reference}, on the images both have")
+    source = " ".join(str(p) for p in args.reference_from) if args.reference_from else args.results
+    print(f"{args.results}: each method against {args.reference} (from {source}), on the images both have")
+    means = {m: np.mean([ref[c][m] for c in ref]) for m in METRICS}
+    print(f"{args.reference}: {len(ref)} images, mean " + ", ".join(f"{m} {v:.3f}" for m, v in means.items()))
     head = " | ".join(f"ahead on {m} (p)" for m in METRICS)
-    print(f"| method | images | {head} | x faster (median per image) |")
-    print("|---|---|" + "---|" * len(METRICS) + "---|")
+    print(f"| method | images | mean {' / '.join(METRICS)} | {head} | x faster (median per image) |")
+    print("|---|---|---|" + "---|" * len(METRICS) + "---|")
     for method, rows in by.items():
         if method == args.reference:
             continue
         cases = sorted(set(rows) & set(ref))
+        if not cases:
+            continue
         cells = []
         for metric, sign in METRICS.items():
             diff = sign * (np.array([rows[c][metric] for c in cases]) - np.array([ref[c][metric] for c in cases]))
             p = wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0
             cells.append(f"{int(np.sum(diff > 0))} ({p:.1g})")
         speed = statistics.median(ref[c]["seconds"] / rows[c]["seconds"] for c in cases)
-        print(f"| {method} | {len(cases)} | " + " | ".join(cells) + f" | {speed:.1f} |")
+        own = " / ".join(f"{np.mean([rows[c][m] for c in cases]):.3f}" for m in METRICS)
+        print(f"| {method} | {len(cases)} | {own} | " + " | ".join(cells) + f" | {speed:.1f} |")
     return 0
 
 
