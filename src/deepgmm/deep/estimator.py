@@ -72,8 +72,6 @@ SCALED_MAX_STEPS = 40
 """``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
 
 
-
-
 def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:
     """The block size ``fit_scale="auto"`` picks for a window of spatial ``shape``: the smallest
     integer ``s >= 1`` whose grid ``ceil(shape / s)`` has at most ``max_voxels`` pixels. ``max_voxels``
