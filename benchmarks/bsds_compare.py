@@ -6,7 +6,8 @@ difference, and the median over the images of the reference's seconds divided by
     python benchmarks/bsds_compare.py bsds-val-all/results.json --reference kim_kanezaki
 
 ``--reference-from`` takes the reference's records from other runs' ``results.json`` instead (e.g.
-Kim & Kanezaki at full resolution on some of the images); the seconds then come from different runs.
+Kim & Kanezaki at full resolution on some of the images); the seconds then come from different runs,
+and this run's own records of the reference method are compared as "<method> (this run)".
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ def main() -> int:
     args = ap.parse_args()
     records = json.loads(args.results.read_text())["records"]
     by: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in records:
-        if not (args.reference_from and r["method"] == args.reference):
-            by[r["method"]][str(r["image"])] = r
+    for r in records:  # with --reference-from, this run's own reference rows are compared as a method
+        own = args.reference_from and r["method"] == args.reference
+        by[f"{r['method']} (this run)" if own else r["method"]][str(r["image"])] = r
     for path in args.reference_from or ():
         for r in json.loads(path.read_text())["records"]:
             if r["method"] == args.reference:
