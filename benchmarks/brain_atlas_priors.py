@@ -7,7 +7,10 @@ in world coordinates, then warps the atlas' one-hot CSF/GM/WM maps at full resol
 interpolation). The mean of the warped maps, floored at ``--floor`` and renormalised over the three
 tissues inside the target's mask, is the target's prior: class k of every fit is map k (CSF, GM,
 WM), so the labels need no ordering or matching. The priors are cached as ``.npz`` under
-``--cache`` (derived from IBSR: keep the folder outside the repository).
+``--cache`` and written there as ``IBSR_NN_priors.nii.gz`` (the maps on a 4th axis, the subject's
+affine), the files ``deepgmm brain ibsr --methods deepgmm_brain_priors,atropos_priors --options
+'{"deepgmm_brain_priors": {"priors": DIR}, "atropos_priors": {"priors": DIR}}'`` reads (derived
+from IBSR: keep the folder outside the repository).
 
 Rows: the atlas alone (the argmax of the priors), each configuration without priors (classes by
 mean T1, as the brain runner) and with the priors at each weight (``segment(prior_maps=...,
@@ -33,6 +36,7 @@ import numpy as np
 
 from deepgmm import segment
 from deepgmm.datasets import ibsr
+from deepgmm.experiments.priors import PRIORS_SUFFIX
 
 TRAIN = (1, 4, 6, 8, 16)
 HELD_OUT = (3, 5, 7, 9, 18)
@@ -137,6 +141,11 @@ def main() -> int:
             priors = atlas_priors(ants, vol, [v for s, v in atlas_vols.items() if s != t], args.floor)
             reg_seconds = time.perf_counter() - t0
             np.savez_compressed(cache, priors=priors, seconds=reg_seconds)
+        nifti = args.cache / f"{vol.name}{PRIORS_SUFFIX}"  # what deepgmm brain's prior methods read
+        if not nifti.exists():
+            import nibabel as nib
+
+            nib.save(nib.Nifti1Image(np.moveaxis(priors, 0, -1), vol.affine), nifti)
         print(f"IBSR_{t:02d}: priors from {len([s for s in TRAIN if s != t])} atlases in {reg_seconds:.0f} s", flush=True)
         if args.priors_only:
             continue

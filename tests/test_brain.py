@@ -165,9 +165,9 @@ def test_brain_preset_runs_the_documented_setting_in_mm(synth, tmp_path, monkeyp
     seg_settings = {}
     real = brain._cases.segment_fit
 
-    def spy(dataset, case, method, seed, options):
+    def spy(dataset, case, method, seed, options, **kw):
         seg_settings.update(options, method=method)
-        return real(dataset, case, method, seed, options)
+        return real(dataset, case, method, seed, options, **kw)
 
     monkeypatch.setattr(brain._cases, "segment_fit", spy)
     brain.brain_preset_fit(brain.ibsr_dataset(synth), brain.load_ibsr(synth, [1])[0], "deepgmm_brain", 0,

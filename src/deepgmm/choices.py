@@ -12,7 +12,7 @@ __all__ = [
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
     "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS", "COLOUR_SPACES", "FEATURES",
-    "BSDS_PEER_METHODS", "FIT_LOSSES",
+    "BSDS_PEER_METHODS", "FIT_LOSSES", "PRIOR_METHODS",
 ]
 
 # segment(method=...): EM mixtures and their deep counterparts
@@ -20,9 +20,11 @@ EM_METHODS: tuple[str, ...] = ("gmm", "svgmm")
 DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg")
 METHODS: tuple[str, ...] = EM_METHODS + DEEP_METHODS
 # peers run next to them by deepgmm brain (experiments.peers; the extra "peers")
-PEER_METHODS: tuple[str, ...] = ("atropos", "atropos_n4", "dipy_hmrf", "sklearn_gmm")
+PEER_METHODS: tuple[str, ...] = ("atropos", "atropos_n4", "atropos_priors", "dipy_hmrf", "sklearn_gmm")
 # deepgmm's documented settings for T1 brain volumes, methods of deepgmm brain (experiments.brain.BRAIN_PRESET_SETTINGS)
-BRAIN_PRESETS: tuple[str, ...] = ("deepgmm_brain", "deepgmm_brain4")
+BRAIN_PRESETS: tuple[str, ...] = ("deepgmm_brain", "deepgmm_brain4", "deepgmm_brain_priors")
+# methods of deepgmm brain that read per-volume tissue prior maps (experiments.priors; deepgmm brain --priors DIR)
+PRIOR_METHODS: tuple[str, ...] = ("deepgmm_brain_priors", "atropos_priors")
 # the mixture behind each deep method: global weights (GMM) or per-pixel weights (SVGMM)
 MIXTURES: tuple[str, ...] = ("gmm", "svgmm")
 METHOD_MIXTURES: dict[str, str] = {"deepg": "gmm", "deepsvg": "svgmm"}

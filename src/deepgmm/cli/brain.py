@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
+from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS, PRIOR_METHODS
 from .common import (SPLIT_NAMES, add_jobs_options, add_split_options, add_store_options, add_verbosity, command_line,
                      run_experiment)
 
@@ -22,9 +22,13 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--methods", metavar="M1,M2,...",
                    help=f"methods to run, from {','.join(METHODS + BRAIN_PRESETS + PEER_METHODS)} (default: "
                         f"{','.join(EM_METHODS)}; deepgmm_brain, deepgmm_brain4: the documented settings for brains, "
-                        "docs/brain.md; "
+                        "docs/brain.md; deepgmm_brain_priors, atropos_priors: with --priors; "
                         "the deep ones take about a minute per volume on a CPU, fitted on a coarser grid; the peers need "
                         "pip install -e '.[peers]' and are skipped without it)")
+    p.add_argument("--priors", metavar="DIR",
+                   help=f"folder of per-volume tissue prior maps, <name>_priors.nii.gz (the volume's shape, CSF, GM, "
+                        f"WM on a 4th axis, e.g. from atlases registered to each subject), read by "
+                        f"{' and '.join(PRIOR_METHODS)} (docs/brain.md)")
     p.add_argument("--matching", choices=BRAIN_MATCHINGS,
                    help="how the table's first rows score the labels: none (default; labels are numbered by their "
                         "mean T1, CSF < GM < WM) or hungarian; the other one is recorded too")
@@ -57,12 +61,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-_NAMES = ["data", "out", "methods", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
+_NAMES = ["data", "out", "methods", "priors", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
           *SPLIT_NAMES]
 
 
 def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:
     command = command_line(["deepgmm", "brain", args.brain_command], args, _NAMES + list(extra.pop("flags", [])))
+    if args.priors:
+        extra["options"] = {m: {"priors": args.priors} for m in PRIOR_METHODS}
     return run_experiment(args, run, args.data, args.out, methods=args.methods, matching=args.matching,
                           seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
                           overwrite=args.overwrite, figures=args.figures, command=command, **extra)

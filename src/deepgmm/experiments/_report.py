@@ -35,6 +35,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "deepsvg_mu": "deepSVGμ",
     "atropos": "ANTs Atropos",
     "atropos_n4": "ANTs N4 + Atropos",
+    "atropos_priors": "ANTs Atropos + priors",
     "dipy_hmrf": "DIPY HMRF",
     "sklearn_gmm": "scikit-learn GMM",
     "kmeans": "k-means",

@@ -40,9 +40,10 @@ from . import cases as _cases
 from .cases import Case, DataSet, Fit
 from .fit_runner import FitExperiment, run_fit
 from .peers import PEER_FITS, unavailable
+from .priors import case_priors, priors_folder
 
 __all__ = ["BRAIN_METHODS", "DEFAULT_METHODS", "BRAIN_MATCHINGS", "SEGMENT_OPTIONS", "BRAIN_SETTINGS", "CROP_MARGIN",
-           "BRAIN_TISSUE_SETTINGS", "BRAIN_PRESET_SETTINGS", "VolumeInfo", "brain_preset_fit",
+           "BRAIN_TISSUE_SETTINGS", "BRAIN_PRIOR_SETTINGS", "BRAIN_PRESET_SETTINGS", "VolumeInfo", "brain_preset_fit",
            "ibsr_dataset", "brainweb_dataset", "ibsr_experiment", "brainweb_experiment", "run_ibsr", "run_brainweb"]
 
 BRAIN_METHODS: tuple[str, ...] = METHODS + BRAIN_PRESETS + PEER_METHODS
@@ -59,8 +60,14 @@ BRAIN_TISSUE_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0,
 (``gaussians_per_class``: how many for CSF, GM, WM), fitted as one mixture of ``sum`` Gaussians
 numbered by mean T1 and merged into the tissues in that order (:mod:`deepgmm.segmentation.merge`);
 the other keys as :data:`BRAIN_SETTINGS`. Chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md)."""
+BRAIN_PRIOR_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0, "bias_field": 2, "prior_weight": 0.5}
+"""The method ``deepgmm_brain_priors``: ``deepgmm_brain4``'s spatial settings with per-voxel tissue
+prior maps instead of several Gaussians per tissue (``options["priors"]``: the folder of
+``<name>_priors.nii.gz``, :mod:`.priors`; class k is map k, so ``order`` is not used). The weight
+was chosen on IBSR18 subjects 01 04 06 08 16 with multi-atlas priors (docs/brain.md)."""
 BRAIN_PRESET_SETTINGS: dict[str, dict[str, Any]] = {"deepgmm_brain": BRAIN_SETTINGS,
-                                                    "deepgmm_brain4": BRAIN_TISSUE_SETTINGS}
+                                                    "deepgmm_brain4": BRAIN_TISSUE_SETTINGS,
+                                                    "deepgmm_brain_priors": BRAIN_PRIOR_SETTINGS}
 """The settings of each of :data:`deepgmm.choices.BRAIN_PRESETS`."""
 CROP_MARGIN = 4
 """Voxels kept around the brain mask's bounding box."""
@@ -98,9 +105,18 @@ def brain_preset_fit(dataset: DataSet, case: Case, method: str, seed: int, optio
     """:func:`deepgmm.segment` at the preset's settings (:data:`BRAIN_PRESET_SETTINGS`, ``options`` on
     top), widths and the bias field's coordinates in mm (the case's voxel sizes)."""
     settings = dict(BRAIN_PRESET_SETTINGS[method], **options)
-    fit = _cases.segment_fit(dataset, case, settings.pop("method"), seed, dict(settings, spacing=case.spacing))
+    fixed, extra = None, {}
+    if "prior_weight" in settings:  # a preset with prior maps: they fix the class order
+        folder = priors_folder(method, settings)
+        settings["priors"] = str(settings["priors"])
+        extra = {"prior_maps": case_priors(folder, case, dataset.n_classes)}
+        fixed = {k: v for k, v in dataset.segment_options.items() if k != "order"}
+    fit_options = {k: v for k, v in settings.items() if k not in ("method", "priors")}
+    fit = _cases.segment_fit(dataset, case, settings["method"], seed, dict(fit_options, spacing=case.spacing, **extra),
+                             fixed=fixed)
     # the same record for every volume: widths in mm as given, voxel sizes from each affine
-    fit.settings.update(settings, preset=method, spacing="from the affine", widths="mm")
+    fit.settings.update({k: v for k, v in settings.items() if k != "method"}, preset=method,
+                        spacing="from the affine", widths="mm")
     return fit
 
 

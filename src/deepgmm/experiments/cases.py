@@ -115,24 +115,34 @@ def _caught(caught: Sequence[warnings.WarningMessage]) -> list[str]:
     return list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
 
 
+MAX_ARRAY_SETTING = 1024
+"""A fit's setting that is an array of more elements than this is recorded by its shape."""
+
+
 def _settings_of(seg: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved settings of a fit (its estimator's parameters), without the seed."""
     model = getattr(seg, "model", None)
     params = dict(model.get_params()) if model is not None and hasattr(model, "get_params") else dict(seg.settings)
     for k in ("random_state", "progress"):
         params.pop(k, None)
+    for k, v in params.items():  # per-voxel inputs (prior maps) are data, not settings: their shape stands in
+        if isinstance(v, np.ndarray) and v.size > MAX_ARRAY_SETTING:
+            params[k] = f"array of shape {tuple(v.shape)}"
     params.update(extra or {})
     return plain(params)
 
 
-def segment_fit(dataset: DataSet, case: Case, method: str, seed: int, options: Mapping[str, Any]) -> Fit:
-    """:func:`deepgmm.segment` of ``case`` with K = the data set's classes, its fixed settings and ``options``."""
+def segment_fit(dataset: DataSet, case: Case, method: str, seed: int, options: Mapping[str, Any],
+                fixed: Mapping[str, Any] | None = None) -> Fit:
+    """:func:`deepgmm.segment` of ``case`` with K = the data set's classes, its fixed settings
+    (``fixed``, default ``dataset.segment_options``) and ``options``."""
+    fixed = dataset.segment_options if fixed is None else fixed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seg = segment(case.image, case.mask, method=method, n_components=dataset.n_classes,
-                      random_state=seed, **dataset.segment_options, **options)
+                      random_state=seed, **fixed, **options)
     return Fit(seg.labels, float(seg.nll), float(seg.seconds), int(seg.n_iter), bool(seg.converged),
-               _settings_of(seg, dataset.segment_options), _caught(caught))
+               _settings_of(seg, fixed), _caught(caught))
 
 
 def network_fit(dataset: DataSet, model: Any, case: Case) -> Fit:

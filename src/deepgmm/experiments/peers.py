@@ -31,11 +31,13 @@ from .cases import Case, DataSet, Fit
 __all__ = ["PEER_METHODS", "PEER_PACKAGES", "PEER_FITS", "NOT_INSTALLED", "unavailable", "rank_by_mean",
            "atropos_fit", "dipy_hmrf_fit", "sklearn_gmm_fit"]
 
-PEER_PACKAGES: dict[str, str] = {"atropos": "ants", "atropos_n4": "ants", "dipy_hmrf": "dipy",
-                                 "sklearn_gmm": "sklearn"}
+PEER_PACKAGES: dict[str, str] = {"atropos": "ants", "atropos_n4": "ants", "atropos_priors": "ants",
+                                 "dipy_hmrf": "dipy", "sklearn_gmm": "sklearn"}
 """The module each peer imports."""
 NOT_INSTALLED = "skipped: not installed (pip install -e '.[peers]')"
-ATROPOS_SETTINGS: dict[str, Any] = {"i": "Kmeans[{k}]", "mrf_beta": 0.1, "c": "[5,0]"}
+ATROPOS_SETTINGS: dict[str, Any] = {"i": "Kmeans[{k}]", "mrf_beta": 0.1, "c": "[5,0]", "priorweight": 0.25}
+"""Atropos' brain settings; ``priorweight``: ``atropos_priors``' weight of the prior maps (ANTs'
+default, and the best of 0.25 and 0.5 on IBSR18's training half with multi-atlas priors)."""
 DIPY_SETTINGS: dict[str, Any] = {"beta": 0.1, "max_iter": 10}
 
 
@@ -81,14 +83,29 @@ def _fit(labels: np.ndarray, seconds: float, settings: Mapping[str, Any], caught
 
 
 def atropos_fit(dataset: DataSet, case: Case, method: str, seed: int, options: Mapping[str, Any]) -> Fit:
-    """ANTs Atropos (``method="atropos_n4"``: after N4 bias-field correction) on ``case``'s T1 in its mask."""
+    """ANTs Atropos on ``case``'s T1 in its mask: from k-means (``method="atropos_n4"``: after N4
+    bias-field correction), or ``"atropos_priors"``: from the case's prior maps
+    (``PriorProbabilityImages``, ``options["priors"]`` the folder, :mod:`.priors`; class k is map k)."""
+    from .priors import case_priors, priors_folder
+
     ants = _import("ants")
     k = dataset.n_classes
     t1, mask = _parts(case)
     spacing = tuple(float(s) for s in (case.spacing or (1.0,) * t1.ndim))
     n4 = method == "atropos_n4"
-    settings = {"peer": "ANTs Atropos", "antspyx": ants.__version__, "n4": n4, "spacing": "from the affine", "i": f"Kmeans[{k}]",
-                "m": f"[{ATROPOS_SETTINGS['mrf_beta']},{'x'.join(['1'] * t1.ndim)}]", "c": ATROPOS_SETTINGS["c"], **options}
+    options = dict(options)
+    priors = None
+    if method == "atropos_priors":
+        folder = priors_folder(method, options)
+        options.pop("priors")
+        priors = case_priors(folder, case, k)
+        options.setdefault("priorweight", ATROPOS_SETTINGS["priorweight"])
+    settings = {"peer": "ANTs Atropos", "antspyx": ants.__version__, "n4": n4, "spacing": "from the affine",
+                "i": f"Kmeans[{k}]" if priors is None else f"PriorProbabilityImages[{k}] (the case's maps)",
+                "m": f"[{ATROPOS_SETTINGS['mrf_beta']},{'x'.join(['1'] * t1.ndim)}]", "c": ATROPOS_SETTINGS["c"],
+                **options}
+    if priors is not None:
+        settings["priors"] = str(folder)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
@@ -96,9 +113,14 @@ def atropos_fit(dataset: DataSet, case: Case, method: str, seed: int, options: M
         msk = ants.from_numpy(mask.astype(np.float32), spacing=spacing)
         if n4:
             img = ants.n4_bias_field_correction(img, mask=msk)
-        res = ants.atropos(a=img, x=msk, i=settings["i"], m=settings["m"], c=settings["c"], **options)
-        raw = np.asarray(res["segmentation"].numpy()).astype(np.int64)
-        labels = rank_by_mean(raw, t1, mask, k)
+        if priors is None:
+            res = ants.atropos(a=img, x=msk, i=settings["i"], m=settings["m"], c=settings["c"], **options)
+            raw = np.asarray(res["segmentation"].numpy()).astype(np.int64)
+            labels = rank_by_mean(raw, t1, mask, k)
+        else:
+            maps = [ants.from_numpy(np.ascontiguousarray(p), spacing=spacing) for p in priors]
+            res = ants.atropos(a=img, x=msk, i=maps, m=settings["m"], c=settings["c"], **options)
+            labels = np.where(mask, np.asarray(res["segmentation"].numpy()), 0).astype(np.uint8)
         seconds = time.perf_counter() - t0
     return _fit(labels, seconds, settings, caught)
 
@@ -153,6 +175,6 @@ def sklearn_gmm_fit(dataset: DataSet, case: Case, method: str, seed: int, option
     return _fit(labels, seconds, settings, caught)
 
 
-PEER_FITS: dict[str, Callable[..., Fit]] = {"atropos": atropos_fit, "atropos_n4": atropos_fit,
+PEER_FITS: dict[str, Callable[..., Fit]] = {"atropos": atropos_fit, "atropos_n4": atropos_fit, "atropos_priors": atropos_fit,
                                             "dipy_hmrf": dipy_hmrf_fit, "sklearn_gmm": sklearn_gmm_fit}
 """The fit of each peer (the signature of :func:`.cases.segment_fit`)."""
