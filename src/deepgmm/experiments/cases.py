@@ -116,7 +116,7 @@ def _caught(caught: Sequence[warnings.WarningMessage]) -> list[str]:
 
 
 MAX_ARRAY_SETTING = 1024
-"""A fit's setting that is an array of more elements than this is recorded by its shape."""
+"""A fit's setting that is an array of more elements than this is recorded as "an array per case"."""
 
 
 def _settings_of(seg: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -125,9 +125,9 @@ def _settings_of(seg: Any, extra: Mapping[str, Any] | None = None) -> dict[str, 
     params = dict(model.get_params()) if model is not None and hasattr(model, "get_params") else dict(seg.settings)
     for k in ("random_state", "progress"):
         params.pop(k, None)
-    for k, v in params.items():  # per-voxel inputs (prior maps) are data, not settings: their shape stands in
+    for k, v in params.items():  # per-voxel inputs (prior maps) are the case's data, not a setting of the method
         if isinstance(v, np.ndarray) and v.size > MAX_ARRAY_SETTING:
-            params[k] = f"array of shape {tuple(v.shape)}"
+            params[k] = "an array per case"
     params.update(extra or {})
     return plain(params)
 
