@@ -14,7 +14,8 @@ from IBSR: keep the folder outside the repository).
 
 Rows: the atlas alone (the argmax of the priors), each configuration without priors (classes by
 mean T1, as the brain runner) and with the priors at each weight (``segment(prior_maps=...,
-prior_weight=w)``; Atropos: ``PriorProbabilityImages`` with ``priorweight=w``). Dice per tissue,
+prior_weight=w)``; Atropos: ``PriorProbabilityImages`` with ``priorweight=w``), each fitted by the
+brain runner's own code (its cases, ``segment_fit``, ``atropos_fit``). Dice per tissue,
 per subject, then means over the training half (the atlases of a training target are the other
 four) and over the held-out half (03 05 07 09 18, five atlases each).
 
@@ -34,9 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deepgmm import segment
 from deepgmm.datasets import ibsr
-from deepgmm.experiments.priors import PRIORS_SUFFIX
+from deepgmm.experiments import brain
+from deepgmm.experiments.cases import segment_fit
+from deepgmm.experiments.peers import atropos_fit
+from deepgmm.experiments.priors import PRIORS_SUFFIX, case_priors
+from deepgmm.metrics import dice
 
 TRAIN = (1, 4, 6, 8, 16)
 HELD_OUT = (3, 5, 7, 9, 18)
@@ -78,38 +82,27 @@ def atlas_priors(ants, target: ibsr.BrainVolume, atlases: list[ibsr.BrainVolume]
     return p.astype(np.float32)
 
 
-def _crop(vol: ibsr.BrainVolume, margin: int = 4) -> tuple[slice, ...]:
-    idx = np.nonzero(vol.mask)
-    return tuple(slice(max(int(i.min()) - margin, 0), int(i.max()) + margin + 1) for i in idx)
+def _dice(labels: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Dice of CSF, GM, WM (labels 1, 2, 3; 0 outside the mask in both)."""
+    d = dice(labels, truth, labels=[1, 2, 3])
+    return [float(d[k]) for k in (1, 2, 3)]
 
 
-def dice(labels: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> list[float]:
-    out = []
-    for k in (1, 2, 3):
-        a, b = (labels == k) & mask, (truth == k) & mask
-        out.append(float(2 * np.sum(a & b) / max(np.sum(a) + np.sum(b), 1)))
-    return out
-
-
-def _atropos(ants, vol, img, mask, priors, weight):
-    sp = _spacing(vol)
-    a = ants.from_numpy(np.ascontiguousarray(img.astype(np.float32)), spacing=sp)
-    x = ants.from_numpy(mask.astype(np.float32), spacing=sp)
-    kw = dict(m="[0.1,1x1x1]", c="[5,0]")
-    if priors is None:
-        res = ants.atropos(a=a, x=x, i="Kmeans[3]", **kw)
-        raw = res["segmentation"].numpy().astype(np.int64)
-        means = [img[mask & (raw == k)].mean() if np.any(mask & (raw == k)) else np.inf for k in (1, 2, 3)]
-        rank = np.argsort(np.argsort(means)) + 1  # classes by mean T1
-        return np.where(mask, np.concatenate([[0], rank])[raw], 0)
-    maps = [ants.from_numpy(np.ascontiguousarray(p), spacing=sp) for p in priors]
-    for attempt in range(3):  # antspyx's atropos exited with status 1 now and then on the same input
-        try:
-            res = ants.atropos(a=a, x=x, i=maps, priorweight=weight, **kw)
-            return res["segmentation"].numpy().astype(np.int64)
-        except Exception as err:  # noqa: BLE001 - antspyx raises a bare Exception
-            print(f"  atropos with priors, attempt {attempt + 1}: {err}", flush=True)
-    return None
+def _fit(dataset, case, name: str, weight: float | None, folder: Path):
+    """One fit of configuration ``name`` with the runner's own code: ``segment_fit`` (classes by mean
+    without priors, ``prior_maps`` with them) or the peer ``atropos`` / ``atropos_priors``."""
+    settings = dict(CONFIGS[name])
+    method = settings.pop("method")
+    if method == "atropos":
+        if weight is None:
+            return atropos_fit(dataset, case, "atropos", 0, {})
+        return atropos_fit(dataset, case, "atropos_priors", 0, {"priors": str(folder), "priorweight": weight})
+    settings["spacing"] = case.spacing
+    if weight is None:
+        return segment_fit(dataset, case, method, 0, settings)
+    fixed = {k: v for k, v in dataset.segment_options.items() if k != "order"}  # class k is map k
+    return segment_fit(dataset, case, method, 0, dict(settings, prior_maps=case_priors(folder, case, 3),
+                                                      prior_weight=weight), fixed=fixed)
 
 
 def main() -> int:
@@ -130,6 +123,7 @@ def main() -> int:
     configs = args.configs.split(",")
     args.cache.mkdir(parents=True, exist_ok=True)
     atlas_vols = {s: ibsr.load_subject(args.data, s) for s in TRAIN}
+    dataset = brain.ibsr_dataset(args.data)
     for t in targets:
         vol = atlas_vols.get(t) or ibsr.load_subject(args.data, t)
         cache = args.cache / f"priors_{t:02d}_floor{args.floor:g}.npz"
@@ -149,28 +143,20 @@ def main() -> int:
         print(f"IBSR_{t:02d}: priors from {len([s for s in TRAIN if s != t])} atlases in {reg_seconds:.0f} s", flush=True)
         if args.priors_only:
             continue
-        box = _crop(vol)
-        img, mask, truth = vol.image[0][box], vol.mask[box], vol.labels[box]
-        p = priors[(slice(None),) + box]
+        case = brain.load_ibsr(args.data, [t])[0]  # the runner's case: cropped to the mask's box
         half = "train" if t in TRAIN else "held-out"
-        records = [dict(subject=t, half=half, config="atlas", weight=None,
-                        dice=dice(np.where(mask, p.argmax(0) + 1, 0), truth, mask), seconds=reg_seconds)]
+        atlas = np.where(case.mask, case_priors(args.cache, case, 3).argmax(0) + 1, 0)
+        records = [dict(subject=t, half=half, config="atlas", weight=None, dice=_dice(atlas, case.truth),
+                        seconds=reg_seconds)]
         for name in configs:
-            settings = dict(CONFIGS[name])
-            method = settings.pop("method")
             for w in [None] + weights:
-                t0 = time.perf_counter()
-                if method == "atropos":
-                    labels = _atropos(ants, vol, img, mask, None if w is None else p, w)
-                else:
-                    kw = dict(order="mean") if w is None else dict(prior_maps=p, prior_weight=w)
-                    seg = segment(img[None], mask, method=method, n_components=3, spacing=_spacing(vol),
-                                  **settings, **kw)
-                    labels = seg.labels
-                if labels is None:
+                try:
+                    fit = _fit(dataset, case, name, w, args.cache)
+                except Exception as err:  # noqa: BLE001 - antspyx's atropos raises a bare Exception
+                    print(f"  {name} w={w}: failed: {err}", flush=True)
                     continue
-                records.append(dict(subject=t, half=half, config=name, weight=w, dice=dice(labels, truth, mask),
-                                    seconds=time.perf_counter() - t0))
+                records.append(dict(subject=t, half=half, config=name, weight=w, dice=_dice(fit.labels, case.truth),
+                                    seconds=fit.seconds))
         with args.out.open("a") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
