@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS
+from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS, PRIOR_METHODS
 from ..datasets import ibsr
 from ..preprocess import box_slices
 from ._run import TableResult
@@ -106,7 +106,7 @@ def brain_preset_fit(dataset: DataSet, case: Case, method: str, seed: int, optio
     top), widths and the bias field's coordinates in mm (the case's voxel sizes)."""
     settings = dict(BRAIN_PRESET_SETTINGS[method], **options)
     fixed, extra = None, {}
-    if "prior_weight" in settings:  # a preset with prior maps: they fix the class order
+    if method in PRIOR_METHODS:  # a preset with prior maps: they fix the class order
         folder = priors_folder(method, settings)
         settings["priors"] = str(settings["priors"])
         extra = {"prior_maps": case_priors(folder, case, dataset.n_classes)}
