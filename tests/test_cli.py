@@ -208,6 +208,33 @@ def test_spare_classes_flag_end_to_end(case, capsys):
     assert not (folder / "bad").exists()
 
 
+def test_means_init_and_fix_means_end_to_end(case, capsys):
+    """--means-init starts EM from given means (image units) in their class order; --fix means holds them."""
+    folder, paths, img, truth = case
+    given = [[6.2, -0.1], [0.1, 5.8], [-0.1, 0.2]]  # the order 200, 1220, 500
+    means_file = folder / "means.txt"
+    means_file.write_text("\n".join(" ".join(str(v) for v in row) for row in given))
+    out = folder / "fixed"
+    assert main(seg_args(paths, out, "--means-init", str(means_file), "--fix", "means")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    np.testing.assert_allclose(summary["class_means"], given, rtol=1e-5, atol=1e-5)
+    assert summary["options_given"]["fix"] == "means"
+    labels = np.asanyarray(nib.load(out / "labels.nii.gz").dataobj)[..., 0]
+    for k, code in enumerate((200, 1220, 500)):  # class k is row k of the file
+        assert (labels[truth == code] == k + 1).mean() > 0.98
+    out2 = folder / "free"
+    assert main(seg_args(paths, out2, "--means-init", str(means_file), method="svgmm")) == 0
+    free = np.asarray(json.loads((out2 / "summary.json").read_text())["class_means"])
+    assert np.abs(free - given).max() > 1e-3 and np.abs(free - given).max() < 0.5  # moved, same order
+    check_error(capsys, seg_args(paths, folder / "bad", "--fix", "means"), "--fix means needs the means: give --means-init")
+    check_error(capsys, seg_args(paths, folder / "bad", "--means-init", str(folder / "none.txt")),
+                "--means-init file not found")
+    check_error(capsys, seg_args(paths, folder / "bad", "--means-init", str(means_file), method="deepsvg"),
+                "--means-init applies to the gmm/svgmm methods")
+    check_error(capsys, seg_args(paths, folder / "bad", "--fix", "covariances"), "--fix", "invalid choice")
+    assert not (folder / "bad").exists()
+
+
 def test_extra_segment_option_hook(case, monkeypatch):
     """A new entry of SEGMENT_OPTIONS becomes a flag forwarded as a keyword."""
     folder, paths, img, truth = case

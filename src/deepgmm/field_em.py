@@ -123,7 +123,7 @@ class _FieldMixin:
         self.bias_penalty = bias_penalty
         self.bias_guard = bias_guard
 
-    def _setup_fields(self, X: Any, mask: Any) -> None:
+    def _setup_fields(self, X: Any, mask: Any, sample_weight: Any = None) -> None:
         self._degree = parse_degree(self.bias_field)
         check_choice("bias_model", self.bias_model, BIAS_MODELS)
         self._w = check_float("prior_weight", self.prior_weight, minimum=0.0, maximum=1.0)
@@ -145,6 +145,11 @@ class _FieldMixin:
         self._field_mask = m
         self._prior_np = (None if self.prior_maps is None else
                           normalize_prior_maps(self.prior_maps, self.n_components, m, n))
+        if sample_weight is not None and self._has_fields():
+            raise ValueError("sample_weight is not supported with bias_field or prior_maps; fit without them, "
+                             "or leave the pixels out of the mask instead")
+        if self._prior_np is not None and "weights" in self._check_fix():
+            raise ValueError("fix='weights' cannot be combined with prior_maps, which set the weights per pixel")
         self._basis = self._prior = self._log_prior = None
 
     def _has_fields(self) -> bool:
@@ -384,19 +389,20 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
                  reg_covar: float = 1e-6, max_iter: int = 200, n_init: int = 1, init: str = "kmeans",
                  means_init: Any = None, weights_init: Any = None, covariances_init: Any = None,
                  random_state: int | None = None, device: str | torch.device | None = "cpu",
-                 dtype: str | torch.dtype | None = None, chunk_size: int = 262144, bias_field: Any = None,
-                 spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
+                 dtype: str | torch.dtype | None = None, chunk_size: int = 262144, fix: Any = (),
+                 bias_field: Any = None, spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
                  bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.5) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
-                         device=device, dtype=dtype, chunk_size=chunk_size)
+                         device=device, dtype=dtype, chunk_size=chunk_size, fix=fix)
         self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard)
 
-    def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldGaussianMixture":
-        """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
-        self._setup_fields(X, mask)
-        return super().fit(X, y)
+    def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldGaussianMixture":
+        """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
+        ``sample_weight`` only without a field and prior maps (then as :meth:`GaussianMixture.fit`)."""
+        self._setup_fields(X, mask, sample_weight)
+        return super().fit(X, y, sample_weight=sample_weight)
 
     def n_parameters(self) -> int:
         """Free parameters: the mixture's plus the field's ``P * C`` coefficients."""
@@ -414,17 +420,18 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
                  means_init: Any = None, weights_init: Any = None, covariances_init: Any = None,
                  random_state: int | None = None, device: str | torch.device | None = "cpu",
                  dtype: str | torch.dtype | None = None, chunk_size: int = 262144,
-                 smooth_sigma: float | tuple[float, ...] = 0.0, bias_field: Any = None, spacing: Any = None,
-                 prior_maps: Any = None, prior_weight: float = 1.0,
+                 smooth_sigma: float | tuple[float, ...] = 0.0, fix: Any = (), bias_field: Any = None,
+                 spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
                  bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.0) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
-                         device=device, dtype=dtype, chunk_size=chunk_size, smooth_sigma=smooth_sigma)
+                         device=device, dtype=dtype, chunk_size=chunk_size, smooth_sigma=smooth_sigma, fix=fix)
         self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard)
 
-    def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "FieldSpatiallyVariantGMM":
-        """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``)."""
-        self._setup_fields(X, mask)
-        return super().fit(X, y, mask=mask)
+    def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldSpatiallyVariantGMM":
+        """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
+        ``sample_weight`` only without a field and prior maps (then as :meth:`SpatiallyVariantGMM.fit`)."""
+        self._setup_fields(X, mask, sample_weight)
+        return super().fit(X, y, mask=mask, sample_weight=sample_weight)
 

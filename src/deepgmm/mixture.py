@@ -48,13 +48,17 @@ from .likelihood import (
 from .smoothing import MaskSmoother, as_sigmas, wants_smoothing
 
 __all__ = ["GaussianMixture", "SpatiallyVariantGMM", "INIT_METHODS", "ConvergenceWarning", "EmptyComponentWarning",
-           "NotFittedError", "EM_IMAGE_DEFAULTS"]
+           "NotFittedError", "EM_IMAGE_DEFAULTS", "FIXABLE_PARAMETERS"]
 
 logger = logging.getLogger(__name__)
 
 
 # A component whose total responsibility falls below this many pixels is "empty".
 EMPTY_COUNT = 1e-6
+
+# The parameters ``fix`` may hold at their given initial values, and the setting that gives each.
+FIXABLE_PARAMETERS: dict[str, str] = {"weights": "weights_init", "means": "means_init",
+                                      "covariances": "covariances_init"}
 
 
 # The EM defaults for images, chosen from measurements on MyoPS 2020 (docs/em-initialisation.md).
@@ -141,6 +145,7 @@ class _BaseMixture(ParamsMixin):
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype | None = None,
         chunk_size: int = 262144,
+        fix: Any = (),
     ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -156,6 +161,7 @@ class _BaseMixture(ParamsMixin):
         self.device = device
         self.dtype = dtype
         self.chunk_size = chunk_size
+        self.fix = fix
 
     # ------------------------------------------------------------------ validation
     def _validate_settings(self) -> None:
@@ -171,6 +177,61 @@ class _BaseMixture(ParamsMixin):
             raise ValueError("init='means' needs means_init, an array of shape (n_components, n_channels)")
         if not isinstance(self.random_state, (type(None), np.random.RandomState, np.random.Generator)):
             check_int("random_state", self.random_state, minimum=0)
+        self._fix = self._check_fix()
+
+    def _check_fix(self) -> frozenset[str]:
+        """``fix`` as a set of names of :data:`FIXABLE_PARAMETERS`, each with its initial value given."""
+        fix = self.fix
+        if fix is None:
+            return frozenset()
+        names = (fix,) if isinstance(fix, str) else fix
+        try:
+            names = tuple(names)
+        except TypeError:
+            names = (fix,)
+        bad = [n for n in names if not isinstance(n, str) or n not in FIXABLE_PARAMETERS]
+        if bad:
+            raise ValueError(f"fix names parameters to hold at their given values, any of "
+                             f"{', '.join(map(repr, FIXABLE_PARAMETERS))}; got {fix!r}")
+        for name in names:
+            if getattr(self, FIXABLE_PARAMETERS[name]) is None:
+                raise ValueError(f"fix={name!r} needs its value: give {FIXABLE_PARAMETERS[name]}")
+        if self._spatial and "weights" in names:
+            raise ValueError(f"{type(self).__name__} fits a weight per pixel and cannot fix the weights; "
+                             "fix them with GaussianMixture(weights_init=..., fix='weights')")
+        return frozenset(names)
+
+    def _prepare_sample_weight(self, sample_weight: Any, X: Tensor) -> Tensor | None:
+        """``sample_weight`` ``(N,)`` checked and rescaled to sum to ``N`` (a mean of 1); None when it is
+        None or the same on every row (then the fit is the unweighted one)."""
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, Tensor):
+            w = sample_weight
+        else:
+            try:
+                w = np.asarray(sample_weight, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"sample_weight must be an array of numbers, got {type(sample_weight).__name__}: "
+                                 f"{exc}") from None
+        if w.ndim != 1:
+            raise ValueError(f"sample_weight must be 1-dimensional (N,), got shape {tuple(w.shape)}")
+        w = as_tensor(w, name="sample_weight", ndim=1, dtype=X.dtype, device=X.device)
+        if w.shape[0] != X.shape[0]:
+            raise ValueError(f"sample_weight has {w.shape[0]} entries but X has {X.shape[0]} row(s); give one "
+                             "weight per row")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("sample_weight must be finite and non-negative")
+        total = float(w.sum(dtype=torch.float64))
+        if not total > 0.0:
+            raise ValueError("sample_weight is zero on every row: at least one row needs a positive weight")
+        n_positive = int((w > 0).sum())
+        if n_positive < self.n_components:
+            raise ValueError(f"sample_weight is positive on {n_positive} row(s) but n_components="
+                             f"{self.n_components}; need at least one weighted row per component")
+        if bool((w == w[0]).all()):  # equal weights: the unweighted fit, draw for draw
+            return None
+        return w * (X.shape[0] / total)
 
     def _seed(self) -> int:
         """The seed of this fit: ``random_state`` itself (an int >= 0), one drawn from it (a numpy
@@ -222,19 +283,20 @@ class _BaseMixture(ParamsMixin):
         given_means = None
         if self.means_init is not None:
             given_means = self._given("means_init", self.means_init, (K, C)) - self._shift
+        sw = self._sw
         if self.init == "random":
-            nk, s1, s2 = _init.moments_from_random(X, K, cov_type, chunk, generator)
+            nk, s1, s2 = _init.moments_from_random(X, K, cov_type, chunk, generator, sample_weight=sw)
             means, covs = params_from_moments(nk, s1, s2, cov_type, reg)
             weights = nk / X.shape[0]
         else:
             if self.init == "means":
                 centers = given_means
             else:
-                centers = _init.kmeans_plusplus(X, K, generator)
+                centers = _init.kmeans_plusplus(X, K, generator, sample_weight=sw)
                 if self.init == "kmeans":
-                    centers = _init.kmeans(X, centers, generator)
+                    centers = _init.kmeans(X, centers, generator, sample_weight=sw)
             labels = _init.nearest(X, centers, chunk)
-            weights, means, covs = _init.params_from_labels(X, labels, K, cov_type, reg, chunk)
+            weights, means, covs = _init.params_from_labels(X, labels, K, cov_type, reg, chunk, sample_weight=sw)
             empty = weights <= 0
             if bool(empty.any()):  # a centre that attracted no pixel keeps its position
                 means = torch.where(empty.unsqueeze(1), centers, means)
@@ -281,6 +343,7 @@ class _BaseMixture(ParamsMixin):
     def _pass_about(self, X: Tensor, state: _EMState, out_log_resp: Tensor | None, shift: Tensor | None):
         comps = Gaussians(state.means, state.covariances, self.covariance_type)
         xmax = self._xmax  # bound on |X| per channel, computed once in fit
+        sw = self._sw  # (N,) summing to N, or None
         nll_sum = 0.0
         total = None
         chunk = self.chunk_size
@@ -288,10 +351,15 @@ class _BaseMixture(ParamsMixin):
             xb = X[s : s + chunk]
             lw = state.log_weights[s : s + chunk] if state.log_weights.ndim == 2 else state.log_weights
             log_norm, log_resp = log_mixture(comps.log_prob(xb, xmax), lw)
+            resp = log_resp.exp()
+            if sw is not None:
+                wb = sw[s : s + chunk]
+                log_norm = log_norm * wb
+                resp = resp * wb.unsqueeze(1)
             nll_sum -= float(log_norm.sum(dtype=torch.float64))
             if out_log_resp is not None:
                 out_log_resp[s : s + chunk] = log_resp
-            m = weighted_moments(xb, log_resp.exp(), self.covariance_type, shift)
+            m = weighted_moments(xb, resp, self.covariance_type, shift)
             total = m if total is None else tuple(a + b for a, b in zip(total, m))
         return nll_sum / X.shape[0], total
 
@@ -314,8 +382,16 @@ class _BaseMixture(ParamsMixin):
             means = torch.where(empty.unsqueeze(-1), state.means, means)
             shape = (-1,) + (1,) * (covs.ndim - 1)
             covs = torch.where(empty.view(shape), state.covariances, covs)
+        if "means" in self._fix:  # the covariances about the fixed means: the weighted means' plus the offset's
+            d = means - state.means  # (K, C)
+            covs = covs + (d * d if self.covariance_type == "diag" else d.unsqueeze(-1) * d.unsqueeze(-2))
+            means = state.means
+        if "covariances" in self._fix:
+            covs = state.covariances
         if self._spatial:
             log_w = self._next_log_weights(next_log_w)
+        elif "weights" in self._fix:
+            log_w = state.log_weights
         else:
             log_w = torch.log((nk / X.shape[0]).clamp_min(torch.finfo(X.dtype).tiny))
         return _EMState(log_w, means, covs)
@@ -354,9 +430,15 @@ class _BaseMixture(ParamsMixin):
         return state, history, n_iter, converged
 
     # ------------------------------------------------------------------ public API
-    def fit(self, X: Any, y: Any = None) -> "_BaseMixture":
-        """Fit the mixture to pixels ``X`` ``(N, C)`` by EM; keep the best of ``n_init`` starts by NLL."""
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> "_BaseMixture":
+        """Fit the mixture to pixels ``X`` ``(N, C)`` by EM; keep the best of ``n_init`` starts by NLL.
+
+        ``sample_weight`` ``(N,)``, optional, finite and >= 0: pixel n counts ``sample_weight[n]``
+        times in the fit (an integer weight is the same fit as the row repeated that many times, for
+        the same start); the NLL is then the weighted mean. Only the relative weights matter.
+        """
         X = self._prepare(X)
+        self._sw = self._prepare_sample_weight(sample_weight, X)
         t0 = time.perf_counter()
         self.n_features_in_ = X.shape[1]
         self._shift = X.mean(0)
@@ -398,6 +480,7 @@ class _BaseMixture(ParamsMixin):
         self.n_iter_ = n_iter
         self.converged_ = converged
         self.n_samples_fit_ = X.shape[0]
+        self._sw = None
         self._set_fitted_labels(Xc, state)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
@@ -468,9 +551,9 @@ class _BaseMixture(ParamsMixin):
         """Most probable class ``(N,)`` (posterior argmax) of new pixels ``X`` ``(N, C)``, in 0..K-1."""
         return self._labels(self._as_input(X))
 
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit to ``X`` ``(N, C)`` and return ``labels_`` ``(N,)``, in 0..K-1."""
-        return self.fit(X).labels_
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fit to ``X`` ``(N, C)`` (``sample_weight`` as in :meth:`fit`) and return ``labels_`` ``(N,)``, in 0..K-1."""
+        return self.fit(X, sample_weight=sample_weight).labels_
 
 
 class GaussianMixture(_BaseMixture):
@@ -503,6 +586,13 @@ class GaussianMixture(_BaseMixture):
         float64; otherwise float32)
     chunk_size : int, default 262144
         Pixels per streamed block of the E-step (bounds memory for huge images).
+    fix : str or sequence of {"weights", "means", "covariances"}, default ()
+        Parameters known in advance, held at their given values (``weights_init``, ``means_init``,
+        ``covariances_init``, required for each) while EM fits the others. Each M-step then
+        maximises over the free parameters only (with fixed means, the covariances are taken about
+        them), so the NLL still never rises.
+
+    Sample weights: ``fit(X, sample_weight=w)`` (see :meth:`fit`).
 
     Attributes
     ----------
@@ -566,6 +656,8 @@ class SpatiallyVariantGMM(_BaseMixture):
     n_components, covariance_type, tol, reg_covar, max_iter, n_init, init, means_init, weights_init,
     covariances_init, random_state, device, dtype, chunk_size :
         As :class:`GaussianMixture`.
+    fix : str or sequence of {"means", "covariances"}, default ()
+        As :class:`GaussianMixture`; the per-pixel weights are what the model fits and cannot be fixed.
     smooth_sigma : float or sequence of floats, default 0
         Standard deviation, in pixels (one for all axes, or one per axis of the mask, e.g.
         ``(0, 6, 6)`` for a volume of thick slices), of a Gaussian that smooths the posteriors
@@ -612,16 +704,19 @@ class SpatiallyVariantGMM(_BaseMixture):
         dtype: str | torch.dtype | None = None,
         chunk_size: int = 262144,
         smooth_sigma: float | tuple[float, ...] = 0.0,
+        fix: Any = (),
     ) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
-                         device=device, dtype=dtype, chunk_size=chunk_size)
+                         device=device, dtype=dtype, chunk_size=chunk_size, fix=fix)
         self.smooth_sigma = smooth_sigma
 
-    def fit(self, X: Any, y: Any = None, *, mask: Any = None) -> "SpatiallyVariantGMM":
+    def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "SpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)``; ``mask`` ``(*spatial)`` boolean with ``N`` True
-        entries places them (C order, as ``image[:, mask].T``); needed with ``smooth_sigma``."""
+        entries places them (C order, as ``image[:, mask].T``); needed with ``smooth_sigma``.
+        ``sample_weight`` ``(N,)``: as :meth:`GaussianMixture.fit`; it weighs each pixel in the
+        Gaussians' M-step and the NLL (a pixel's own weights are its posteriors whatever its weight)."""
         self._mask = None
         if mask is not None:
             m = np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask)
@@ -638,11 +733,12 @@ class SpatiallyVariantGMM(_BaseMixture):
                 raise ValueError("smooth_sigma needs the pixels' layout: call fit(X, mask=mask) with X = image[:, mask].T")
             self._sigmas = as_sigmas(self.smooth_sigma, self._mask.ndim, "smooth_sigma")
         self._smoother = None
-        return super().fit(X, y)
+        return super().fit(X, y, sample_weight=sample_weight)
 
-    def fit_predict(self, X: Any, y: Any = None, *, mask: Any = None) -> np.ndarray:
-        """Fit to ``X`` ``(N, C)`` (``mask`` as in :meth:`fit`) and return ``labels_`` ``(N,)``, in 0..K-1."""
-        return self.fit(X, y, mask=mask).labels_
+    def fit_predict(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> np.ndarray:
+        """Fit to ``X`` ``(N, C)`` (``mask``, ``sample_weight`` as in :meth:`fit`) and return ``labels_``
+        ``(N,)``, in 0..K-1."""
+        return self.fit(X, y, mask=mask, sample_weight=sample_weight).labels_
 
     def _set_fitted_labels(self, Xc: Tensor, state: _EMState) -> None:
         per_pixel = state.log_weights  # (N, K)

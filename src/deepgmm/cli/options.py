@@ -190,7 +190,13 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "
                   ".json or text; in the image's units, see --prior-units): adds lam*||mu - mu_data||^2 and fixes "
                   "the class order", metavar="FILE", methods=DEEP_METHODS),
-    SegmentOption("--prior-units", "prior_units", str, "units of the class statistics given (--mu-prior): image "
+    SegmentOption("--means-init", "means_init", str, "EM: file of initial class means (K rows, C columns; .npy, "
+                  ".json or text; in the image's units, see --prior-units): EM starts from them, and the class order "
+                  "is theirs", metavar="FILE", methods=EM_METHODS),
+    SegmentOption("--fix", "fix", str, "EM: hold the --means-init means fixed while EM fits the variances and "
+                  "weights (known tissue intensities)", choices=("means",), methods=EM_METHODS),
+    SegmentOption("--prior-units", "prior_units", str, "units of the class statistics given (--mu-prior, "
+                  "--means-init): image "
                   "(default: the units of the input image, mapped with --normalize's z-score) or normalized (already "
                   "in the z-scored units the method fits in)", choices=PRIOR_UNITS),
     SegmentOption("--crop-margin", "crop_margin", int, "deep: pixels of context around the mask's bounding box "

@@ -35,10 +35,13 @@ def segment_options(args: argparse.Namespace) -> dict[str, Any]:
         options[opt.keyword] = value
     if hasattr(args, "check_memory"):
         options["check_memory"] = False
-    if "mu_prior" in options:
-        from ..io import load_mu_data
+    if "fix" in options and "means_init" not in options:
+        raise ValueError("--fix means needs the means: give --means-init FILE")
+    for key, name in (("mu_prior", "mu_data"), ("means_init", "means_init")):  # files of class means (K, C)
+        if key in options:
+            from ..io import load_mu_data
 
-        options["mu_prior"] = load_mu_data(options["mu_prior"])
+            options[key] = load_mu_data(options[key], name=name)
     if args.method in DEEP_METHODS:
         options.setdefault("progress", sys.stderr.isatty())
     return options
