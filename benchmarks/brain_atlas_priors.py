@@ -1,8 +1,9 @@
 """Prior probability maps on real brains: multi-atlas tissue priors for IBSR18 from the expert labels
 of the training half, and what they do for deepgmm's EM methods and for ANTs Atropos.
 
-For each target subject every atlas subject (the training half 01 04 06 08 16, the target itself
-left out) is registered to it with ANTs (SyN on the masked T1s resampled to 2 mm; the transform,
+For each target subject every atlas subject (``--atlases train``, the default: the training half
+01 04 06 08 16; ``--atlases others``: all nine other subjects, leave-one-out; the target itself is
+always left out) is registered to it with ANTs (SyN on the masked T1s resampled to 2 mm; the transform,
 in world coordinates, then warps the atlas' one-hot CSF/GM/WM maps at full resolution, linear
 interpolation). The mean of the warped maps, floored at ``--floor`` and renormalised over the three
 tissues inside the target's mask, is the target's prior: class k of every fit is map k (CSF, GM,
@@ -16,11 +17,24 @@ Rows: the atlas alone (the argmax of the priors), each configuration without pri
 mean T1, as the brain runner) and with the priors at each weight (``segment(prior_maps=...,
 prior_weight=w)``; Atropos: ``PriorProbabilityImages`` with ``priorweight=w``), each fitted by the
 brain runner's own code (its cases, ``segment_fit``, ``atropos_fit``). Dice per tissue,
-per subject, then means over the training half (the atlases of a training target are the other
-four) and over the held-out half (03 05 07 09 18, five atlases each).
+per subject, then means over the training half (with ``--atlases train`` the atlases of a training
+target are the other four) and over the held-out half (03 05 07 09 18, five atlases each; nine
+with ``--atlases others``, so its subjects' labels then serve as atlases for each other, never for
+themselves).
 
     OMP_NUM_THREADS=1 python benchmarks/brain_atlas_priors.py --data ../shared/data/ibsr18 \
         --cache /tmp/ibsr_priors --out atlas_priors.json
+
+``--atlas brainweb`` takes the priors from a source outside IBSR instead: the BrainWeb volume
+(``--brainweb``, a T1 with its fuzzy CSF/GM/WM maps ``tissue_fractions.nii.gz``; BrainWeb labels
+sulcal CSF as CSF, IBSR as grey matter) registered to each subject the same way (SyN on the masked
+T1s, the target at 2 mm, in world coordinates from both affines), its three maps warped onto the
+subject, smoothed by ``--smooth`` mm (Gaussian, per map), floored and renormalised as above. This is
+what a user without IBSR's labels has: an atlas of another convention, like SPM's or FSL's tissue
+probability maps.
+
+    OMP_NUM_THREADS=1 python benchmarks/brain_atlas_priors.py --atlas brainweb --floor 0.05 --smooth 2 \
+        --cache /tmp/bw_priors --out bw_priors.jsonl --configs svgmm_s1_b2,atropos --weights 0.25,0.5
 
 Needs the extra ``peers`` (antspyx) for the registration.
 """
@@ -82,6 +96,40 @@ def atlas_priors(ants, target: ibsr.BrainVolume, atlases: list[ibsr.BrainVolume]
     return p.astype(np.float32)
 
 
+def _nifti_ants(ants, arr: np.ndarray, affine: np.ndarray):
+    """A 3D array as an ANTs image in world coordinates (origin and direction from ``affine``)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.ascontiguousarray(arr, dtype=np.float32), np.asarray(affine, np.float64))
+    img.header.set_xyzt_units("mm", "sec")
+    return ants.from_nibabel_nifti(img)
+
+
+def brainweb_priors(ants, target: ibsr.BrainVolume, brainweb: Path, floor: float, smooth_mm: float) -> np.ndarray:
+    """``(3, X, Y, Z)`` float32 tissue priors of ``target`` from the BrainWeb volume and its fuzzy
+    maps (module docstring)."""
+    import nibabel as nib
+    from scipy.ndimage import gaussian_filter
+
+    bw = ibsr.load_brainweb(brainweb)
+    fractions = nib.load(Path(brainweb) / "tissue_fractions.nii.gz")
+    maps = np.asarray(fractions.dataobj, dtype=np.float32)  # (X, Y, Z, 3): CSF, GM, WM
+    moving = _nifti_ants(ants, bw.image[0] * bw.mask, bw.affine)
+    fixed_full = _nifti_ants(ants, target.image[0] * target.mask, target.affine)
+    fixed = ants.resample_image(fixed_full, (REGISTRATION_SPACING,) * 3, use_voxels=False, interp_type=0)
+    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
+    voxel = np.sqrt((np.asarray(target.affine)[:3, :3] ** 2).sum(0))
+    warped = []
+    for k in range(3):
+        w = ants.apply_transforms(fixed=fixed_full, moving=_nifti_ants(ants, maps[..., k], fractions.affine),
+                                  transformlist=reg["fwdtransforms"], interpolator="linear").numpy()
+        warped.append(gaussian_filter(w, smooth_mm / voxel) if smooth_mm > 0 else w)
+    p = np.clip(np.stack(warped).astype(np.float64), 0.0, 1.0) + floor
+    p = p / p.sum(0, keepdims=True)
+    p[:, ~target.mask] = 0.0
+    return p.astype(np.float32)
+
+
 def _dice(labels: np.ndarray, truth: np.ndarray) -> list[float]:
     """Dice of CSF, GM, WM (labels 1, 2, 3; 0 outside the mask in both)."""
     d = dice(labels, truth, labels=[1, 2, 3])
@@ -114,6 +162,13 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--weights", default="0.25,0.5,1.0")
     ap.add_argument("--floor", type=float, default=0.01)
+    ap.add_argument("--atlas", choices=("ibsr", "brainweb"), default="ibsr",
+                    help="ibsr: other IBSR subjects' expert labels (default); brainweb: the BrainWeb volume's maps")
+    ap.add_argument("--brainweb", type=Path,
+                    default=Path(os.environ.get("DEEPGMM_BRAINWEB", "../shared/data/brainweb-mritc")))
+    ap.add_argument("--smooth", type=float, default=0.0, help="--atlas brainweb: Gaussian smoothing of the maps, mm")
+    ap.add_argument("--atlases", choices=("train", "others"), default="train",
+                    help="the atlas subjects: the training half (default) or all nine others (leave-one-out)")
     ap.add_argument("--priors-only", action="store_true", help="register and cache the priors, fit nothing")
     args = ap.parse_args()
     import ants
@@ -122,17 +177,24 @@ def main() -> int:
     weights = [float(w) for w in args.weights.split(",")]
     configs = args.configs.split(",")
     args.cache.mkdir(parents=True, exist_ok=True)
-    atlas_vols = {s: ibsr.load_subject(args.data, s) for s in TRAIN}
+    pool = TRAIN if args.atlases == "train" else TRAIN + HELD_OUT
+    atlas_vols = {s: ibsr.load_subject(args.data, s) for s in pool} if args.atlas == "ibsr" else {}
     dataset = brain.ibsr_dataset(args.data)
     for t in targets:
         vol = atlas_vols.get(t) or ibsr.load_subject(args.data, t)
-        cache = args.cache / f"priors_{t:02d}_floor{args.floor:g}.npz"
+        tag = "" if args.atlases == "train" else "_others"
+        if args.atlas == "brainweb":
+            tag = f"_brainweb_s{args.smooth:g}"
+        cache = args.cache / f"priors_{t:02d}_floor{args.floor:g}{tag}.npz"
         if cache.exists():
             priors = np.load(cache)["priors"]
             reg_seconds = float(np.load(cache)["seconds"])
         else:
             t0 = time.perf_counter()
-            priors = atlas_priors(ants, vol, [v for s, v in atlas_vols.items() if s != t], args.floor)
+            if args.atlas == "brainweb":
+                priors = brainweb_priors(ants, vol, args.brainweb, args.floor, args.smooth)
+            else:
+                priors = atlas_priors(ants, vol, [v for s, v in atlas_vols.items() if s != t], args.floor)
             reg_seconds = time.perf_counter() - t0
             np.savez_compressed(cache, priors=priors, seconds=reg_seconds)
         nifti = args.cache / f"{vol.name}{PRIORS_SUFFIX}"  # what deepgmm brain's prior methods read
@@ -140,7 +202,8 @@ def main() -> int:
             import nibabel as nib
 
             nib.save(nib.Nifti1Image(np.moveaxis(priors, 0, -1), vol.affine), nifti)
-        print(f"IBSR_{t:02d}: priors from {len([s for s in TRAIN if s != t])} atlases in {reg_seconds:.0f} s", flush=True)
+        source = "BrainWeb" if args.atlas == "brainweb" else f"{len([s for s in pool if s != t])} atlases"
+        print(f"IBSR_{t:02d}: priors from {source} in {reg_seconds:.0f} s", flush=True)
         if args.priors_only:
             continue
         case = brain.load_ibsr(args.data, [t])[0]  # the runner's case: cropped to the mask's box

@@ -81,7 +81,9 @@ def test_deep_method_merges_too():
     (dict(gaussians_per_class=(1, 1.5, 1)), "integers >= 1"),
     (dict(gaussians_per_class=(1, 2, 1), spare_classes=1), "spare_classes"),
     (dict(gaussians_per_class=(1, 2, 1), mu_prior=np.zeros((4, 2))), "class-order prior"),
-    (dict(gaussians_per_class=(1, 2, 1), prior_maps=np.full((3, 60, 50), 1 / 3)), "prior_maps"),
+    (dict(gaussians_per_class=(1, 2, 1), prior_maps=np.full((3, 60, 50), 1 / 3), order="mean"),
+     "order='mean' cannot be combined with prior_maps"),
+    (dict(gaussians_per_class=(1, 2, 1), prior_maps=np.full((4, 60, 50), 1 / 4)), r"prior_maps must be 3 map\(s\)"),
 ])
 def test_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -102,3 +104,84 @@ def test_cli_flag(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "img.npy"), "--method", "gmm", "-k", "3", "--gaussians-per-class", "1,2",
                  "--out", str(tmp_path / "q")]) == 2
     assert "one count per class" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- several Gaussians under one prior map
+def _truth(seed: int = 0) -> np.ndarray:
+    """The populations of :func:`_image` (same seed): 0, 1, 2, 3; 1 and 2 make one class."""
+    return np.random.default_rng(seed).integers(0, 4, (60, 50))
+
+
+def _maps(truth: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """Prior maps ``(3, 60, 50)`` of the classes {0}, {1, 2}, {3} in the given order: 0.7 on the voxel's
+    class, 0.15 on each other."""
+    cls = np.array([0, 1, 1, 2])[truth]
+    return np.stack([np.where(cls == c, 0.7, 0.15) for c in order])
+
+
+@pytest.mark.parametrize("method", ["gmm", "svgmm"])
+def test_prior_maps_with_several_gaussians_per_class_keep_the_maps_order(method):
+    img, truth = _image(), _truth()
+    order = (2, 0, 1)  # map 1: the brightest class, map 2: the darkest, map 3: the two-population class
+    maps = _maps(truth, order)
+    seg = segment(img, method=method, n_components=3, prior_maps=maps, prior_weight=0.5,
+                  gaussians_per_class=(1, 1, 2))
+    cls = np.array([0, 1, 1, 2])[truth]
+    want = np.array([order.index(c) for c in range(3)])[cls] + 1  # class k is map k
+    assert np.mean(seg.labels == want) > 0.97
+    assert seg.model.means_.shape[0] == 4 and seg.probabilities.shape == (3, 60, 50)
+    np.testing.assert_allclose(seg.probabilities.sum(0), 1.0, atol=1e-6)
+    assert seg.settings["prior_maps"]["gaussians_per_map"] == [1, 1, 2] and "class_order" not in seg.settings
+    # the two Gaussians under map 3 model that class (its populations: 5.0 and 6.6 on channel 0)
+    norm = seg.normalization
+    sub = seg.model.means_[2:, 0] * norm["std"][0] + norm["mean"][0]  # image units, channel 0
+    assert 4.5 < sub.min() and sub.max() < 7.1  # within the class's range
+    one = segment(img, method=method, n_components=3, prior_maps=maps, prior_weight=0.5)
+    assert seg.nll < one.nll  # one more Gaussian fits the bimodal class better
+
+
+def test_grouped_start_splits_each_map_by_rank_of_channel_0():
+    from deepgmm.field_em import FieldGaussianMixture
+
+    img, truth = _image(), _truth()
+    maps = _maps(truth, (0, 1, 2))
+    X = img.reshape(2, -1).T
+    est = FieldGaussianMixture(n_components=4, prior_maps=maps.reshape(3, -1).T, gaussians_per_map=(1, 2, 1),
+                               max_iter=0, dtype="float64").fit(X)
+    # naive: the map's voxels sorted by channel 0, cut where the map's cumulative mass passes one half
+    P = maps.reshape(3, -1).T / maps.reshape(3, -1).T.sum(1, keepdims=True)
+    w = P[:, 1]
+    order = np.argsort(X[:, 0], kind="stable")
+    mass = np.cumsum(w[order])
+    low = np.zeros(len(X), bool)
+    low[order] = (mass - 0.5 * w[order]) / mass[-1] < 0.5
+    for j, part in ((1, low), (2, ~low)):
+        ww = np.where(part, w, 0.0)
+        np.testing.assert_allclose(est.means_[j], (ww[:, None] * X).sum(0) / ww.sum(), rtol=1e-9)
+    for j, k in ((0, 0), (3, 2)):
+        np.testing.assert_allclose(est.means_[j], (P[:, k, None] * X).sum(0) / P[:, k].sum(), rtol=1e-9)
+    assert est.means_[1, 0] < est.means_[2, 0]
+
+
+def test_one_gaussian_per_map_is_the_plain_prior_fit():
+    img, truth = _image(4), _truth(4)
+    maps = _maps(truth, (0, 1, 2))
+    a = segment(img, method="svgmm", n_components=3, prior_maps=maps, prior_weight=0.5, gaussians_per_class=(1, 1, 1))
+    b = segment(img, method="svgmm", n_components=3, prior_maps=maps, prior_weight=0.5)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.means, b.means)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_components=4, gaussians_per_map=(1, 2, 1)), "give prior_maps too"),
+    (dict(n_components=5, gaussians_per_map=(1, 2, 1), prior_maps=np.full((3, 60, 50), 1 / 3)),
+     r"gives 4 Gaussians but n_components=5"),
+    (dict(n_components=4, gaussians_per_map=(1, 0, 3), prior_maps=np.full((3, 60, 50), 1 / 3)), "integers >= 1"),
+    (dict(n_components=4, gaussians_per_map=(2, 2), prior_maps=np.full((3, 60, 50), 1 / 3)), "prior_maps must have"),
+])
+def test_gaussians_per_map_errors(kwargs, match):
+    from deepgmm.field_em import FieldSpatiallyVariantGMM
+
+    img = _image()
+    with pytest.raises(ValueError, match=match):
+        FieldSpatiallyVariantGMM(**kwargs).fit(img.reshape(2, -1).T, mask=np.ones((60, 50), bool))

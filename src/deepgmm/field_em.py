@@ -54,7 +54,8 @@ from .bias import BIAS_MODELS, evaluate_field, field_from_posteriors, legendre_b
 from .likelihood import abs_max_per_channel, params_from_moments, weighted_moments
 from .mixture import GaussianMixture, SpatiallyVariantGMM, _EMState, _to_numpy
 
-__all__ = ["FieldGaussianMixture", "FieldSpatiallyVariantGMM", "normalize_prior_maps", "class_separation"]
+__all__ = ["FieldGaussianMixture", "FieldSpatiallyVariantGMM", "normalize_prior_maps", "expand_prior_maps",
+           "class_separation"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ class _FieldState(_EMState):
         self.global_log_weights = global_log_weights
 
 
+def expand_prior_maps(P: np.ndarray, groups: tuple[int, ...] | None) -> np.ndarray:
+    """Per-map priors ``(N, M)`` as per-Gaussian ones ``(N, sum(groups))``: map ``g``'s prior shared
+    equally by its ``groups[g]`` Gaussians (rows still sum to 1); ``P`` itself when ``groups`` is None."""
+    if groups is None:
+        return P
+    counts = np.asarray(groups)
+    idx = np.repeat(np.arange(len(counts)), counts)
+    return P[:, idx] / counts[idx]
+
+
 def normalize_prior_maps(maps: Any, n_components: int, mask: np.ndarray | None, n_pixels: int) -> np.ndarray:
     """The prior maps as ``(N, K)`` float64 rows summing to 1 for the ``N`` fitted pixels.
 
@@ -113,12 +124,13 @@ class _FieldMixin:
 
     # ------------------------------------------------------------------ setup
     def _keep_field_params(self, bias_field: Any, spacing: Any, prior_maps: Any, prior_weight: float,
-                           bias_model: str, bias_penalty: float, bias_guard: float) -> None:
+                           bias_model: str, bias_penalty: float, bias_guard: float, gaussians_per_map: Any) -> None:
         """Store the field parameters as given (scikit-learn's rule: ``__init__`` only keeps them)."""
         self.bias_field = bias_field
         self.spacing = spacing
         self.prior_maps = prior_maps
         self.prior_weight = prior_weight
+        self.gaussians_per_map = gaussians_per_map
         self.bias_model = bias_model
         self.bias_penalty = bias_penalty
         self.bias_guard = bias_guard
@@ -143,14 +155,50 @@ class _FieldMixin:
                 raise ValueError(f"mask selects {int(m.sum())} pixel(s) but X has {n} row(s); pass the mask X "
                                  "was taken from (X = image[:, mask].T)")
         self._field_mask = m
-        self._prior_np = (None if self.prior_maps is None else
-                          normalize_prior_maps(self.prior_maps, self.n_components, m, n))
+        self._groups = self._check_groups()
+        self._prior_np = None
+        if self.prior_maps is not None:
+            n_maps = self.n_components if self._groups is None else len(self._groups)
+            self._prior_np = expand_prior_maps(normalize_prior_maps(self.prior_maps, n_maps, m, n), self._groups)
         if sample_weight is not None and self._has_fields():
             raise ValueError("sample_weight is not supported with bias_field or prior_maps; fit without them, "
                              "or leave the pixels out of the mask instead")
         if self._prior_np is not None and "weights" in self._check_fix():
             raise ValueError("fix='weights' cannot be combined with prior_maps, which set the weights per pixel")
         self._basis = self._prior = self._log_prior = None
+
+    def _check_groups(self) -> tuple[int, ...] | None:
+        """``gaussians_per_map`` as a tuple of counts >= 1 summing to ``n_components`` (None: one each)."""
+        groups = self.gaussians_per_map
+        if groups is None:
+            return None
+        if self.prior_maps is None:
+            raise ValueError("gaussians_per_map says how many Gaussians share each prior map: give prior_maps too")
+        counts = tuple(groups) if isinstance(groups, (tuple, list, np.ndarray)) else (groups,)
+        if not counts or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1 for c in counts):
+            raise ValueError(f"gaussians_per_map must be integers >= 1, one per prior map, got {groups!r}")
+        if sum(counts) != self.n_components:
+            raise ValueError(f"gaussians_per_map {tuple(int(c) for c in counts)} gives {sum(counts)} Gaussians but "
+                             f"n_components={self.n_components}; they must be equal")
+        return tuple(int(c) for c in counts)
+
+    def _split_by_intensity(self, X: Tensor) -> Tensor:
+        """Starting responsibilities ``(N, K)`` under grouped maps: each map's voxels (weighted by the
+        map) split among its Gaussians by rank of channel 0, in equal shares of the map's mass, so
+        that Gaussians sharing a map start apart (dark to bright)."""
+        resp = self._prior.clone()
+        first = 0
+        for count in self._groups:  # once per map, at the start only
+            if count > 1:
+                w = self._prior[:, first] * count  # the map's own prior
+                order = torch.argsort(X[:, 0])
+                mass = torch.cumsum(w[order], 0)
+                share = (mass - 0.5 * w[order]) / mass[-1].clamp_min(torch.finfo(X.dtype).tiny)
+                part = torch.empty_like(order)
+                part[order] = (share * count).long().clamp(0, count - 1)
+                resp[:, first:first + count] = torch.nn.functional.one_hot(part, count).to(X.dtype) * w.unsqueeze(1)
+            first += count
+        return resp
 
     def _has_fields(self) -> bool:
         return self._degree is not None or self._prior_np is not None
@@ -177,7 +225,8 @@ class _FieldMixin:
         if getattr(self, "_prior_np", None) is None:
             return super()._initial_params(X, generator)
         self._tensors(X)
-        nk, s1, s2 = weighted_moments(X, self._prior, self.covariance_type)  # the maps as responsibilities
+        resp = self._prior if self._groups is None else self._split_by_intensity(X)
+        nk, s1, s2 = weighted_moments(X, resp, self.covariance_type)  # the maps as responsibilities
         means, covs = params_from_moments(nk, s1, s2, self.covariance_type, self.reg_covar)
         return nk / X.shape[0], means, covs
 
@@ -369,6 +418,13 @@ _FIELD_PARAMS_DOC = """
         Per-voxel class priors; class k of the fit is map k (see the module).
     prior_weight : float in [0, 1], default 1
         ``w`` of the module's blend; 1: the maps are the mixing weights.
+    gaussians_per_map : sequence of int, optional
+        Several Gaussians per prior map, e.g. ``(1, 2, 1)``: ``M`` maps for ``n_components = sum``
+        Gaussians, map ``g`` the prior of the ``g``-th group of Gaussians (shared equally among them),
+        as SPM's unified segmentation models a tissue by a few Gaussians under one tissue map. The fit
+        starts from the maps as responsibilities, a group's voxels split among its Gaussians by rank of
+        channel 0 (dark to bright). ``probabilities_`` are per Gaussian; sum a group's columns for
+        its class (``segment(gaussians_per_class=..., prior_maps=...)`` does). None: one each.
 
     Attributes (besides the parent's)
     ----------
@@ -391,12 +447,14 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
                  random_state: int | None = None, device: str | torch.device | None = "cpu",
                  dtype: str | torch.dtype | None = None, chunk_size: int = 262144, fix: Any = (),
                  bias_field: Any = None, spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
-                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.5) -> None:
+                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.5,
+                 gaussians_per_map: Any = None) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
                          device=device, dtype=dtype, chunk_size=chunk_size, fix=fix)
-        self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard)
+        self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard,
+                                gaussians_per_map)
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldGaussianMixture":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
@@ -422,12 +480,14 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
                  dtype: str | torch.dtype | None = None, chunk_size: int = 262144,
                  smooth_sigma: float | tuple[float, ...] = 0.0, fix: Any = (), bias_field: Any = None,
                  spacing: Any = None, prior_maps: Any = None, prior_weight: float = 1.0,
-                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.0) -> None:
+                 bias_model: str = "multiplicative", bias_penalty: float = 0.0, bias_guard: float = 0.0,
+                 gaussians_per_map: Any = None) -> None:
         super().__init__(n_components=n_components, covariance_type=covariance_type, tol=tol, reg_covar=reg_covar,
                          max_iter=max_iter, n_init=n_init, init=init, means_init=means_init,
                          weights_init=weights_init, covariances_init=covariances_init, random_state=random_state,
                          device=device, dtype=dtype, chunk_size=chunk_size, smooth_sigma=smooth_sigma, fix=fix)
-        self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard)
+        self._keep_field_params(bias_field, spacing, prior_maps, prior_weight, bias_model, bias_penalty, bias_guard,
+                                gaussians_per_map)
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldSpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);

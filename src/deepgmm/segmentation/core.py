@@ -328,8 +328,10 @@ def segment(
         sum of its Gaussians' posteriors, its mean, covariance and weight those of its Gaussians taken
         together; ``nll`` and ``model`` are the fitted mixture's, ``settings["class_order"]`` lists
         its Gaussians in mean order and ``settings["gaussians_per_class"]`` the counts. On T1 brain
-        volumes ``(1, 2, 1)`` (CSF, GM, WM) is docs/brain.md's setting. Not with spare classes,
-        prior maps or a class-order prior.
+        volumes ``(1, 2, 1)`` (CSF, GM, WM) is docs/brain.md's setting. With ``prior_maps`` the
+        Gaussians of class k share map k (class k is map k, no mean order; the first start apart by
+        rank of channel 0, :class:`deepgmm.field_em.FieldGaussianMixture`'s ``gaussians_per_map``).
+        Not with spare classes or a class-order prior.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -366,11 +368,12 @@ def segment(
     if photo is not None:
         _apply_photo_settings(settings, bias_field, prior_units, method, spatial)
     if counts is not None:
-        _check_merge_settings(settings, prior_maps, spare_classes)
-        order_by = order_by or ("mean", 0)
+        _check_merge_settings(settings, spare_classes)
+        if prior_maps is None:  # the Gaussians go to the classes in mean order; with maps, map by map
+            order_by = order_by or ("mean", 0)
     fields = field_request(bias_field, prior_maps, prior_weight, method=method, n_components=n_components,
                            spatial=spatial, spacing=spacing, order_by=order_by, spare_classes=spare_classes,
-                           settings=settings, prior_units=prior_units)
+                           settings=settings, prior_units=prior_units, gaussians_per_map=counts)
     if order_by is not None and has_class_order_prior(settings):
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
@@ -438,11 +441,9 @@ def _check_arguments(method: str, n_components: Any, covariance_type: str | None
     resolve_device(device)
 
 
-def _check_merge_settings(settings: dict[str, Any], prior_maps: Any, spare_classes: int | None) -> None:
-    """Refuse what ``gaussians_per_class`` cannot be combined with (its classes are made in mean order)."""
-    if prior_maps is not None:
-        raise ValueError("gaussians_per_class cannot be combined with prior_maps: a map gives the prior of one "
-                         "Gaussian; drop one of the two")
+def _check_merge_settings(settings: dict[str, Any], spare_classes: int | None) -> None:
+    """Refuse what ``gaussians_per_class`` cannot be combined with (without prior maps its classes are
+    made in mean order)."""
     if has_class_order_prior(settings):
         raise ValueError("gaussians_per_class cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the classes are made of Gaussians in the order of their means; drop one of the two")

@@ -23,8 +23,9 @@ Prior probability maps ``(K, *spatial)`` (or K file names, one map each): class 
 is map ``k`` (the classes come out in the maps' order); the maps are normalised per voxel (all
 zero: uniform). GMM: mixing weight ``(1 - w) pi_k + w p_nk`` (``w = prior_weight``; 1: the posterior
 is the normalised ``p_nk N(x_n | k)``); SVGMM: the maps start the per-voxel weights and pull them
-back after every E-step (:mod:`deepgmm.field_em`). Not with the deep methods, ``order`` or a
-class-order prior.
+back after every E-step (:mod:`deepgmm.field_em`). With ``gaussians_per_class`` the Gaussians of
+class k share map k (``gaussians_per_map``) and are merged into class k afterwards. Not with the
+deep methods, ``order`` or a class-order prior.
 """
 
 from __future__ import annotations
@@ -58,14 +59,16 @@ they need ``bias_field``, and reach the deep methods' SVGMM stage too."""
 @dataclass(frozen=True)
 class FieldRequest:
     """What ``segment()`` was asked for: the field's degree (None: no field), the prior maps
-    ``(K, *spatial)`` float64 (None: none), their weight, the voxel sizes (None: 1 each) and the
-    field's tuning options given (:data:`FIELD_TUNING`; the estimator's defaults otherwise)."""
+    ``(K, *spatial)`` float64 (None: none), their weight, the voxel sizes (None: 1 each), the
+    field's tuning options given (:data:`FIELD_TUNING`; the estimator's defaults otherwise) and, with
+    maps and ``gaussians_per_class``, how many Gaussians share each map (None: one each)."""
 
     degree: int | None
     prior_maps: np.ndarray | None
     prior_weight: float
     spacing: tuple[float, ...] | None
     tuning: dict[str, float] = dataclass_field(default_factory=dict)
+    gaussians_per_map: tuple[int, ...] | None = None
 
     def record(self, method: str) -> dict[str, Any]:
         """The JSON-ready part of ``Segmentation.settings`` for a fit by ``method``: the field's
@@ -79,6 +82,8 @@ class FieldRequest:
                                  **{k: self.tuning.get(k, defaults[k].default) for k in FIELD_TUNING}}
         if self.prior_maps is not None:
             out["prior_maps"] = {"n_maps": int(self.prior_maps.shape[0]), "weight": self.prior_weight}
+            if self.gaussians_per_map is not None:
+                out["prior_maps"]["gaussians_per_map"] = list(self.gaussians_per_map)
         return out
 
 
@@ -95,7 +100,8 @@ def _load_maps(prior_maps: Any) -> np.ndarray:
 
 def field_request(bias_field: Any, prior_maps: Any, prior_weight: Any, *, method: str, n_components: int,
                   spatial: tuple[int, ...], spacing: tuple[float, ...] | None, order_by: Any,
-                  spare_classes: int | None, settings: dict[str, Any], prior_units: str) -> FieldRequest | None:
+                  spare_classes: int | None, settings: dict[str, Any], prior_units: str,
+                  gaussians_per_map: tuple[int, ...] | None = None) -> FieldRequest | None:
     """Check ``segment()``'s field options against the rest; None when neither is asked for. The
     field's tuning options (:data:`FIELD_TUNING`) are taken out of ``settings`` into the request."""
     degree = parse_degree(bias_field)
@@ -122,7 +128,7 @@ def field_request(bias_field: Any, prior_maps: Any, prior_weight: Any, *, method
             raise ValueError("spare_classes cannot be combined with prior_maps: the maps fix the classes")
         if settings.get("means_init") is not None or settings.get("init") == "means":
             raise ValueError("prior_maps start the fit themselves: drop means_init / init='means'")
-    return FieldRequest(degree, maps, w, spacing, tuning)
+    return FieldRequest(degree, maps, w, spacing, tuning, gaussians_per_map if maps is not None else None)
 
 
 def uncentre(img: torch.Tensor, norm_info: dict[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any] | None]:
@@ -145,7 +151,7 @@ def fit_em_with_fields(method: str, image: torch.Tensor, mask: torch.Tensor, set
     m = mask.numpy()
     est = cls(**settings, **req.tuning, bias_field=req.degree, spacing=req.spacing,
               prior_maps=None if req.prior_maps is None else req.prior_maps[:, m].T,
-              prior_weight=req.prior_weight).fit(image[:, mask].T, mask=m)
+              prior_weight=req.prior_weight, gaussians_per_map=req.gaussians_per_map).fit(image[:, mask].T, mask=m)
     weights = est.weights_ if est.weights_.ndim == 1 else est.weights_.mean(0)
     return MethodFit(est.probabilities_, est.labels_, est.means_, est.covariances_, weights, est.nll_,
                      est.nll_history_, est.n_iter_, est.converged_, est)
