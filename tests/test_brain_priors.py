@@ -58,6 +58,7 @@ def test_priors_preset_lifts_a_noisy_volume(tmp_path):
     settings = json.loads((tmp_path / "o" / "results.json").read_text())["method_settings"]["deepgmm_brain_priors"]
     assert settings["prior_weight"] == 0.5 and settings["priors"] == str(folder) and "order" not in settings
     assert settings["preset"] == "deepgmm_brain_priors" and settings["prior_maps"] == "an array per case"
+    assert list(settings["gaussians_per_class"]) == [1, 2, 1]  # the grey matter's two Gaussians share its map
 
 
 def test_class_k_is_map_k(tmp_path):

@@ -60,11 +60,12 @@ BRAIN_TISSUE_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0,
 (``gaussians_per_class``: how many for CSF, GM, WM), fitted as one mixture of ``sum`` Gaussians
 numbered by mean T1 and merged into the tissues in that order (:mod:`deepgmm.segmentation.merge`);
 the other keys as :data:`BRAIN_SETTINGS`. Chosen on IBSR18 subjects 01 04 06 08 16 (docs/brain.md)."""
-BRAIN_PRIOR_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0, "bias_field": 2, "prior_weight": 0.5}
-"""The method ``deepgmm_brain_priors``: ``deepgmm_brain4``'s spatial settings with per-voxel tissue
-prior maps instead of several Gaussians per tissue (``options["priors"]``: the folder of
-``<name>_priors.nii.gz``, :mod:`.priors`; class k is map k, so ``order`` is not used). The weight
-was chosen on IBSR18 subjects 01 04 06 08 16 with multi-atlas priors (docs/brain.md)."""
+BRAIN_PRIOR_SETTINGS: dict[str, Any] = {"method": "svgmm", "smooth_sigma": 1.0, "bias_field": 2, "prior_weight": 0.5,
+                                        "gaussians_per_class": (1, 2, 1)}
+"""The method ``deepgmm_brain_priors``: ``deepgmm_brain4``'s settings with per-voxel tissue prior
+maps (``options["priors"]``: the folder of ``<name>_priors.nii.gz``, :mod:`.priors`; class k is map
+k, so ``order`` is not used), the Gaussians of a tissue sharing its map. The weight and the Gaussians
+per tissue were chosen on IBSR18 subjects 01 04 06 08 16 with multi-atlas priors (docs/brain.md)."""
 BRAIN_PRESET_SETTINGS: dict[str, dict[str, Any]] = {"deepgmm_brain": BRAIN_SETTINGS,
                                                     "deepgmm_brain4": BRAIN_TISSUE_SETTINGS,
                                                     "deepgmm_brain_priors": BRAIN_PRIOR_SETTINGS}
