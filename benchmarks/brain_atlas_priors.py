@@ -16,7 +16,8 @@ from IBSR: keep the folder outside the repository).
 Rows: the atlas alone (the argmax of the priors), each configuration without priors (classes by
 mean T1, as the brain runner) and with the priors at each weight (``segment(prior_maps=...,
 prior_weight=w)``; Atropos: ``PriorProbabilityImages`` with ``priorweight=w``), each fitted by the
-brain runner's own code (its cases, ``segment_fit``, ``atropos_fit``). Dice per tissue,
+brain runner's own code (its cases, ``segment_fit``, ``atropos_fit``; ``_t121``: two Gaussians for GM,
+in mean order without priors, sharing the GM map with them). Dice per tissue,
 per subject, then means over the training half (with ``--atlases train`` the atlases of a training
 target are the other four) and over the held-out half (03 05 07 09 18, five atlases each; nine
 with ``--atlases others``, so its subjects' labels then serve as atlases for each other, never for
@@ -64,6 +65,7 @@ CONFIGS = {
     "svgmm_s2_b2": dict(method="svgmm", smooth_sigma=2.0, bias_field=2),
     "svgmm_s3_b2": dict(method="svgmm", smooth_sigma=3.0, bias_field=2),
     "svgmm_s4_b2": dict(method="svgmm", smooth_sigma=4.0, bias_field=2),
+    "svgmm_s1_b2_t121": dict(method="svgmm", smooth_sigma=1.0, bias_field=2, gaussians_per_class=(1, 2, 1)),
     "atropos": dict(method="atropos"),
 }
 REGISTRATION_SPACING = 2.0  # mm: the T1s are resampled to this grid for the registration only

@@ -185,3 +185,20 @@ def test_gaussians_per_map_errors(kwargs, match):
     img = _image()
     with pytest.raises(ValueError, match=match):
         FieldSpatiallyVariantGMM(**kwargs).fit(img.reshape(2, -1).T, mask=np.ones((60, 50), bool))
+
+
+def test_cli_prior_maps_with_gaussians_per_class(tmp_path):
+    img, truth = _image(5).astype(np.float32), _truth(5)
+    np.save(tmp_path / "img.npy", img)
+    maps = _maps(truth, (2, 0, 1)).astype(np.float32)
+    files = []
+    for k, m in enumerate(maps):
+        files.append(str(tmp_path / f"map{k}.npy"))
+        np.save(files[-1], m)
+    assert main(["segment", str(tmp_path / "img.npy"), "--method", "svgmm", "-k", "3", "--gaussians-per-class",
+                 "1,1,2", "--prior-maps", ",".join(files), "--prior-weight", "0.5", "--out", str(tmp_path / "o")]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["settings"]["prior_maps"]["gaussians_per_map"] == [1, 1, 2]
+    labels = np.load(tmp_path / "o" / "labels.npy")
+    cls = np.array([0, 1, 1, 2])[truth]
+    assert np.mean(labels == np.array([1, 2, 0])[cls] + 1) > 0.97  # class k is map k

@@ -129,7 +129,8 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "order; not with --mu-prior, which fixes the order itself)", metavar="mean[:C]"),
     SegmentOption("--gaussians-per-class", "gaussians_per_class", _counts, "fit several Gaussians for a class and "
                   "merge them: N1,N2,... (one count per class, -k of them), the Gaussians numbered by their mean "
-                  "(--order) and merged in that order, e.g. 1,2,1 for CSF, GM, WM on a T1 brain (docs/brain.md)",
+                  "(--order) and merged in that order, e.g. 1,2,1 for CSF, GM, WM on a T1 brain (docs/brain.md); "
+                  "with --prior-maps the Gaussians of class k share map k instead",
                   metavar="N1,N2,..."),
     SegmentOption("--covariance", "covariance_type", str, "covariance of each class (default: full for deepsvg, diag "
                   "otherwise)",
