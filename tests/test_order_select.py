@@ -228,7 +228,7 @@ def test_cli_order_and_select_errors(tmp_path, capsys):
     check_error(capsys, base + ["--method", "gmm", "-k", "3", "--order", "mean:5"],
                 "cannot order the classes by the mean of channel 5: the image has 2 channel(s), numbered 0 to 1")
     check_error(capsys, base + ["--method", "deepsvg", "-k", "3", "--order", "mean", "--mu-prior", tmp_path / "mu.npy"],
-                "--order mean cannot be combined with a class-order prior (--mu-prior, means_init)")
+                "--order mean cannot be combined with a class-order prior (--mu-prior, --means-init)")
     check_error(capsys, base + ["--method", "svgmm", "-k", "2:4"], "supports the 'gmm' method only, not 'svgmm'")
     check_error(capsys, base + ["--method", "gmm", "-k", "3", "--select", "bic"],
                 "--select bic needs a range of K to choose from, such as -k 2:6")
