@@ -187,11 +187,11 @@ class _FieldMixin:
         map) split among its Gaussians by rank of channel 0, in equal shares of the map's mass, so
         that Gaussians sharing a map start apart (dark to bright)."""
         resp = self._prior.clone()
+        order = torch.argsort(X[:, 0])
         first = 0
         for count in self._groups:  # once per map, at the start only
             if count > 1:
                 w = self._prior[:, first] * count  # the map's own prior
-                order = torch.argsort(X[:, 0])
                 mass = torch.cumsum(w[order], 0)
                 share = (mass - 0.5 * w[order]) / mass[-1].clamp_min(torch.finfo(X.dtype).tiny)
                 part = torch.empty_like(order)
