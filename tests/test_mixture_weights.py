@@ -284,3 +284,42 @@ def test_segment_fixes_means_given_in_image_units():
         np.testing.assert_allclose(res.covariances[k, 0], ((image[0][truth == k] - given[k, 0]) ** 2).mean(), rtol=0.2)
     with pytest.raises(ValueError, match="give means_init"):
         segment(image, method="svgmm", n_components=3, fix="means")
+
+
+# ---------------------------------------------------------------- sample weights through segment()
+def _two_regions(seed=11):
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((40, 40), int)
+    truth[:, 20:] = 1
+    image = (np.array([10.0, 30.0])[truth] + rng.normal(0, 2.0, truth.shape))[None]
+    return image, truth
+
+
+@pytest.mark.parametrize("method", ["gmm", "svgmm"])
+def test_segment_weights_of_a_region_fit_that_region_and_label_every_pixel(method):
+    image, truth = _two_regions()
+    region = np.zeros((40, 40), bool)
+    region[5:35, 5:35] = True
+    image[0, ~region] += 7.0  # outside the region the intensities are shifted: they would move the means
+    w = region.astype(float)
+    weighted = segment(image, method=method, n_components=2, sample_weight=w, tol=1e-9, reg_covar=1e-6)
+    only = segment(image, region, method=method, n_components=2, tol=1e-9, reg_covar=1e-6)
+    plain = segment(image, method=method, n_components=2, tol=1e-9, reg_covar=1e-6)
+    np.testing.assert_allclose(np.sort(weighted.means[:, 0]), np.sort(only.means[:, 0]), rtol=1e-4)
+    assert np.abs(np.sort(plain.means[:, 0]) - np.sort(only.means[:, 0])).max() > 1.0  # the weights mattered
+    assert (weighted.labels > 0).all()  # weight 0 is still labelled
+    assert weighted.settings["sample_weight"] == "a weight per pixel, given"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="deepsvg", sample_weight=np.ones((40, 40))), "sample_weight applies to the EM methods"),
+    (dict(sample_weight=np.ones((40, 39))), r"sample_weight must have the image's spatial shape \(40, 40\)"),
+    (dict(sample_weight=-np.ones((40, 40))), "finite weights >= 0"),
+    (dict(sample_weight=np.full((40, 40), np.nan)), "finite weights >= 0"),
+    (dict(sample_weight=np.ones((40, 40)), bias_field=2), "cannot be combined with bias_field or prior_maps"),
+    (dict(sample_weight=np.zeros((40, 40))), "sample_weight is zero on every row"),
+])
+def test_segment_sample_weight_errors(kwargs, match):
+    image, _ = _two_regions()
+    with pytest.raises(ValueError, match=match):
+        segment(np.abs(image) + 1.0, n_components=2, **kwargs)

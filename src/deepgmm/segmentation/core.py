@@ -113,6 +113,22 @@ def _as_mask(mask: Any, spatial: tuple[int, ...]) -> torch.Tensor:
     return m != 0
 
 
+def _as_weights(weights: Any, spatial: tuple[int, ...], method: str) -> torch.Tensor | None:
+    """``segment()``'s ``sample_weight`` as a float64 tensor of the spatial shape (None: none), checked."""
+    if weights is None:
+        return None
+    if method not in EM_METHODS:
+        raise ValueError(f"sample_weight applies to the EM methods ({', '.join(EM_METHODS)}), not to {method!r}")
+    w = weights.detach().cpu() if isinstance(weights, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(np.asarray(weights, dtype=np.float64)))
+    if tuple(w.shape) != spatial:
+        raise ValueError(f"sample_weight must have the image's spatial shape {spatial}, got {tuple(w.shape)}")
+    w = w.to(torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample_weight must hold finite weights >= 0")
+    return w
+
+
 def _normalize(image: torch.Tensor, region: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Z-score every channel over ``region`` (None: the whole image), in the image's dtype."""
     out, info = zscore(image.numpy(), None if region is None else region.numpy(), where="image",
@@ -239,6 +255,7 @@ def segment(
     colour_space: str | None = None,
     features: str = "auto",
     gaussians_per_class: Any = None,
+    sample_weight: Any = None,
     **options: Any,
 ) -> Segmentation:
     """Segment a multi-channel image into ``n_components`` classes.
@@ -332,6 +349,10 @@ def segment(
         Gaussians of class k share map k (class k is map k, no mean order; the first start apart by
         rank of channel 0, :class:`deepgmm.field_em.FieldGaussianMixture`'s ``gaussians_per_map``).
         Not with spare classes or a class-order prior.
+    sample_weight : array of the spatial shape, optional (EM methods)
+        A weight >= 0 per pixel (e.g. a soft brain mask): pixel n counts ``w_n`` times in the fit
+        (:meth:`deepgmm.GaussianMixture.fit`); every pixel of the mask is labelled, weight 0 included.
+        Not with ``bias_field`` or ``prior_maps``. ``settings["sample_weight"]`` says it was given.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -350,6 +371,7 @@ def segment(
     if spacing is not None:
         spacing = as_spacing(spacing, len(spatial))
     img, region = _leave_out_non_finite(img, _as_mask(mask, spatial), nan_policy)
+    weights = _as_weights(sample_weight, spatial, method)
     n_pix = int(region.sum())
     if n_pix == 0:
         raise ValueError("mask is empty: it selects no pixel of the image")
@@ -374,6 +396,8 @@ def segment(
     fields = field_request(bias_field, prior_maps, prior_weight, method=method, n_components=n_components,
                            spatial=spatial, spacing=spacing, order_by=order_by, spare_classes=spare_classes,
                            settings=settings, prior_units=prior_units, gaussians_per_map=counts)
+    if weights is not None and fields is not None:
+        raise ValueError("sample_weight cannot be combined with bias_field or prior_maps; drop one of them")
     if order_by is not None and has_class_order_prior(settings):
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
@@ -398,7 +422,8 @@ def segment(
         fit = fit_em_with_fields(method, img, region, fit_settings, fields)
         fit, bias = normalise_field(fit, fields, region.numpy())
     else:
-        fit = METHODS[method].fit(img, region, fit_settings)
+        fit = METHODS[method].fit(img, region, fit_settings,
+                                  sample_weight=None if weights is None else weights[region].numpy())
     dropped: list[int] = []
     if spare:
         fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
@@ -421,6 +446,8 @@ def segment(
         record["class_order"] = class_order
     if counts is not None:
         record["gaussians_per_class"] = list(counts)
+    if weights is not None:
+        record["sample_weight"] = "a weight per pixel, given"
     return _segmentation(fit, region, n_components, method, scaling, norm_info, record, seconds, dropped, bias)
 
 

@@ -26,7 +26,8 @@ from .result import MethodFit
 
 __all__ = ["Method", "METHODS"]
 
-FitFn = Callable[[type, torch.Tensor, torch.Tensor, dict[str, Any]], MethodFit]
+# (estimator class, image (C, *spatial), mask, settings, sample weights (N,) of the mask's pixels or None)
+FitFn = Callable[[type, torch.Tensor, torch.Tensor, dict[str, Any], Any], MethodFit]
 # extra peak bytes: (estimator class, image (C, *spatial), mask, settings) -> bytes
 MemoryFn = Callable[[type, torch.Tensor, torch.Tensor, dict[str, Any]], int]
 
@@ -37,10 +38,11 @@ def _check_options(cls: type, settings: dict[str, Any]) -> None:
         raise ValueError(f"unknown option(s) {unknown} for this method; valid: {', '.join(cls._param_names())}")
 
 
-def _fit_em(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> MethodFit:
+def _fit_em(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any],
+            sample_weight: Any = None) -> MethodFit:
     _check_options(cls, settings)
     X = image[:, mask].T  # (N, C)
-    est = cls(**settings).fit(X, **({"mask": mask.numpy()} if cls._spatial else {}))
+    est = cls(**settings).fit(X, **({"mask": mask.numpy()} if cls._spatial else {}), sample_weight=sample_weight)
     # the fitted pixels' labels; the SVGMM's per-pixel probabilities only exist for them
     proba = est.probabilities_ if cls._spatial else est.predict_proba(X)
     labels = est.labels_
@@ -49,7 +51,10 @@ def _fit_em(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[s
                      est.n_iter_, est.converged_, est)
 
 
-def _fit_deep(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> MethodFit:
+def _fit_deep(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any],
+              sample_weight: Any = None) -> MethodFit:
+    if sample_weight is not None:
+        raise ValueError(f"sample_weight applies to the EM methods, not to {cls.__name__}")
     _check_options(cls, settings)
     est = cls(**settings).fit(image, mask)
     region = mask.numpy()
@@ -119,8 +124,11 @@ class Method:
     memory_fn: MemoryFn = _no_memory
     image_defaults: dict[str, Any] | None = None
 
-    def fit(self, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> MethodFit:
-        return self.fit_image(self.estimator, image, mask, settings)
+    def fit(self, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any],
+            sample_weight: Any = None) -> MethodFit:
+        """Fit to ``image`` ``(C, *spatial)`` in ``mask``; ``sample_weight`` ``(N,)``: one weight per
+        pixel of the mask (EM methods)."""
+        return self.fit_image(self.estimator, image, mask, settings, sample_weight)
 
     def memory(self, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any]) -> int:
         return self.memory_fn(self.estimator, image, mask, settings)
