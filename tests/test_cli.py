@@ -235,6 +235,35 @@ def test_means_init_and_fix_means_end_to_end(case, capsys):
     assert not (folder / "bad").exists()
 
 
+def test_weights_end_to_end(case, capsys):
+    """--weights FILE: a weight map in the fit; weight 0 on one class's pixels leaves that class's
+    intensities out of the fit (its Gaussian moves away) while every pixel of the mask is labelled."""
+    folder, paths, img, truth = case
+    w = (truth != 1220).astype(np.float32)
+    w[truth == 1220] = 0.0
+    wfile = folder / "w.nii.gz"
+    nib.save(nib.Nifti1Image(w[..., None], AFFINE), wfile)
+    out = folder / "weighted"
+    assert main(seg_args(paths, out, "--weights", str(wfile), k="2")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"]["weights"] == str(wfile)
+    assert summary["settings"]["sample_weight"] == "a weight per pixel, given"
+    means = np.asarray(summary["class_means"])  # the two classes left in the fit: 500 (0, 0) and 200 (6, 0)
+    np.testing.assert_allclose(means[np.argsort(means[:, 0])], [[0.0, 0.0], [6.0, 0.0]], atol=0.3)
+    labels = np.asanyarray(nib.load(out / "labels.nii.gz").dataobj)[..., 0]
+    assert set(np.unique(labels[truth > 0])) == {1, 2}
+    bad = folder / "bad_w.nii.gz"
+    nib.save(nib.Nifti1Image(-w[..., None], AFFINE), bad)
+    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(bad)), "must hold finite weights >= 0")
+    nib.save(nib.Nifti1Image(w[:-1, :, None], AFFINE), bad)
+    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(bad)), "has shape (31, 30)")
+    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(wfile), method="deepsvg"),
+                "--weights applies to the gmm/svgmm methods")
+    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(wfile), "--bias-field", "1"),
+                "--weights cannot be combined with --bias-field or --prior-maps")
+    assert not (folder / "bad").exists()
+
+
 def test_extra_segment_option_hook(case, monkeypatch):
     """A new entry of SEGMENT_OPTIONS becomes a flag forwarded as a keyword."""
     folder, paths, img, truth = case

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..choices import DEEP_METHODS, LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE
+from ..choices import DEEP_METHODS, EM_METHODS, LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE
 from . import options as cli_options
 from .common import check_minimum, data_settings, output_format, refuse_data_options
 
@@ -69,6 +69,7 @@ def _summary(seg: Any, image: Any, mask: Any, args: argparse.Namespace, fmt: str
         inputs={
             "images": [str(p) for p in image.paths],
             "mask": None if args.mask is None else str(args.mask),
+            "weights": None if getattr(args, "weights", None) is None else str(args.weights),
             "format": image.kind,
             "n_channels": image.n_channels,
             "spatial_shape": list(image.spatial_shape),
@@ -104,7 +105,7 @@ def _k_choice(args: argparse.Namespace) -> tuple[list[int] | None, str | None]:
     return None, None
 
 
-def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any], weights: Any = None) -> Any:
     """``segment()`` at ``-k K``, or ``select_n_components()`` over ``-k LO:HI`` (the table printed);
     the widths (and the bias field's coordinates) in the unit of ``--sigma-units``."""
     from ..segmentation import segment, select_n_components  # heavy: torch
@@ -116,6 +117,8 @@ def _fit(image: Any, mask: Any, args: argparse.Namespace, options: dict[str, Any
         logger.info("widths and the bias field's coordinates in mm: voxel sizes %s",
                     ", ".join(f"{v:g}" for v in spacing))
         options = dict(options, spacing=spacing)
+    if weights is not None:
+        options = dict(options, sample_weight=weights)
     if candidates is None:
         return segment(image.data, mask, method=args.method, n_components=args.n_components, **options)
     k, table, seg = select_n_components(image.data, mask, candidates=candidates, method=args.method,
@@ -142,13 +145,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     image = dio.load_image(args.images)
     mask = dio.load_mask(args.mask, image.spatial_shape, like=image) if args.mask is not None else None
+    weights = None
+    if getattr(args, "weights", None) is not None:
+        if args.method not in EM_METHODS:
+            raise ValueError(f"--weights applies to the {'/'.join(EM_METHODS)} methods, not to --method {args.method}")
+        from ..bias import parse_degree
+
+        if parse_degree(options.get("bias_field")) is not None or options.get("prior_maps") is not None:
+            raise ValueError("--weights cannot be combined with --bias-field or --prior-maps; drop one of them")
+        weights = dio.load_weights(args.weights, image.spatial_shape, like=image)
     fmt = output_format(args.format, image.kind, image.ndim)
     if fmt == "png" and max(candidates or [args.n_components]) > 255:
         raise ValueError(f"--format png holds at most 255 classes, got -k {max(candidates or [args.n_components])}; use nifti or npy")
     logger.info("read %d channel(s) of spatial shape %s from %d file(s)",
                 image.n_channels, image.spatial_shape, len(image.paths))
 
-    seg = _fit(image, mask, args, _resolve_features(options, image))
+    seg = _fit(image, mask, args, _resolve_features(options, image), weights)
 
     labels_name, probs_name = LABEL_FILES[fmt], PROBABILITY_FILES[fmt]
     summary = _summary(seg, image, mask, args, fmt, options)
@@ -175,6 +187,8 @@ def cmd_segment_cohort(args: argparse.Namespace) -> int:
     """``deepgmm segment --data DIR``: a per-image method on every case, sharded over torchrun ranks."""
     if args.images or args.mask is not None:
         raise ValueError("give either IMG files (with --mask) or --data DIR, not both")
+    if getattr(args, "weights", None) is not None:
+        raise ValueError("--weights applies to IMG files, not to --data DIR")
     if getattr(args, "sigma_units", None) == "mm":
         raise ValueError("--sigma-units mm applies to IMG files; with --data DIR the widths are in pixels")
     options = segment_options(args)

@@ -19,13 +19,14 @@ from .formats import (
                       load_image,
                       load_labels,
                       load_mask,
+                      load_weights,
                       save_labels,
                       save_probabilities,
 )
 from .tables import load_mu_data
 
 __all__ = [
-    "Image", "load_image", "load_mask", "load_labels", "save_labels", "save_probabilities", "IMAGE_KINDS",
+    "Image", "load_image", "load_mask", "load_weights", "load_labels", "save_labels", "save_probabilities", "IMAGE_KINDS",
     "READ_EXTENSIONS", "kind_of", "split_ext", "affines_match", "save_json", "atomic_write", "atomic_write_bytes",
     "atomic_write_csv", "OutputDir", "MARKER", "load_mu_data",
 ]

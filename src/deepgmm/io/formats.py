@@ -45,7 +45,7 @@ from PIL import Image as PILImage
 
 from .files import atomic_write, one_line, split_ext
 
-__all__ = ["Image", "load_image", "load_mask", "load_labels", "save_labels", "save_probabilities", "IMAGE_KINDS",
+__all__ = ["Image", "load_image", "load_mask", "load_weights", "load_labels", "save_labels", "save_probabilities", "IMAGE_KINDS",
            "READ_EXTENSIONS", "kind_of", "affines_match"]
 
 
@@ -396,6 +396,27 @@ def load_mask(path: PathLike, spatial_shape: Sequence[int], *, like: Image | Non
     if not mask.any():
         raise ValueError(f"mask file {p} is empty: it has no non-zero pixel")
     return mask
+
+
+def load_weights(path: PathLike, spatial_shape: Sequence[int], *, like: Image | None = None) -> np.ndarray:
+    """Read a per-pixel weight map (finite, >= 0, e.g. a soft brain mask) as float64 of shape
+    ``spatial_shape``. ``like`` as in :func:`load_mask`; a wrong shape or affine, NaN/Inf, a negative
+    value or an all-zero map is a ``ValueError`` naming the file."""
+    p = Path(path)
+    raw = _read(p, "weights file")
+    w = np.asarray(_single_channel(raw, p, "weights file"), dtype=np.float64)
+    expected = tuple(int(s) for s in spatial_shape)
+    if tuple(w.shape) != expected:
+        raise ValueError(f"weights file {p} has shape {tuple(w.shape)} but the image has spatial shape {expected}")
+    if raw.kind == "nifti" and like is not None and like.affine is not None \
+            and not affines_match(like.affine, raw.affine):
+        raise ValueError(f"weights file {p} has affine {_fmt_affine(raw.affine)} but the image has "
+                         f"{_fmt_affine(like.affine)}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights file {p} must hold finite weights >= 0")
+    if not (w > 0).any():
+        raise ValueError(f"weights file {p} is zero everywhere: at least one pixel needs a positive weight")
+    return w
 
 
 def load_labels(path: PathLike) -> tuple[np.ndarray, np.ndarray | None]:
