@@ -15,6 +15,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("deepgmm._version", "deepgmm._validation", "deepgmm._signals", "deepgmm._params", "deepgmm.choices",
               "deepgmm.likelihood", "deepgmm.smoothing", "deepgmm._init", "deepgmm.metrics", "deepgmm.preprocess",
               "deepgmm.memory", "deepgmm.units", "deepgmm.io", "deepgmm.phantom", "deepgmm.datasets", "deepgmm.figures",
+              "deepgmm._em_inputs",
               "deepgmm._torch_settings", "deepgmm.progress", "deepgmm.region_metrics", "deepgmm.bias")),
     ("estimators", ("deepgmm.mixture", "deepgmm.field_em", "deepgmm.deep")),
     ("segment", ("deepgmm.segmentation",)),

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _init
+from ._em_inputs import FIXABLE_PARAMETERS, check_fix, input_array, sample_weights
 from ._params import NotFittedError, ParamsMixin, not_fitted
 from ._validation import as_tensor, check_choice, check_float, check_int, resolve_device, resolve_dtype
 from .choices import INIT_METHODS
@@ -56,10 +57,6 @@ logger = logging.getLogger(__name__)
 # A component whose total responsibility falls below this many pixels is "empty".
 EMPTY_COUNT = 1e-6
 
-# The parameters ``fix`` may hold at their given initial values, and the setting that gives each.
-FIXABLE_PARAMETERS: dict[str, str] = {"weights": "weights_init", "means": "means_init",
-                                      "covariances": "covariances_init"}
-
 
 # The EM defaults for images, chosen from measurements on MyoPS 2020 (docs/em-initialisation.md).
 EM_IMAGE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -78,33 +75,6 @@ class EmptyComponentWarning(NumericalWarning):
 
 def _to_numpy(t: Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
-
-
-def _input_array(X: Any) -> Any:
-    """``X`` as a tensor or numpy array of numbers, with scikit-learn's errors for sparse and complex
-    input; object arrays of numbers become float64 (a non-number there raises numpy's TypeError)."""
-    if isinstance(X, Tensor):
-        if X.is_complex():
-            raise ValueError(f"Complex data not supported: X must be real-valued, got dtype {X.dtype}")
-        return _check_2d(X)
-    if type(X).__module__.startswith("scipy.sparse"):
-        raise ValueError(f"X is a {type(X).__name__}: sparse input is not supported; pass a dense array (X.toarray())")
-    try:
-        arr = np.asarray(X)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"X must be array-like, got {type(X).__name__}: {exc}") from None
-    if arr.dtype == object:
-        arr = arr.astype(np.float64)
-    if np.iscomplexobj(arr):
-        raise ValueError(f"Complex data not supported: X must be real-valued, got dtype {arr.dtype}")
-    return _check_2d(arr)
-
-
-def _check_2d(X: Any) -> Any:
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-dimensional (N, C), got shape {tuple(X.shape)}. Reshape your data: "
-                         "X.reshape(-1, 1) for a single channel, X.reshape(1, -1) for a single pixel")
-    return X
 
 
 class _EMState:
@@ -181,57 +151,12 @@ class _BaseMixture(ParamsMixin):
 
     def _check_fix(self) -> frozenset[str]:
         """``fix`` as a set of names of :data:`FIXABLE_PARAMETERS`, each with its initial value given."""
-        fix = self.fix
-        if fix is None:
-            return frozenset()
-        names = (fix,) if isinstance(fix, str) else fix
-        try:
-            names = tuple(names)
-        except TypeError:
-            names = (fix,)
-        bad = [n for n in names if not isinstance(n, str) or n not in FIXABLE_PARAMETERS]
-        if bad:
-            raise ValueError(f"fix names parameters to hold at their given values, any of "
-                             f"{', '.join(map(repr, FIXABLE_PARAMETERS))}; got {fix!r}")
-        for name in names:
-            if getattr(self, FIXABLE_PARAMETERS[name]) is None:
-                raise ValueError(f"fix={name!r} needs its value: give {FIXABLE_PARAMETERS[name]}")
-        if self._spatial and "weights" in names:
-            raise ValueError(f"{type(self).__name__} fits a weight per pixel and cannot fix the weights; "
-                             "fix them with GaussianMixture(weights_init=..., fix='weights')")
-        return frozenset(names)
+        given = {name: getattr(self, setting) is not None for name, setting in FIXABLE_PARAMETERS.items()}
+        return check_fix(self.fix, given, type(self).__name__, per_pixel_weights=self._spatial)
 
     def _prepare_sample_weight(self, sample_weight: Any, X: Tensor) -> Tensor | None:
-        """``sample_weight`` ``(N,)`` checked and rescaled to sum to ``N`` (a mean of 1); None when it is
-        None or the same on every row (then the fit is the unweighted one)."""
-        if sample_weight is None:
-            return None
-        if isinstance(sample_weight, Tensor):
-            w = sample_weight
-        else:
-            try:
-                w = np.asarray(sample_weight, dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"sample_weight must be an array of numbers, got {type(sample_weight).__name__}: "
-                                 f"{exc}") from None
-        if w.ndim != 1:
-            raise ValueError(f"sample_weight must be 1-dimensional (N,), got shape {tuple(w.shape)}")
-        w = as_tensor(w, name="sample_weight", ndim=1, dtype=X.dtype, device=X.device)
-        if w.shape[0] != X.shape[0]:
-            raise ValueError(f"sample_weight has {w.shape[0]} entries but X has {X.shape[0]} row(s); give one "
-                             "weight per row")
-        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-            raise ValueError("sample_weight must be finite and non-negative")
-        total = float(w.sum(dtype=torch.float64))
-        if not total > 0.0:
-            raise ValueError("sample_weight is zero on every row: at least one row needs a positive weight")
-        n_positive = int((w > 0).sum())
-        if n_positive < self.n_components:
-            raise ValueError(f"sample_weight is positive on {n_positive} row(s) but n_components="
-                             f"{self.n_components}; need at least one weighted row per component")
-        if bool((w == w[0]).all()):  # equal weights: the unweighted fit, draw for draw
-            return None
-        return w * (X.shape[0] / total)
+        """``sample_weight`` ``(N,)`` for ``X`` (:func:`deepgmm._em_inputs.sample_weights`)."""
+        return sample_weights(sample_weight, X, self.n_components)
 
     def _seed(self) -> int:
         """The seed of this fit: ``random_state`` itself (an int >= 0), one drawn from it (a numpy
@@ -248,7 +173,7 @@ class _BaseMixture(ParamsMixin):
     def _prepare(self, X: Any) -> Tensor:
         self._validate_settings()
         self._device = resolve_device(self.device)
-        X = _input_array(X)
+        X = input_array(X)
         self._dtype = resolve_dtype(self.dtype, X)
         X = as_tensor(X, name="X", ndim=2, dtype=self._dtype, device=self._device)
         N, C = X.shape
@@ -498,7 +423,7 @@ class _BaseMixture(ParamsMixin):
 
     def _as_input(self, X: Any) -> Tensor:
         self._check_fitted()
-        X = as_tensor(_input_array(X), name="X", ndim=2, dtype=self._dtype, device=self._device)
+        X = as_tensor(input_array(X), name="X", ndim=2, dtype=self._dtype, device=self._device)
         self._check_X_features(X)
         return X - self._shift
 
