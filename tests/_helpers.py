@@ -132,3 +132,12 @@ def two_region_image(shape: Sequence[int], seed: int = 0) -> tuple[np.ndarray, n
     mask = np.zeros(tuple(shape), bool)
     mask[tuple(slice(1, n - 1) for n in shape)] = True
     return img, mask
+
+
+def three_blobs(n: int, seed: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(X (n, C), z (n,))``: three Gaussian classes (std 1, 0.5, 1.5) at fixed centres, C <= 3 channels."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -1.0], [-3.0, 3.0, 2.0]])[:, :C]
+    stds = np.array([1.0, 0.5, 1.5])
+    z = rng.integers(0, 3, n)
+    return centers[z] + stds[z, None] * rng.standard_normal((n, C)), z

@@ -7,16 +7,13 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture as SkGMM
 
+from _helpers import three_blobs
 from deepgmm import GaussianMixture, SpatiallyVariantGMM
 from deepgmm.mixture import ConvergenceWarning, EmptyComponentWarning, NotFittedError
 
 
 def blobs(n=400, seed=0, C=3):
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -1.0], [-3.0, 3.0, 2.0]])[:, :C]
-    stds = np.array([1.0, 0.5, 1.5])
-    z = rng.integers(0, 3, n)
-    return centers[z] + stds[z, None] * rng.standard_normal((n, C)), z
+    return three_blobs(n, seed, C)
 
 
 def start(X, cov_type, K=3, seed=1):

@@ -8,16 +8,13 @@ import pytest
 import scipy.special
 import scipy.stats
 
+from _helpers import three_blobs
 from deepgmm import GaussianMixture, SpatiallyVariantGMM, segment
 from deepgmm.field_em import FieldGaussianMixture, FieldSpatiallyVariantGMM
 
 
 def blobs(n=300, seed=0, C=2):
-    rng = np.random.default_rng(seed)
-    centers = np.array([[0.0, 0.0, 0.0], [4.0, 1.0, -1.0], [-3.0, 3.0, 2.0]])[:, :C]
-    stds = np.array([1.0, 0.5, 1.5])
-    z = rng.integers(0, 3, n)
-    return centers[z] + stds[z, None] * rng.standard_normal((n, C)), z
+    return three_blobs(n, seed, C)
 
 
 def start(C, cov_type):

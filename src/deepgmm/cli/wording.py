@@ -12,7 +12,7 @@ from .options import SEGMENT_OPTIONS, TRAIN_OPTIONS
 __all__ = ["in_cli_terms"]
 
 # keywords without a flag of the same name
-_EXTRA_FLAGS = {"n_components": "-k"}
+_EXTRA_FLAGS = {"n_components": "-k", "sample_weight": "--weights"}
 
 _VERBS = r"(?:lower|raise|increase|decrease|use|pass|set|give|a smaller|a larger)"
 

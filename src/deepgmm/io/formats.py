@@ -372,6 +372,20 @@ def load_image(paths: PathLike | Sequence[PathLike], *, dtype: Any = np.float32)
     return Image(data, None, None, tuple(path_list), first.kind, first.disk_shape)
 
 
+def _read_like(p: Path, what: str, spatial_shape: Sequence[int], like: Image | None, **read: Any) -> np.ndarray:
+    """One single-channel map of ``what`` (e.g. "mask file") in the frame of an image: its shape must be
+    ``spatial_shape`` and, when both are NIfTI, its affine ``like``'s; else a ``ValueError`` naming the file."""
+    raw = _read(p, what, **read)
+    m = _single_channel(raw, p, what)
+    expected = tuple(int(s) for s in spatial_shape)
+    if tuple(m.shape) != expected:
+        raise ValueError(f"{what} {p} has shape {tuple(m.shape)} but the image has spatial shape {expected}")
+    if raw.kind == "nifti" and like is not None and like.affine is not None \
+            and not affines_match(like.affine, raw.affine):
+        raise ValueError(f"{what} {p} has affine {_fmt_affine(raw.affine)} but the image has {_fmt_affine(like.affine)}")
+    return m
+
+
 def load_mask(path: PathLike, spatial_shape: Sequence[int], *, like: Image | None = None) -> np.ndarray:
     """Read a region mask (non-zero = inside) as a boolean array of shape ``spatial_shape``.
 
@@ -380,18 +394,9 @@ def load_mask(path: PathLike, spatial_shape: Sequence[int], *, like: Image | Non
     naming the file.
     """
     p = Path(path)
-    raw = _read(p, "mask file", palette_as_index=True)
-    m = _single_channel(raw, p, "mask file")
-    expected = tuple(int(s) for s in spatial_shape)
-    if tuple(m.shape) != expected:
-        raise ValueError(f"mask file {p} has shape {tuple(m.shape)} but the image has spatial shape {expected}")
+    m = _read_like(p, "mask file", spatial_shape, like, palette_as_index=True)
     if m.dtype.kind == "f" and not bool(np.isfinite(m).all()):
         raise ValueError(f"mask file {p} contains NaN or Inf values; a mask must be 0 outside and non-zero inside")
-    if raw.kind == "nifti" and like is not None and like.affine is not None \
-            and not affines_match(like.affine, raw.affine):
-        raise ValueError(
-            f"mask file {p} has affine {_fmt_affine(raw.affine)} but the image has {_fmt_affine(like.affine)}"
-        )
     mask = m != 0
     if not mask.any():
         raise ValueError(f"mask file {p} is empty: it has no non-zero pixel")
@@ -403,15 +408,7 @@ def load_weights(path: PathLike, spatial_shape: Sequence[int], *, like: Image | 
     ``spatial_shape``. ``like`` as in :func:`load_mask`; a wrong shape or affine, NaN/Inf, a negative
     value or an all-zero map is a ``ValueError`` naming the file."""
     p = Path(path)
-    raw = _read(p, "weights file")
-    w = np.asarray(_single_channel(raw, p, "weights file"), dtype=np.float64)
-    expected = tuple(int(s) for s in spatial_shape)
-    if tuple(w.shape) != expected:
-        raise ValueError(f"weights file {p} has shape {tuple(w.shape)} but the image has spatial shape {expected}")
-    if raw.kind == "nifti" and like is not None and like.affine is not None \
-            and not affines_match(like.affine, raw.affine):
-        raise ValueError(f"weights file {p} has affine {_fmt_affine(raw.affine)} but the image has "
-                         f"{_fmt_affine(like.affine)}")
+    w = np.asarray(_read_like(p, "weights file", spatial_shape, like), dtype=np.float64)
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"weights file {p} must hold finite weights >= 0")
     if not (w > 0).any():
