@@ -333,3 +333,70 @@ def test_failed_command_in_a_process_group_leaves_before_the_teardown(tmp_path, 
         # the teardown is skipped only in the process group, where it could wait forever
         assert marker.exists() == (joined == "alone"), joined
         assert not Path(out).exists()
+
+
+_FINISH_SCRIPT = """
+import atexit, sys, weakref
+from pathlib import Path
+import deepgmm.cli as cli
+import deepgmm.cli.segment as segment_cmd
+import deepgmm.training.distributed as dist_mod
+
+folder, joined = Path(sys.argv[1]), sys.argv[2] == "joined"
+dist_mod._joined = joined  # what init_distributed sets under torchrun
+
+class Teardown:  # stands for torch's C++ objects, torn down with the interpreter
+    def __del__(self):
+        (folder / "teardown").write_text("ran")
+
+def command(args):
+    global held
+    held = Teardown()  # a module global: released only when the interpreter ends
+    atexit.register(lambda: (folder / "atexit").write_text("ran"))
+    weakref.finalize(Teardown, lambda: (folder / "finalize").write_text("ran"))
+    print("the command's last line", flush=False)
+    return 0
+
+segment_cmd.cmd_segment = command  # what the parser registers
+sys.exit(cli.main(["segment", sys.argv[3], "--method", "gmm", "-k", "2", "--out", sys.argv[4]]))
+"""
+
+
+def test_finished_command_in_a_process_group_skips_only_the_interpreter_teardown(tmp_path):
+    """A rank that finished its work ends with status 0 without tearing torch's C++ objects down
+    with the interpreter (a gloo rank once aborted there in CI); Python's exit handlers, the
+    ``weakref.finalize`` clean-ups and the buffered stdout still run. Outside a process group the
+    interpreter ends as usual, which is what the marker of the teardown tells apart."""
+    make_cohort(tmp_path / "d", n=1)
+    script = tmp_path / "finish.py"
+    script.write_text(_FINISH_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "WORLD_SIZE": "2"}
+    image = str(tmp_path / "d" / "case00" / "A.nii.gz")
+    for joined in ("joined", "alone"):
+        folder = tmp_path / joined
+        folder.mkdir()
+        run = subprocess.run([sys.executable, str(script), str(folder), joined, image, str(tmp_path / "o")],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.strip() == "the command's last line"
+        assert (folder / "atexit").is_file() and (folder / "finalize").is_file(), joined
+        assert (folder / "teardown").exists() == (joined == "alone"), joined
+
+
+def test_group_session_meets_at_a_barrier_only_when_the_work_ended_normally(monkeypatch):
+    """Ranks leave the group together after their work; a rank whose work raised leaves at once
+    (a barrier there could wait for ranks that never come)."""
+    import deepgmm.training.distributed as dist_mod
+
+    calls = []
+    monkeypatch.setattr(dist_mod, "barrier", lambda info: calls.append("barrier"))
+    monkeypatch.setattr(dist_mod, "shutdown", lambda info: calls.append("shutdown"))
+    info = DistInfo(rank=1, world_size=2)
+    with dist_mod.group_session(info) as got:
+        assert got is info and calls == []
+    assert calls == ["barrier", "shutdown"]
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        with dist_mod.group_session(info):
+            raise KeyboardInterrupt
+    assert calls == ["shutdown"]

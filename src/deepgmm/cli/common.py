@@ -170,15 +170,15 @@ def run_experiment(args: argparse.Namespace, run: Any, *params: Any, **kwargs: A
     """``run(*params, **kwargs, shard=, merge=, dist=)`` (an experiments runner), in torchrun's
     process group when started by torchrun; the one process, or rank 0, prints the table."""
     from ..experiments._shards import refuse_under_torchrun
-    from ..training.distributed import in_torchrun, init_distributed, shutdown
+    from ..training.distributed import group_session, in_torchrun, init_distributed
 
     refuse_under_torchrun(args.shard, args.merge, in_torchrun())  # on every rank, before any joins the group
     dist = init_distributed("cpu", timeout_s=RANK_TIMEOUT_S) if in_torchrun() else None  # coordination only
-    try:
-        res = run(*params, **kwargs, shard=args.shard, merge=args.merge, dist=dist)
-    finally:
-        if dist is not None:
-            shutdown(dist)
+    if dist is None:
+        res = run(*params, **kwargs, shard=args.shard, merge=args.merge, dist=None)
+    else:
+        with group_session(dist):
+            res = run(*params, **kwargs, shard=args.shard, merge=args.merge, dist=dist)
     if dist is None or dist.is_main:
         report_run(res, str(res.out_dir))
     return 0

@@ -24,13 +24,13 @@ def _infer_channel_names(paths: Sequence[str], model_channels: Sequence[str]) ->
 def _predict_cohort(args: argparse.Namespace) -> int:
     """``deepgmm predict --data DIR``: every case, sharded over the torchrun ranks."""
     from ..training.cohort import cohort_units, predict_cohort
-    from ..training.distributed import init_distributed, shutdown
+    from ..training.distributed import group_session, init_distributed
     from ..training.predict import load_ensemble
 
     if args.images or args.mask is not None:
         raise ValueError("give either IMG files (with --mask) or --data DIR, not both")
     info = init_distributed(args.device)  # under torchrun: the cases are sharded over the ranks
-    try:
+    with group_session(info):
         model = load_ensemble(args.model, device=info.device, readout=args.readout)
         data = data_settings(args, layout_default=model.config.layout, channels_default=model.channels)
         items = cohort_units(data["layout"], args.data, channels=data["channels"],
@@ -38,8 +38,6 @@ def _predict_cohort(args: argparse.Namespace) -> int:
                              default_myops_cases="test")
         summary = predict_cohort(model, items, args.out, fmt=args.format, overwrite=args.overwrite,
                                  batch_size=args.batch_size, info=info)
-    finally:
-        shutdown(info)
     if not info.is_main:
         return 0
     line = f"{model.config.method}: {summary['units']} sample(s), mean NLL {summary['mean_nll']:.5f}"

@@ -189,17 +189,15 @@ def cmd_segment_cohort(args: argparse.Namespace) -> int:
         raise ValueError("--sigma-units mm applies to IMG files; with --data DIR the widths are in pixels")
     options = segment_options(args)
     from ..training.cohort import cohort_units, segment_cohort
-    from ..training.distributed import init_distributed, shutdown
+    from ..training.distributed import group_session, init_distributed
 
     data = data_settings(args)
     items = cohort_units(data["layout"], args.data, channels=data["channels"], mask_name=data["mask_name"],
                          cases=data["cases"], skip_bad=data["skip_bad"], default_myops_cases="all")
     info = init_distributed("cpu")  # the process group only coordinates; each rank computes on options' device
-    try:
+    with group_session(info):
         summary = segment_cohort(items, args.out, method=args.method, n_components=args.n_components,
                                  options=options, fmt=args.format, overwrite=args.overwrite, info=info)
-    finally:
-        shutdown(info)
     if info.is_main:
         line = f"{args.method}: {summary['units']} sample(s), mean NLL {summary['mean_nll']:.5f}"
         if summary.get("mean_dice_over_classes") is not None:

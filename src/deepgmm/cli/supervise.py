@@ -4,7 +4,8 @@
 ``deepgmm: error: <message>`` on stderr: the library's errors (``ValueError``, ``OSError``) and an
 out-of-memory error give 2, Ctrl-C 130, SIGTERM 143 (``--debug`` shows the traceback instead).
 Under torchrun, a collective that fails because another process of the job stopped is one line
-too, and a process that joined the process group ends at once with its status (see :func:`_failed`).
+too, and a process that joined the process group ends at once with its status (see :func:`_failed`
+and :func:`_finished`).
 The library's log records and warnings reach stderr as ``deepgmm: warning: <message>`` lines, each
 message once.
 """
@@ -12,6 +13,7 @@ message once.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -206,13 +208,35 @@ def _failed(code: int) -> int:
     wrote is complete by then (files are replaced atomically); only stdout and stderr need a flush.
     """
     if _joined_process_group():
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush_streams()
         os._exit(code)
     return code
+
+
+def _finished(code: int) -> int:
+    """Return ``code``, the status of a command that ran to its end; in a process that joined a
+    torchrun process group, end the process here with it instead, after Python's exit handlers.
+
+    The command has left the process group by then (every rank together, see
+    :func:`deepgmm.training.distributed.group_session`) and written everything. What is skipped is
+    the interpreter's teardown of torch's C++ objects: in a process that ran a gloo backend it can
+    abort (``terminate called without an active exception``, SIGABRT), which made a finished
+    rank fail a torchrun job (seen once in CI). The exit handlers (log handlers flushed and closed,
+    ``weakref.finalize`` clean-ups) still run.
+    """
+    if _joined_process_group():
+        atexit._run_exitfuncs()
+        _flush_streams()
+        os._exit(code)
+    return code
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def _report(exc: BaseException) -> int | None:
@@ -266,7 +290,7 @@ def run_command(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             try:
-                return _call(args, once)
+                code = _call(args, once)
             except (KeyboardInterrupt, MemoryError, ValueError, OSError, RuntimeError) as exc:
                 code = None if args.debug else _report(exc)  # FileNotFoundError is an OSError
                 if code is None:
@@ -280,3 +304,4 @@ def run_command(args: argparse.Namespace) -> int:
         finally:
             _restore_sigterm(saved_term)
             logger.debug("%s finished in %.2f s", args.command, time.perf_counter() - t0)
+    return _finished(code)

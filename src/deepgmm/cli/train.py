@@ -101,7 +101,7 @@ def _settings(args: argparse.Namespace) -> tuple[str, Any, list[str], dict[str, 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``deepgmm train``: build the dataset and configuration, train (DDP under torchrun)."""
-    from ..training.distributed import in_torchrun, init_distributed, shutdown
+    from ..training.distributed import group_session, in_torchrun, init_distributed
 
     check_minimum("--workers", args.workers, 0)
     out = Path(args.out)
@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with torch_settings(args.threads, args.deterministic):
         info = init_distributed(args.device)
-        try:
+        with group_session(info):
             dataset = make_dataset(layout, args.data, channels=data["channels"], spatial_dims=cfg.spatial_dims,
                                    mask_name=data["mask_name"], normalize=cfg.normalize, crop_size=cfg.crop_size,
                                    cases=data["cases"], skip_bad=data["skip_bad"])
@@ -120,8 +120,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress = args.progress if args.progress is not None else sys.stderr.isatty()
             result = train(cfg, dataset, out, resume=args.resume, overwrite=args.overwrite, explicit=explicit,
                            dist_info=info, num_workers=args.workers, progress=progress)
-        finally:
-            shutdown(info)
     if info.is_main:
         state = "converged" if result.converged else "stopped at the epoch limit"
         extra = f" on {info.world_size} processes" if in_torchrun() else ""

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from .._validation import resolve_device
 
-__all__ = ["DistInfo", "in_torchrun", "init_distributed", "joined_process_group", "shutdown", "shard",
-           "all_reduce_sum", "broadcast_object", "barrier"]
+__all__ = ["DistInfo", "in_torchrun", "init_distributed", "joined_process_group", "shutdown", "group_session",
+           "shard", "all_reduce_sum", "broadcast_object", "barrier"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,25 @@ def shutdown(info: DistInfo) -> None:
     """Leave the process group (if :func:`init_distributed` joined one)."""
     if info.distributed:
         dist.destroy_process_group()
+
+
+@contextmanager
+def group_session(info: DistInfo) -> Iterator[DistInfo]:
+    """The work of one command in the process group, left together.
+
+    When the block ends normally, every rank waits at a barrier before leaving the group, so no
+    process tears its backend down while another still works (a rank with a smaller share used
+    to leave while rank 0 was still testing, and its teardown could abort). When the block
+    raises, this process leaves at once without the barrier (the others may never reach it): their
+    next collective fails, and they stop too.
+    """
+    try:
+        yield info
+    except BaseException:
+        shutdown(info)
+        raise
+    barrier(info)
+    shutdown(info)
 
 
 def shard(items: Sequence[T], info: DistInfo) -> list[T]:
