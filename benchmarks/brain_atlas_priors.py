@@ -66,6 +66,11 @@ CONFIGS = {
     "svgmm_s3_b2": dict(method="svgmm", smooth_sigma=3.0, bias_field=2),
     "svgmm_s4_b2": dict(method="svgmm", smooth_sigma=4.0, bias_field=2),
     "svgmm_s1_b2_t121": dict(method="svgmm", smooth_sigma=1.0, bias_field=2, gaussians_per_class=(1, 2, 1)),
+    "svgmm_s1_b2_t122": dict(method="svgmm", smooth_sigma=1.0, bias_field=2, gaussians_per_class=(1, 2, 2)),
+    "svgmm_s1_b2_t112": dict(method="svgmm", smooth_sigma=1.0, bias_field=2, gaussians_per_class=(1, 1, 2)),
+    "svgmm_s1_b2_t221": dict(method="svgmm", smooth_sigma=1.0, bias_field=2, gaussians_per_class=(2, 2, 1)),
+    "svgmm_s1_b3_t121": dict(method="svgmm", smooth_sigma=1.0, bias_field=3, gaussians_per_class=(1, 2, 1)),
+    "svgmm_s05_b2_t121": dict(method="svgmm", smooth_sigma=0.5, bias_field=2, gaussians_per_class=(1, 2, 1)),
     "atropos": dict(method="atropos"),
 }
 REGISTRATION_SPACING = 2.0  # mm: the T1s are resampled to this grid for the registration only
