@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import make_cohort, rank_pid
+from _helpers import make_cohort, rank_pid, torchrun_deepgmm
 from deepgmm.cli import main
 from deepgmm.training import load_checkpoint
 from deepgmm.training.distributed import DistInfo, in_torchrun, shard
@@ -40,11 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", "-m", "deepgmm", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return torchrun_deepgmm(args, tmp_path, SRC, timeout=300)
 
 
 def test_global_batches_do_not_depend_on_the_number_of_processes():

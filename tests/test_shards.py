@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import check_error, count_segment_fits
+from _helpers import check_error, count_segment_fits, torchrun_deepgmm
 from deepgmm.experiments import _shards, brain
 from deepgmm.training.distributed import DistInfo
 from test_brain import _write_ibsr
@@ -218,11 +218,7 @@ def test_resume_takes_in_shards_left_behind(ibsr, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- torchrun
 def _torchrun(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", "-m", "deepgmm", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=cwd)
+    return torchrun_deepgmm(args, cwd, SRC, timeout=600)
 
 
 @pytest.mark.slow
