@@ -4,7 +4,8 @@ trained-model inference.
 Each case runs on every selected device from the same inputs and seeds: (em) ``GaussianMixture``,
 K=4, 3 channels, full covariances, fixed initial parameters, a fixed number of iterations (the data
 and start of benchmarks/bench_em.py); (deep2d) ``segment(method="deepsvg")`` on a 2D phantom;
-(deep3d) the same on a small 3D phantom stack; (predict) ``TrainedModel.predict_many`` on phantom
+(deep3d) the same on a small 3D phantom stack; (volume) deepSVG at ``segment()``'s defaults on a
+volume of a brain window's size (a phantom, or ``--volume IMG MASK``); (predict) ``TrainedModel.predict_many`` on phantom
 slices with a network built directly from a ``TrainConfig`` (seeded, untrained weights: this times
 the inference path, not a model's quality). Seconds: the median of ``--repeats`` runs after one
 warm-up, with ``torch.cuda.synchronize()`` around GPU runs. Agreement of the CUDA run with the CPU
@@ -14,6 +15,7 @@ Without CUDA the CUDA rows say "skipped (no CUDA)". Not part of CI.
     python benchmarks/gpu_check.py                    # both devices, full sizes
     python benchmarks/gpu_check.py --quick            # small sizes (a smoke run)
     python benchmarks/gpu_check.py --device cpu --json out.json
+    python benchmarks/gpu_check.py --cases volume --volume IBSR_01.nii.gz brain_mask.nii.gz
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 
 from bench_em import make_data
 
-CASES = ("em", "deep2d", "deep3d", "predict")
+CASES = ("em", "deep2d", "deep3d", "predict", "volume")
 DEVICES = ("cpu", "cuda")
 SKIPPED = "skipped (no CUDA)"
 
@@ -43,6 +45,8 @@ SIZES = {  # full / quick
     "deep2d": (dict(shape=(160, 160), network="fast", steps=50), dict(shape=(48, 48), network="tiny", steps=3)),
     "deep3d": (dict(shape=(16, 96, 96), network="fast", steps=30), dict(shape=(6, 32, 32), network="tiny", steps=2)),
     "predict": (dict(shape=(160, 160), images=16, network="fast"), dict(shape=(48, 48), images=2, network="tiny")),
+    # a brain window's size (IBSR_01 cropped to its mask), everything else at segment()'s defaults
+    "volume": (dict(shape=(150, 124, 148), options={}), dict(shape=(16, 32, 32), options=dict(max_steps=3, pretrain_steps=3, network="tiny"))),
 }
 
 
@@ -120,7 +124,38 @@ def case_predict(size: dict[str, Any]) -> tuple[str, Callable[[str], dict[str, A
     return f"{size['images']} images {shape}, network {size['network']} (untrained)", run
 
 
-BUILDERS = {"em": case_em, "deep2d": _deep_case, "deep3d": _deep_case, "predict": case_predict}
+def case_volume(size: dict[str, Any], files: list[Path] | None = None) -> tuple[str, Callable[[str], dict[str, Any]]]:
+    """deepSVG at ``segment()``'s defaults for a volume (the automatic ``fit_scale``, default steps
+    and network; ``--quick``: 3 steps of the tiny network), K = 3, on one channel: ``files`` (an
+    image and its mask, e.g. an IBSR T1 and ``seg > 0``) or, without them, the first channel of a
+    phantom stack of ``size["shape"]`` inside an ellipsoid that fills it, as a brain mask fills its
+    window."""
+    from deepgmm import segment
+    from deepgmm.io import load_image
+    from deepgmm.phantom import make_phantom
+
+    if files:
+        image = np.asarray(load_image(str(files[0])).data, dtype=np.float32)
+        image = image.reshape((-1,) + image.shape[-3:])[:1] if image.ndim == 4 else image[None]
+        mask = np.asarray(load_image(str(files[1])).data).reshape(image.shape[1:]) > 0
+        desc = f"{files[0].name} ({'x'.join(map(str, image.shape[1:]))}, {int(mask.sum())} voxels in the mask)"
+    else:
+        shape = size["shape"]
+        image = make_phantom(shape=shape, seed=0).image[:1].astype(np.float32)
+        grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+        mask = sum(g ** 2 for g in grid) <= 1.0
+        desc = f"phantom {'x'.join(map(str, shape))}, ellipsoid mask ({int(mask.sum())} voxels)"
+
+    def run(device: str) -> dict[str, Any]:
+        seg = segment(image, mask, method="deepsvg", n_components=3, random_state=0, device=device,
+                      **size["options"])
+        return dict(labels=np.asarray(seg.labels)[mask], nll=float(seg.nll))
+
+    return desc + ", deepSVG defaults, K=3", run
+
+
+BUILDERS = {"em": case_em, "deep2d": _deep_case, "deep3d": _deep_case, "predict": case_predict,
+            "volume": case_volume}
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -141,6 +176,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default 3; --quick: 1)")
     ap.add_argument("--cases", choices=CASES, nargs="+", default=list(CASES))
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--volume", type=Path, nargs=2, metavar=("IMG", "MASK"),
+                    help="the volume case on this image and mask (default: a phantom of a brain window's size)")
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     warnings.simplefilter("ignore")
@@ -152,7 +189,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for case in args.cases:
-        desc, run = BUILDERS[case](SIZES[case][1 if args.quick else 0])
+        size = SIZES[case][1 if args.quick else 0]
+        desc, run = case_volume(size, args.volume) if case == "volume" else BUILDERS[case](size)
         results: dict[str, dict[str, Any]] = {}
         for device in args.device:
             row: dict[str, Any] = dict(case=case, device=device, size=desc)
