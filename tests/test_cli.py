@@ -257,11 +257,33 @@ def test_weights_end_to_end(case, capsys):
     check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(bad)), "must hold finite weights >= 0")
     nib.save(nib.Nifti1Image(w[:-1, :, None], AFFINE), bad)
     check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(bad)), "has shape (31, 30)")
-    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(wfile), method="deepsvg"),
-                "--weights applies to the gmm/svgmm methods")
+    zero = folder / "zero_w.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros_like(w)[..., None], AFFINE), zero)
+    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(zero), "--network", "tiny", method="deepsvg"),
+                "is zero everywhere: at least one pixel needs a positive weight")
     check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(wfile), "--bias-field", "1"),
                 "--weights cannot be combined with --bias-field or --prior-maps")
     assert not (folder / "bad").exists()
+
+
+def test_weights_with_a_deep_method(case):
+    """--weights with deepSVG: weight 0 on one class's pixels leaves that class's intensities out of
+    the fit (no class mean near it, where the unweighted fit has one), and every pixel of the mask is
+    labelled."""
+    folder, paths, img, truth = case
+    w = (truth != 1220).astype(np.float32)
+    wfile = folder / "w.nii.gz"
+    nib.save(nib.Nifti1Image(w[..., None], AFFINE), wfile)
+    deep = ("--network", "tiny", "--max-steps", "20", "--pretrain-steps", "10", "--seed", "0")
+    assert main(seg_args(paths, folder / "deep", "--weights", str(wfile), *deep, method="deepsvg")) == 0
+    assert main(seg_args(paths, folder / "plain", *deep, method="deepsvg")) == 0
+    summary = json.loads((folder / "deep" / "summary.json").read_text())
+    assert summary["settings"]["sample_weight"] == "a weight per pixel, given"
+    plain = json.loads((folder / "plain" / "summary.json").read_text())
+    assert max(m[1] for m in plain["class_means"]) > 3.0  # 1220 is at (0, 6)
+    assert max(m[1] for m in summary["class_means"]) < 1.0
+    labels = np.asanyarray(nib.load(folder / "deep" / "labels.nii.gz").dataobj)[..., 0]
+    assert (labels[truth > 0] > 0).all()
 
 
 def test_extra_segment_option_hook(case, monkeypatch):

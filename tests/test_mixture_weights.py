@@ -309,7 +309,9 @@ def test_segment_weights_of_a_region_fit_that_region_and_label_every_pixel(metho
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(method="deepsvg", sample_weight=np.ones((40, 40))), "sample_weight applies to the EM methods"),
+    (dict(method="deepsvg", sample_weight=np.zeros((40, 40))), "sample_weight is zero on every pixel of the mask"),
+    (dict(method="deepg", sample_weight=np.ones((40, 39))), r"sample_weight must have the image's spatial shape"),
+    (dict(method="deepsvg", sample_weight=np.ones((40, 40)), bias_field=1), "cannot be combined with bias_field"),
     (dict(sample_weight=np.ones((40, 39))), r"sample_weight must have the image's spatial shape \(40, 40\)"),
     (dict(sample_weight=-np.ones((40, 40))), "finite weights >= 0"),
     (dict(sample_weight=np.full((40, 40), np.nan)), "finite weights >= 0"),

@@ -64,9 +64,10 @@ def _add_segment_parser(subs: Any) -> None:
     p.add_argument("images", nargs="*", metavar="IMG",
                    help="image file(s): .nii, .nii.gz, .png, .tif, .tiff, .jpg, .jpeg, .npy")
     p.add_argument("--mask", metavar="M", help="region mask (non-zero inside); default: the whole image")
-    p.add_argument("--weights", metavar="W", help="EM: a weight >= 0 per pixel, an image of the input's spatial "
-                   "shape (e.g. a soft brain mask): each pixel counts that many times in the fit; every pixel of "
-                   "the mask is labelled (not with --bias-field or --prior-maps)")
+    p.add_argument("--weights", metavar="W", help="a weight >= 0 per pixel, an image of the input's spatial "
+                   "shape (e.g. a soft brain mask): each pixel counts that many times in the fit (deep methods: "
+                   "in the EM start, the M-step and the NLL); every pixel of the mask is labelled (not with "
+                   "--bias-field or --prior-maps)")
     _add_data_options(p, what="segment every case of a data folder instead of IMG (one output sub-folder per "
                               "case; sharded over the processes under torchrun)")
     p.add_argument("--method", required=True, choices=METHODS, help="mixture model")

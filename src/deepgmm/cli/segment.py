@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..choices import DEEP_METHODS, EM_METHODS, LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE
+from ..choices import DEEP_METHODS, LABEL_FILES, PROBABILITY_FILES, SUMMARY_FILE
 from . import options as cli_options
 from .common import check_minimum, data_settings, output_format, refuse_data_options
 
@@ -146,9 +146,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image = dio.load_image(args.images)
     mask = dio.load_mask(args.mask, image.spatial_shape, like=image) if args.mask is not None else None
     weights = None
-    if args.weights is not None:  # the methods named as for every flag; the rest segment() checks (cli.wording)
-        if args.method not in EM_METHODS:
-            raise ValueError(f"--weights applies to the {'/'.join(EM_METHODS)} methods, not to --method {args.method}")
+    if args.weights is not None:  # what it cannot be combined with, segment() checks (named by cli.wording)
         weights = dio.load_weights(args.weights, image.spatial_shape, like=image)
     fmt = output_format(args.format, image.kind, image.ndim)
     if fmt == "png" and max(candidates or [args.n_components]) > 255:

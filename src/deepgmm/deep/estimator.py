@@ -281,8 +281,12 @@ class DeepGMM(ParamsMixin):
         return wants_smoothing("init_smooth_sigma", self.init_smooth_sigma)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, image: Any, mask: Any = None) -> "DeepGMM":
-        """Fit to one image ``(C, *spatial)`` (2D or 3D) over ``mask`` ``(*spatial)`` (default: all pixels)."""
+    def fit(self, image: Any, mask: Any = None, sample_weight: Any = None) -> "DeepGMM":
+        """Fit to one image ``(C, *spatial)`` (2D or 3D) over ``mask`` ``(*spatial)`` (default: all pixels).
+
+        ``sample_weight`` ``(*spatial)`` >= 0, optional: pixel n counts ``sample_weight[n]`` times in
+        the EM start, the distillation, the M-step and the NLL (on a coarser grid, a block counts
+        its mean weight); the regularisers and the read-out still cover every pixel of the mask."""
         t0 = time.perf_counter()
         regs = self._validate()
         self.covariance_type_ = self.covariance_type or self._default_covariance
@@ -299,10 +303,13 @@ class DeepGMM(ParamsMixin):
             elif isinstance(r, SmoothedPosterior):
                 r.check(len(spatial))
         full_region = region
+        weight = None if sample_weight is None else _weight_tensor(sample_weight, spatial, region)
         window = box_slices(region, self.crop_margin)
         img, region = img[(slice(None),) + window], region[window]
+        weight = None if weight is None else weight[window]
         scale = self._resolve_scale(tuple(img.shape[1:]))
         img_fit, region_fit = self._downsample(img, region, scale)
+        weight_fit = weight if weight is None or scale == 1 else _block_means(weight[None], region, scale)[0][0]
         regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
         spatial = tuple(img_fit.shape[1:])
         if scale > 1:
@@ -318,6 +325,7 @@ class DeepGMM(ParamsMixin):
         net = net.to(dev)
         x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid
         m = region_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
+        w = None if weight is None else weight_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs_fit)
 
@@ -327,12 +335,13 @@ class DeepGMM(ParamsMixin):
         with bar:  # the bar closed, or the last line logged, also on an error
             if self.init == "em":
                 prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
-                target = self._em_posteriors(img, region, seed, prior)  # (1, K, *window)
+                target = self._em_posteriors(img, region, seed, prior, weight)  # (1, K, *window)
                 target = self._target_to_fit(target, region, scale).to(dev)  # (1, K, *spatial)
-                self._distil(net, x, m, target, bar)
+                self._distil(net, x, m if w is None else m * w, target, bar)
 
             full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
             full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
+            full_w = w if scale == 1 or w is None else weight.to(dev).unsqueeze(0).to(x.dtype)
             read_loss = loss_fn if scale == 1 else DeepMixtureLoss(  # the full resolution's regularisers
                 mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar,
                 regularizers=regs)
@@ -343,9 +352,9 @@ class DeepGMM(ParamsMixin):
             n_iter = 0
             for step in range(1, max_steps + 1):
                 if full_steps:
-                    out = read_loss(full_x, _upsample(net(x), scale, tuple(full_x.shape[2:])), full_m)
+                    out = read_loss(full_x, _upsample(net(x), scale, tuple(full_x.shape[2:])), full_m, weight=full_w)
                 else:
-                    out = loss_fn(x, net(x), m)
+                    out = loss_fn(x, net(x), m, weight=w)
                 opt.zero_grad(set_to_none=True)
                 out.total.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
@@ -360,11 +369,11 @@ class DeepGMM(ParamsMixin):
                     converged = True
                     break
 
-        logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale)  # (1, K, *window)
+        logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale, full_w)  # (1, K, *window)
         self.network_ = net.eval()
         self.network_config_ = cfg
         self.fit_scale_ = scale
-        self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x)
+        self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x, full_w)
         self.probabilities_, self.labels_ = _uncrop(self.probabilities_, self.labels_, window,
                                                     tuple(full_region.shape))
         self.window_ = window
@@ -418,17 +427,19 @@ class DeepGMM(ParamsMixin):
         return out
 
     def _final_logits(self, net: UNet, x: Tensor, full_x: Tensor, full_m: Tensor, loss_fn: DeepMixtureLoss,
-                      scale: int) -> tuple[Tensor, Any]:
+                      scale: int, full_w: Tensor | None) -> tuple[Tensor, Any]:
         """The network's logits ``(1, K, *window)`` at full resolution (interpolated from the fitted grid
         ``x`` ``(1, C, *grid)`` for ``scale > 1``) and the loss on ``full_x`` ``(1, C, *window)`` with them
-        (its M-step is the fit's mixture)."""
+        (its M-step is the fit's mixture; ``full_w``: the pixels' weights)."""
         with torch.no_grad():
             logits = _upsample(net(x), scale, tuple(full_x.shape[2:]))
-            out = loss_fn(full_x, logits, full_m)
+            out = loss_fn(full_x, logits, full_m, weight=full_w)
         return logits, out
 
-    def _em_posteriors(self, img: Tensor, region: Tensor, seed: int, prior: np.ndarray | None) -> Tensor:
-        """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``)."""
+    def _em_posteriors(self, img: Tensor, region: Tensor, seed: int, prior: np.ndarray | None,
+                       weight: Tensor | None) -> Tensor:
+        """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``; each
+        pixel of ``region`` counting ``weight`` ``(*spatial)`` times, if given)."""
         smooth = self._init_sigmas_given()
         method = "svgmm" if self._mixture == "svgmm" or smooth else "gmm"
         settings = dict(EM_IMAGE_DEFAULTS[method])
@@ -437,15 +448,16 @@ class DeepGMM(ParamsMixin):
         if prior is not None:  # start at the prior's means: the classes come out in its order
             settings.update(init="means", means_init=prior, n_init=1)
         X = img[:, region].T.double()
+        sw = None if weight is None else weight[region].double().numpy()
         if smooth:
             try:
                 sigmas = as_sigmas(self.init_smooth_sigma, region.ndim)
             except ValueError as exc:  # a wrong number of axes
                 raise ValueError(f"init_smooth_sigma: {exc}") from None
-            est = em.SpatiallyVariantGMM(smooth_sigma=sigmas, **settings).fit(X, mask=region)
+            est = em.SpatiallyVariantGMM(smooth_sigma=sigmas, **settings).fit(X, mask=region, sample_weight=sw)
         else:
             cls = em.SpatiallyVariantGMM if method == "svgmm" else em.GaussianMixture
-            est = cls(**settings).fit(X)
+            est = cls(**settings).fit(X, sample_weight=sw)
         # the fitted pixels' probabilities (the SVGMM's per-pixel ones exist for them only)
         proba = torch.as_tensor(est.probabilities_ if est._spatial else est.predict_proba(X),
                                 dtype=img.dtype)  # (N, K)
@@ -491,35 +503,40 @@ class DeepGMM(ParamsMixin):
         return (probs.cpu().numpy().astype(np.float32),
                 labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32))
 
-    def _readout_em(self, logits: Tensor, region: Tensor, x: Tensor, means: Tensor,
-                    covariances: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
+    def _readout_em(self, logits: Tensor, region: Tensor, x: Tensor, means: Tensor, covariances: Tensor,
+                    weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
         """``readout_em`` EM iterations at full resolution with the interpolated soft labels as fixed
         per-pixel weights: E-step ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)``, M-step from ``p`` (not from
         ``w``, whose block-level blur pulls the classes' means together). ``logits`` ``(K, *window)``,
         ``region`` ``(*window)``, ``x`` ``(C, *window)``; returns means, covariances, ``nk`` ``(K,)`` and
         the mean NLL of the pixels at those parameters (the method's mixture: per-pixel weights ``w``
-        for deepSVG, the global ``nk / N`` for deepG, as the loss has it)."""
+        for deepSVG, the global ``nk / N`` for deepG, as the loss has it); ``weight`` ``(*window)``:
+        how many times each pixel counts (None: once)."""
         K, C = logits.shape[0], x.shape[0]
         inside = region.to(logits.device).reshape(-1)
         with torch.no_grad():
             pixels = x.reshape(C, -1).T[inside].double()  # (N, C)
             log_w = torch.log_softmax(logits.double(), 0).reshape(K, -1).T[inside]  # (N, K)
             means, covariances = means.double(), covariances.double()
+            counts = None if weight is None else weight.to(logits.device).reshape(-1)[inside].double()  # (N,)
             nk = torch.zeros(K, dtype=torch.float64, device=logits.device)
             for _ in range(self.readout_em):
                 post = log_posteriors(pixels, means, covariances, log_w, self.covariance_type_).exp()
+                post = post if counts is None else post * counts.unsqueeze(1)
                 nk, means, covariances = m_step(pixels, post, self.covariance_type_, self.reg_covar)
             weights = log_w if self._mixture == "svgmm" else torch.log(nk / nk.sum())
-            nll = float(mixture_nll(log_gaussian(pixels, means, covariances, self.covariance_type_), weights))
+            nll = float(mixture_nll(log_gaussian(pixels, means, covariances, self.covariance_type_), weights,
+                                    counts))
         return means.to(x.dtype), covariances.to(x.dtype), nk.to(x.dtype), nll
 
     def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
-                     converged: bool, regs: list[Regularizer], x: Tensor) -> None:
+                     converged: bool, regs: list[Regularizer], x: Tensor, weight: Tensor | None) -> None:
         fit = out.fit
         means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
         nll = float(out.nll[0])
         if self.fit_scale_ > 1 and self.readout_em > 0:
-            means, covariances, nk, nll = self._readout_em(logits, region, x[0], means, covariances)
+            means, covariances, nk, nll = self._readout_em(logits, region, x[0], means, covariances,
+                                                           None if weight is None else weight[0])
         given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
         self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
         self.means_ = means.cpu().numpy()
@@ -628,6 +645,19 @@ def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
     if tuple(m.shape) != spatial:
         raise ValueError(f"mask must have the image's spatial shape {spatial}, got {tuple(m.shape)}")
     return m != 0
+
+
+def _weight_tensor(weight: Any, spatial: tuple[int, ...], region: Tensor) -> Tensor:
+    """``sample_weight`` as float32 ``(*spatial)``, checked: finite, >= 0, not all zero in ``region``."""
+    w = weight.detach().cpu() if isinstance(weight, Tensor) else torch.from_numpy(
+        np.ascontiguousarray(np.asarray(weight, dtype=np.float64)))
+    if tuple(w.shape) != spatial:
+        raise ValueError(f"sample_weight must have the image's spatial shape {spatial}, got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample_weight must hold finite weights >= 0")
+    if not bool((w[region] > 0).any()):
+        raise ValueError("sample_weight is zero on every pixel of the mask: nothing to fit")
+    return w.to(torch.float32)
 
 
 def _block_means(values: Tensor, region: Tensor, scale: int) -> tuple[Tensor, Tensor]:

@@ -58,7 +58,8 @@ def mixture_fit_from_soft_labels(
     ----------
     x : ``(B, N, C)`` pixels
     log_w : ``(B, N, K)`` log soft labels (``log_softmax`` of logits); rows outside the mask are ignored
-    mask : ``(B, N)`` 0/1, optional (default: all pixels)
+    mask : ``(B, N)`` 0/1, or weights >= 0 (pixel n counts ``mask[n]`` times in the M-step and the
+        NLL), optional (default: all pixels)
     mixture : "gmm" (deepG) or "svgmm" (deepSVG)
     """
     if mixture not in MIXTURES:
@@ -72,7 +73,7 @@ def mixture_fit_from_soft_labels(
     inside = mask.unsqueeze(-1) > 0
     x = torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))  # no Inf/NaN can leak in
     # centre on the region's mean (a constant): the moment-based M-step stays accurate far from 0
-    centre = (x.sum(-2) / n_region.unsqueeze(-1)).detach()  # (B, C)
+    centre = ((x * mask.unsqueeze(-1)).sum(-2) / n_region.unsqueeze(-1)).detach()  # (B, C)
     xc = torch.where(inside, x - centre.unsqueeze(-2), torch.zeros((), dtype=x.dtype, device=x.device))
     w = log_w.exp() * mask.unsqueeze(-1)
     ms = m_step(xc, w, covariance_type, reg_covar)
@@ -116,10 +117,11 @@ class DeepMixtureLoss(nn.Module):
         self.regularizers = list(regularizers)
 
     def forward(self, image: Tensor, logits: Tensor, mask: Tensor | None = None,
-                scaling: tuple[Tensor, Tensor] | None = None) -> LossOutput:
+                scaling: tuple[Tensor, Tensor] | None = None, weight: Tensor | None = None) -> LossOutput:
         """image ``(B, C, *spatial)``, logits ``(B, K, *spatial)``, mask ``(B, *spatial)`` (optional);
         scaling: each sample's z-score ``(shift, scale)``, both ``(B, C)``, for regularisers given in
-        image units (optional)."""
+        image units (optional); weight ``(B, *spatial)`` >= 0 (optional): pixel n counts ``weight[n]``
+        times in the M-step and the NLL (the regularisers see the mask alone)."""
         if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
             raise ValueError(
                 f"image {tuple(image.shape)} and logits {tuple(logits.shape)} must share batch and spatial sizes"
@@ -130,6 +132,9 @@ class DeepMixtureLoss(nn.Module):
         x = image.reshape(B, C, -1).transpose(1, 2)  # (B, N, C)
         log_w = log_w_img.reshape(B, K, -1).transpose(1, 2)  # (B, N, K)
         m = None if mask is None else mask.reshape(B, -1)
+        if weight is not None:
+            w = weight.reshape(B, -1).to(image.dtype)
+            m = w if m is None else m.to(image.dtype) * w
         fit = mixture_fit_from_soft_labels(x, log_w, m, mixture=self.mixture,
                                            covariance_type=self.covariance_type, reg_covar=self.reg_covar)
         total = fit.nll

@@ -113,12 +113,10 @@ def _as_mask(mask: Any, spatial: tuple[int, ...]) -> torch.Tensor:
     return m != 0
 
 
-def _as_weights(weights: Any, spatial: tuple[int, ...], method: str) -> torch.Tensor | None:
+def _as_weights(weights: Any, spatial: tuple[int, ...]) -> torch.Tensor | None:
     """``segment()``'s ``sample_weight`` as a float64 tensor of the spatial shape (None: none), checked."""
     if weights is None:
         return None
-    if method not in EM_METHODS:
-        raise ValueError(f"sample_weight applies to the EM methods ({', '.join(EM_METHODS)}), not to {method!r}")
     w = weights.detach().cpu() if isinstance(weights, torch.Tensor) else torch.from_numpy(
         np.ascontiguousarray(np.asarray(weights, dtype=np.float64)))
     if tuple(w.shape) != spatial:
@@ -349,10 +347,11 @@ def segment(
         Gaussians of class k share map k (class k is map k, no mean order; the first start apart by
         rank of channel 0, :class:`deepgmm.field_em.FieldGaussianMixture`'s ``gaussians_per_map``).
         Not with spare classes or a class-order prior.
-    sample_weight : array of the spatial shape, optional (EM methods)
+    sample_weight : array of the spatial shape, optional
         A weight >= 0 per pixel (e.g. a soft brain mask): pixel n counts ``w_n`` times in the fit
-        (:meth:`deepgmm.GaussianMixture.fit`); every pixel of the mask is labelled, weight 0 included.
-        Not with ``bias_field`` or ``prior_maps``. ``settings["sample_weight"]`` says it was given.
+        (:meth:`deepgmm.GaussianMixture.fit`; the deep methods: in their EM start, distillation,
+        M-step and NLL, :meth:`deepgmm.DeepSVG.fit`); every pixel of the mask is labelled, weight 0
+        included. Not with ``bias_field`` or ``prior_maps``. ``settings["sample_weight"]`` says it was given.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -371,7 +370,7 @@ def segment(
     if spacing is not None:
         spacing = as_spacing(spacing, len(spatial))
     img, region = _leave_out_non_finite(img, _as_mask(mask, spatial), nan_policy)
-    weights = _as_weights(sample_weight, spatial, method)
+    weights = _as_weights(sample_weight, spatial)
     n_pix = int(region.sum())
     if n_pix == 0:
         raise ValueError("mask is empty: it selects no pixel of the image")

@@ -53,10 +53,12 @@ def _fit_em(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[s
 
 def _fit_deep(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any],
               sample_weight: Any = None) -> MethodFit:
-    if sample_weight is not None:
-        raise ValueError(f"sample_weight applies to the EM methods, not to {cls.__name__}")
     _check_options(cls, settings)
-    est = cls(**settings).fit(image, mask)
+    weight = None
+    if sample_weight is not None:  # (N,) over the mask -> a map of the image's spatial shape
+        weight = torch.zeros(mask.shape, dtype=torch.float64)
+        weight[mask] = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64))
+    est = cls(**settings).fit(image, mask, sample_weight=weight)
     region = mask.numpy()
     proba = est.probabilities_[:, region].T  # (N, K)
     return MethodFit(proba, est.labels_[region].astype(np.int64) - 1, est.means_, est.covariances_,
