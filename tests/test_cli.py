@@ -261,8 +261,6 @@ def test_weights_end_to_end(case, capsys):
     nib.save(nib.Nifti1Image(np.zeros_like(w)[..., None], AFFINE), zero)
     check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(zero), "--network", "tiny", method="deepsvg"),
                 "is zero everywhere: at least one pixel needs a positive weight")
-    check_error(capsys, seg_args(paths, folder / "bad", "--weights", str(wfile), "--bias-field", "1"),
-                "--weights cannot be combined with --bias-field or --prior-maps")
     assert not (folder / "bad").exists()
 
 

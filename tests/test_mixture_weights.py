@@ -10,7 +10,7 @@ import scipy.stats
 
 from _helpers import three_blobs
 from deepgmm import GaussianMixture, SpatiallyVariantGMM, segment
-from deepgmm.field_em import FieldGaussianMixture, FieldSpatiallyVariantGMM
+from deepgmm.field_em import FieldGaussianMixture
 
 
 def blobs(n=300, seed=0, C=2):
@@ -162,15 +162,11 @@ def test_bad_sample_weights_are_clear_errors(sw, match):
         GaussianMixture(n_components=3).fit(X, sample_weight=sw)
 
 
-def test_sample_weight_with_a_field_or_prior_maps_is_refused_and_without_them_passes_through():
+def test_sample_weight_without_a_field_or_maps_passes_through_the_field_estimators():
+    """(With a field or maps: tests/test_field_weights.py.)"""
     X, _ = blobs(n=64)
     mask = np.ones((8, 8), bool)
     sw = np.linspace(0.5, 2.0, 64)
-    with pytest.raises(ValueError, match="sample_weight is not supported with bias_field or prior_maps"):
-        FieldGaussianMixture(n_components=3, bias_field=1).fit(X, mask=mask, sample_weight=sw)
-    maps = np.full((3, 8, 8), 1 / 3)
-    with pytest.raises(ValueError, match="sample_weight is not supported with bias_field or prior_maps"):
-        FieldSpatiallyVariantGMM(n_components=3, prior_maps=maps).fit(X, mask=mask, sample_weight=sw)
     kw = dict(n_components=3, random_state=0)
     np.testing.assert_array_equal(FieldGaussianMixture(**kw).fit(X, mask=mask, sample_weight=sw).means_,
                                   GaussianMixture(**kw).fit(X, sample_weight=sw).means_)
@@ -311,11 +307,9 @@ def test_segment_weights_of_a_region_fit_that_region_and_label_every_pixel(metho
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="deepsvg", sample_weight=np.zeros((40, 40))), "sample_weight is zero on every pixel of the mask"),
     (dict(method="deepg", sample_weight=np.ones((40, 39))), r"sample_weight must have the image's spatial shape"),
-    (dict(method="deepsvg", sample_weight=np.ones((40, 40)), bias_field=1), "cannot be combined with bias_field"),
     (dict(sample_weight=np.ones((40, 39))), r"sample_weight must have the image's spatial shape \(40, 40\)"),
     (dict(sample_weight=-np.ones((40, 40))), "finite weights >= 0"),
     (dict(sample_weight=np.full((40, 40), np.nan)), "finite weights >= 0"),
-    (dict(sample_weight=np.ones((40, 40)), bias_field=2), "cannot be combined with bias_field or prior_maps"),
     (dict(sample_weight=np.zeros((40, 40))), "sample_weight is zero on every row"),
 ])
 def test_segment_sample_weight_errors(kwargs, match):

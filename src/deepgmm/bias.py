@@ -197,12 +197,15 @@ def evaluate_field(basis: Tensor, coef: Tensor) -> Tensor:
 
 
 def _expected_loglik(basis: Tensor, coef: Tensor, x: Tensor, offset: Tensor, resp: Tensor,
-                     comps: Gaussians, penalty: float = 0.0) -> tuple[float, Tensor, Tensor]:
-    """``Q(beta) = sum_n [sum_c log c_nc + sum_k r_nk log N(c_n x_n - offset | k) - penalty / 2 |log c_n|^2]``
-    with ``c = exp(B beta)``, the log-correction ``(N, C)`` and the corrected pixels ``(N, C)`` (less ``offset``)."""
+                     comps: Gaussians, penalty: float = 0.0,
+                     counts: Tensor | None = None) -> tuple[float, Tensor, Tensor]:
+    """``Q(beta) = sum_n [s_n sum_c log c_nc + sum_k r_nk log N(c_n x_n - offset | k) - penalty / 2 |log c_n|^2]``
+    with ``c = exp(B beta)``, the log-correction ``(N, C)`` and the corrected pixels ``(N, C)`` (less ``offset``);
+    ``s_n`` = ``counts`` ``(N,)``, how many times pixel n counts (its posteriors ``r_n`` sum to it; None: 1)."""
     log_c = basis @ coef.to(basis.dtype)
     z = x * torch.exp(log_c) - offset
-    q = log_c.sum(dtype=torch.float64) + (resp * comps.log_prob(z)).sum(dtype=torch.float64)
+    jac = log_c.sum(dtype=torch.float64) if counts is None else (log_c * counts.unsqueeze(1)).sum(dtype=torch.float64)
+    q = jac + (resp * comps.log_prob(z)).sum(dtype=torch.float64)
     if penalty > 0:
         q = q - 0.5 * penalty * log_c.pow(2).sum(dtype=torch.float64)
     return float(q), log_c, z
@@ -210,7 +213,7 @@ def _expected_loglik(basis: Tensor, coef: Tensor, x: Tensor, offset: Tensor, res
 
 def multiplicative_update(basis: Tensor, coef: Tensor, x: Tensor, offset: Tensor, resp: Tensor, means: Tensor,
                           covariances: Tensor, covariance_type: str, n_steps: int = 3,
-                          chunk: int = BIAS_CHUNK, penalty: float = 0.0) -> Tensor:
+                          chunk: int = BIAS_CHUNK, penalty: float = 0.0, counts: Tensor | None = None) -> Tensor:
     """The coefficients ``(P, C)`` of a multiplicative correction ``c_n = exp(B_n beta)`` that raise
     ``Q(beta)`` (:func:`_expected_loglik`): the mixture sees ``c_n x_n`` (intensities ``x`` ``(N, C)``,
     zero meaning no signal), and ``sum_c log c_nc`` is the change of variables' Jacobian, so that ``Q`` is
@@ -222,7 +225,9 @@ def multiplicative_update(basis: Tensor, coef: Tensor, x: Tensor, offset: Tensor
     (the frame they live in). ``penalty`` ``lam`` >= 0: a zero-mean Gaussian prior of precision ``lam``
     on the log-field's value at every pixel, ``-lam / 2 sum_n |log c_n|^2`` added to ``Q`` (MAP; its
     gradient ``-lam log c`` and curvature ``lam`` enter the Newton steps), so that a field that would
-    take up the anatomy (a large one) costs more than the likelihood it gains."""
+    take up the anatomy (a large one) costs more than the likelihood it gains. ``counts`` ``(N,)``:
+    pixel n counts ``counts[n]`` times (sample weights; ``resp`` row n then sums to it), in the
+    likelihood and the Jacobian, not in the prior (None: once)."""
     comps = Gaussians(means.to(x.dtype), covariances.to(x.dtype), covariance_type)
     if covariance_type == "diag":
         prec = 1.0 / covariances.to(x.dtype)
@@ -231,7 +236,8 @@ def multiplicative_update(basis: Tensor, coef: Tensor, x: Tensor, offset: Tensor
         prec = torch.linalg.inv(covariances.double()).to(x.dtype)  # (K, C, C)
         prec_mu = (prec @ means.to(x.dtype).unsqueeze(-1)).squeeze(-1)
     coef = coef.double()
-    cur, log_c, z = _expected_loglik(basis, coef, x, offset, resp, comps, penalty)
+    cur, log_c, z = _expected_loglik(basis, coef, x, offset, resp, comps, penalty, counts)
+    jac = 1.0 if counts is None else counts.to(x.dtype).unsqueeze(1)  # dQ/dlog_c of the Jacobian
     C = x.shape[1]
     for _ in range(n_steps):
         zz = z + offset  # c x
@@ -243,14 +249,15 @@ def multiplicative_update(basis: Tensor, coef: Tensor, x: Tensor, offset: Tensor
             L = (resp @ prec.flatten(1)).view(-1, C, C)
             h = (L @ z.unsqueeze(-1)).squeeze(-1) - resp @ prec_mu
             M = zz.unsqueeze(-1) * L * zz.unsqueeze(-2) + torch.diag_embed((zz * h).clamp_min(0.0))
-        grad = 1.0 - zz * h  # dQ/dlog_c per pixel and channel
+        grad = jac - zz * h  # dQ/dlog_c per pixel and channel
         if penalty > 0:
             grad = grad - penalty * log_c
             M = M + (penalty if covariance_type == "diag" else penalty * torch.eye(C, dtype=M.dtype, device=M.device))
         step = solve_field(basis, M, grad, chunk)
         t = 1.0
         for _ in range(12):
-            new, new_log_c, new_z = _expected_loglik(basis, coef + t * step, x, offset, resp, comps, penalty)
+            new, new_log_c, new_z = _expected_loglik(basis, coef + t * step, x, offset, resp, comps, penalty,
+                                                     counts)
             if new > cur:
                 break
             t *= 0.5

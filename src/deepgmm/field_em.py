@@ -160,9 +160,6 @@ class _FieldMixin:
         if self.prior_maps is not None:
             n_maps = self.n_components if self._groups is None else len(self._groups)
             self._prior_np = expand_prior_maps(normalize_prior_maps(self.prior_maps, n_maps, m, n), self._groups)
-        if sample_weight is not None and self._has_fields():
-            raise ValueError("sample_weight is not supported with bias_field or prior_maps; fit without them, "
-                             "or leave the pixels out of the mask instead")
         if self._prior_np is not None and "weights" in self._check_fix():
             raise ValueError("fix='weights' cannot be combined with prior_maps, which set the weights per pixel")
         self._basis = self._prior = self._log_prior = None
@@ -192,8 +189,9 @@ class _FieldMixin:
         for count in self._groups:  # once per map, at the start only
             if count > 1:
                 w = self._prior[:, first] * count  # the map's own prior
-                mass = torch.cumsum(w[order], 0)
-                share = (mass - 0.5 * w[order]) / mass[-1].clamp_min(torch.finfo(X.dtype).tiny)
+                m = (w if self._sw is None else w * self._sw)[order]  # its mass, counting the sample weights
+                mass = torch.cumsum(m, 0)
+                share = (mass - 0.5 * m) / mass[-1].clamp_min(torch.finfo(X.dtype).tiny)
                 part = torch.empty_like(order)
                 part[order] = (share * count).long().clamp(0, count - 1)
                 resp[:, first:first + count] = torch.nn.functional.one_hot(part, count).to(X.dtype) * w.unsqueeze(1)
@@ -226,6 +224,8 @@ class _FieldMixin:
             return super()._initial_params(X, generator)
         self._tensors(X)
         resp = self._prior if self._groups is None else self._split_by_intensity(X)
+        if self._sw is not None:
+            resp = resp * self._sw.unsqueeze(1)
         nk, s1, s2 = weighted_moments(X, resp, self.covariance_type)  # the maps as responsibilities
         means, covs = params_from_moments(nk, s1, s2, self.covariance_type, self.reg_covar)
         return nk / X.shape[0], means, covs
@@ -248,6 +248,8 @@ class _FieldMixin:
         if w >= 1.0:
             return old.global_log_weights
         log_share = log_resp + (math.log1p(-w) + old.global_log_weights) - old.log_weights if w > 0 else log_resp
+        if self._sw is not None:  # each voxel's share counts its sample weight
+            log_share = log_share + torch.log(self._sw).unsqueeze(1)
         s = torch.logsumexp(log_share, dim=0)
         return s - torch.logsumexp(s, dim=0)
 
@@ -274,6 +276,7 @@ class _FieldMixin:
         log_jac = 0.0  # mean over the pixels of sum_c log c_nc (multiplicative model)
         log_prior = 0.0  # mean over the pixels of the field's log-prior, -bias_penalty / 2 |b_n|^2
         self._xmax = abs_max_per_channel(Y)
+        sw = self._sw  # (N,) summing to N, or None
         nll, moments, shift = self._pass(Y, state, resp)
         if not math.isfinite(nll):
             raise ValueError(f"EM cannot start: the NLL at the initial parameters is {nll}; increase reg_covar")
@@ -297,15 +300,17 @@ class _FieldMixin:
             coef = old.coef
             if self._basis is not None and n_cols:  # the field under the same posteriors and the new Gaussians
                 basis = self._basis[:, :n_cols]
+                post = resp.exp() if sw is None else resp.exp() * sw.unsqueeze(1)  # (N, K), weighted
                 if mult:
                     start = X.new_zeros(n_cols, X.shape[1], dtype=torch.float64) if coef is None else coef[:n_cols]
-                    part = multiplicative_update(basis, start, x_raw, self._shift, resp.exp(), new.means,
-                                                 new.covariances, self.covariance_type, penalty=self._penalty)
+                    part = multiplicative_update(basis, start, x_raw, self._shift, post, new.means, new.covariances,
+                                                 self.covariance_type, penalty=self._penalty, counts=sw)
                     log_c = evaluate_field(basis, part)
                     Y = x_raw * torch.exp(log_c) - self._shift
-                    log_jac = float(log_c.sum(dtype=torch.float64)) / N
+                    jac = log_c if sw is None else log_c * sw.unsqueeze(1)
+                    log_jac = float(jac.sum(dtype=torch.float64)) / N
                 else:
-                    part = field_from_posteriors(basis, X, resp.exp(), new.means, new.covariances, self.covariance_type,
+                    part = field_from_posteriors(basis, X, post, new.means, new.covariances, self.covariance_type,
                                                  penalty=self._penalty)
                     log_c = evaluate_field(basis, part)
                     Y = X - log_c
@@ -458,7 +463,7 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldGaussianMixture":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
-        ``sample_weight`` only without a field and prior maps (then as :meth:`GaussianMixture.fit`)."""
+        ``sample_weight`` as :meth:`GaussianMixture.fit` (in the field's update and the maps' EM too)."""
         self._setup_fields(X, mask, sample_weight)
         return super().fit(X, y, sample_weight=sample_weight)
 
@@ -491,7 +496,7 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
 
     def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldSpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
-        ``sample_weight`` only without a field and prior maps (then as :meth:`SpatiallyVariantGMM.fit`)."""
+        ``sample_weight`` as :meth:`SpatiallyVariantGMM.fit` (in the field's update and the maps' EM too)."""
         self._setup_fields(X, mask, sample_weight)
         return super().fit(X, y, mask=mask, sample_weight=sample_weight)
 

@@ -66,8 +66,8 @@ def _add_segment_parser(subs: Any) -> None:
     p.add_argument("--mask", metavar="M", help="region mask (non-zero inside); default: the whole image")
     p.add_argument("--weights", metavar="W", help="a weight >= 0 per pixel, an image of the input's spatial "
                    "shape (e.g. a soft brain mask): each pixel counts that many times in the fit (deep methods: "
-                   "in the EM start, the M-step and the NLL); every pixel of the mask is labelled (not with "
-                   "--bias-field or --prior-maps)")
+                   "in the EM start, the M-step and the NLL; with --bias-field and --prior-maps, in their "
+                   "updates too); every pixel of the mask is labelled")
     _add_data_options(p, what="segment every case of a data folder instead of IMG (one output sub-folder per "
                               "case; sharded over the processes under torchrun)")
     p.add_argument("--method", required=True, choices=METHODS, help="mixture model")

@@ -351,7 +351,8 @@ def segment(
         A weight >= 0 per pixel (e.g. a soft brain mask): pixel n counts ``w_n`` times in the fit
         (:meth:`deepgmm.GaussianMixture.fit`; the deep methods: in their EM start, distillation,
         M-step and NLL, :meth:`deepgmm.DeepSVG.fit`); every pixel of the mask is labelled, weight 0
-        included. Not with ``bias_field`` or ``prior_maps``. ``settings["sample_weight"]`` says it was given.
+        included; with ``bias_field`` and ``prior_maps`` too (the field's update and the maps' EM weigh
+        the pixels alike). ``settings["sample_weight"]`` says it was given.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -395,8 +396,6 @@ def segment(
     fields = field_request(bias_field, prior_maps, prior_weight, method=method, n_components=n_components,
                            spatial=spatial, spacing=spacing, order_by=order_by, spare_classes=spare_classes,
                            settings=settings, prior_units=prior_units, gaussians_per_map=counts)
-    if weights is not None and fields is not None:
-        raise ValueError("sample_weight cannot be combined with bias_field or prior_maps; drop one of them")
     if order_by is not None and has_class_order_prior(settings):
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
@@ -406,7 +405,8 @@ def segment(
     if check_memory:
         _check_memory(img, region, n_pix, n_fit + spare, method, settings)
 
-    img, deep_field = prepare_image(img, region, fields, method, n_fit + spare, settings)
+    region_weights = None if weights is None else weights[region].numpy()  # (N,)
+    img, deep_field = prepare_image(img, region, fields, method, n_fit + spare, settings, region_weights)
     img, norm_info = _normalise_for_fit(img, region, normalize, fields, method)
     scaling = ChannelScaling.from_normalization(norm_info, img.shape[0])
     spare = _spare_the_data_allow(img[:, region].T, n_fit, spare, spare_classes)
@@ -418,11 +418,10 @@ def segment(
     fit_settings = _priors_to_normalized(settings, scaling) if given_in_image_units else settings
     bias = deep_field
     if fields is not None and method in EM_METHODS:
-        fit = fit_em_with_fields(method, img, region, fit_settings, fields)
+        fit = fit_em_with_fields(method, img, region, fit_settings, fields, region_weights)
         fit, bias = normalise_field(fit, fields, region.numpy())
     else:
-        fit = METHODS[method].fit(img, region, fit_settings,
-                                  sample_weight=None if weights is None else weights[region].numpy())
+        fit = METHODS[method].fit(img, region, fit_settings, sample_weight=region_weights)
     dropped: list[int] = []
     if spare:
         fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)

@@ -142,8 +142,9 @@ def uncentre(img: torch.Tensor, norm_info: dict[str, Any] | None) -> tuple[torch
 
 
 def fit_em_with_fields(method: str, image: torch.Tensor, mask: torch.Tensor, settings: dict[str, Any],
-                       req: FieldRequest) -> MethodFit:
-    """The EM method ``method`` with the field and maps of ``req`` on ``image`` ``(C, *spatial)`` (normalised)."""
+                       req: FieldRequest, sample_weight: Any = None) -> MethodFit:
+    """The EM method ``method`` with the field and maps of ``req`` on ``image`` ``(C, *spatial)`` (normalised);
+    ``sample_weight`` ``(N,)``: the weights of the mask's pixels (optional)."""
     cls = _ESTIMATORS[method]
     unknown = sorted(set(settings) - set(cls._param_names()))
     if unknown:
@@ -151,7 +152,8 @@ def fit_em_with_fields(method: str, image: torch.Tensor, mask: torch.Tensor, set
     m = mask.numpy()
     est = cls(**settings, **req.tuning, bias_field=req.degree, spacing=req.spacing,
               prior_maps=None if req.prior_maps is None else req.prior_maps[:, m].T,
-              prior_weight=req.prior_weight, gaussians_per_map=req.gaussians_per_map).fit(image[:, mask].T, mask=m)
+              prior_weight=req.prior_weight, gaussians_per_map=req.gaussians_per_map).fit(image[:, mask].T, mask=m,
+                                                                                         sample_weight=sample_weight)
     weights = est.weights_ if est.weights_.ndim == 1 else est.weights_.mean(0)
     return MethodFit(est.probabilities_, est.labels_, est.means_, est.covariances_, weights, est.nll_,
                      est.nll_history_, est.n_iter_, est.converged_, est)
@@ -170,10 +172,11 @@ def multiplicative_field(log_field: np.ndarray | None, region: np.ndarray) -> np
 
 
 def deep_bias_correction(img: torch.Tensor, region: torch.Tensor, req: FieldRequest, n_components: int,
-                         settings: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
+                         settings: dict[str, Any], sample_weight: Any = None) -> tuple[torch.Tensor, np.ndarray]:
     """The deep methods' field: an SVGMM with the field on the image divided by its standard deviation
-    over ``region`` (EM's image defaults, ``n_components`` classes, the run's seed and device), then
-    ``img / field``. Returns the corrected image and the field ``(C, *spatial)``."""
+    over ``region`` (EM's image defaults, ``n_components`` classes, the run's seed and device, the
+    pixels' ``sample_weight`` ``(N,)`` if given), then ``img / field``. Returns the corrected image and
+    the field ``(C, *spatial)``."""
     from ..preprocess import zscore
 
     z, info = zscore(img.numpy(), region.numpy(), where="image", over="the mask", hint="drop the channel")
@@ -181,19 +184,19 @@ def deep_bias_correction(img: torch.Tensor, region: torch.Tensor, req: FieldRequ
     opts = dict(EM_IMAGE_DEFAULTS[DEEP_FIELD_METHOD], n_components=n_components, random_state=settings.get("random_state"),
                 device=settings.get("device", "cpu"))
     fit = fit_em_with_fields(DEEP_FIELD_METHOD, z, region, opts,
-                             FieldRequest(req.degree, None, 1.0, req.spacing, req.tuning))
+                             FieldRequest(req.degree, None, 1.0, req.spacing, req.tuning), sample_weight)
     field = multiplicative_field(fit.model.bias_field_, region.numpy())
     corrected = img / torch.from_numpy(field).to(img.dtype)
     return corrected, field
 
 
 def prepare_image(img: torch.Tensor, region: torch.Tensor, req: FieldRequest | None, method: str, n_fit: int,
-                  settings: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray | None]:
+                  settings: dict[str, Any], sample_weight: Any = None) -> tuple[torch.Tensor, np.ndarray | None]:
     """The image ``segment()`` normalises and fits, and the deep methods' field (None otherwise): for a
     deep method with a field, the image divided by the field; else ``img``."""
     if req is None or req.degree is None or method in EM_METHODS:
         return img, None
-    return deep_bias_correction(img, region, req, n_fit, settings)
+    return deep_bias_correction(img, region, req, n_fit, settings, sample_weight)
 
 
 def normalise_field(fit: MethodFit, req: FieldRequest, region: np.ndarray) -> tuple[MethodFit, np.ndarray | None]:
