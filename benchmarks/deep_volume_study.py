@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict, refine: int = 0) -> dict:
     from deepgmm import segment
-    from deepgmm.deep import estimator as E
+    from deepgmm.deep.grid import upsample
     from deepgmm.deep.losses import DeepMixtureLoss
     from deepgmm.experiments.brain import SEGMENT_OPTIONS, load_ibsr
     from deepgmm.experiments.cases import score_dice
@@ -190,7 +190,7 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
     row["dice_at"]["em"], row["fractions_at"]["em"] = dice(lab), frac
     scale = est.fit_scale_
     full_shape = tuple(full_x.shape[2:])
-    ups = [(step, logits if tuple(logits.shape[2:]) == full_shape else E._upsample(logits, scale, full_shape))
+    ups = [(step, logits if tuple(logits.shape[2:]) == full_shape else upsample(logits, scale, full_shape))
            for step, logits in sorted(trace["logits"].items())]
     for step, up in ups + [("end", trace["final_up"])] * bool(refine):
         with torch.no_grad():

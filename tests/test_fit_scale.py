@@ -21,7 +21,8 @@ from deepgmm import segment
 from deepgmm.cli.options import SEGMENT_OPTIONS, parse_fit_scale
 from deepgmm.deep import DeepG, DeepSVG
 from deepgmm.deep.estimator import (FIT_PIXELS_2D, FIT_VOXELS, FULL_PIXELS_2D, MAX_STEPS, SCALED_MAX_STEPS,
-                                     _block_means, _upsample, auto_fit_scale)
+                                     auto_fit_scale)
+from deepgmm.deep.grid import block_means, upsample
 from deepgmm.deep.regularizers import SmoothedPosterior
 from deepgmm.preprocess import box_slices
 
@@ -83,7 +84,7 @@ def test_no_myops_slice_triggers_the_automatic_scale():
 
 
 # ---------------------------------------------------------------- block means and interpolation
-def naive_block_means(values, region, s):
+def naiveblock_means(values, region, s):
     C, shape = values.shape[0], region.shape
     grid = tuple(math.ceil(n / s) for n in shape)
     out = np.zeros((C,) + grid)
@@ -103,8 +104,8 @@ def test_block_means_match_loops(shape, s):
     rng = np.random.default_rng(1)
     values = rng.normal(size=(2,) + shape)
     region = rng.random(shape) > 0.4
-    got, frac = _block_means(torch.from_numpy(values), torch.from_numpy(region), s)
-    want, want_frac = naive_block_means(values, region, s)
+    got, frac = block_means(torch.from_numpy(values), torch.from_numpy(region), s)
+    want, want_frac = naiveblock_means(values, region, s)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(frac.numpy(), want_frac, rtol=1e-12)
 
@@ -114,12 +115,12 @@ def test_upsample_puts_each_block_value_at_its_centre():
     s, n_blocks, n = 3, 6, 17  # the last block is short
     j = torch.arange(n_blocks, dtype=torch.float64)
     logits = j.view(1, 1, -1, 1).expand(1, 1, n_blocks, 4).contiguous()  # value j at block j
-    up = _upsample(logits, s, (n, 4 * s))
+    up = upsample(logits, s, (n, 4 * s))
     i = torch.arange(n, dtype=torch.float64)
     want = ((i + 0.5) / s - 0.5).clamp(0, n_blocks - 1)  # block j's centre is pixel j*s + (s-1)/2
     assert up.shape == (1, 1, n, 4 * s)
     np.testing.assert_allclose(up[0, 0, :, 0].numpy(), want.numpy(), atol=1e-12)
-    assert _upsample(logits, 1, (n_blocks, 4)) is logits
+    assert upsample(logits, 1, (n_blocks, 4)) is logits
 
 
 # ---------------------------------------------------------------- the fit at a scale

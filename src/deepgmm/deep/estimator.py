@@ -29,7 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import mixture as em
@@ -41,6 +40,7 @@ from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from ..progress import Progress
 from ..smoothing import as_sigmas, wants_smoothing
+from .grid import block_means, uncrop, upsample
 from .losses import DeepMixtureLoss
 from .optim import AdamW
 from .regularizers import (
@@ -309,7 +309,7 @@ class DeepGMM(ParamsMixin):
         weight = None if weight is None else weight[window]
         scale = self._resolve_scale(tuple(img.shape[1:]))
         img_fit, region_fit = self._downsample(img, region, scale)
-        weight_fit = weight if weight is None or scale == 1 else _block_means(weight[None], region, scale)[0][0]
+        weight_fit = weight if weight is None or scale == 1 else block_means(weight[None], region, scale)[0][0]
         regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
         spatial = tuple(img_fit.shape[1:])
         if scale > 1:
@@ -352,7 +352,7 @@ class DeepGMM(ParamsMixin):
             n_iter = 0
             for step in range(1, max_steps + 1):
                 if full_steps:
-                    out = read_loss(full_x, _upsample(net(x), scale, tuple(full_x.shape[2:])), full_m, weight=full_w)
+                    out = read_loss(full_x, upsample(net(x), scale, tuple(full_x.shape[2:])), full_m, weight=full_w)
                 else:
                     out = loss_fn(x, net(x), m, weight=w)
                 opt.zero_grad(set_to_none=True)
@@ -374,7 +374,7 @@ class DeepGMM(ParamsMixin):
         self.network_config_ = cfg
         self.fit_scale_ = scale
         self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x, full_w)
-        self.probabilities_, self.labels_ = _uncrop(self.probabilities_, self.labels_, window,
+        self.probabilities_, self.labels_ = uncrop(self.probabilities_, self.labels_, window,
                                                     tuple(full_region.shape))
         self.window_ = window
         self.fit_seconds_ = time.perf_counter() - t0
@@ -399,7 +399,7 @@ class DeepGMM(ParamsMixin):
         is the mean of its pixels inside ``region``, or of all its pixels where it has none there."""
         if scale == 1:
             return img, region
-        img_low, frac = _block_means(img, region, scale)
+        img_low, frac = block_means(img, region, scale)
         region_low = frac >= 0.5
         if int(region_low.sum()) < self.n_components:
             raise ValueError(f"fit_scale={scale} leaves {int(region_low.sum())} pixel(s) of the mask on the fitted "
@@ -411,7 +411,7 @@ class DeepGMM(ParamsMixin):
         """EM soft labels ``(1, K, *S)`` (zero outside ``region``) as block means on the fitted grid."""
         if scale == 1:
             return target
-        low, _ = _block_means(target[0], region, scale)
+        low, _ = block_means(target[0], region, scale)
         return low.unsqueeze(0)
 
     def _scaled_regularizers(self, regs: list[Regularizer], scale: int) -> list[Regularizer]:
@@ -432,7 +432,7 @@ class DeepGMM(ParamsMixin):
         ``x`` ``(1, C, *grid)`` for ``scale > 1``) and the loss on ``full_x`` ``(1, C, *window)`` with them
         (its M-step is the fit's mixture; ``full_w``: the pixels' weights)."""
         with torch.no_grad():
-            logits = _upsample(net(x), scale, tuple(full_x.shape[2:]))
+            logits = upsample(net(x), scale, tuple(full_x.shape[2:]))
             out = loss_fn(full_x, logits, full_m, weight=full_w)
         return logits, out
 
@@ -586,12 +586,12 @@ class DeepGMM(ParamsMixin):
         self.network_.check_input(tuple(x.shape))
         dev = next(self.network_.parameters()).device
         with torch.no_grad():
-            logits = _upsample(self.network_(x.to(dev)), scale, tuple(full.shape[1:]))[0]
+            logits = upsample(self.network_(x.to(dev)), scale, tuple(full.shape[1:]))[0]
         given = ()
         if scale > 1:
             given = (full.to(dev), torch.as_tensor(self.means_), torch.as_tensor(self.covariances_))
         probs, labels = self._read_out(logits, region[window], *given)
-        return _uncrop(probs, labels, window, spatial)
+        return uncrop(probs, labels, window, spatial)
 
     def predict_proba(self, image: Any, mask: Any = None) -> np.ndarray:
         """Soft labels ``(K, *spatial)`` float32 of the fitted network applied to ``image``
@@ -658,40 +658,3 @@ def _weight_tensor(weight: Any, spatial: tuple[int, ...], region: Tensor) -> Ten
     if not bool((w[region] > 0).any()):
         raise ValueError("sample_weight is zero on every pixel of the mask: nothing to fit")
     return w.to(torch.float32)
-
-
-def _block_means(values: Tensor, region: Tensor, scale: int) -> tuple[Tensor, Tensor]:
-    """Means of ``values`` ``(C, *S)`` over blocks of ``scale`` pixels per axis (the last block of an
-    axis may be shorter): over the block's pixels inside ``region`` ``(*S)``, or over all its pixels
-    where it has none there. Returns ``(C, *ceil(S / scale))`` and the blocks' fraction inside
-    ``region`` ``(*ceil(S / scale))``."""
-    pool = F.avg_pool2d if values.ndim == 3 else F.avg_pool3d
-    m = region.to(values.dtype).unsqueeze(0)  # (1, *S)
-    frac = pool(m.unsqueeze(0), scale, scale, ceil_mode=True)[0]  # (1, *grid)
-    inside = pool((values * m).unsqueeze(0), scale, scale, ceil_mode=True)[0]  # (C, *grid)
-    every = pool(values.unsqueeze(0), scale, scale, ceil_mode=True)[0]
-    out = torch.where(frac > 0, inside / frac.clamp_min(torch.finfo(values.dtype).tiny), every)
-    return out, frac[0]
-
-
-def _upsample(logits: Tensor, scale: int, shape: tuple[int, ...]) -> Tensor:
-    """Logits ``(B, K, *grid)`` of blocks of ``scale`` pixels interpolated (bi/trilinear, each block's
-    value at its centre) to the pixels ``(B, K, *shape)``; unchanged for ``scale == 1``."""
-    if scale == 1:
-        return logits
-    mode = "bilinear" if logits.ndim == 4 else "trilinear"
-    up = F.interpolate(logits, scale_factor=float(scale), mode=mode, align_corners=False)
-    return up[(slice(None), slice(None)) + tuple(slice(0, n) for n in shape)]
-
-
-def _uncrop(probs: np.ndarray, labels: np.ndarray, window: tuple[slice, ...],
-            spatial: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Soft labels ``(K, *window)`` and labels ``(*window)`` placed in zero arrays of ``spatial``."""
-    if window == tuple(slice(None) for _ in window):
-        return probs, labels
-    full_probs = np.zeros((probs.shape[0],) + spatial, dtype=probs.dtype)
-    full_labels = np.zeros(spatial, dtype=labels.dtype)
-    full_probs[(slice(None),) + window] = probs
-    full_labels[window] = labels
-    return full_probs, full_labels
-
