@@ -32,6 +32,10 @@ Two per-voxel additions to the EM mixtures of :mod:`deepgmm.mixture`, for images
     The penalised objective, not the NLL, is what this EM improves, so the fit stops once the NLL
     changes by less than ``tol`` either way.
 
+Sample weights (``fit(X, mask=mask, sample_weight=w)``) weigh every part of the fit: the M-step,
+the field's update (its likelihood and Jacobian, pixel n counted ``w_n`` times; the penalty stays one
+per pixel), the maps' start and the GMM's global weights under maps.
+
 ``probabilities_`` ``(N, K)`` and ``labels_`` ``(N,)`` are the posteriors at the fitted parameters
 on the corrected pixels, under the per-voxel weights. ``predict``, ``predict_proba`` and the scores
 take new pixels and use the global weights, without field or maps (as the parent class does).
@@ -135,7 +139,7 @@ class _FieldMixin:
         self.bias_penalty = bias_penalty
         self.bias_guard = bias_guard
 
-    def _setup_fields(self, X: Any, mask: Any, sample_weight: Any = None) -> None:
+    def _setup_fields(self, X: Any, mask: Any) -> None:
         self._degree = parse_degree(self.bias_field)
         check_choice("bias_model", self.bias_model, BIAS_MODELS)
         self._w = check_float("prior_weight", self.prior_weight, minimum=0.0, maximum=1.0)
@@ -464,7 +468,7 @@ class FieldGaussianMixture(_FieldMixin, GaussianMixture):
     def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldGaussianMixture":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
         ``sample_weight`` as :meth:`GaussianMixture.fit` (in the field's update and the maps' EM too)."""
-        self._setup_fields(X, mask, sample_weight)
+        self._setup_fields(X, mask)
         return super().fit(X, y, sample_weight=sample_weight)
 
     def n_parameters(self) -> int:
@@ -497,6 +501,6 @@ class FieldSpatiallyVariantGMM(_FieldMixin, SpatiallyVariantGMM):
     def fit(self, X: Any, y: Any = None, *, mask: Any = None, sample_weight: Any = None) -> "FieldSpatiallyVariantGMM":
         """Fit by EM to pixels ``X`` ``(N, C)`` laid out by ``mask`` ``(*spatial)`` (``X = image[:, mask].T``);
         ``sample_weight`` as :meth:`SpatiallyVariantGMM.fit` (in the field's update and the maps' EM too)."""
-        self._setup_fields(X, mask, sample_weight)
+        self._setup_fields(X, mask)
         return super().fit(X, y, mask=mask, sample_weight=sample_weight)
 
