@@ -37,6 +37,20 @@ def test_integer_weights_are_repeated_pixels(mixture, covariance_type):
     torch.testing.assert_close(weighted.nll, repeated.nll)
 
 
+@pytest.mark.parametrize("mixture", ["gmm", "svgmm"])
+def test_weights_summing_to_less_than_one_are_normalised_by_their_sum(mixture):
+    """Only the relative weights matter: weights of 1e-3 on 30 pixels (sum 0.03) give the fit of
+    no weights (a floor of 1 on the sum would scale the NLL and deepG's weights)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 30, 2, generator=g, dtype=torch.float64)
+    log_w = torch.log_softmax(torch.randn(1, 30, 3, generator=g, dtype=torch.float64), -1)
+    small = mixture_fit_from_soft_labels(x, log_w, torch.full((1, 30), 1e-3, dtype=torch.float64), mixture=mixture)
+    plain = mixture_fit_from_soft_labels(x, log_w, mixture=mixture)
+    torch.testing.assert_close(small.nll, plain.nll)
+    torch.testing.assert_close(small.means, plain.means)
+    torch.testing.assert_close(small.log_weights, plain.log_weights)
+
+
 def test_loss_weight_leaves_the_regularisers_on_the_mask():
     """``DeepMixtureLoss(weight=...)``: the NLL is the weighted one, the mask still bounds the
     regularisers (a weight of 0 inside the mask does not take a pixel out of the TV term)."""
@@ -66,6 +80,8 @@ def test_uniform_weights_give_the_unweighted_fit(cls, fit_scale):
     opts = dict(FAST, n_components=2, fit_scale=fit_scale, readout_em=2)
     plain = cls(**opts).fit(img, mask)
     weighted = cls(**opts).fit(img, mask, sample_weight=np.full(mask.shape, 2.0))
+    tiny = cls(**opts).fit(img, mask, sample_weight=np.full(mask.shape, 1e-9))  # scaled to sum to the pixels
+    np.testing.assert_allclose(tiny.means_, plain.means_, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(weighted.labels_, plain.labels_)
     np.testing.assert_allclose(weighted.means_, plain.means_, rtol=1e-5, atol=1e-6)
     assert weighted.nll_ == pytest.approx(plain.nll_, rel=1e-6)

@@ -232,7 +232,7 @@ def mixture_nll(log_dens: Tensor, log_weights: Tensor, mask: Tensor | None = Non
     if mask is None:
         return -log_norm.mean(-1)
     mask = mask.to(log_norm.dtype)
-    return -(log_norm * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+    return -(log_norm * mask).sum(-1) / mask.sum(-1).clamp_min(torch.finfo(log_norm.dtype).tiny)
 
 
 class MStep(NamedTuple):

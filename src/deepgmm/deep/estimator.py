@@ -471,7 +471,7 @@ class DeepGMM(ParamsMixin):
         if self.pretrain_steps == 0:
             return
         opt = AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
-        denom = m.sum().clamp_min(1.0)
+        denom = m.sum().clamp_min(torch.finfo(m.dtype).tiny)
         for _ in range(self.pretrain_steps):
             logp = torch.log_softmax(net(x), dim=1)
             loss = -((target * logp).sum(1) * m).sum() / denom
@@ -648,13 +648,16 @@ def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
 
 
 def _weight_tensor(weight: Any, spatial: tuple[int, ...], region: Tensor) -> Tensor:
-    """``sample_weight`` as float32 ``(*spatial)``, checked: finite, >= 0, not all zero in ``region``."""
+    """``sample_weight`` as float32 ``(*spatial)``, checked (finite, >= 0, not all zero in ``region``) and
+    scaled to sum to the number of ``region``'s pixels."""
     w = weight.detach().cpu() if isinstance(weight, Tensor) else torch.from_numpy(
         np.ascontiguousarray(np.asarray(weight, dtype=np.float64)))
     if tuple(w.shape) != spatial:
         raise ValueError(f"sample_weight must have the image's spatial shape {spatial}, got {tuple(w.shape)}")
+    w = w.to(torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("sample_weight must hold finite weights >= 0")
-    if not bool((w[region] > 0).any()):
+    total = float(w[region].sum())
+    if not total > 0:
         raise ValueError("sample_weight is zero on every pixel of the mask: nothing to fit")
-    return w.to(torch.float32)
+    return (w * (int(region.sum()) / total)).to(torch.float32)  # only the relative weights matter

@@ -69,7 +69,7 @@ def mixture_fit_from_soft_labels(
     if mask is None:
         mask = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
     mask = mask.to(x.dtype)
-    n_region = mask.sum(-1).clamp_min(1.0)  # (B,)
+    n_region = mask.sum(-1).clamp_min(torch.finfo(x.dtype).tiny)  # (B,); weights may sum to less than 1
     inside = mask.unsqueeze(-1) > 0
     x = torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))  # no Inf/NaN can leak in
     # centre on the region's mean (a constant): the moment-based M-step stays accurate far from 0
