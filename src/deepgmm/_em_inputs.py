@@ -1,5 +1,6 @@
 """What the EM estimators take: the pixels ``X`` (:func:`input_array`), the parameters to hold fixed
-(``fix``) and the per-row sample weights of ``fit(X, sample_weight=...)``, checked with one-line errors."""
+(``fix``) and the per-row sample weights of ``fit(X, sample_weight=...)``, checked with one-line errors;
+and the per-pixel weight map of an image (:func:`weight_map`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from ._validation import as_tensor
 
-__all__ = ["FIXABLE_PARAMETERS", "check_fix", "input_array", "sample_weights"]
+__all__ = ["FIXABLE_PARAMETERS", "check_fix", "input_array", "sample_weights", "weight_map"]
 
 FIXABLE_PARAMETERS: dict[str, str] = {"weights": "weights_init", "means": "means_init",
                                       "covariances": "covariances_init"}
@@ -102,3 +103,17 @@ def _check_2d(X: Any) -> Any:
         raise ValueError(f"X must be 2-dimensional (N, C), got shape {tuple(X.shape)}. Reshape your data: "
                          "X.reshape(-1, 1) for a single channel, X.reshape(1, -1) for a single pixel")
     return X
+
+
+def weight_map(weights: Any, spatial: tuple[int, ...]) -> Tensor:
+    """A weight per pixel of an image (``segment(sample_weight=...)``, the deep estimators'
+    ``fit(..., sample_weight=...)``): float64 ``(*spatial)`` on the CPU, checked to have that shape and
+    to hold finite weights >= 0."""
+    w = weights.detach().cpu() if isinstance(weights, Tensor) else torch.from_numpy(
+        np.ascontiguousarray(np.asarray(weights, dtype=np.float64)))
+    if tuple(w.shape) != spatial:
+        raise ValueError(f"sample_weight must have the image's spatial shape {spatial}, got {tuple(w.shape)}")
+    w = w.to(torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample_weight must hold finite weights >= 0")
+    return w

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import mixture as em
+from .._em_inputs import weight_map
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS, FIT_LOSSES
@@ -650,13 +651,7 @@ def _mask_tensor(mask: Any, spatial: tuple[int, ...]) -> Tensor:
 def _weight_tensor(weight: Any, spatial: tuple[int, ...], region: Tensor) -> Tensor:
     """``sample_weight`` as float32 ``(*spatial)``, checked (finite, >= 0, not all zero in ``region``) and
     scaled to sum to the number of ``region``'s pixels."""
-    w = weight.detach().cpu() if isinstance(weight, Tensor) else torch.from_numpy(
-        np.ascontiguousarray(np.asarray(weight, dtype=np.float64)))
-    if tuple(w.shape) != spatial:
-        raise ValueError(f"sample_weight must have the image's spatial shape {spatial}, got {tuple(w.shape)}")
-    w = w.to(torch.float64)
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("sample_weight must hold finite weights >= 0")
+    w = weight_map(weight, spatial)
     total = float(w[region].sum())
     if not total > 0:
         raise ValueError("sample_weight is zero on every pixel of the mask: nothing to fit")

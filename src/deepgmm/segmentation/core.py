@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import memory
+from .._em_inputs import weight_map
 from .._validation import check_choice, check_int, resolve_device
 from ..choices import COLOUR_SPACES, COVARIANCE_TYPES, EM_METHODS, FEATURES, NAN_POLICIES, NORMALIZATIONS, PRIOR_UNITS
 from ..choices import METHODS as METHOD_NAMES
@@ -111,20 +112,6 @@ def _as_mask(mask: Any, spatial: tuple[int, ...]) -> torch.Tensor:
     if m.dtype.is_floating_point and not bool(torch.isfinite(m).all()):
         raise ValueError("mask contains NaN or Inf; a mask must be 0 outside the region and non-zero inside")
     return m != 0
-
-
-def _as_weights(weights: Any, spatial: tuple[int, ...]) -> torch.Tensor | None:
-    """``segment()``'s ``sample_weight`` as a float64 tensor of the spatial shape (None: none), checked."""
-    if weights is None:
-        return None
-    w = weights.detach().cpu() if isinstance(weights, torch.Tensor) else torch.from_numpy(
-        np.ascontiguousarray(np.asarray(weights, dtype=np.float64)))
-    if tuple(w.shape) != spatial:
-        raise ValueError(f"sample_weight must have the image's spatial shape {spatial}, got {tuple(w.shape)}")
-    w = w.to(torch.float64)
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("sample_weight must hold finite weights >= 0")
-    return w
 
 
 def _normalize(image: torch.Tensor, region: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -371,7 +358,7 @@ def segment(
     if spacing is not None:
         spacing = as_spacing(spacing, len(spatial))
     img, region = _leave_out_non_finite(img, _as_mask(mask, spatial), nan_policy)
-    weights = _as_weights(sample_weight, spatial)
+    weights = None if sample_weight is None else weight_map(sample_weight, spatial)
     n_pix = int(region.sum())
     if n_pix == 0:
         raise ValueError("mask is empty: it selects no pixel of the image")
