@@ -146,7 +146,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image = dio.load_image(args.images)
     mask = dio.load_mask(args.mask, image.spatial_shape, like=image) if args.mask is not None else None
     weights = None
-    if args.weights is not None:  # what it cannot be combined with, segment() checks (named by cli.wording)
+    if args.weights is not None:  # segment()'s errors about them name --weights (cli.wording)
         weights = dio.load_weights(args.weights, image.spatial_shape, like=image)
     fmt = output_format(args.format, image.kind, image.ndim)
     if fmt == "png" and max(candidates or [args.n_components]) > 255:
