@@ -310,7 +310,9 @@ def test_segment_weights_of_a_region_fit_that_region_and_label_every_pixel(metho
     (dict(sample_weight=np.ones((40, 39))), r"sample_weight must have the image's spatial shape \(40, 40\)"),
     (dict(sample_weight=-np.ones((40, 40))), "finite weights >= 0"),
     (dict(sample_weight=np.full((40, 40), np.nan)), "finite weights >= 0"),
-    (dict(sample_weight=np.zeros((40, 40))), "sample_weight is zero on every row"),
+    (dict(sample_weight=np.zeros((40, 40))), "sample_weight is zero on every pixel of the mask"),
+    (dict(sample_weight=np.pad(np.ones((40, 20)), ((0, 0), (0, 20))), mask=np.pad(np.ones((40, 20)), ((0, 0), (20, 0)))),
+     "sample_weight is zero on every pixel of the mask"),
 ])
 def test_segment_sample_weight_errors(kwargs, match):
     image, _ = _two_regions()

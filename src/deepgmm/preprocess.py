@@ -39,23 +39,36 @@ _WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 def zscore(image: np.ndarray, region: np.ndarray | None = None, *, where: str = "image", over: str = "the region",
            names: Sequence[str] | None = None, hint: str = "", fill: float | None = None,
-           dtype: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+           dtype: Any = None, weights: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Z-score every channel of ``image`` ``(C, *spatial)`` over ``region`` ``(*spatial)`` (None: all pixels).
 
     Statistics and arithmetic are float64; the result is cast to ``dtype`` (default: the image's
     float dtype, float32 for integer images). ``fill``: the value outside ``region`` (None leaves
-    the normalised values there). Returns the normalised image and ``{"mean": [...], "std": [...]}``
+    the normalised values there). ``weights`` (optional, >= 0): one per pixel of the region, ``(N,)``
+    in the order of ``image[:, region]`` (or of the flattened image without a region); the mean and
+    standard deviation are then the weighted ones, so a pixel of weight 0 does not move them.
+    Returns the normalised image and ``{"mean": [...], "std": [...]}``
     (per channel, in the image's units). A channel that is constant over the region, or an empty
-    region, is a ``ValueError`` naming ``where``, the channel (by ``names`` where given) and ``over``;
-    ``hint`` is appended to it.
+    region (or one whose weights are all 0), is a ``ValueError`` naming ``where``, the channel (by
+    ``names`` where given) and ``over``; ``hint`` is appended to it.
     """
     X = image.reshape(image.shape[0], -1) if region is None else image[:, region]
     X = X.astype(np.float64, copy=False)
     suffix = f"; {hint}" if hint else ""
     if X.shape[1] == 0:
         raise ValueError(f"{where}: the normalisation region is empty{suffix}")
-    mean = X.mean(1)
-    std = X.std(1)
+    if weights is None:
+        mean = X.mean(1)
+        std = X.std(1)
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape[0] != X.shape[1]:
+            raise ValueError(f"{where}: {w.shape[0]} weight(s) for the {X.shape[1]} pixel(s) of {over}")
+        total = w.sum()
+        if not total > 0:
+            raise ValueError(f"{where}: the weights are 0 on every pixel of {over}{suffix}")
+        mean = X @ w / total
+        std = np.sqrt(np.maximum(((X - mean[:, None]) ** 2) @ w / total, 0.0))
     flat = np.flatnonzero(std <= CONSTANT_RTOL * np.maximum(np.abs(mean), 1.0)).tolist()
     if flat:
         which = [names[i] for i in flat] if names is not None and len(names) == image.shape[0] else flat

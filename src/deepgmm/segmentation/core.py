@@ -114,10 +114,13 @@ def _as_mask(mask: Any, spatial: tuple[int, ...]) -> torch.Tensor:
     return m != 0
 
 
-def _normalize(image: torch.Tensor, region: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Z-score every channel over ``region`` (None: the whole image), in the image's dtype."""
+def _normalize(image: torch.Tensor, region: torch.Tensor | None,
+               weights: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Z-score every channel over ``region`` (None: the whole image), in the image's dtype; the
+    statistics weighted by ``weights`` ``(N,)`` (the region's pixels) where given."""
     out, info = zscore(image.numpy(), None if region is None else region.numpy(), where="image",
-                       over="the normalisation region", hint="drop the channel or use normalize='none'")
+                       over="the normalisation region", hint="drop the channel or use normalize='none'",
+                       weights=weights)
     return torch.from_numpy(out), info
 
 
@@ -255,8 +258,9 @@ def segment(
     covariance_type : "diag" or "full"; None (default): the method's own default, "full" for
         "deepsvg" (docs/deep.md) and "diag" for the others
     normalize : "none", "mask" or "image"
-        Z-score every channel over the mask's pixels or over the whole image first. None (default):
-        "mask", and "none" for a photograph's features (``features``), which are z-scored already.
+        Z-score every channel over the mask's pixels (weighted by ``sample_weight`` where given) or
+        over the whole image (unweighted) first. None (default): "mask", and "none" for a
+        photograph's features (``features``), which are z-scored already.
     nan_policy : "raise" or "mask"
         NaN/Inf pixels are an error, or are left out of the mask (with a warning).
     random_state : seed (default 0, so results repeat); None draws a fresh one.
@@ -264,7 +268,8 @@ def segment(
     check_memory : refuse up front (``ValueError`` with the estimate) when :func:`estimate_memory`
         exceeds :func:`available_memory`.
     spare_classes : fit ``n_components + spare_classes`` classes, then drop the smallest one at a
-        time (fewest pixels by the most probable label) until ``n_components`` remain; a dropped
+        time (fewest pixels by the most probable label, counted by ``sample_weight`` where given)
+        until ``n_components`` remain; a dropped
         class's pixels go to the likelier of the classes left (:func:`drop_spare_classes`). A spare
         class takes up what no class of interest models well, such as the blurred fringe between
         two structures. None (default): the method's own, :data:`DEFAULT_SPARE_CLASSES` (1 for
@@ -337,9 +342,11 @@ def segment(
     sample_weight : array of the spatial shape, optional
         A weight >= 0 per pixel (e.g. a soft brain mask): pixel n counts ``w_n`` times in the fit
         (:meth:`deepgmm.GaussianMixture.fit`; the deep methods: in their EM start, distillation,
-        M-step and NLL, :meth:`deepgmm.DeepSVG.fit`); every pixel of the mask is labelled, weight 0
-        included; with ``bias_field`` and ``prior_maps`` too (the field's update and the maps' EM weigh
-        the pixels alike). ``settings["sample_weight"]`` says it was given.
+        M-step and NLL, :meth:`deepgmm.DeepSVG.fit`), in the z-score of ``normalize="mask"`` and in
+        the spare-class rule's counts; every pixel of the mask is labelled, weight 0 included; with
+        ``bias_field`` and ``prior_maps`` too (the field's update and the maps' EM weigh the pixels
+        alike). Zero on every pixel of the mask is an error. ``settings["sample_weight"]`` says it
+        was given.
     **options : passed to the method's estimator (e.g. ``tol``, ``max_iter``, ``n_init``, ``init``;
         ``smooth_sigma`` for "svgmm", see :class:`deepgmm.SpatiallyVariantGMM`).
 
@@ -365,6 +372,9 @@ def segment(
     if n_pix < n_fit:
         what = f"n_components={n_components}" if counts is None else f"the {n_fit} Gaussians of gaussians_per_class"
         raise ValueError(f"mask selects {n_pix} pixel(s), fewer than {what}")
+    region_weights = None if weights is None else weights[region].numpy()  # (N,)
+    if region_weights is not None and not region_weights.sum() > 0:
+        raise ValueError("sample_weight is zero on every pixel of the mask: at least one needs a positive weight")
 
     settings = METHODS[method].defaults()
     settings.update(options)
@@ -392,9 +402,8 @@ def segment(
     if check_memory:
         _check_memory(img, region, n_pix, n_fit + spare, method, settings)
 
-    region_weights = None if weights is None else weights[region].numpy()  # (N,)
     img, deep_field = prepare_image(img, region, fields, method, n_fit + spare, settings, region_weights)
-    img, norm_info = _normalise_for_fit(img, region, normalize, fields, method)
+    img, norm_info = _normalise_for_fit(img, region, normalize, fields, method, region_weights)
     scaling = ChannelScaling.from_normalization(norm_info, img.shape[0])
     spare = _spare_the_data_allow(img[:, region].T, n_fit, spare, spare_classes)
     settings["n_components"] = n_fit + spare
@@ -411,7 +420,7 @@ def segment(
         fit = METHODS[method].fit(img, region, fit_settings, sample_weight=region_weights)
     dropped: list[int] = []
     if spare:
-        fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T)
+        fit, dropped = drop_spare_classes(fit, n_components, img[:, region].T, region_weights)
     settings.update(n_components=n_components, spare_classes=spare)
     class_order = None
     if order_by is not None:
@@ -501,13 +510,20 @@ def _leave_out_non_finite(img: torch.Tensor, region: torch.Tensor,
     return torch.where(finite.unsqueeze(0), img, torch.zeros((), dtype=img.dtype)), region
 
 
-def _normalise_for_fit(img: torch.Tensor, region: torch.Tensor, normalize: str, fields: Any,
-                       method: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
-    """``img`` ``(C, *spatial)`` z-scored as ``normalize`` asks, and the normalisation's record (None: none)."""
+def _normalise_for_fit(img: torch.Tensor, region: torch.Tensor, normalize: str, fields: Any, method: str,
+                       weights: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """``img`` ``(C, *spatial)`` z-scored as ``normalize`` asks, and the normalisation's record (None: none).
+    "mask": over ``region``, weighted by the pixels' ``weights`` ``(N,)`` where given; "image": over
+    every pixel, unweighted."""
     norm_info = None
-    if normalize != "none":
-        img, norm_info = _normalize(img, region if normalize == "mask" else None)
+    if normalize == "mask":
+        img, norm_info = _normalize(img, region, weights)
+    elif normalize != "none":
+        img, norm_info = _normalize(img, None)
+    if norm_info is not None:
         norm_info["over"] = normalize
+        if normalize == "mask" and weights is not None:
+            norm_info["weighted"] = True
     if fields is not None and fields.degree is not None and method in EM_METHODS:
         img, norm_info = uncentre(img, norm_info)  # a multiplicative field needs zero to mean no signal
     return img, norm_info

@@ -175,11 +175,12 @@ def deep_bias_correction(img: torch.Tensor, region: torch.Tensor, req: FieldRequ
                          settings: dict[str, Any], sample_weight: Any = None) -> tuple[torch.Tensor, np.ndarray]:
     """The deep methods' field: an SVGMM with the field on the image divided by its standard deviation
     over ``region`` (EM's image defaults, ``n_components`` classes, the run's seed and device, the
-    pixels' ``sample_weight`` ``(N,)`` if given), then ``img / field``. Returns the corrected image and
-    the field ``(C, *spatial)``."""
+    pixels' ``sample_weight`` ``(N,)`` if given, which weigh the standard deviation too), then
+    ``img / field``. Returns the corrected image and the field ``(C, *spatial)``."""
     from ..preprocess import zscore
 
-    z, info = zscore(img.numpy(), region.numpy(), where="image", over="the mask", hint="drop the channel")
+    z, info = zscore(img.numpy(), region.numpy(), where="image", over="the mask", hint="drop the channel",
+                     weights=sample_weight)
     z, _ = uncentre(torch.from_numpy(z), info)
     opts = dict(EM_IMAGE_DEFAULTS[DEEP_FIELD_METHOD], n_components=n_components, random_state=settings.get("random_state"),
                 device=settings.get("device", "cpu"))

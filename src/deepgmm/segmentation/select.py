@@ -15,7 +15,9 @@ import math
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
+import torch
 
+from .._em_inputs import weight_map
 from .._validation import check_choice, check_int
 from ..choices import CRITERIA
 from ..units import ChannelScaling
@@ -64,7 +66,9 @@ def select_n_components(image: Any, mask: Any = None, *, candidates: Iterable[in
 
     ``criterion``: "bic" (``-2 log L + p log N``) or "aic" (``-2 log L + 2 p``), with ``log L`` the
     log-likelihood of the N fitted pixels in normalised units and ``p`` the mixture's free
-    parameters (:meth:`deepgmm.GaussianMixture.bic`, scikit-learn's formulas). ``method``: "gmm"
+    parameters (:meth:`deepgmm.GaussianMixture.bic`, scikit-learn's formulas). With a
+    ``sample_weight`` among the options, pixel n counts ``w_n`` times as in the fit: ``log L`` is
+    ``sum_n w_n log p(x_n)`` and ``N`` is ``sum_n w_n`` (``n_pixels`` in the table). ``method``: "gmm"
     only (see the module's docstring). Not with a class-order prior (``mu_prior``, ``means_init``),
     which fixes K, nor with ``spare_classes``, which would score a mixture of another size.
 
@@ -89,11 +93,19 @@ def select_n_components(image: Any, mask: Any = None, *, candidates: Iterable[in
     ks = _candidates(candidates)
     table: list[dict[str, Any]] = []
     best: Segmentation | None = None
+    given = segment_options.get("sample_weight")
     for k in ks:
         seg = segment(image, mask, method=method, n_components=k, **segment_options)
         X = fitted_pixels(image, seg)
-        n, p = X.shape[0], seg.model.n_parameters()
-        log_l = -n * seg.model.nll(X)  # at the final parameters, on exactly the fitted pixels
+        p = seg.model.n_parameters()
+        if given is None:
+            n = X.shape[0]
+            log_l = -n * seg.model.nll(X)  # at the final parameters, on exactly the fitted pixels
+        else:  # each pixel counted w_n times, as in the fit
+            w = weight_map(given, tuple(np.asarray(seg.labels).shape))[torch.from_numpy(np.asarray(seg.labels) > 0)]
+            w = w.numpy()
+            n = float(w.sum())
+            log_l = float(w @ seg.model.score_samples(X).astype(np.float64))
         row = {"n_components": k, "bic": -2.0 * log_l + p * math.log(n), "aic": -2.0 * log_l + 2.0 * p,
                "nll": -log_l / n, "n_parameters": p, "n_pixels": n, "converged": seg.converged,
                "seconds": seg.seconds}

@@ -45,24 +45,32 @@ def resolve_spare_classes(spare_classes: int | None, method: str, settings: dict
     return int(spare_classes)
 
 
-def largest_classes(scores: np.ndarray, n_keep: int) -> tuple[list[int], list[int]]:
+def largest_classes(scores: np.ndarray, n_keep: int,
+                    weights: np.ndarray | None = None) -> tuple[list[int], list[int]]:
     """The spare-class rule: drop the class with the fewest pixels (by the most probable label among
     the classes still kept; ties: the first) until ``n_keep`` remain.
 
     ``scores`` ``(N, K')``: probabilities or log-probabilities of the pixels (only their argmax
-    counts). Returns the kept classes (ascending) and the dropped ones (in the order dropped).
+    counts). ``weights`` ``(N,)`` (optional, >= 0): a pixel counts ``w_n`` times, so the class of
+    least total weight goes (pixels of weight 0 do not count). Returns the kept classes (ascending)
+    and the dropped ones (in the order dropped).
     """
     kept = list(range(scores.shape[1]))
     dropped: list[int] = []
+    w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w is not None and w.shape[0] != scores.shape[0]:
+        raise ValueError(f"weights has {w.shape[0]} entries for {scores.shape[0]} pixel(s)")
     while len(kept) > n_keep:  # one vectorised count per dropped class
-        counts = np.bincount(scores[:, kept].argmax(1), minlength=len(kept))
+        counts = np.bincount(scores[:, kept].argmax(1), weights=w, minlength=len(kept))
         dropped.append(kept.pop(int(np.argmin(counts))))
     return kept, dropped
 
 
-def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[MethodFit, list[int]]:
+def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor,
+                       weights: np.ndarray | None = None) -> tuple[MethodFit, list[int]]:
     """Reduce ``fit`` to ``n_keep`` classes: drop the class with the fewest pixels (by the most
-    probable label among the classes still kept; ties: the first) until ``n_keep`` remain.
+    probable label among the classes still kept; ties: the first; each pixel counted by its
+    ``weights`` ``(N,)`` where given, :func:`largest_classes`) until ``n_keep`` remain.
 
     The kept classes' probabilities are renormalised ``(N, n_keep)``, so a dropped class's pixels
     go to the likelier of the others (under the method's own, possibly per-pixel, weights); a pixel
@@ -74,7 +82,7 @@ def drop_spare_classes(fit: MethodFit, n_keep: int, X: torch.Tensor) -> tuple[Me
     """
     given = np.asarray(fit.probabilities)
     P = given.astype(np.float64, copy=False)  # (N, K')
-    kept, dropped = largest_classes(P, n_keep)
+    kept, dropped = largest_classes(P, n_keep, weights)
     sub = P[:, kept]
     total = sub.sum(1, keepdims=True)
     lost = total[:, 0] <= 0
