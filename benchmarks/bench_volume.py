@@ -3,6 +3,7 @@
     python benchmarks/bench_volume.py --subjects 1 3 4 --photo 101085
     python benchmarks/bench_volume.py --subjects 1 --fit-scale 1          # the full-resolution fit (slow)
     python benchmarks/bench_volume.py --subjects 1 3 4 --baseline full.json
+    python benchmarks/bench_volume.py --subjects 1 3 4 --photo --deep-options '{"fit_loss": "full"}'
 
 Each IBSR subject runs in its own process (so that its peak resident memory, ``ru_maxrss``, is
 its own): the volume cropped to the brain mask's box as ``deepgmm.experiments.brain`` does, then
@@ -42,7 +43,7 @@ def _scale(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
-def _child_volume(ibsr: Path, subject: int, fit_scale: int | str) -> dict:
+def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: dict | None = None) -> dict:
     import torch
 
     from deepgmm import memory, segment
@@ -54,9 +55,12 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str) -> dict:
     rec: dict = {"subject": subject, "window": list(case.image.shape[1:]), "voxels": int(case.mask.sum())}
     image, mask = torch.from_numpy(case.image), torch.from_numpy(case.mask)
     # what segment() checks before the fit: K = 3 + the spare class
-    own = METHODS["deepsvg"].memory(image, mask, {"n_components": 4, "fit_scale": fit_scale})
+    deep = {"fit_scale": fit_scale, **(deep_options or {})}
+    own = METHODS["deepsvg"].memory(image, mask, {"n_components": 4, **deep})
     rec["estimate_gib"] = (memory.estimate_memory(1, tuple(mask.shape), rec["voxels"], 4, "deepsvg") + own) / 2**30
-    for method, options in (("gmm", {}), ("deepsvg", {"fit_scale": fit_scale})):
+    if deep_options:
+        rec["deep_options"] = deep_options
+    for method, options in (("gmm", {}), ("deepsvg", deep)):
         t0, c0 = time.perf_counter(), time.process_time()
         seg = segment(case.image, case.mask, method=method, n_components=3, **SEGMENT_OPTIONS, **options)
         ev = score_dice(seg.labels, case.truth, CLASSES, "none")
@@ -105,6 +109,8 @@ def _child_photo(bsds: Path, photo: str, fit_scale: int | str, repeat: int = 1) 
 def _run_child(args: argparse.Namespace, kind: str, what: str, fit_scale: int | str) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, what, "--fit-scale", str(fit_scale),
            "--ibsr", str(args.ibsr), "--bsds", str(args.bsds)]
+    if args.deep_options:
+        cmd += ["--deep-options", json.dumps(args.deep_options)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.repeat > 1:
@@ -120,7 +126,7 @@ def _child(args: argparse.Namespace) -> int:
         import torch
         torch.set_num_threads(args.threads)
     kind, what = args.child
-    rec = (_child_volume(args.ibsr, int(what), args.fit_scale) if kind == "volume"
+    rec = (_child_volume(args.ibsr, int(what), args.fit_scale, args.deep_options) if kind == "volume"
            else _child_photo(args.bsds, what, args.fit_scale, args.repeat))
     rec["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(rec))
@@ -157,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                     "of val, 481x321)")
     ap.add_argument("--fit-scale", type=_scale, default="auto", help="deepSVG's fit_scale (default auto)")
     ap.add_argument("--full", action="store_true", help="also run the full-resolution fit (fit_scale 1)")
+    ap.add_argument("--deep-options", type=json.loads, default=None,
+                    help='more segment() options for deepSVG on the volumes, as JSON, e.g. \'{"fit_loss": "full"}\'')
     ap.add_argument("--baseline", type=Path, help="records of an earlier --fit-scale 1 run (--json)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     ap.add_argument("--repeat", type=int, default=1, help="fit each photograph this many times (GMM and deepSVG "

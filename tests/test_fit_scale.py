@@ -260,6 +260,29 @@ def test_memory_estimate_follows_the_fitted_grid():
             == method.memory(small_image, small_mask, {"n_components": 4, "fit_scale": 1}))
 
 
+def test_memory_estimate_counts_the_full_resolution_loss_of_fit_loss_full():
+    """With ``fit_loss="full"`` the steps' loss and the upsampled logits (with their gradient) are at
+    full resolution while the network's activations stay on the grid: the estimate adds exactly
+    that to the grid's, and is unchanged at full resolution (where the option does nothing)."""
+    from deepgmm import DeepSVG
+    from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes
+    from deepgmm.segmentation.methods import METHODS
+
+    method = METHODS["deepsvg"]
+    image, mask = torch.zeros((1, 150, 124, 148)), torch.ones((150, 124, 148), dtype=torch.bool)
+    base = {"n_components": 4, "crop_margin": None, "fit_scale": 4}
+    grid = method.memory(image, mask, base)
+    full = method.memory(image, mask, {**base, "fit_loss": "full"})
+    n_full, n_grid, K = 150 * 124 * 148, 38 * 31 * 37, 4
+    loss = (12 * (K + 1) + 8 * (K + 1)) * 4  # bytes a pixel: the loss and the smoothed-posterior term, float32
+    cfg = network_config(DeepSVG().network, spatial_dims=3, in_channels=1, out_channels=K)
+    activations = activation_bytes(cfg, (38, 31, 37))
+    assert grid == max(activations + loss * n_grid, loss * n_full) + parameter_bytes(cfg)
+    assert full == activations + loss * n_full + 2 * K * n_full * 4 + parameter_bytes(cfg)
+    same = {"n_components": 4, "crop_margin": None, "fit_scale": 1}
+    assert method.memory(image, mask, same) == method.memory(image, mask, {**same, "fit_loss": "full"})
+
+
 def test_the_memory_refusal_names_fit_scale(monkeypatch):
     from deepgmm import memory
 

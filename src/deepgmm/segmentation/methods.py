@@ -91,7 +91,8 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     does not count) and the smoothed-posterior term's arrays (about 8 of ``K + 1`` channels). With
     ``fit_scale > 1`` the read-out at full resolution comes after the training graph is freed: the
     interpolated logits, the loss without gradients and the posteriors on the window, counted as the
-    larger of the two phases. Zero on a GPU: the check compares with host memory."""
+    larger of the two phases; with ``fit_loss="full"`` the steps' loss is at full resolution too (with
+    the upsampled logits and their gradient). Zero on a GPU: the check compares with host memory."""
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
         regs = est._validate()
@@ -111,8 +112,12 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     def loss_bytes(n: int) -> int:
         return 12 * (K + C) * n * item + (8 * (K + 1) * n * item if smooths else 0)
 
-    train = activation_bytes(cfg, grid) + loss_bytes(math.prod(grid))
-    read_out = loss_bytes(math.prod(shape)) if scale > 1 else 0
+    n_full = math.prod(shape)
+    if scale > 1 and est.fit_loss == "full":  # the steps' loss at full resolution, through the upsampled logits
+        train = activation_bytes(cfg, grid) + loss_bytes(n_full) + 2 * K * n_full * item
+    else:
+        train = activation_bytes(cfg, grid) + loss_bytes(math.prod(grid))
+    read_out = loss_bytes(n_full) if scale > 1 else 0
     return max(train, read_out) + parameter_bytes(cfg)
 
 
