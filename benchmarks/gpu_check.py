@@ -9,7 +9,10 @@ volume of a brain window's size (a phantom, or ``--volume IMG MASK``); (predict)
 slices with a network built directly from a ``TrainConfig`` (seeded, untrained weights: this times
 the inference path, not a model's quality). Seconds: the median of ``--repeats`` runs after one
 warm-up, with ``torch.cuda.synchronize()`` around GPU runs. Agreement of the CUDA run with the CPU
-run: the fraction of identical labels, the mean Dice over the classes and the NLL difference.
+run: the fraction of identical labels, the mean Dice over the classes and the NLL difference. The
+deep cases' network arithmetic is ``--precision`` (default auto: bfloat16 on a CPU with native
+bfloat16, float32 on CUDA; each row names the one used); float32 on both devices compares like
+with like.
 Without CUDA the CUDA rows say "skipped (no CUDA)". Not part of CI.
 
     python benchmarks/gpu_check.py                    # both devices, full sizes
@@ -95,8 +98,8 @@ def _deep_case(size: dict[str, Any]) -> tuple[str, Callable[[str], dict[str, Any
     def run(device: str) -> dict[str, Any]:
         seg = segment(ph.image, ph.mask, method="deepsvg", n_components=4, spare_classes=0, random_state=0,
                       device=device, network=size["network"], max_steps=steps, min_steps=steps,
-                      pretrain_steps=max(1, steps // 3))
-        return dict(labels=np.asarray(seg.labels)[ph.mask], nll=float(seg.nll))
+                      pretrain_steps=max(1, steps // 3), precision=size.get("precision", "auto"))
+        return dict(labels=np.asarray(seg.labels)[ph.mask], nll=float(seg.nll), precision=seg.settings["precision"])
 
     shape = "x".join(map(str, size["shape"]))
     return f"{shape}, network {size['network']}, {steps} steps", run
@@ -148,8 +151,8 @@ def case_volume(size: dict[str, Any], files: list[Path] | None = None) -> tuple[
 
     def run(device: str) -> dict[str, Any]:
         seg = segment(image, mask, method="deepsvg", n_components=3, random_state=0, device=device,
-                      **size["options"])
-        return dict(labels=np.asarray(seg.labels)[mask], nll=float(seg.nll))
+                      precision=size.get("precision", "auto"), **size["options"])
+        return dict(labels=np.asarray(seg.labels)[mask], nll=float(seg.nll), precision=seg.settings["precision"])
 
     return desc + ", deepSVG defaults, K=3", run
 
@@ -176,6 +179,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up (default 3; --quick: 1)")
     ap.add_argument("--cases", choices=CASES, nargs="+", default=list(CASES))
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                    help="the deep fits' network arithmetic (segment()'s precision; default auto: bfloat16 on a CPU "
+                    "with native bfloat16, float32 on CUDA); float32 for label agreement between the devices")
     ap.add_argument("--volume", type=Path, nargs=2, metavar=("IMG", "MASK"),
                     help="the volume case on this image and mask (default: a phantom of a brain window's size)")
     args = ap.parse_args()
@@ -189,7 +195,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for case in args.cases:
-        size = SIZES[case][1 if args.quick else 0]
+        size = dict(SIZES[case][1 if args.quick else 0], precision=args.precision)
         desc, run = case_volume(size, args.volume) if case == "volume" else BUILDERS[case](size)
         results: dict[str, dict[str, Any]] = {}
         for device in args.device:
@@ -201,13 +207,16 @@ def main() -> int:
                 continue
             seconds, results[device] = timed(lambda: run(device), device, repeats)
             row.update(seconds=seconds, nll=results[device]["nll"])
+            if "precision" in results[device]:
+                row["precision"] = results[device]["precision"]
             agree = ""
             if device != "cpu" and "cpu" in results:
                 row.update(agreement(results["cpu"], results[device]))
                 agree = f"{row['identical']:.4f} | {row['dice']:.4f} | {row['nll_diff']:.2e}"
             else:
                 agree = "| |"
-            print(f"| {case} | {device} | {desc} | {seconds:.3f} | {row['nll']:.5f} | {agree} |", flush=True)
+            shown = desc + (f", {row['precision']}" if "precision" in row else "")
+            print(f"| {case} | {device} | {shown} | {seconds:.3f} | {row['nll']:.5f} | {agree} |", flush=True)
             rows.append(row)
         if "cpu" in results and "cuda" in results:
             speed = next(r for r in rows if r["case"] == case and r["device"] == "cpu")["seconds"] / rows[-1]["seconds"]

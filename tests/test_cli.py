@@ -284,6 +284,21 @@ def test_weights_with_a_deep_method(case):
     assert (labels[truth > 0] > 0).all()
 
 
+def test_precision_flag_reaches_the_fit_and_summary(case, capsys):
+    """--precision sets the deep network's arithmetic and summary.json records it; an EM method
+    refuses the flag, an unknown value is refused by argparse."""
+    folder, paths, img, truth = case
+    deep = ("--network", "tiny", "--max-steps", "3", "--pretrain-steps", "2")
+    for precision in ("float32", "bfloat16"):
+        out = folder / precision
+        assert main(seg_args(paths, out, "--precision", precision, *deep, method="deepsvg")) == 0
+        assert json.loads((out / "summary.json").read_text())["settings"]["precision"] == precision
+    check_error(capsys, seg_args(paths, folder / "em", "--precision", "float32"), "--precision")
+    check_error(capsys, seg_args(paths, folder / "bad", "--precision", "half", method="deepsvg"),
+                "argument --precision: invalid choice: 'half'")
+    assert not (folder / "em").exists() and not (folder / "bad").exists()
+
+
 def test_extra_segment_option_hook(case, monkeypatch):
     """A new entry of SEGMENT_OPTIONS becomes a flag forwarded as a keyword."""
     folder, paths, img, truth = case

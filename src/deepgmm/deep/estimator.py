@@ -35,7 +35,7 @@ from .. import mixture as em
 from .._em_inputs import weight_map
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
-from ..choices import DEEP_INITS, FIT_LOSSES
+from ..choices import DEEP_INITS, FIT_LOSSES, PRECISIONS
 from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
@@ -44,6 +44,7 @@ from ..smoothing import as_sigmas, wants_smoothing
 from .grid import block_means, uncrop, upsample
 from .losses import DeepMixtureLoss
 from .optim import AdamW
+from .precision import resolve_precision
 from .regularizers import (
     DEFAULT_SMOOTH_SIGMA,
     MuPrior,
@@ -148,6 +149,9 @@ class DeepGMM(ParamsMixin):
         interpolated soft labels stay the per-pixel weights, the means and covariances are re-estimated
         from the posteriors instead of from the (blurred) soft labels. 0 (default): one M-step from
         the soft labels, as before
+    precision : the network's arithmetic (:mod:`deepgmm.deep.precision`): "auto" (default: bfloat16
+        under autocast on a CPU with native bfloat16 instructions, else float32), "float32" or
+        "bfloat16". The likelihood, M-step and losses stay in the image's dtype
     random_state : seed of the network's weights and of the EM start
     device : "cpu", "cuda" or "auto"
     progress : show a progress bar (steps, NLL) on stderr; without one, the fit's progress is logged
@@ -166,6 +170,7 @@ class DeepGMM(ParamsMixin):
         before ``readout_em``;
     n_iter_, converged_, fit_seconds_
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
+    precision_ : the network's arithmetic in the fit, "float32" or "bfloat16"
     """
 
     _input_tags = {"two_d_array": False, "three_d_array": True}  # one image (C, *spatial), not (N, C) rows
@@ -204,6 +209,7 @@ class DeepGMM(ParamsMixin):
         fit_scale: int | str = "auto",
         fit_loss: str = "grid",
         readout_em: int = 0,
+        precision: str = "auto",
         random_state: int | None = 0,
         device: str | torch.device | None = "cpu",
         progress: bool = False,
@@ -233,6 +239,7 @@ class DeepGMM(ParamsMixin):
         self.fit_scale = fit_scale
         self.fit_loss = fit_loss
         self.readout_em = readout_em
+        self.precision = precision
         self.random_state = random_state
         self.device = device
         self.progress = progress
@@ -264,6 +271,7 @@ class DeepGMM(ParamsMixin):
             check_int("fit_scale", self.fit_scale, minimum=1)
         check_choice("fit_loss", self.fit_loss, FIT_LOSSES)
         check_int("readout_em", self.readout_em, minimum=0)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
         if self.smooth is not None:
@@ -324,6 +332,8 @@ class DeepGMM(ParamsMixin):
             net = UNet(cfg)
         net.check_input((1, C) + spatial)
         net = net.to(dev)
+        net.compute_dtype = resolve_precision(self.precision, dev)
+        self.precision_ = str(net.compute_dtype).removeprefix("torch.")
         x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid
         m = region_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
         w = None if weight is None else weight_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)

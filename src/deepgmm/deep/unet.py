@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .precision import autocast
+
 __all__ = ["UNetConfig", "UNet", "NETWORKS", "network_config", "activation_bytes", "parameter_bytes", "level_shapes"]
 
 NORMS = ("instance", "batch", "group", "none")
@@ -171,7 +173,14 @@ class _Block(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """U-Net returning logits ``(B, out_channels, *spatial)`` for input ``(B, in_channels, *spatial)``."""
+    """U-Net returning logits ``(B, out_channels, *spatial)`` for input ``(B, in_channels, *spatial)``.
+
+    ``compute_dtype`` (default float32): the arithmetic of its layers; ``torch.bfloat16`` runs them
+    under autocast (:mod:`deepgmm.deep.precision`) and casts the logits back to the input's dtype
+    (autocast lowers float32 operations only: a float64 network and input stay float64).
+    """
+
+    compute_dtype: torch.dtype = torch.float32
 
     def __init__(self, config: UNetConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -217,6 +226,13 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(tuple(x.shape))
+        if self.compute_dtype == torch.float32:
+            return self._layers(x)
+        with autocast(self.compute_dtype, x.device):
+            out = self._layers(x)
+        return out.to(x.dtype)
+
+    def _layers(self, x: Tensor) -> Tensor:
         skips = []
         for i, enc in enumerate(self.encoders):
             if i > 0:

@@ -563,6 +563,9 @@ def _settings_record(settings: dict[str, Any], fit: MethodFit, plain: dict[str, 
                                                         for k, v in widths_given.items()})
     if fields is not None:
         record.update(fields.record(method))
+    precision = getattr(fit.model, "precision_", None)
+    if precision is not None:  # the deep network's arithmetic, as resolved on this machine
+        record["precision"] = precision
     return record
 
 

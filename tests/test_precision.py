@@ -1,0 +1,154 @@
+"""The deep network's arithmetic (deepgmm.deep.precision): the CPU feature check, the choice of
+dtype, the U-Net under bfloat16 autocast against float32, and the option on the estimators and
+segment()."""
+
+import numpy as np
+import pytest
+import torch
+
+from deepgmm import DeepG, DeepSVG, segment
+from deepgmm.deep import precision as P
+from deepgmm.deep.unet import UNet, network_config
+
+X86 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu vme sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni
+"""
+X86_OLD = """processor\t: 0
+flags\t\t: fpu vme sse2 avx2 avx512f avx512bw
+"""
+ARM = """processor\t: 0
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp bf16 i8mm
+"""
+
+
+@pytest.mark.parametrize("text, native", [(X86, True), (X86_OLD, False), (ARM, True), ("", False),
+                                          ("flags\t: amx_bf16 amx_tile\n", True)])
+def test_cpu_flags_are_read_from_cpuinfo(text, native):
+    flags = P._flags_from_cpuinfo(text)
+    assert any(f in flags for f in P._X86_FLAGS + P._ARM_FEATURES) is native
+    if text == X86:
+        assert {"avx512_bf16", "avx512f", "fpu"} <= flags
+
+
+def test_cpu_check_without_cpuinfo_is_false(monkeypatch):
+    def missing(*args, **kwargs):
+        raise OSError("no /proc")
+
+    P.cpu_has_native_bfloat16.cache_clear()
+    monkeypatch.setattr(P.Path, "read_text", missing)
+    try:
+        assert P.cpu_has_native_bfloat16() is False
+    finally:
+        P.cpu_has_native_bfloat16.cache_clear()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_resolve_precision(monkeypatch, native):
+    monkeypatch.delenv(P.ENV, raising=False)
+    monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert P.resolve_precision("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert P.resolve_precision("float32", cpu) == torch.float32
+    assert P.resolve_precision("bfloat16", cpu) == torch.bfloat16
+    assert P.resolve_precision("auto", cuda) == torch.float32  # CUDA: float32 unless asked
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="does not support bfloat16"):
+        P.resolve_precision("bfloat16", cuda)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        P.resolve_precision("float16", cpu)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_environment_variable_sets_what_auto_means(monkeypatch, native):
+    monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: native)
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(P.ENV, "float32")
+    assert P.resolve_precision("auto", cpu) == torch.float32
+    assert P.resolve_precision("bfloat16", cpu) == torch.bfloat16  # an explicit choice wins
+    monkeypatch.setenv(P.ENV, "bfloat16")
+    assert P.resolve_precision("auto", cpu) == torch.bfloat16
+    assert P.resolve_precision("float32", cpu) == torch.float32
+    monkeypatch.setenv(P.ENV, "half")
+    with pytest.raises(ValueError, match="DEEPGMM_PRECISION must be 'float32' or 'bfloat16', got 'half'"):
+        P.resolve_precision("auto", cpu)
+
+
+@pytest.mark.parametrize("dims, shape", [(2, (32, 24)), (3, (16, 16, 12))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_unet_in_bfloat16_returns_the_input_dtype_close_to_float32(dims, shape, dtype):
+    torch.manual_seed(0)
+    cfg = network_config("tiny", spatial_dims=dims, in_channels=2, out_channels=3)
+    net = UNet(cfg).to(dtype)
+    x = torch.randn((1, 2) + shape, dtype=dtype)
+    ref = net(x)
+    net.compute_dtype = torch.bfloat16
+    out = net(x)
+    assert out.dtype == dtype and ref.dtype == dtype
+    rel = float((out - ref).detach().norm() / ref.detach().norm())
+    if dtype == torch.float64:
+        assert rel == 0.0  # autocast lowers float32 operations only: float64 stays float64
+    else:
+        assert 0 < rel < 0.05  # bfloat16 keeps about 3 significant digits per operation
+    out.square().mean().backward()  # the gradient reaches the float32/float64 weights
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and g.dtype == dtype and bool(torch.isfinite(g).all()) for g in grads)
+
+
+def _two_halves(seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(1, 32, 32)).astype(np.float32)
+    img[0, :, 16:] += 4.0
+    return img
+
+
+FAST = dict(network="tiny", max_steps=4, min_steps=4, pretrain_steps=3)
+
+
+@pytest.mark.parametrize("cls", [DeepSVG, DeepG])
+def test_estimators_record_the_precision_and_segment_alike(cls):
+    img = _two_halves()
+    f32 = cls(n_components=2, precision="float32", **FAST).fit(img)
+    bf16 = cls(n_components=2, precision="bfloat16", **FAST).fit(img)
+    assert (f32.precision_, bf16.precision_) == ("float32", "bfloat16")
+    assert f32.network_.compute_dtype == torch.float32 and bf16.network_.compute_dtype == torch.bfloat16
+    # two well separated halves: the same partition whichever the arithmetic
+    a, b = f32.labels_.ravel().astype(int), bf16.labels_.ravel().astype(int)
+    assert max((a == b).mean(), (a == 3 - b).mean()) > 0.97
+    assert bf16.probabilities_.dtype == np.float32
+    np.testing.assert_allclose(bf16.probabilities_.sum(0), 1.0, atol=1e-5)
+    # predict on the fitted image repeats the fit's read-out in the fit's arithmetic
+    np.testing.assert_array_equal(bf16.predict(img), bf16.labels_)
+
+
+def test_segment_records_the_resolved_precision(monkeypatch):
+    monkeypatch.delenv(P.ENV, raising=False)
+    img = _two_halves()
+    monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: False)
+    seg = segment(img, method="deepsvg", n_components=2, **FAST)
+    assert seg.settings["precision"] == "float32"
+    monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: True)
+    seg = segment(img, method="deepsvg", n_components=2, **FAST)
+    assert seg.settings["precision"] == "bfloat16"
+    assert "precision" not in segment(img, method="gmm", n_components=2).settings
+
+
+def test_bad_precision_is_refused_by_name():
+    with pytest.raises(ValueError, match="precision must be one of 'auto', 'float32', 'bfloat16'"):
+        DeepSVG(n_components=2, precision="half", **FAST).fit(_two_halves())
+
+
+def test_the_precision_benchmark_runs_and_prints_a_ratio():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_precision.py"
+    out = subprocess.run([sys.executable, str(script), "--threads", "1", "--steps", "1", "--shapes", "photo"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    row = [line for line in out.stdout.splitlines() if line.startswith("| photo")]
+    assert len(row) == 1
+    f32, bf16, ratio = (float(v) for v in row[0].strip("| ").split("|")[1:])
+    assert f32 > 0 and bf16 > 0 and ratio == pytest.approx(f32 / bf16, rel=0.05)
+    assert "native bfloat16: " in out.stdout
