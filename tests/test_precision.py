@@ -152,3 +152,72 @@ def test_the_precision_benchmark_runs_and_prints_a_ratio():
     f32, bf16, ratio = (float(v) for v in row[0].strip("| ").split("|")[1:])
     assert f32 > 0 and bf16 > 0 and ratio == pytest.approx(f32 / bf16, rel=0.05)
     assert "native bfloat16: " in out.stdout
+
+
+# ----------------------------------------------------------------------------- cohort training
+def test_train_config_precision_default_legacy_and_errors():
+    from deepgmm.training import TrainConfig
+
+    cfg = TrainConfig(method="deepsvg", n_components=2, channels=["A"], network={"features": (8, 16)}).finalize()
+    assert cfg.precision == "auto" and cfg.to_dict()["precision"] == "auto"
+    old = cfg.to_dict()
+    del old["precision"]  # written before the setting existed: trained in float32
+    assert TrainConfig.from_dict(old).precision == "float32"
+    assert TrainConfig.from_dict(dict(old, precision="bfloat16")).precision == "bfloat16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig.from_dict(dict(old, precision="half"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_build_network_resolves_the_precision_for_its_device(monkeypatch, native):
+    from deepgmm.training import TrainConfig
+
+    monkeypatch.delenv(P.ENV, raising=False)
+    monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: native)
+    cfg = TrainConfig(method="deepsvg", n_components=2, channels=["A"], network={"features": (8, 16)}).finalize()
+    assert cfg.build_network().compute_dtype == torch.float32  # no device: as built
+    assert cfg.build_network("cpu").compute_dtype == (torch.bfloat16 if native else torch.float32)
+    cfg.precision = "float32"
+    assert cfg.build_network("cpu").compute_dtype == torch.float32
+
+
+def test_training_and_prediction_run_in_the_configured_precision(tmp_path):
+    """A tiny cohort trained in bfloat16: summary.json names it, the loaded model predicts in it
+    and agrees with the same weights read out in float32 on almost every pixel."""
+    import json
+
+    from _helpers import make_cohort
+    from deepgmm.training import FolderDataset, TrainConfig, load_model, train
+
+    make_cohort(tmp_path / "d")
+    ds = FolderDataset(tmp_path / "d", ["A", "B"])
+    cfg = TrainConfig(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=2, batch_size=4,
+                      precision="bfloat16")
+    train(cfg, ds, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["precision"] == "bfloat16"
+    model = load_model(tmp_path / "m")
+    assert model.precision_ == "bfloat16" and model.network.compute_dtype == torch.bfloat16
+    item = ds[0]
+    image, mask = item["image"].numpy(), item["mask"].numpy()
+    a = model.predict(image, mask)
+    model.network.compute_dtype = torch.float32
+    b = model.predict(image, mask)
+    assert a.labels.shape == b.labels.shape
+    assert (a.labels == b.labels).mean() > 0.95
+
+
+def test_cli_train_precision_flag(tmp_path, capsys):
+    import json
+
+    from _helpers import check_error, make_cohort
+    from deepgmm.cli import main
+
+    make_cohort(tmp_path / "d", n=4)
+    argv = ["train", str(tmp_path / "d"), "--channels", "A,B", "--method", "deepsvg", "-k", "2", "--network",
+            '{"features": [8, 16]}', "--threads", "1", "--no-progress", "--epochs", "1", "--batch-size", "4"]
+    assert main(argv + ["--out", str(tmp_path / "m"), "--precision", "float32"]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["precision"] == "float32"
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["precision"] == "float32"
+    capsys.readouterr()
+    check_error(capsys, argv + ["--out", str(tmp_path / "bad"), "--precision", "fp8"],
+                "argument --precision: invalid choice: 'fp8'")

@@ -284,6 +284,10 @@ TRAIN_OPTIONS: list[TrainOption] = [
                 "settings such as '{\"features\": [8, 16, 32]}'", metavar="NET"),
     TrainOption("--class-names", "class_names", str, "names of the classes 1..K in order (default: the layout's, "
                 "MyoPS: blood,myocardium,edema,scar)", metavar="N1,N2,..."),
+    TrainOption("--precision", "precision", str, "the network's arithmetic in training and in every later "
+                "prediction: float32 or bfloat16 (the loss stays float32); auto (default): bfloat16 on a CPU with "
+                "native bfloat16 instructions, else float32 ($DEEPGMM_PRECISION where set), resolved on the "
+                "machine that runs", choices=PRECISIONS),
     TrainOption("--normalize", "normalize", str, "z-score every channel over each sample's mask or whole image "
                 "(default: mask; MyoPS: image, i.e. the 160x160 crop)", choices=NORMALIZATIONS),
     TrainOption("--crop-size", "crop_size", _int_list, "train on windows of this size centred on each mask's "

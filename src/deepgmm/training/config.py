@@ -25,7 +25,8 @@ import torch
 
 from .._validation import check_choice, check_float, check_int
 from .._version import __version__
-from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS, PRIOR_UNITS
+from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS
+from ..deep.precision import resolve_precision
 from ..deep.losses import DeepMixtureLoss
 from ..deep.regularizers import build_regularizers
 from ..deep.unet import NETWORKS, UNet, UNetConfig, network_config
@@ -143,6 +144,10 @@ class TrainConfig:
         z-scored units the network's mixture is fitted in. A configuration saved without it was
         written when ``mu_data`` was always normalised, and reads as "normalized".
     regularizers : other loss terms, ``[{"name": "tv", "lam": 0.1}, ...]``
+    precision : the network's arithmetic in training and prediction (:mod:`deepgmm.deep.precision`):
+        "auto" (default: bfloat16 on a CPU with native bfloat16 instructions, else float32, resolved
+        on the machine that trains or predicts), "float32" or "bfloat16"; the loss stays float32. A
+        configuration saved without it was trained in float32 and reads as "float32".
 
     Training
     --------
@@ -171,6 +176,7 @@ class TrainConfig:
     lam: float = 1.0
     prior_units: str = "image"
     regularizers: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "auto"
 
     epochs: int = 100
     batch_size: int = 4
@@ -238,6 +244,7 @@ class TrainConfig:
                 raise ValueError("spare_classes must be 0 with mu_data: its class order fixes the K classes")
         check_float("lam", self.lam, minimum=0.0)
         check_choice("prior_units", self.prior_units, PRIOR_UNITS)
+        check_choice("precision", self.precision, PRECISIONS)
         check_int("epochs", self.epochs, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_float("lr", self.lr, minimum=0.0, strict=True)
@@ -289,11 +296,17 @@ class TrainConfig:
         return DeepMixtureLoss(mixture=self.mixture, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
                                regularizers=self.build_regularizers() if with_regularizers else ())
 
-    def build_network(self) -> Any:
-        """A freshly initialised U-Net, seeded by ``seed`` without touching the global RNG."""
+    def build_network(self, device: Any = None) -> Any:
+        """A freshly initialised U-Net, seeded by ``seed`` without touching the global RNG; with a
+        ``device``, moved there and computing in ``precision`` as resolved for it."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return UNet(UNetConfig(**self.network))
+            net = UNet(UNetConfig(**self.network))
+        if device is not None:
+            dev = torch.device(device)
+            net = net.to(dev)
+            net.compute_dtype = resolve_precision(self.precision, dev)
+        return net
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +325,7 @@ class TrainConfig:
             raise ValueError(f"{source}: unknown setting(s) {unknown}")
         d = dict(data)
         d.setdefault("prior_units", "normalized")  # saved before the setting existed: mu_data was normalised
+        d.setdefault("precision", "float32")  # saved before the setting existed: trained in float32
         aug = d.pop("augment", None) or {}
         if not isinstance(aug, dict) or set(aug) - {f.name for f in fields(AugmentConfig)}:
             raise ValueError(f"{source}: 'augment' must be an object of augmentation settings, got {aug!r}")

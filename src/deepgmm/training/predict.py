@@ -74,7 +74,8 @@ class TrainedModel:
 
     Attributes: ``config`` (:class:`TrainConfig`), ``network`` (the :class:`deepgmm.deep.UNet`, in
     eval mode), ``device``, ``channels``, ``n_components``, ``class_names``, ``source``, ``readout``
-    (one of :data:`READOUTS`, settable).
+    (one of :data:`READOUTS`, settable), ``precision_`` (the network's arithmetic here: the
+    configuration's ``precision`` resolved for ``device``, "float32" or "bfloat16").
     """
 
     def __init__(self, config: TrainConfig, state_dict: dict[str, torch.Tensor], *, device: Any = "cpu",
@@ -83,13 +84,14 @@ class TrainedModel:
         self.source = source
         self.readout = readout
         self.device = resolve_device(device)
-        net = config.build_network()
+        net = config.build_network(self.device)
         try:
             net.load_state_dict(state_dict)
         except RuntimeError as exc:
             raise ValueError(f"{source}: the weights do not fit the network of its configuration: "
                              f"{' '.join(str(exc).split())[:300]}") from None
-        self.network = net.to(self.device).eval()
+        self.network = net.eval()
+        self.precision_ = str(net.compute_dtype).removeprefix("torch.")  # as resolved on this machine
         self.loss = config.build_loss(with_regularizers=False)
 
     @property
