@@ -284,7 +284,7 @@ def test_weights_with_a_deep_method(case):
     assert (labels[truth > 0] > 0).all()
 
 
-def test_precision_flag_reaches_the_fit_and_summary(case, capsys):
+def test_precision_flag_reaches_the_fit_and_summary(case, capsys, monkeypatch):
     """--precision sets the deep network's arithmetic and summary.json records it; an EM method
     refuses the flag, an unknown value is refused by argparse."""
     folder, paths, img, truth = case
@@ -296,6 +296,10 @@ def test_precision_flag_reaches_the_fit_and_summary(case, capsys):
     check_error(capsys, seg_args(paths, folder / "em", "--precision", "float32"), "--precision")
     check_error(capsys, seg_args(paths, folder / "bad", "--precision", "half", method="deepsvg"),
                 "argument --precision: invalid choice: 'half'")
+    monkeypatch.setenv("DEEPGMM_PRECISION", "half")
+    check_error(capsys, seg_args(paths, folder / "env", *deep, method="deepsvg"),
+                "DEEPGMM_PRECISION must be 'float32' or 'bfloat16', got 'half'")
+    assert not (folder / "env").exists()
     assert not (folder / "em").exists() and not (folder / "bad").exists()
 
 

@@ -334,6 +334,8 @@ class DeepGMM(ParamsMixin):
         net = net.to(dev)
         net.compute_dtype = resolve_precision(self.precision, dev)
         self.precision_ = str(net.compute_dtype).removeprefix("torch.")
+        logger.info("%s: the network computes in %s (precision=%r)", type(self).__name__, self.precision_,
+                    self.precision)
         x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid
         m = region_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
         w = None if weight is None else weight_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
