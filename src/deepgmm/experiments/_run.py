@@ -250,9 +250,11 @@ class Run:
             if prev != s:
                 changed = sorted(k for k in set(prev) | set(s) if prev.get(k) != s.get(k))
                 detail = ", ".join(f"{k}: {prev.get(k)!r} -> {s.get(k)!r}" for k in changed[:4])
+                hint = ("the network's precision differs between the machines (or $DEEPGMM_PRECISION): set "
+                        "DEEPGMM_PRECISION=float32 or bfloat16 for every part of the run" if "precision" in changed
+                        else "the defaults changed since that run? start again with --overwrite")
                 raise ValueError(f"{method}'s settings differ from those of its records in "
-                                 f"{self.store.file(RESULTS_FILE)} ({detail}); the defaults changed since that run? "
-                                 "start again with --overwrite")
+                                 f"{self.store.file(RESULTS_FILE)} ({detail}); {hint}")
 
     def add(self, records: Sequence[dict[str, Any]], settings: Mapping[str, Mapping[str, Any]]) -> None:
         self.check_settings(settings)

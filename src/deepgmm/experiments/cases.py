@@ -120,7 +120,8 @@ MAX_ARRAY_SETTING = 1024
 
 
 def _settings_of(seg: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The resolved settings of a fit (its estimator's parameters), without the seed."""
+    """The resolved settings of a fit (its estimator's parameters, the deep network's precision as
+    it ran), without the seed."""
     model = getattr(seg, "model", None)
     params = dict(model.get_params()) if model is not None and hasattr(model, "get_params") else dict(seg.settings)
     for k in ("random_state", "progress"):
@@ -128,6 +129,9 @@ def _settings_of(seg: Any, extra: Mapping[str, Any] | None = None) -> dict[str, 
     for k, v in params.items():  # per-voxel inputs (prior maps) are the case's data, not a setting of the method
         if isinstance(v, np.ndarray) and v.size > MAX_ARRAY_SETTING:
             params[k] = "an array per case"
+    used = getattr(model, "precision_", None)
+    if used is not None:  # the deep network's arithmetic as resolved on this machine, not "auto"
+        params["precision"] = used
     params.update(extra or {})
     return plain(params)
 
