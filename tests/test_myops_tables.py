@@ -352,6 +352,18 @@ def test_table1_records_the_precision_used_and_refuses_to_mix_them(synth, tmp_pa
     res = mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False,
                         figures=False, options=quick)
     assert res.added == 1
+    # a run stored before the setting existed ran in float32: it resumes in float32 only
+    doc = _load(out)
+    del doc["method_settings"]["deepsvg"]["precision"]
+    doc["records"] = doc["records"][1:]
+    (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
+    monkeypatch.setenv("DEEPGMM_PRECISION", "bfloat16")
+    with pytest.raises(ValueError, match="precision: 'float32' -> 'bfloat16'"):
+        mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False, figures=False,
+                      options=quick)
+    monkeypatch.setenv("DEEPGMM_PRECISION", "float32")
+    assert mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False,
+                         figures=False, options=quick).added == 1
 
 
 def test_table1_deep_methods_with_options(synth, tmp_path):

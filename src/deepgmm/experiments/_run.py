@@ -247,6 +247,8 @@ class Run:
             if prev is None:
                 stored[method] = dict(s)
                 continue
+            if "precision" in s and "precision" not in prev:  # stored before the setting existed: float32
+                prev = dict(prev, precision="float32")
             if prev != s:
                 changed = sorted(k for k in set(prev) | set(s) if prev.get(k) != s.get(k))
                 detail = ", ".join(f"{k}: {prev.get(k)!r} -> {s.get(k)!r}" for k in changed[:4])
