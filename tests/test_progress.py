@@ -166,6 +166,8 @@ def test_the_deep_fit_logs_its_progress_and_its_results_do_not_change(caplog, mo
     caplog.clear()
     b = DeepSVG(**kw).fit(image)
     lines = [r.getMessage() for r in caplog.records if r.name == "deepgmm.deep.estimator"]
+    assert lines[0].startswith("DeepSVG: the network computes in ")
+    lines = lines[1:]
     assert lines[0].startswith("DeepSVG: step 1/8 (12%)") and "distil" in lines[0]
     assert lines[2].startswith("DeepSVG: step 3/8") and ", nll " in lines[2]
     assert lines[-2].startswith("DeepSVG: done, step 8/8 (100%) in ")
@@ -206,6 +208,8 @@ def test_training_logs_within_an_epoch_without_a_bar(tmp_path, caplog, monkeypat
     cfg = TrainConfig(method="deepsvg", n_components=2, network={"features": (8, 16)}, epochs=1, batch_size=2)
     train(cfg, ds, tmp_path / "m", progress=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "deepgmm.training.train"]
+    assert lines[0] in ("the network computes in float32", "the network computes in bfloat16")
+    lines = [line for line in lines if line.startswith("epoch ")]
     assert lines[0].startswith("epoch 1/1: batch 1/4 (25%), ") and ", nll " in lines[0]
     assert lines[4].startswith("epoch 1/1: done, batch 4/4 (100%) in ")
     assert lines[5].startswith("epoch 1/1: NLL ")
