@@ -221,3 +221,32 @@ def test_cli_train_precision_flag(tmp_path, capsys):
     capsys.readouterr()
     check_error(capsys, argv + ["--out", str(tmp_path / "bad"), "--precision", "fp8"],
                 "argument --precision: invalid choice: 'fp8'")
+
+
+@pytest.mark.parametrize("depth", [2, 4, 5, 8])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_unet_gradients_in_bfloat16_stay_close_where_a_level_has_depth_two(depth, threads):
+    """torch's CPU bfloat16 3x3x3 convolution returns wrong or non-finite gradients over a depth of
+    2; the U-Net runs such blocks in float32 (an input of depth 4 or 5 reaches depth 2 after one
+    pooling). Its gradients then stay finite and as close to float32's as on other shapes: about
+    0.13-0.21 relative error for this unnormalised loss on 2D and 3D inputs alike, against 0.44 to
+    inf with those blocks in bfloat16."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        cfg = network_config("tiny", spatial_dims=3, in_channels=2, out_channels=3)
+        net = UNet(cfg)
+        x = torch.randn((1, 2, depth, 12, 12))
+        g = torch.randn((1, 3, depth, 12, 12))
+        grads = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            net.compute_dtype = dtype
+            net.zero_grad()
+            (net(x) * g).sum().backward()
+            grads[dtype] = torch.cat([p.grad.flatten() for p in net.parameters()])
+        ref, low = grads[torch.float32], grads[torch.bfloat16]
+        assert bool(torch.isfinite(low).all())
+        assert float((low - ref).norm() / ref.norm()) < 0.3
+    finally:
+        torch.set_num_threads(saved)

@@ -333,7 +333,7 @@ class DeepGMM(ParamsMixin):
         net.check_input((1, C) + spatial)
         net = net.to(dev)
         net.compute_dtype = resolve_precision(self.precision, dev)
-        self.precision_ = str(net.compute_dtype).removeprefix("torch.")
+        self.precision_ = net.precision
         logger.info("%s: the network computes in %s (precision=%r)", type(self).__name__, self.precision_,
                     self.precision)
         x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid

@@ -202,6 +202,11 @@ class UNet(nn.Module):
             self.decoders.append(_Block(2 * f[i], f[i], cfg))
         self.head = conv(f[0], cfg.out_channels, 1)
 
+    @property
+    def precision(self) -> str:
+        """``compute_dtype``'s name: "float32" or "bfloat16"."""
+        return str(self.compute_dtype).removeprefix("torch.")
+
     def min_size_ok(self, spatial: tuple[int, ...]) -> bool:
         """Whether the bottleneck keeps more than one voxel (needed by instance norm)."""
         n = math.prod(level_shapes(spatial, self.config.depth)[-1])
@@ -232,6 +237,15 @@ class UNet(nn.Module):
             out = self._layers(x)
         return out.to(x.dtype)
 
+    def _block(self, block: nn.Module, x: Tensor) -> Tensor:
+        """One convolution block. Under bfloat16, a 3D input of depth 2 runs in float32: torch's CPU
+        kernels (2.13) return wrong or non-finite gradients for a bfloat16 3x3x3 convolution over a
+        depth of 2 (``tests/test_precision.py``), a depth a volume of few slices reaches after
+        pooling."""
+        if self.compute_dtype != torch.float32 and x.ndim == 5 and x.shape[2] == 2:
+            return _depth_two_in_float32(block, x)
+        return block(x)
+
     def _layers(self, x: Tensor) -> Tensor:
         skips = []
         for i, enc in enumerate(self.encoders):
@@ -241,7 +255,7 @@ class UNet(nn.Module):
                     x = (F.max_pool2d if x.ndim == 4 else F.max_pool3d)(x, kernel)
                 else:  # inference: the same maxima, faster on a CPU than max_pool
                     x = _max_pool_2(x, kernel)
-            x = enc(x)
+            x = self._block(enc, x)
             skips.append(x)
         skips.pop()
         for up, dec in zip(self.ups, self.decoders):
@@ -254,8 +268,14 @@ class UNet(nn.Module):
                 mode = "nearest" if self.config.upsample == "nearest" else ("bilinear" if x.ndim == 4 else "trilinear")
                 kw = {} if mode == "nearest" else {"align_corners": False}
                 x = up(F.interpolate(x, size=skip.shape[2:], mode=mode, **kw))
-            x = dec(torch.cat([skip, x], dim=1))
+            x = self._block(dec, torch.cat([skip, x], dim=1))
         return self.head(x)
+
+
+def _depth_two_in_float32(block: nn.Module, x: Tensor) -> Tensor:
+    """``block(x)`` with autocast off, in float32: for a 3D input of depth 2 under bfloat16."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return block(x.float())
 
 
 def _max_pool_2(x: Tensor, kernel: Sequence[int]) -> Tensor:

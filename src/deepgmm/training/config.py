@@ -26,8 +26,8 @@ import torch
 from .._validation import check_choice, check_float, check_int
 from .._version import __version__
 from ..choices import LAYOUTS, METHOD_MIXTURES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS
-from ..deep.precision import resolve_precision
 from ..deep.losses import DeepMixtureLoss
+from ..deep.precision import resolve_precision
 from ..deep.regularizers import build_regularizers
 from ..deep.unet import NETWORKS, UNet, UNetConfig, network_config
 from ..io import save_json

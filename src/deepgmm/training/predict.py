@@ -91,7 +91,7 @@ class TrainedModel:
             raise ValueError(f"{source}: the weights do not fit the network of its configuration: "
                              f"{' '.join(str(exc).split())[:300]}") from None
         self.network = net.eval()
-        self.precision_ = str(net.compute_dtype).removeprefix("torch.")  # as resolved on this machine
+        self.precision_ = net.precision  # as resolved on this machine
         self.loss = config.build_loss(with_regularizers=False)
 
     @property

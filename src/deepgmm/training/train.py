@@ -280,7 +280,7 @@ def train(
                              "train on windows of one size around their masks")
 
     net = config.build_network(dev)
-    logger.info("the network computes in %s", str(net.compute_dtype).removeprefix("torch."))
+    logger.info("the network computes in %s", net.precision)
     window = tuple(config.crop_size) if config.crop_size is not None else train_set.shapes()[0]
     net.check_input((1, len(config.channels)) + tuple(window))
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -400,7 +400,7 @@ def train(
             "train_cases": config.train_cases, "val_cases": config.val_cases, "processes": W,
             "seconds_this_run": seconds, "resumed_from_epoch": start_epoch - 1 if resume else None,
             "deepgmm_version": config.deepgmm_version, "format_version": config.format_version,
-            "precision": str(net.compute_dtype).removeprefix("torch."),
+            "precision": net.precision,
         })
     barrier(info)
     logger.info("training finished after %d epoch(s)%s; model in %s", epochs_run,
