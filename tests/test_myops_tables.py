@@ -335,35 +335,30 @@ def test_table1_synthetic_run_and_output_folder_rules(synth, tmp_path):
 
 def test_table1_records_the_precision_used_and_refuses_to_mix_them(synth, tmp_path, monkeypatch):
     """results.json names the deep network's precision as it ran (not "auto"); resuming where it
-    resolves otherwise (another machine, or $DEEPGMM_PRECISION) is refused with a hint."""
+    resolves otherwise (another machine, or $DEEPGMM_PRECISION) is refused with a hint; a run
+    stored before the setting existed ran in float32 and resumes in float32 only."""
     quick = {"deepsvg": {"max_steps": 2, "pretrain_steps": 1}}
     out = tmp_path / "p"
-    monkeypatch.setenv("DEEPGMM_PRECISION", "float32")
-    mt.run_table1(synth, out, methods="deepsvg", cases=[1], threads=1, progress=False, figures=False, options=quick)
-    doc = _load(out)
-    assert doc["method_settings"]["deepsvg"]["precision"] == "float32"
-    doc["records"] = doc["records"][1:]
-    (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
-    monkeypatch.setenv("DEEPGMM_PRECISION", "bfloat16")
-    with pytest.raises(ValueError, match="precision: 'float32' -> 'bfloat16'.*set DEEPGMM_PRECISION=float32 or bfloat16"):
-        mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False, figures=False,
-                      options=quick)
-    monkeypatch.setenv("DEEPGMM_PRECISION", "float32")
-    res = mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False,
-                        figures=False, options=quick)
-    assert res.added == 1
-    # a run stored before the setting existed ran in float32: it resumes in float32 only
-    doc = _load(out)
-    del doc["method_settings"]["deepsvg"]["precision"]
-    doc["records"] = doc["records"][1:]
-    (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
-    monkeypatch.setenv("DEEPGMM_PRECISION", "bfloat16")
-    with pytest.raises(ValueError, match="precision: 'float32' -> 'bfloat16'"):
-        mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False, figures=False,
-                      options=quick)
-    monkeypatch.setenv("DEEPGMM_PRECISION", "float32")
-    assert mt.run_table1(synth, out, resume=True, methods="deepsvg", cases=[1], threads=1, progress=False,
-                         figures=False, options=quick).added == 1
+
+    def run(precision, **kw):
+        monkeypatch.setenv("DEEPGMM_PRECISION", precision)
+        return mt.run_table1(synth, out, methods="deepsvg", cases=[1], threads=1, progress=False, figures=False,
+                             options=quick, **kw)
+
+    def drop_a_record(edit=lambda settings: None):
+        doc = _load(out)
+        edit(doc["method_settings"]["deepsvg"])
+        doc["records"] = doc["records"][1:]
+        (out / "results.json").write_text(json.dumps(doc), encoding="utf-8")
+
+    run("float32")
+    assert _load(out)["method_settings"]["deepsvg"]["precision"] == "float32"
+    for edit in (lambda settings: None, lambda settings: settings.pop("precision")):
+        drop_a_record(edit)
+        with pytest.raises(ValueError, match="precision: 'float32' -> 'bfloat16'.*set DEEPGMM_PRECISION=float32 or "
+                                             "bfloat16"):
+            run("bfloat16", resume=True)
+        assert run("float32", resume=True).added == 1
 
 
 def test_table1_deep_methods_with_options(synth, tmp_path):
