@@ -204,6 +204,18 @@ def test_training_and_prediction_run_in_the_configured_precision(tmp_path):
     b = model.predict(image, mask)
     assert a.labels.shape == b.labels.shape
     assert (a.labels == b.labels).mean() > 0.95
+    # the predict command names it: one image and a cohort, an ensemble too
+    from deepgmm.cli import main
+    from deepgmm.training import load_ensemble
+
+    assert load_ensemble([tmp_path / "m", tmp_path / "m"]).precision_ == "bfloat16"
+    case = tmp_path / "d" / "case00"
+    assert main(["predict", str(case / "A.nii.gz"), str(case / "B.nii.gz"), "--mask", str(case / "mask.nii.gz"),
+                 "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p1"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "p1" / "summary.json").read_text())["precision"] == "bfloat16"
+    assert main(["predict", "--data", str(tmp_path / "d"), "--channels", "A,B", "--model", str(tmp_path / "m"),
+                 "--out", str(tmp_path / "p2"), "--threads", "1"]) == 0
+    assert json.loads((tmp_path / "p2" / "summary.json").read_text())["precision"] == "bfloat16"
 
 
 def test_cli_train_precision_flag(tmp_path, capsys):

@@ -54,7 +54,7 @@ def _summary(pred: Any, model: Any, image: Any, args: argparse.Namespace) -> dic
     """summary.json of one predicted image: the prediction's summary, the model and the inputs."""
     summary = pred.summary()
     summary.update(model=[str(m) for m in args.model] if len(args.model) > 1 else str(args.model[0]),
-                   method=model.config.method, n_components=model.n_components,
+                   method=model.config.method, n_components=model.n_components, precision=model.precision_,
                    class_names=model.class_names, deepgmm_version=__version__,
                    inputs={"images": [str(p) for p in image.paths], "mask": args.mask,
                            "spatial_shape": list(image.spatial_shape)})

@@ -218,5 +218,6 @@ def predict_cohort(model: Any, items: list[_Item], out: str | Path, *, fmt: str 
         return summary
 
     header = {"command": "predict", "model": model.source, "method": model.config.method, "n_components": K,
-              "class_names": model.class_names, "readout": model.readout, "deepgmm_version": __version__}
+              "class_names": model.class_names, "readout": model.readout, "precision": model.precision_,
+              "deepgmm_version": __version__}
     return _run_cohort(items, out, overwrite=overwrite, info=info, work=work, header=header)

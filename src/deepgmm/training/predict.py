@@ -335,6 +335,7 @@ class EnsembleModel(TrainedModel):
         self.network = first.network
         self.loss = first.loss
         self.readout = readout
+        self.precision_ = "/".join(sorted({m.precision_ for m in models}))  # the members' arithmetic here
 
     def __repr__(self) -> str:
         return f"EnsembleModel({len(self.models)} x {self.config.method}, K={self.n_components}, from {self.source})"
