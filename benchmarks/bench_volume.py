@@ -68,7 +68,7 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: 
                        "steps": seg.n_iter,
                        "dice": {name: ev.dice[k + 1] for k, name in enumerate(CLASSES)}}
         if method == "deepsvg":
-            rec[method]["fit_scale"] = int(seg.model.fit_scale_)
+            rec[method].update(fit_scale=int(seg.model.fit_scale_), precision=seg.model.precision_)
     return rec
 
 
@@ -102,7 +102,7 @@ def _child_photo(bsds: Path, photo: str, fit_scale: int | str, repeat: int = 1) 
             rec[method].update(pri=probabilistic_rand_index(labels, truths),
                                voi=mean_variation_of_information(labels, truths))
         if method == "deepsvg":
-            rec[method]["fit_scale"] = int(seg.model.fit_scale_)
+            rec[method].update(fit_scale=int(seg.model.fit_scale_), precision=seg.model.precision_)
     return rec
 
 
@@ -138,7 +138,7 @@ def _dice(rec: dict) -> str:
 
 
 def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
-    print("\n| subject | window | fit_scale | deepSVG s (CPU s) | steps | peak RSS GiB (estimate) | GMM s (CPU s) "
+    print("\n| subject | window | fit_scale, precision | deepSVG s (CPU s) | steps | peak RSS GiB (estimate) | GMM s (CPU s) "
           "| deepSVG/GMM (CPU) | Dice CSF / GM / WM | full-resolution Dice | difference (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
@@ -149,7 +149,8 @@ def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
             diff = f"{sum(r['deepsvg']['dice'][c] - base['deepsvg']['dice'][c] for c in CLASSES) / 3:+.3f}"
         d = r["deepsvg"]
         g = r["gmm"]
-        print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']} | {d['seconds']:.1f} "
+        print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']}, {d.get('precision', '?')} "
+              f"| {d['seconds']:.1f} "
               f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} ({r['estimate_gib']:.2f}) | "
               f"{g['seconds']:.1f} ({g['cpu_seconds']:.1f}) | {d['seconds'] / g['seconds']:.1f} "
               f"({d['cpu_seconds'] / g['cpu_seconds']:.0f}) | {_dice(r)} | {full} "
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in records["photos"]:
         d = r["deepsvg"]
         print(f"\nphoto {r['photo']} ({'x'.join(map(str, r['shape'][1:]))}, K=4): deepSVG {d['seconds']:.1f} s "
-              f"({d['cpu_seconds']:.1f} CPU s), {d['steps']} steps, fit_scale {d['fit_scale']}, "
+              f"({d['cpu_seconds']:.1f} CPU s), {d['steps']} steps, fit_scale {d['fit_scale']}, {d.get('precision', '?')}, "
               f"PRI {d.get('pri', 0):.3f} VoI {d.get('voi', 0):.3f}; GMM {r['gmm']['seconds']:.1f} s "
               f"({r['gmm']['cpu_seconds']:.1f} CPU s), "
               f"PRI {r['gmm'].get('pri', 0):.3f} VoI {r['gmm'].get('voi', 0):.3f}; "
