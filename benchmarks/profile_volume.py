@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="NLL steps to time (default 2)")
     p.add_argument("--pretrain", type=int, default=2, help="distillation steps to time (default 2)")
     p.add_argument("--fit-scale", type=int, default=1, help="the estimator's fit_scale (default 1: full resolution)")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="the network's arithmetic (the estimator's precision; default auto)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     p.add_argument("--top", type=int, default=0, help="also list the N costliest operators of one NLL step")
     args = p.parse_args(argv)
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepgmm.deep.estimator import DeepSVG
     from deepgmm.deep.losses import DeepMixtureLoss
     from deepgmm.deep.optim import AdamW
+    from deepgmm.deep.precision import resolve_precision
     from deepgmm.deep.regularizers import SmoothedPosterior
     from deepgmm.deep.unet import UNet, network_config
     from deepgmm.experiments.brain import load_ibsr
@@ -126,15 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = network_config(est.network, spatial_dims=3, in_channels=1, out_channels=K)
     torch.manual_seed(0)
     net = UNet(cfg)
+    net.compute_dtype = resolve_precision(args.precision, torch.device("cpu"))
     x = img_fit.unsqueeze(0)
     m = reg_fit.unsqueeze(0).to(x.dtype)
     loss_fn = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=est.reg_covar, regularizers=regs_fit)
     read_loss = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=est.reg_covar, regularizers=regs)
     print(f"IBSR_{args.subject:02d}: window {tuple(img_w.shape[1:])} ({int(reg_w.sum())} voxels in the mask), "
-          f"fitted at scale {scale}: {spatial}; torch threads {torch.get_num_threads()}")
+          f"fitted at scale {scale}: {spatial}; torch threads {torch.get_num_threads()}; network in {net.precision}")
 
     with phase("EM start (SVGMM at full resolution)", sampler):
-        target = est._em_posteriors(img_w, reg_w, 0, None)
+        target = est._em_posteriors(img_w, reg_w, 0, None, None)
     with phase("EM target to the fitted grid", sampler):
         target = est._target_to_fit(target, reg_w, scale)
     bar = Progress(args.pretrain, "profile", None, bar=False, final=None, leave=False)
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     with phase("read-out (network, full-resolution M-step, soft labels)", sampler):
         full_x = img_w.unsqueeze(0)
         full_m = reg_w.unsqueeze(0).to(full_x.dtype)
-        logits, out = est._final_logits(net, x, full_x, full_m, read_loss, scale)
+        logits, out = est._final_logits(net, x, full_x, full_m, read_loss, scale, None)
         given = (full_x[0], out.fit.means[0], out.fit.covariances[0]) if scale > 1 else ()
         probs, labels = est._read_out(logits[0], reg_w, *given)
     with phase("spare class (drop the smallest of K+1)", sampler):
