@@ -137,8 +137,8 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
     trace: dict = {"logits": {}, "nk": [], "means": [], "grid_shape": None, "read": None}
     forward = DeepMixtureLoss.forward
 
-    def traced(self, image, logits, mask=None, scaling=None):
-        out = forward(self, image, logits, mask, scaling)
+    def traced(self, image, logits, mask=None, scaling=None, weight=None):
+        out = forward(self, image, logits, mask, scaling, weight=weight)
         if logits.requires_grad:  # a training step on the fitted grid
             step = len(trace["nk"])
             nk = out.fit.nk.detach()[0]
