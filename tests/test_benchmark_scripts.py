@@ -1,0 +1,62 @@
+"""The benchmark scripts that reach into the library's internals, run on real data for a step or
+two: a change of a private signature breaks them without any other test noticing. Skipped where
+the IBSR18 or BSDS500 data are absent ($DEEPGMM_IBSR, $DEEPGMM_BSDS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IBSR = Path(os.environ.get("DEEPGMM_IBSR", ROOT.parent / "shared/data/ibsr18"))
+BSDS = Path(os.environ.get("DEEPGMM_BSDS", ROOT.parent / "shared/data/bsds500"))
+needs_ibsr = pytest.mark.skipif(not (IBSR / "IBSR_04").is_dir(), reason=f"IBSR18 data not found at {IBSR}")
+needs_bsds = pytest.mark.skipif(not (BSDS / "images" / "val").is_dir(), reason=f"BSDS500 data not found at {BSDS}")
+TINY = {"network": "tiny", "pretrain_steps": 2, "max_steps": 2, "min_steps": 0}
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                       env=env, timeout=600, cwd=ROOT / "benchmarks")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+@needs_ibsr
+def test_profile_volume_runs_every_phase():
+    out = _run("profile_volume.py", "--data", str(IBSR), "--subject", "4", "--steps", "1", "--pretrain", "1",
+               "--threads", "1", "--fit-scale", "8", "--precision", "float32").stdout
+    for phase in ("EM start", "distillation step", "NLL step: backward", "read-out", "spare class"):
+        assert phase in out, (phase, out)
+    assert "network in float32" in out
+
+
+@pytest.mark.slow
+@needs_ibsr
+def test_deep_volume_study_traces_a_fit(tmp_path):
+    _run("deep_volume_study.py", "--ibsr", str(IBSR), "--subjects", "4", "--configs", "default", "--checkpoints", "0",
+         "--options", json.dumps(dict(TINY, precision="float32")), "--out", str(tmp_path / "s.jsonl"))
+    (row,) = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert row["config"] == "default" and len(row["dice"]) == 3 and {"em", "final"} <= set(row["dice_at"])
+    assert 1 <= len(row["trace_fractions"]) <= 2  # the traced NLL steps
+
+
+@pytest.mark.slow
+@needs_ibsr
+@needs_bsds
+def test_bench_volume_runs_a_volume_and_a_photograph(tmp_path):
+    out = _run("bench_volume.py", "--ibsr", str(IBSR), "--bsds", str(BSDS), "--subjects", "4", "--photo", "101085",
+               "--threads", "1", "--deep-options", json.dumps(dict(TINY, precision="float32")),
+               "--json", str(tmp_path / "v.json")).stdout
+    doc = json.loads((tmp_path / "v.json").read_text())
+    (vol,) = doc["volumes"]
+    assert vol["deep_options"]["network"] == "tiny" and vol["deepsvg"]["precision"] == "float32"
+    assert set(vol["deepsvg"]["dice"]) == {"CSF", "GM", "WM"} and vol["peak_rss_gib"] > 0
+    assert doc["photos"][0]["deepsvg"]["pri"] > 0 and "| 04 |" in out
