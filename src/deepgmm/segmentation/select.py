@@ -15,7 +15,6 @@ import math
 from typing import Any, Iterable, NamedTuple
 
 import numpy as np
-import torch
 
 from .._em_inputs import weight_map
 from .._validation import check_choice, check_int
@@ -94,18 +93,16 @@ def select_n_components(image: Any, mask: Any = None, *, candidates: Iterable[in
     table: list[dict[str, Any]] = []
     best: Segmentation | None = None
     given = segment_options.get("sample_weight")
+    weights = None if given is None else weight_map(given, tuple(_as_image(image).shape[1:])).numpy()
     for k in ks:
         seg = segment(image, mask, method=method, n_components=k, **segment_options)
-        X = fitted_pixels(image, seg)
+        X = fitted_pixels(image, seg)  # at the final parameters, on exactly the fitted pixels
         p = seg.model.n_parameters()
-        if given is None:
-            n = X.shape[0]
-            log_l = -n * seg.model.nll(X)  # at the final parameters, on exactly the fitted pixels
-        else:  # each pixel counted w_n times, as in the fit
-            w = weight_map(given, tuple(np.asarray(seg.labels).shape))[torch.from_numpy(np.asarray(seg.labels) > 0)]
-            w = w.numpy()
-            n = float(w.sum())
-            log_l = float(w @ seg.model.score_samples(X).astype(np.float64))
+        log_p = seg.model.score_samples(X).astype(np.float64)  # (N,)
+        # each pixel counted w_n times, as in the fit (1 without weights)
+        w = np.ones_like(log_p) if weights is None else weights[np.asarray(seg.labels) > 0]
+        n = float(w.sum()) if weights is not None else X.shape[0]
+        log_l = float(w @ log_p)
         row = {"n_components": k, "bic": -2.0 * log_l + p * math.log(n), "aic": -2.0 * log_l + 2.0 * p,
                "nll": -log_l / n, "n_parameters": p, "n_pixels": n, "converged": seg.converged,
                "seconds": seg.seconds}
