@@ -28,7 +28,10 @@ import torch
 SHAPES = {"myops": (3, (146, 153), 5), "photo": (5, (121, 81), 6), "volume": (1, (38, 31, 37), 4)}
 
 
-def _step_fn(shape: str, dtype: torch.dtype):
+def _step_fn(shape: str, dtype: torch.dtype, compiled: bool = False, network: str | None = None):
+    """One timed deepSVG step on ``shape``'s grid with the network computing in ``dtype``: a function
+    returning its seconds. ``compiled``: the network's forward through ``torch.compile``; ``network``:
+    a preset of :func:`deepgmm.deep.unet.network_config` (default: deepSVG's)."""
     from deepgmm import DeepSVG
     from deepgmm.deep.losses import DeepMixtureLoss
     from deepgmm.deep.optim import AdamW
@@ -37,17 +40,18 @@ def _step_fn(shape: str, dtype: torch.dtype):
 
     C, spatial, K = SHAPES[shape]
     torch.manual_seed(0)
-    net = UNet(network_config(DeepSVG().network, spatial_dims=len(spatial), in_channels=C, out_channels=K))
+    net = UNet(network_config(network or DeepSVG().network, spatial_dims=len(spatial), in_channels=C, out_channels=K))
     net.compute_dtype = dtype
     x = torch.randn((1, C) + spatial)
     m = torch.ones((1,) + spatial)
     regs = build_regularizers(None, smooth=1.0, smooth_sigma=8.0 if len(spatial) == 2 else 2.0)
     loss = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=0.3, regularizers=regs)
     opt = AdamW(net.parameters(), lr=1e-3)
+    forward = torch.compile(net) if compiled else net
 
     def step() -> float:
         t = time.perf_counter()
-        out = loss(x, net(x), m)
+        out = loss(x, forward(x), m)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()

@@ -5,6 +5,7 @@ the IBSR18 or BSDS500 data are absent ($DEEPGMM_IBSR, $DEEPGMM_BSDS)."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -60,3 +61,29 @@ def test_bench_volume_runs_a_volume_and_a_photograph(tmp_path):
     assert vol["deep_options"]["network"] == "tiny" and vol["deepsvg"]["precision"] == "float32"
     assert set(vol["deepsvg"]["dice"]) == {"CSF", "GM", "WM"} and vol["peak_rss_gib"] > 0
     assert doc["photos"][0]["deepsvg"]["pri"] > 0 and "| 04 |" in out
+
+
+def test_compile_break_even_arithmetic():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_compile import break_even
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert break_even(30.0, 1.0, 0.7) == pytest.approx(100.0)
+    assert break_even(30.0, 1.0, 1.0) == float("inf")  # not faster: never pays
+    assert break_even(30.0, 1.0, 1.2) == float("inf")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
+                    reason="torch.compile's CPU backend needs a C compiler")
+def test_compile_benchmark_prints_a_row_per_grid_and_precision():
+    out = _run("bench_compile.py", "--threads", "1", "--steps", "1", "--shapes", "photo", "--precision", "float32",
+               "--network", "tiny").stdout
+    rows = [line for line in out.splitlines() if line.startswith("| photo")]
+    assert len(rows) == 1, out
+    cells = [c.strip() for c in rows[0].strip("| ").split("|")]
+    assert cells[1] == "float32"
+    compile_s, eager, compiled, ratio = (float(v) for v in cells[2:6])
+    assert compile_s > 0 and eager > 0 and compiled > 0 and ratio == pytest.approx(eager / compiled, rel=0.05)
+    assert cells[6] == "never" or float(cells[6]) > 0

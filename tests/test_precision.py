@@ -133,6 +133,27 @@ def test_segment_records_the_resolved_precision(monkeypatch):
     assert "precision" not in segment(img, method="gmm", n_components=2).settings
 
 
+@pytest.mark.parametrize("fit_scale", [1, 4])
+def test_memory_estimate_counts_the_activations_in_the_network_precision(fit_scale):
+    """bfloat16 activations take 2 bytes a value: the estimate segment() checks is the float32 one
+    less half the network's activation bytes, on the grid it fits (the loss stays in float32)."""
+    from deepgmm.deep.unet import activation_bytes
+    from deepgmm.segmentation import METHODS
+
+    img = torch.zeros((2, 40, 36, 32))
+    mask = torch.ones((40, 36, 32), dtype=torch.bool)
+    settings = {"crop_margin": None, "n_components": 3, "fit_scale": fit_scale}
+    f32 = METHODS["deepsvg"].memory(img, mask, dict(settings, precision="float32"))
+    bf16 = METHODS["deepsvg"].memory(img, mask, dict(settings, precision="bfloat16"))
+    grid = tuple(-(-n // fit_scale) for n in (40, 36, 32))
+    cfg = network_config(DeepSVG().network, spatial_dims=3, in_channels=2, out_channels=3)
+    if fit_scale == 1:  # the training graph is the larger phase
+        assert f32 - bf16 == activation_bytes(cfg, grid) // 2
+    else:  # the read-out at full resolution, without the network, outweighs the grid's steps
+        assert f32 == bf16 or f32 - bf16 <= activation_bytes(cfg, grid) // 2
+    assert bf16 > 0
+
+
 def test_bad_precision_is_refused_by_name():
     with pytest.raises(ValueError, match="precision must be one of 'auto', 'float32', 'bfloat16'"):
         DeepSVG(n_components=2, precision="half", **FAST).fit(_two_halves())

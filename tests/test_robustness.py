@@ -375,6 +375,8 @@ def test_deep_memory_estimate_is_not_far_below_the_real_peak():
     warm_up = "\n".join([
         "import torch",
         "from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes",
+        "from deepgmm.deep.precision import resolve_precision",
+        "item = torch.finfo(resolve_precision('auto', torch.device('cpu'))).bits // 8",
         "img = np.random.default_rng(0).normal(size=(3, 256, 256)).astype(np.float32)",
         "segment(img[:, :40, :40], method='deepsvg', max_steps=2, pretrain_steps=1)",
         "cfg = network_config('fast', spatial_dims=2, in_channels=3, out_channels=4)",
@@ -387,7 +389,7 @@ def test_deep_memory_estimate_is_not_far_below_the_real_peak():
            "{'crop_margin': None, 'fit_scale': 1})")
     used, estimate = _peak_and_estimate(warm_up, measured, "S.estimate_memory(3, (256, 256), 256 * 256, 4, 'deepsvg')"
                                         f" + {own}")
-    network = "activation_bytes(cfg, (256, 256)) + parameter_bytes(cfg)"
+    network = "activation_bytes(cfg, (256, 256), itemsize=item) + parameter_bytes(cfg)"  # in the fit's precision
     _, own_part = _peak_and_estimate(warm_up, "pass", f"{own} - ({network})")
     # the loss's autograd tensors (12 (K + C) values a pixel) and the smoothed-posterior term's arrays
     assert own_part == (12 * (4 + 3) + 8 * 5) * 256 * 256 * 4

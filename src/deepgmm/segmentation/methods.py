@@ -17,6 +17,7 @@ import torch
 
 from .._validation import resolve_device
 from ..deep.estimator import DeepG, DeepGMM, DeepSVG
+from ..deep.precision import resolve_precision
 from ..deep.regularizers import SmoothedPosterior
 from ..deep.unet import activation_bytes, network_config, parameter_bytes
 from ..mixture import EM_IMAGE_DEFAULTS, GaussianMixture, SpatiallyVariantGMM
@@ -96,8 +97,10 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
         regs = est._validate()
-        if resolve_device(est.device).type != "cpu":
+        device = resolve_device(est.device)
+        if device.type != "cpu":
             return 0
+        network_item = torch.finfo(resolve_precision(est.precision, device)).bits // 8
         window = box_slices(mask, est.crop_margin)
         shape = tuple(len(range(*w.indices(n))) for w, n in zip(window, mask.shape))
         cfg = network_config(est.network, spatial_dims=len(shape), in_channels=image.shape[0],
@@ -114,9 +117,9 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
 
     n_full = math.prod(shape)
     if scale > 1 and est.fit_loss == "full":  # the steps' loss at full resolution, through the upsampled logits
-        train = activation_bytes(cfg, grid) + loss_bytes(n_full) + 2 * K * n_full * item
+        train = activation_bytes(cfg, grid, itemsize=network_item) + loss_bytes(n_full) + 2 * K * n_full * item
     else:
-        train = activation_bytes(cfg, grid) + loss_bytes(math.prod(grid))
+        train = activation_bytes(cfg, grid, itemsize=network_item) + loss_bytes(math.prod(grid))
     read_out = loss_bytes(n_full) if scale > 1 else 0
     return max(train, read_out) + parameter_bytes(cfg)
 
