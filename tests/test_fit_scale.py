@@ -250,8 +250,9 @@ def test_memory_estimate_follows_the_fitted_grid():
 
     method = METHODS["deepsvg"]
     image, mask = torch.zeros((1, 150, 124, 148)), torch.ones((150, 124, 148), dtype=torch.bool)
-    full = method.memory(image, mask, {"n_components": 4, "fit_scale": 1, "crop_margin": None})
-    auto = method.memory(image, mask, {"n_components": 4, "crop_margin": None})
+    f32 = {"precision": "float32"}  # the network's activations in 4 bytes (bfloat16's: tests/test_precision.py)
+    full = method.memory(image, mask, {"n_components": 4, "fit_scale": 1, "crop_margin": None, **f32})
+    auto = method.memory(image, mask, {"n_components": 4, "crop_margin": None, **f32})
     assert auto < full / 4
     read_out = (12 * (4 + 1) + 8 * (4 + 1)) * 150 * 124 * 148 * 4  # the loss and smoothed term at full resolution
     assert auto >= read_out
@@ -270,7 +271,7 @@ def test_memory_estimate_counts_the_full_resolution_loss_of_fit_loss_full():
 
     method = METHODS["deepsvg"]
     image, mask = torch.zeros((1, 150, 124, 148)), torch.ones((150, 124, 148), dtype=torch.bool)
-    base = {"n_components": 4, "crop_margin": None, "fit_scale": 4}
+    base = {"n_components": 4, "crop_margin": None, "fit_scale": 4, "precision": "float32"}
     grid = method.memory(image, mask, base)
     full = method.memory(image, mask, {**base, "fit_loss": "full"})
     n_full, n_grid, K = 150 * 124 * 148, 38 * 31 * 37, 4
@@ -279,7 +280,7 @@ def test_memory_estimate_counts_the_full_resolution_loss_of_fit_loss_full():
     activations = activation_bytes(cfg, (38, 31, 37))
     assert grid == max(activations + loss * n_grid, loss * n_full) + parameter_bytes(cfg)
     assert full == activations + loss * n_full + 2 * K * n_full * 4 + parameter_bytes(cfg)
-    same = {"n_components": 4, "crop_margin": None, "fit_scale": 1}
+    same = {"n_components": 4, "crop_margin": None, "fit_scale": 1, "precision": "float32"}
     assert method.memory(image, mask, same) == method.memory(image, mask, {**same, "fit_loss": "full"})
 
 
