@@ -5,8 +5,8 @@ the IBSR18 or BSDS500 data are absent ($DEEPGMM_IBSR, $DEEPGMM_BSDS)."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
