@@ -47,7 +47,7 @@ import pytest
 
 from _cli_cases import SCENARIOS, run_cli
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(0)]  # long by design: no per-test limit
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,7 @@ import pytest
 
 from _helpers import make_cohort, rank_pid
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(0)]  # long by design: no per-test limit
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
