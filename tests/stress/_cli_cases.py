@@ -248,6 +248,13 @@ class Table1(Scenario):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
+class Table1Jobs2(Table1):
+    """``myops table1 --jobs 2``: the same work in two worker processes (the experiments' pool)."""
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        return super().argv(out, "--jobs", "2", *extra)
+
+
 class Table2(Table1):
     """``myops table2``: train on synthetic patient 1 (3 epochs), test on patient 3 (4 methods x 3 slices)."""
 
@@ -259,7 +266,7 @@ class Table2(Table1):
 SCENARIOS: dict[str, type[Scenario]] = {"segment": Segment, "segment-deepsvg": SegmentDeep, "train": Train,
                                         "train-default": TrainDefault,
                                         "segment-data": SegmentData, "predict": Predict, "predict-image": PredictImage,
-                                        "table1": Table1, "table2": Table2}
+                                        "table1": Table1, "table1-jobs2": Table1Jobs2, "table2": Table2}
 
 
 def _default_signals() -> None:

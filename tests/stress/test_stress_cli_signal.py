@@ -25,7 +25,8 @@ Commands (``DEEPGMM_STRESS_COMMANDS``, comma-separated, or ``all``; default ``se
 ``segment-data`` (SVGMM on a cohort of 3), ``train`` (a tiny U-Net, 6 epochs, ``--deterministic``:
 the resumed weights and log equal the reference's bit for bit), ``train-default`` (without
 ``--deterministic``), ``predict`` (a tiny model on 3 cases), ``predict-image`` (on one case's
-files), ``table1`` (``myops table1 --methods gmm`` on 2 synthetic patients), ``table2``
+files), ``table1`` (``myops table1 --methods gmm`` on 2 synthetic patients), ``table1-jobs2`` (the
+same with ``--jobs 2``: Ctrl-C while worker processes run), ``table2``
 (``myops table2`` trained on one synthetic patient for 3 epochs).
 
 Other knobs (environment variables): ``DEEPGMM_STRESS_TRIALS`` (default 5),
