@@ -93,8 +93,8 @@ def run_tasks(tasks: Sequence[Any], fn: Callable[[Any], Any], on_result: Callabl
     that died) the workers are stopped and reaped before the exception propagates.
 
     Each worker has a pipe of its own and holds one task at a time: stopping the pool never waits
-    on a shared queue that a stopped process was reading or writing (concurrent.futures'
-    ProcessPoolExecutor can hang there when its workers are terminated)."""
+    on a shared queue that a stopped process was reading or writing (as concurrent.futures'
+    ProcessPoolExecutor does when it shuts down after its workers were terminated)."""
     if jobs == 1 or len(tasks) <= 1:
         with torch_settings(threads):
             for t in tasks:
@@ -129,7 +129,7 @@ def run_tasks(tasks: Sequence[Any], fn: Callable[[Any], Any], on_result: Callabl
             feed(w)
         while busy:
             for ready in wait(list(busy)):
-                if ready not in busy:  # its worker was fed in this round
+                if ready not in busy:  # its worker was sent None earlier in this round
                     continue
                 proc, conn = worker = busy[ready]
                 if ready is proc.sentinel and not conn.poll():
