@@ -87,3 +87,13 @@ def test_compile_benchmark_prints_a_row_per_grid_and_precision():
     compile_s, eager, compiled, ratio = (float(v) for v in cells[2:6])
     assert compile_s > 0 and eager > 0 and compiled > 0 and ratio == pytest.approx(eager / compiled, rel=0.05)
     assert cells[6] == "never" or float(cells[6]) > 0
+
+
+def test_conv3d_benchmark_prints_both_paths_and_the_kernels():
+    out = _run("bench_conv3d.py", "--threads", "1", "--steps", "1", "--shapes", "volume").stdout
+    (row,) = [line for line in out.splitlines() if line.startswith("| volume")]
+    cells = [c.strip() for c in row.strip("| ").split("|")]
+    native, ours, ratio, diff = (float(v) for v in cells[1:5])
+    assert native > 0 and ours > 0 and ratio == pytest.approx(native / ours, rel=0.05) and diff < 1e-3
+    assert "slow_conv3d_forward x17" in cells[5]  # torch's reference kernel for the 3x3x3 convolutions
+    assert "mkldnn_convolution x14" in cells[6]  # the U-Net's: oneDNN, by slices

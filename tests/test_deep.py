@@ -151,6 +151,88 @@ def test_unet_inference_pooling_equals_max_pool(dims, shape):
     assert torch.equal(torch.nan_to_num(pool), torch.nan_to_num(fast))
 
 
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((1, 5, 7, 6, 9), (3, 3, 3), (1, 1, 1)),
+    ((2, 3, 4, 1, 5), (3, 3, 3), (1, 1, 1)),  # a batch, an axis of length 1
+    ((1, 4, 6, 5, 3), (1, 1, 1), (0, 0, 0)),  # the U-Net's 1x1x1 convolutions
+    ((1, 2, 5, 8, 7), (5, 3, 1), (2, 0, 0)),  # other kernel and padding per axis
+])
+def test_conv3d_by_slices_equals_conv3d_values_and_gradients(shape, kernel, padding):
+    """In float64 the 2D formulation is F.conv3d up to rounding, and so are the gradients of input,
+    weight and bias."""
+    from deepgmm.deep.unet import conv3d_by_slices
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, shape[1], *kernel, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = conv3d_by_slices(x, w, b, padding)
+    ref = torch.nn.functional.conv3d(x, w, b, padding=padding)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(ours, (x, w, b), grad), torch.autograd.grad(ref, (x, w, b), grad)):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
+    with pytest.raises(ValueError, match="keeps the depth"):
+        conv3d_by_slices(x, w, b, (0,) + tuple(padding[1:])) if kernel[0] > 1 else conv3d_by_slices(
+            x, w, b, (1,) + tuple(padding[1:]))
+
+
+def test_unet_3d_convolutions_take_the_slices_where_torch_would_take_slow_conv3d(monkeypatch):
+    """The U-Net's 3x3x3 convolutions: one float32 volume at or below torch's limit goes through
+    conv3d_by_slices; a batch, a larger input, float64, bfloat16 autocast go to nn.Conv3d. The network
+    keeps nn.Conv3d's state dict and, in float32, its outputs and gradients up to rounding."""
+    from deepgmm.deep import unet
+
+    calls = []
+    real = unet.conv3d_by_slices
+    monkeypatch.setattr(unet, "conv3d_by_slices", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    conv = unet._Conv3d(16, 8, 3, padding=1, bias=False)
+    assert list(conv.state_dict()) == list(torch.nn.Conv3d(16, 8, 3, padding=1, bias=False).state_dict())
+    small = torch.randn(1, 16, 10, 128, 9)  # C * D * H = 20480: torch's reference kernel
+    conv(small)
+    assert calls == [tuple(small.shape)]
+    for x in (torch.randn(1, 16, 10, 129, 9), torch.randn(2, 16, 10, 8, 9), small.double()):
+        calls.clear()
+        (conv.double() if x.dtype == torch.float64 else conv.float())(x)
+        assert calls == [], x.shape
+    conv.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(small)
+    assert calls == []
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(spatial_dims=3, in_channels=2, out_channels=3, features=(8, 16, 32)))
+    native = copy.deepcopy(net)
+    for m in native.modules():
+        if isinstance(m, unet._Conv3d):
+            m.__class__ = torch.nn.Conv3d
+    x = torch.randn(1, 2, 12, 20, 14)
+    calls.clear()
+    ours = net(x)
+    assert len(calls) == 2 * 2 * 3 - 2  # every 3x3x3 convolution of the 5 blocks (the bottleneck's 2 on 3x5x3)
+    torch.testing.assert_close(ours, native(x), rtol=1e-4, atol=1e-4)
+
+    def grads(model, inp):
+        model.zero_grad(set_to_none=True)
+        model(inp).square().mean().backward()
+        return [p.grad for p in model.parameters()]
+
+    def error(gs, ref):  # the largest deviation of each gradient, relative to its size
+        return max(float((g.double() - r).abs().max() / r.abs().max()) for g, r in zip(gs, ref))
+
+    exact = grads(copy.deepcopy(native).double(), x.double())
+    forced = copy.deepcopy(net).double()  # the same network in float64, every 3x3x3 convolution by slices
+    for m in forced.modules():
+        if isinstance(m, unet._Conv3d):
+            m.forward = lambda inp, m=m: real(inp, m.weight, m.bias, m.padding)
+    assert error(grads(forced, x.double()), exact) < 1e-10
+    # in float32 the gradients of the first level are sensitive to the kernels' rounding (instance norm
+    # cancels most of them): ours are as close to float64 as those of torch's own oneDNN kernels, which
+    # it takes for a batch of two volumes
+    assert error(grads(net, x), exact) <= 2 * error(grads(copy.deepcopy(native), torch.cat([x, x])), exact) + 1e-5
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_own_adamw_is_bit_identical_to_torch_adamw(dtype, weight_decay):

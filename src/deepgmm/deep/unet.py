@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from .precision import autocast
 
-__all__ = ["UNetConfig", "UNet", "NETWORKS", "network_config", "activation_bytes", "parameter_bytes", "level_shapes"]
+__all__ = ["UNetConfig", "UNet", "NETWORKS", "network_config", "activation_bytes", "parameter_bytes", "level_shapes",
+           "conv3d_by_slices"]
 
 NORMS = ("instance", "batch", "group", "none")
 ACTIVATIONS = ("leakyrelu", "relu", "gelu", "silu")
@@ -160,9 +161,54 @@ def _act(kind: str) -> nn.Module:
             "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True)}[kind]()
 
 
+NATIVE_CONV3D_LIMIT = 20480
+"""torch's CPU rule (``ConvParams::use_mkldnn``, torch 2.x): a float32 convolution of one sample with a
+3x3x3 kernel goes to oneDNN only if ``C * D * H`` of its input exceeds this; below it, to the reference
+kernel ``slow_conv3d`` (im2col and a matrix product per sample), several times slower on a volume's grid
+(``benchmarks/bench_conv3d.py``)."""
+
+
+def conv3d_by_slices(x: Tensor, weight: Tensor, bias: Tensor | None, padding: Sequence[int]) -> Tensor:
+    """``F.conv3d(x, weight, bias, padding=padding)`` (stride 1, no dilation, one group) computed as one 2D
+    convolution: the ``kd`` depth-shifted copies of ``x`` are stacked on the channel axis and the ``D``
+    slices on the batch axis, so that ``out[:, :, d] = sum_k conv2d(x_pad[:, :, d + k], weight[:, :, k])``.
+
+    ``x`` ``(N, C, D, H, W)``, ``weight`` ``(O, C, kd, kh, kw)`` with ``kd = 2 * padding[0] + 1`` (the
+    depth keeps its size); returns ``(N, O, D, H', W')`` like ``F.conv3d``, equal to it up to rounding,
+    gradients included. A batch of ``N * D`` slices takes torch's oneDNN kernels on a CPU where one
+    volume would take ``slow_conv3d``.
+    """
+    n, c, d, h, w = x.shape
+    o, _, kd, kh, kw = weight.shape
+    pd, ph, pw = (int(p) for p in padding)
+    if kd != 2 * pd + 1:
+        raise ValueError(f"conv3d_by_slices keeps the depth: kernel depth {kd} needs padding {(kd - 1) // 2}, got {pd}")
+    xp = F.pad(x, (0, 0, 0, 0, pd, pd))  # (N, C, D + kd - 1, H, W)
+    stacked = torch.cat([xp[:, :, k:k + d] for k in range(kd)], dim=1)  # (N, kd * C, D, H, W), index k * C + c
+    slices = stacked.transpose(1, 2).reshape(n * d, kd * c, h, w)  # (N * D, kd * C, H, W)
+    w2 = weight.transpose(1, 2).reshape(o, kd * c, kh, kw)  # (O, kd * C, kh, kw), index k * C + c
+    out = F.conv2d(slices, w2, bias, padding=(ph, pw))  # (N * D, O, H', W')
+    return out.reshape(n, d, o, *out.shape[2:]).transpose(1, 2).contiguous()
+
+
+class _Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (the same parameters and state dict) whose float32 CPU pass over one volume, where
+    torch would run its reference kernel (:data:`NATIVE_CONV3D_LIMIT`), is :func:`conv3d_by_slices`.
+    Under bfloat16 autocast, on other devices, for batches and large inputs it is ``nn.Conv3d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] == 1
+                and math.prod(x.shape[1:4]) <= NATIVE_CONV3D_LIMIT and not torch.is_autocast_enabled("cpu")
+                and self.stride == (1, 1, 1) and self.dilation == (1, 1, 1) and self.groups == 1
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and self.kernel_size[0] == 2 * self.padding[0] + 1 and torch.backends.mkldnn.is_available()):
+            return conv3d_by_slices(x, self.weight, self.bias, self.padding)
+        return super().forward(x)
+
+
 class _Block(nn.Sequential):
     def __init__(self, cin: int, cout: int, cfg: UNetConfig) -> None:
-        conv = nn.Conv2d if cfg.spatial_dims == 2 else nn.Conv3d
+        conv = nn.Conv2d if cfg.spatial_dims == 2 else _Conv3d
         layers: list[nn.Module] = []
         for i in range(cfg.convs_per_block):
             layers += [conv(cin if i == 0 else cout, cout, 3, padding=1, bias=cfg.norm == "none"),
