@@ -191,6 +191,15 @@ def conv3d_by_slices(x: Tensor, weight: Tensor, bias: Tensor | None, padding: Se
     return out.reshape(n, d, o, *out.shape[2:]).transpose(1, 2).contiguous()
 
 
+def _cpu_autocast_enabled() -> bool:
+    """Whether autocast is on for the CPU (``torch.is_autocast_enabled("cpu")``; torch < 2.4 has no device
+    argument there and names it ``is_autocast_cpu_enabled``)."""
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:
+        return bool(torch.is_autocast_cpu_enabled())
+
+
 class _Conv3d(nn.Conv3d):
     """``nn.Conv3d`` (the same parameters and state dict) whose float32 CPU pass over one volume, where
     torch would run its reference kernel (:data:`NATIVE_CONV3D_LIMIT`), is :func:`conv3d_by_slices`.
@@ -198,7 +207,7 @@ class _Conv3d(nn.Conv3d):
 
     def forward(self, x: Tensor) -> Tensor:
         if (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] == 1
-                and math.prod(x.shape[1:4]) <= NATIVE_CONV3D_LIMIT and not torch.is_autocast_enabled("cpu")
+                and math.prod(x.shape[1:4]) <= NATIVE_CONV3D_LIMIT and not _cpu_autocast_enabled()
                 and self.stride == (1, 1, 1) and self.dilation == (1, 1, 1) and self.groups == 1
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
                 and self.kernel_size[0] == 2 * self.padding[0] + 1 and torch.backends.mkldnn.is_available()):
