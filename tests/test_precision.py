@@ -60,6 +60,24 @@ def test_resolve_precision(monkeypatch, native):
 
 
 @pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_that_emulates_it_warns_once(monkeypatch, caplog, native):
+    monkeypatch.delenv(P.ENV, raising=False)
+    monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: native)
+    P._warn_emulated.cache_clear()
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING", logger="deepgmm.deep.precision"):
+        assert P.resolve_precision("bfloat16", cpu) == torch.bfloat16
+        monkeypatch.setenv(P.ENV, "bfloat16")
+        assert P.resolve_precision("auto", cpu) == torch.bfloat16
+        assert P.resolve_precision("float32", cpu) == torch.float32
+    warned = [r for r in caplog.records if "emulates it" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)  # once per process, not once per fit
+    if warned:
+        assert "DEEPGMM_PRECISION=float32" in warned[0].getMessage()
+    P._warn_emulated.cache_clear()
+
+
+@pytest.mark.parametrize("native", [True, False])
 def test_the_environment_variable_sets_what_auto_means(monkeypatch, native):
     monkeypatch.setattr(P, "cpu_has_native_bfloat16", lambda: native)
     cpu = torch.device("cpu")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +28,8 @@ from .._validation import check_choice
 from ..choices import PRECISIONS
 
 __all__ = ["PRECISIONS", "ENV", "cpu_has_native_bfloat16", "resolve_precision", "autocast"]
+
+logger = logging.getLogger(__name__)
 
 ENV = "DEEPGMM_PRECISION"  # where set, what precision="auto" resolves to
 
@@ -73,10 +76,20 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bfloat16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("precision='bfloat16': this CUDA device does not support bfloat16; use 'float32'")
+        if device.type == "cpu" and not cpu_has_native_bfloat16():
+            _warn_emulated()
         return torch.bfloat16
     if device.type == "cpu" and cpu_has_native_bfloat16():
         return torch.bfloat16
     return torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_emulated() -> None:
+    """Warn, once per process, that bfloat16 was asked for on a CPU that emulates it."""
+    logger.warning("the network runs in bfloat16 on a CPU without native bfloat16 instructions, where torch "
+                   "emulates it several times slower than float32 (docs/deep.md, 'Precision'); "
+                   "precision='float32' (or %s=float32) avoids it", ENV)
 
 
 @contextlib.contextmanager
