@@ -1,4 +1,5 @@
-"""Shared test settings: hypothesis profiles, and the ``one_thread`` fixture.
+"""Shared test settings: hypothesis profiles, the ``one_thread`` fixture, and the once-per-process
+warning about emulated bfloat16 counted as given.
 
 ``ci`` (default): few examples, derandomised (the same examples on every run, so CI is not flaky),
 no example database written into the checkout. ``long``: many random examples, for a fuzzing
@@ -33,3 +34,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _emulated_bfloat16_warning_given():
+    """The warning that bfloat16 is emulated on this CPU is logged once per process; it counts as given
+    from the start, so that which test first fits in bfloat16 does not change what the tests that count
+    stderr lines see. Its own tests clear it and leave it given."""
+    import logging
+
+    from deepgmm.deep import precision
+
+    log = logging.getLogger(precision.__name__)
+    saved = log.disabled
+    log.disabled = True
+    try:
+        precision._warn_emulated()
+    finally:
+        log.disabled = saved
+    yield

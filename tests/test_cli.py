@@ -285,14 +285,22 @@ def test_weights_with_a_deep_method(case):
 
 
 def test_precision_flag_reaches_the_fit_and_summary(case, capsys, monkeypatch):
-    """--precision sets the deep network's arithmetic and summary.json records it; an EM method
-    refuses the flag, an unknown value is refused by argparse."""
+    """--precision sets the deep network's arithmetic and summary.json records it (bfloat16 on a CPU
+    that emulates it with one warning); an EM method refuses the flag, an unknown value is refused by
+    argparse."""
+    from deepgmm.deep import precision as P
+
     folder, paths, img, truth = case
     deep = ("--network", "tiny", "--max-steps", "3", "--pretrain-steps", "2")
+    P._warn_emulated.cache_clear()
     for precision in ("float32", "bfloat16"):
         out = folder / precision
         assert main(seg_args(paths, out, "--precision", precision, *deep, method="deepsvg")) == 0
         assert json.loads((out / "summary.json").read_text())["settings"]["precision"] == precision
+        warned = "deepgmm: warning: the network runs in bfloat16 on a CPU without native" in capsys.readouterr().err
+        assert warned == (precision == "bfloat16" and not P.cpu_has_native_bfloat16())
+    P._warn_emulated()  # given, for the lines counted below (a CPU with native bfloat16 never calls it)
+    capsys.readouterr()
     check_error(capsys, seg_args(paths, folder / "em", "--precision", "float32"), "--precision")
     check_error(capsys, seg_args(paths, folder / "bad", "--precision", "half", method="deepsvg"),
                 "argument --precision: invalid choice: 'half'")
