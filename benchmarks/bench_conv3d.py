@@ -4,7 +4,7 @@ would take its reference kernel ``slow_conv3d``: one volume whose ``C * D * H`` 
 :data:`deepgmm.deep.unet.NATIVE_CONV3D_LIMIT`).
 
 One step = the default network's forward pass in float32, the deepSVG loss with its default
-smoothed-posterior term (full covariances), backward and an AdamW update (as ``bench_precision.py``).
+smoothed-posterior term (full covariances), backward and an AdamW update (``bench_precision.py``'s).
 Both networks start from the same weights; the two alternate step by step (after 2 warm-up steps
 each), so both see the same moments of a busy machine; the median of ``--steps`` steps of each and
 their ratio are printed, with the largest difference of their first step's logits and which
@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 from torch import nn
+
+from bench_precision import _step_fn
 
 SHAPES = {"volume": (1, (38, 31, 37), 4), "volume2": (1, (75, 62, 74), 4), "slab": (3, (12, 160, 160), 5)}
 
@@ -43,30 +44,6 @@ def _networks(shape: str):
         if isinstance(m, _Conv3d):
             m.__class__ = nn.Conv3d
     return net, native
-
-
-def _step_fn(shape: str, net: nn.Module):
-    from deepgmm.deep.losses import DeepMixtureLoss
-    from deepgmm.deep.optim import AdamW
-    from deepgmm.deep.regularizers import build_regularizers
-
-    C, spatial, K = SHAPES[shape]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn((1, C) + spatial, generator=g)
-    m = torch.ones((1,) + spatial)
-    loss = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=0.3,
-                           regularizers=build_regularizers(None, smooth=1.0, smooth_sigma=2.0))
-    opt = AdamW(net.parameters(), lr=1e-3)
-
-    def step() -> float:
-        t = time.perf_counter()
-        out = loss(x, net(x), m)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        opt.step()
-        return time.perf_counter() - t
-
-    return step, x
 
 
 def _kernels(net: nn.Module, x: torch.Tensor) -> str:
@@ -95,8 +72,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes:
         net, native = _networks(shape)
-        ours, x = _step_fn(shape, net)
-        theirs, _ = _step_fn(shape, native)
+        ours = _step_fn(shape, torch.float32, net=net, spec=SHAPES[shape])
+        theirs = _step_fn(shape, torch.float32, net=native, spec=SHAPES[shape])
+        x = ours.x
         with torch.no_grad():
             diff = float((net(x) - native(x)).abs().max())
         k_native, k_ours = _kernels(native, x), _kernels(net, x)

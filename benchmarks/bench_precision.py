@@ -28,21 +28,26 @@ import torch
 SHAPES = {"myops": (3, (146, 153), 5), "photo": (5, (121, 81), 6), "volume": (1, (38, 31, 37), 4)}
 
 
-def _step_fn(shape: str, dtype: torch.dtype, compiled: bool = False, network: str | None = None):
+def _step_fn(shape: str, dtype: torch.dtype, compiled: bool = False, network: str | None = None, *,
+             net: torch.nn.Module | None = None, spec: tuple | None = None):
     """One timed deepSVG step on ``shape``'s grid with the network computing in ``dtype``: a function
-    returning its seconds. ``compiled``: the network's forward through ``torch.compile``; ``network``:
-    a preset of :func:`deepgmm.deep.unet.network_config` (default: deepSVG's)."""
+    returning its seconds, its input as ``.x``. ``compiled``: the network's forward through
+    ``torch.compile``; ``network``: a preset of :func:`deepgmm.deep.unet.network_config` (default:
+    deepSVG's); ``net``: a network built elsewhere instead; ``spec``: ``(C, spatial, K)`` instead of
+    ``SHAPES[shape]``. The input is the same for every call with the same shape."""
     from deepgmm import DeepSVG
     from deepgmm.deep.losses import DeepMixtureLoss
     from deepgmm.deep.optim import AdamW
     from deepgmm.deep.regularizers import build_regularizers
     from deepgmm.deep.unet import UNet, network_config
 
-    C, spatial, K = SHAPES[shape]
+    C, spatial, K = spec or SHAPES[shape]
     torch.manual_seed(0)
-    net = UNet(network_config(network or DeepSVG().network, spatial_dims=len(spatial), in_channels=C, out_channels=K))
+    if net is None:
+        net = UNet(network_config(network or DeepSVG().network, spatial_dims=len(spatial), in_channels=C,
+                                  out_channels=K))
     net.compute_dtype = dtype
-    x = torch.randn((1, C) + spatial)
+    x = torch.randn((1, C) + spatial, generator=torch.Generator().manual_seed(1))
     m = torch.ones((1,) + spatial)
     regs = build_regularizers(None, smooth=1.0, smooth_sigma=8.0 if len(spatial) == 2 else 2.0)
     loss = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=0.3, regularizers=regs)
@@ -57,6 +62,7 @@ def _step_fn(shape: str, dtype: torch.dtype, compiled: bool = False, network: st
         opt.step()
         return time.perf_counter() - t
 
+    step.x = x
     return step
 
 
