@@ -189,7 +189,8 @@ def test_the_precision_benchmark_runs_and_prints_a_ratio():
     row = [line for line in out.stdout.splitlines() if line.startswith("| photo")]
     assert len(row) == 1
     f32, bf16, ratio = (float(v) for v in row[0].strip("| ").split("|")[1:])
-    assert f32 > 0 and bf16 > 0 and ratio == pytest.approx(f32 / bf16, rel=0.05)
+    # the ratio is printed to two decimals: below 1 (bfloat16 emulated) that rounding is most of its error
+    assert f32 > 0 and bf16 > 0 and ratio == pytest.approx(f32 / bf16, rel=0.05, abs=0.01)
     assert "native bfloat16: " in out.stdout
 
 
