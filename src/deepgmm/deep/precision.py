@@ -64,7 +64,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
     ``precision``: "auto" (``$DEEPGMM_PRECISION`` where set; else bfloat16 on a CPU with native
     bfloat16, float32 elsewhere), "float32" or "bfloat16" (anywhere autocast supports it; on CUDA
-    the device must support bfloat16).
+    the device must support bfloat16; on a CPU that emulates it, one warning per process is logged).
     """
     check_choice("precision", precision, PRECISIONS)
     if precision == "auto" and os.environ.get(ENV):
