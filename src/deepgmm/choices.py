@@ -12,7 +12,7 @@ __all__ = [
     "METHOD_MIXTURES", "OUTPUT_FORMATS", "LABEL_FILES", "PROBABILITY_FILES", "SUMMARY_FILE", "MYOPS_TABLE1_METHODS",
     "MYOPS_TABLE2_METHODS", "TABLE_MATCHINGS", "BRAIN_MATCHINGS", "CLASS_ORDERS", "CRITERIA",
     "REGION_METRICS", "GROUND_TRUTH_SELECTIONS", "CONNECTIVITIES", "BRAIN_PRESETS", "COLOUR_SPACES", "FEATURES",
-    "BSDS_PEER_METHODS", "FIT_LOSSES", "GRID_OUTPUTS", "PRIOR_METHODS", "PRECISIONS",
+    "BSDS_PEER_METHODS", "FIT_LOSSES", "PRIOR_METHODS", "PRECISIONS",
 ]
 
 # segment(method=...): EM mixtures and their deep counterparts
@@ -61,8 +61,6 @@ FEATURES: tuple[str, ...] = ("auto", "channels", "photo")
 # deep fits on a coarser grid (fit_scale > 1): what the NLL steps score, the grid's block means or
 # the full-resolution pixels of the window through the interpolated logits
 FIT_LOSSES: tuple[str, ...] = ("grid", "full")
-# deep fits on a coarser grid: the network's logits per block, interpolated, or per pixel (subpixel)
-GRID_OUTPUTS: tuple[str, ...] = ("interpolated", "subpixel")
 # the arithmetic of a deep fit's network (deep.precision): "auto" = bfloat16 on a CPU with native
 # bfloat16 instructions, else float32
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS, DEEP_METHODS, DEVICES, EM_METHODS,
-                       FEATURES, FIT_LOSSES, GRID_OUTPUTS, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS)
+                       FEATURES, FIT_LOSSES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
            "parse_fit_scale", "parse_n_components"]
@@ -230,10 +230,6 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "grid's block means (grid, default) or the full-resolution pixels through the interpolated "
                   "network output (full: slower, keeps thin structures that block means blur; docs/deep.md)",
                   choices=FIT_LOSSES, methods=DEEP_METHODS),
-    SegmentOption("--grid-output", "grid_output", str, "deep, with a --fit-scale above 1: what the network on "
-                  "the grid returns, one output per block interpolated to the pixels (interpolated, default) or "
-                  "one per pixel, the block's pixels taken in and given out as channels, with the whole fit at "
-                  "full resolution (subpixel: slower; docs/deep.md)", choices=GRID_OUTPUTS, methods=DEEP_METHODS),
     SegmentOption("--precision", "precision", str, "deep: the network's arithmetic, float32 or bfloat16 (the "
                   "likelihood stays float32); auto (default): bfloat16 on a CPU with native bfloat16 instructions "
                   "(avx512_bf16, amx_bf16, ARM bf16), else float32, or $DEEPGMM_PRECISION where set; recorded in "

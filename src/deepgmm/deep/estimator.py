@@ -35,13 +35,13 @@ from .. import mixture as em
 from .._em_inputs import weight_map
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
-from ..choices import DEEP_INITS, FIT_LOSSES, GRID_OUTPUTS, PRECISIONS
+from ..choices import DEEP_INITS, FIT_LOSSES, PRECISIONS
 from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from ..progress import Progress
 from ..smoothing import as_sigmas, wants_smoothing
-from .grid import SubpixelNet, block_means, uncrop, upsample
+from .grid import block_means, uncrop, upsample
 from .losses import DeepMixtureLoss
 from .optim import AdamW
 from .precision import resolve_precision
@@ -149,12 +149,6 @@ class DeepGMM(ParamsMixin):
         interpolated soft labels stay the per-pixel weights, the means and covariances are re-estimated
         from the posteriors instead of from the (blurred) soft labels. 0 (default): one M-step from
         the soft labels, as before
-    grid_output : with ``fit_scale > 1``, what the network on the grid returns: "interpolated"
-        (default), one logit vector per block, interpolated to the pixels; "subpixel", one per pixel:
-        the network sees the ``s**d`` pixels of each block as channels and returns ``K * s**d``
-        channels rearranged to the pixels (:class:`deepgmm.deep.grid.SubpixelNet`), and the whole fit
-        (distillation, steps, read-out) is taken at full resolution, as at ``fit_scale=1``
-        (``fit_loss`` and ``readout_em`` then have no effect)
     precision : the network's arithmetic (:mod:`deepgmm.deep.precision`): "auto" (default: bfloat16
         under autocast on a CPU with native bfloat16 instructions, else float32), "float32" or
         "bfloat16". The likelihood, M-step and losses stay in the image's dtype
@@ -175,7 +169,7 @@ class DeepGMM(ParamsMixin):
         nll_history_ : NLL at every step (on the fitted grid); loss_ : the loss of the last read-out
         before ``readout_em``;
     n_iter_, converged_, fit_seconds_
-    fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution); grid_output_
+    fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
     precision_ : the network's arithmetic in the fit, "float32" or "bfloat16"
     """
 
@@ -215,7 +209,6 @@ class DeepGMM(ParamsMixin):
         fit_scale: int | str = "auto",
         fit_loss: str = "grid",
         readout_em: int = 0,
-        grid_output: str = "interpolated",
         precision: str = "auto",
         random_state: int | None = 0,
         device: str | torch.device | None = "cpu",
@@ -246,7 +239,6 @@ class DeepGMM(ParamsMixin):
         self.fit_scale = fit_scale
         self.fit_loss = fit_loss
         self.readout_em = readout_em
-        self.grid_output = grid_output
         self.precision = precision
         self.random_state = random_state
         self.device = device
@@ -279,7 +271,6 @@ class DeepGMM(ParamsMixin):
             check_int("fit_scale", self.fit_scale, minimum=1)
         check_choice("fit_loss", self.fit_loss, FIT_LOSSES)
         check_int("readout_em", self.readout_em, minimum=0)
-        check_choice("grid_output", self.grid_output, GRID_OUTPUTS)
         check_choice("precision", self.precision, PRECISIONS)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
@@ -326,23 +317,19 @@ class DeepGMM(ParamsMixin):
         img, region = img[(slice(None),) + window], region[window]
         weight = None if weight is None else weight[window]
         scale = self._resolve_scale(tuple(img.shape[1:]))
-        block = scale if self.grid_output == "subpixel" else 1  # the network's blocks; the fit at full resolution
-        scale = scale if block == 1 else 1
         img_fit, region_fit = self._downsample(img, region, scale)
         weight_fit = weight if weight is None or scale == 1 else block_means(weight[None], region, scale)[0][0]
         regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
         spatial = tuple(img_fit.shape[1:])
-        if max(scale, block) > 1:
-            logger.info("%s: fitting the network on a grid of blocks of %d pixels (fit_scale) of the %s window, %s",
-                        type(self).__name__, max(scale, block), "x".join(map(str, img.shape[1:])),
-                        "read out at full resolution" if block == 1 else "one logit per pixel (subpixel)")
-        nb = block ** len(spatial)
-        cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C * nb,
-                             out_channels=self.n_components * nb)
+        if scale > 1:
+            logger.info("%s: fitting the network on a %s grid (fit_scale %d) of the %s window, read out at full "
+                        "resolution", type(self).__name__, "x".join(map(str, spatial)), scale,
+                        "x".join(map(str, img.shape[1:])))
+        cfg = network_config(self.network, spatial_dims=len(spatial), in_channels=C, out_channels=self.n_components)
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().generate_state(1)[0])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = UNet(cfg) if block == 1 else SubpixelNet(UNet(cfg), block, (C, self.n_components) if __import__("os").environ.get("DEEPGMM_SUBPIXEL_SKIP") else None)
+            net = UNet(cfg)
         net.check_input((1, C) + spatial)
         net = net.to(dev)
         net.compute_dtype = resolve_precision(self.precision, dev)
@@ -355,7 +342,7 @@ class DeepGMM(ParamsMixin):
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs_fit)
 
-        max_steps = self._resolve_max_steps(max(scale, block))
+        max_steps = self._resolve_max_steps(scale)
         bar = Progress(self.pretrain_steps * (self.init == "em") + max_steps, type(self).__name__, logger,
                        bar=bool(self.progress), final=None, leave=False)
         with bar:  # the bar closed, or the last line logged, also on an error
@@ -398,8 +385,7 @@ class DeepGMM(ParamsMixin):
         logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale, full_w)  # (1, K, *window)
         self.network_ = net.eval()
         self.network_config_ = cfg
-        self.fit_scale_ = max(scale, block)
-        self.grid_output_ = "interpolated" if block == 1 else "subpixel"
+        self.fit_scale_ = scale
         self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x, full_w)
         self.probabilities_, self.labels_ = uncrop(self.probabilities_, self.labels_, window,
                                                     tuple(full_region.shape))
@@ -561,11 +547,10 @@ class DeepGMM(ParamsMixin):
         fit = out.fit
         means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
         nll = float(out.nll[0])
-        scaled = self.fit_scale_ > 1 and self.grid_output_ == "interpolated"  # logits interpolated from the grid
-        if scaled and self.readout_em > 0:
+        if self.fit_scale_ > 1 and self.readout_em > 0:
             means, covariances, nk, nll = self._readout_em(logits, region, x[0], means, covariances,
                                                            None if weight is None else weight[0])
-        given = (x[0], means, covariances) if scaled else ()
+        given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
         self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
         self.means_ = means.cpu().numpy()
         self.covariances_ = covariances.cpu().numpy()
@@ -600,19 +585,15 @@ class DeepGMM(ParamsMixin):
         img = _image_tensor(image)
         C, spatial = img.shape[0], tuple(img.shape[1:])
         cfg = self.network_config_
-        scale = getattr(self, "fit_scale_", 1)
-        if getattr(self, "grid_output_", "interpolated") == "subpixel":
-            scale, n_in = 1, cfg.in_channels // scale ** cfg.spatial_dims  # the network takes the full resolution
-        else:
-            n_in = cfg.in_channels
-        if C != n_in or len(spatial) != cfg.spatial_dims:
+        if C != cfg.in_channels or len(spatial) != cfg.spatial_dims:
             raise ValueError(f"image has shape {tuple(img.shape)} but this {type(self).__name__} was fitted on "
-                             f"{n_in} channel(s) of a {cfg.spatial_dims}D image")
+                             f"{cfg.in_channels} channel(s) of a {cfg.spatial_dims}D image")
         region = torch.ones(spatial, dtype=torch.bool) if mask is None else _mask_tensor(mask, spatial)
         if not bool(region.any()):
             raise ValueError("mask is empty: it selects no pixel of the image")
         window = box_slices(region, self.crop_margin)
         full = img[(slice(None),) + window]  # (C, *window)
+        scale = getattr(self, "fit_scale_", 1)
         low, _ = self._downsample(full, region[window], scale)
         x = low.unsqueeze(0)  # (1, C, *grid)
         self.network_.check_input(tuple(x.shape))

@@ -93,8 +93,7 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     ``fit_scale > 1`` the read-out at full resolution comes after the training graph is freed: the
     interpolated logits, the loss without gradients and the posteriors on the window, counted as the
     larger of the two phases; with ``fit_loss="full"`` the steps' loss is at full resolution too (with
-    the upsampled logits and their gradient), and so it is with ``grid_output="subpixel"`` (whose network
-    takes and returns ``s**d`` times the channels on the grid). Zero on a GPU: the check compares with host memory."""
+    the upsampled logits and their gradient). Zero on a GPU: the check compares with host memory."""
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
         regs = est._validate()
@@ -110,10 +109,6 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
         return 0
     scale = est._resolve_scale(shape)
     grid = tuple(-(-n // scale) for n in shape)
-    if scale > 1 and est.grid_output == "subpixel":
-        nb = scale ** len(shape)
-        cfg = network_config(est.network, spatial_dims=len(shape), in_channels=image.shape[0] * nb,
-                             out_channels=est.n_components * nb)
     K, C, item = est.n_components, image.shape[0], image.element_size()
     smooths = any(isinstance(r, SmoothedPosterior) for r in regs)
 
@@ -121,7 +116,7 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
         return 12 * (K + C) * n * item + (8 * (K + 1) * n * item if smooths else 0)
 
     n_full = math.prod(shape)
-    if scale > 1 and (est.fit_loss == "full" or est.grid_output == "subpixel"):  # the steps' loss at full resolution
+    if scale > 1 and est.fit_loss == "full":  # the steps' loss at full resolution, through the upsampled logits
         train = activation_bytes(cfg, grid, itemsize=network_item) + loss_bytes(n_full) + 2 * K * n_full * item
     else:
         train = activation_bytes(cfg, grid, itemsize=network_item) + loss_bytes(math.prod(grid))
