@@ -85,6 +85,9 @@ def _add_segment_parser(subs: Any) -> None:
                    help="skip the up-front check of the memory the image needs")
     p.add_argument("--format", choices=OUTPUT_FORMATS,
                    help="output format (default: like the input; PNG/TIFF/JPEG input gives PNG labels for 2D)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write preview.png: the image and its labels side by side (a photograph: each region "
+                        "in its mean colour; a volume: the three planes through the mask's centre)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     add_verbosity(p, sub=True)

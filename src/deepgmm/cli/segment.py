@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 BIAS_FILES = {"nifti": "bias_field.nii.gz", "png": "bias_field.npy", "npy": "bias_field.npy"}
 """The file of ``--bias-field``'s estimated field ``(C, *spatial)``, by output format."""
+PREVIEW_FILE = "preview.png"
+"""``--preview``'s figure (:func:`deepgmm.experiments.preview.save_preview`)."""
 
 
 def segment_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,19 +163,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bias_name = BIAS_FILES[fmt] if seg.bias_field is not None else None
     if bias_name is not None:
         summary["outputs"]["bias_field"] = bias_name
+    photo = seg.settings["features"]["kind"] == "photo"
+    if args.preview:
+        summary["outputs"]["preview"] = PREVIEW_FILE
     with target as folder:
         dio.save_labels(folder / labels_name, seg.labels, like=image)
         dio.save_probabilities(folder / probs_name, seg.probabilities, like=image)
         if bias_name is not None:  # (C, *spatial), with the image's affine
             dio.save_probabilities(folder / bias_name, seg.bias_field, like=image)
+        if args.preview:
+            from ..experiments.preview import save_preview
+
+            save_preview(folder / PREVIEW_FILE, image.data, seg.labels, mask, photo=photo,
+                         spacing=image.voxel_sizes if image.ndim == 3 else None,
+                         title=f"{args.method}, K={seg.n_components}: {', '.join(p.name for p in image.paths)}")
         dio.save_json(folder / SUMMARY_FILE, summary)
     print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
           f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
-    if seg.settings["features"]["kind"] == "photo":
+    if photo:
         names = ", ".join(seg.settings["features"]["channels"])
         print(f"fitted a photograph's features ({names}); --features channels fits the channels as given")
     print(f"wrote {Path(args.out) / labels_name}, {probs_name}, {SUMMARY_FILE}"
-          + (f", {bias_name}" if bias_name else ""))
+          + (f", {bias_name}" if bias_name else "") + (f", {PREVIEW_FILE}" if args.preview else ""))
     return 0
 
 
@@ -183,6 +194,8 @@ def cmd_segment_cohort(args: argparse.Namespace) -> int:
         raise ValueError("give either IMG files (with --mask) or --data DIR, not both")
     if getattr(args, "weights", None) is not None:
         raise ValueError("--weights applies to IMG files, not to --data DIR")
+    if args.preview:
+        raise ValueError("--preview applies to IMG files, not to --data DIR")
     if getattr(args, "sigma_units", None) == "mm":
         raise ValueError("--sigma-units mm applies to IMG files; with --data DIR the widths are in pixels")
     options = segment_options(args)
