@@ -55,6 +55,15 @@ def test_grey_panels_stretch_the_first_channel_and_tint_the_labels():
             np.testing.assert_allclose(right[i, j], want * np.ones(3))
 
 
+def test_given_levels_and_number_of_classes():
+    img = np.linspace(-1.0, 3.0, 12).reshape(1, 3, 4)
+    labels = np.ones((3, 4), np.uint8)
+    left, right = preview_panels(img, labels, levels=(0.0, 2.0), n_classes=11)
+    np.testing.assert_allclose(left[..., 0], np.clip(img[0] / 2.0, 0, 1))
+    np.testing.assert_allclose(right[0, 0], 0.5 * left[0, 0] + 0.5 * label_colours(11)[1])
+    assert not np.allclose(label_colours(11)[2], label_colours(2)[2])  # tab20 past 10 classes
+
+
 @pytest.mark.parametrize("shape", [(30, 40), (20, 16, 12)])
 def test_save_preview_writes_a_png(tmp_path, shape):
     img, mask = two_region_image(shape)
@@ -63,7 +72,7 @@ def test_save_preview_writes_a_png(tmp_path, shape):
     save_preview(path, img, labels, mask, spacing=None if len(shape) == 2 else (1.0, 2.0, 1.0), title="t")
     arr = np.asarray(Image.open(path).convert("RGB"))
     assert arr.shape[0] > 100 and arr.shape[1] > 100 and arr.std() > 10  # drawn, not blank
-    save_preview(tmp_path / "nomask.png", img, labels)  # no mask: the planes through the image's centre
+    save_preview(tmp_path / "nomask.png", img, labels, n_classes=4)  # no mask: planes through the image's centre
     assert (tmp_path / "nomask.png").stat().st_size > 0
 
 

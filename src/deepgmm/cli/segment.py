@@ -175,7 +175,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             from ..experiments.preview import save_preview
 
             save_preview(folder / PREVIEW_FILE, image.data, seg.labels, mask, photo=photo,
-                         spacing=image.voxel_sizes if image.ndim == 3 else None,
+                         spacing=image.voxel_sizes if image.ndim == 3 else None, n_classes=seg.n_components,
                          title=f"{args.method}, K={seg.n_components}: {', '.join(p.name for p in image.paths)}")
         dio.save_json(folder / SUMMARY_FILE, summary)
     print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
