@@ -106,6 +106,31 @@ def test_cli_priors_flag(tmp_path, capsys):
                          "deepgmm_brain_priors", "--no-figures"], "needs prior maps", "--priors DIR")
 
 
+def test_cli_options_reach_the_preset_beside_the_priors(tmp_path, capsys):
+    """``deepgmm brain ibsr --options``: per-method settings on top of the preset's, recorded in the
+    record's settings and in the command; with ``--priors`` both reach the fit; bad JSON, a list or an
+    unknown method end with one line naming ``--options``."""
+    data, folder = tmp_path / "d", tmp_path / "p"
+    _, labels = _subject(data)
+    _priors(folder, labels)
+    out = tmp_path / "o"
+    rc = main(["brain", "ibsr", "--data", str(data), "--out", str(out), "--methods", "deepgmm_brain_priors,gmm",
+               "--priors", str(folder), "--options", '{"deepgmm_brain_priors": {"smooth_sigma": 0.5}, "gmm": '
+               '{"reg_covar": 0.2}}', "--no-figures", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((out / "results.json").read_text())
+    ran = doc["method_settings"]
+    assert ran["deepgmm_brain_priors"]["smooth_sigma"] == 0.5
+    assert ran["deepgmm_brain_priors"]["prior_weight"] == 0.5  # the preset's others stay
+    assert ran["gmm"]["reg_covar"] == 0.2
+    assert doc["config"]["options"]["deepgmm_brain_priors"] == {"smooth_sigma": 0.5, "priors": str(folder)}
+    assert "--options" in doc["command"]
+    base = ["brain", "ibsr", "--data", data, "--methods", "gmm", "--no-figures", "--out"]
+    check_error(capsys, base + [tmp_path / "e1", "--options", '{"gmm": '], "--options")
+    check_error(capsys, base + [tmp_path / "e2", "--options", "[1]"], "--options")
+    check_error(capsys, base + [tmp_path / "e3", "--options", '{"nomethod": {}}'], "nomethod")
+
+
 def test_atropos_with_priors(tmp_path):
     pytest.importorskip("ants")
     data, folder = tmp_path / "d", tmp_path / "p"

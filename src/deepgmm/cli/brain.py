@@ -10,7 +10,7 @@ from typing import Any
 
 from ..choices import BRAIN_MATCHINGS, BRAIN_PRESETS, EM_METHODS, METHODS, PEER_METHODS, PRIOR_METHODS
 from .common import (SPLIT_NAMES, add_jobs_options, add_split_options, add_store_options, add_verbosity, command_line,
-                     run_experiment)
+                     parse_options_json, run_experiment)
 
 __all__ = ["add_parser", "cmd_ibsr", "cmd_brainweb"]
 
@@ -29,6 +29,10 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
                    help=f"folder of per-volume tissue prior maps, <name>_priors.nii.gz (the volume's shape, CSF, GM, "
                         f"WM on a 4th axis, e.g. from atlases registered to each subject), read by "
                         f"{' and '.join(PRIOR_METHODS)} (docs/brain.md)")
+    p.add_argument("--options", metavar="JSON",
+                   help="per-method settings on top of the defaults, as JSON, e.g. '{\"deepgmm_brain_priors\": "
+                        "{\"smooth_sigma\": 0.5}}' (segment() options, widths in mm; recorded in results.json; a "
+                        "resumed run must give the same)")
     p.add_argument("--matching", choices=BRAIN_MATCHINGS,
                    help="how the table's first rows score the labels: none (default; labels are numbered by their "
                         "mean T1, CSF < GM < WM) or hungarian; the other one is recorded too")
@@ -61,14 +65,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-_NAMES = ["data", "out", "methods", "priors", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
+_NAMES = ["data", "out", "methods", "priors", "options", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
           *SPLIT_NAMES]
 
 
 def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:
     command = command_line(["deepgmm", "brain", args.brain_command], args, _NAMES + list(extra.pop("flags", [])))
+    options = parse_options_json(args.options, '{"deepgmm_brain_priors": {"smooth_sigma": 0.5}}')
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"--options must be a JSON object of per-method settings, got {args.options}")
+    options = dict(options or {})
     if args.priors:
-        extra["options"] = {m: {"priors": args.priors} for m in PRIOR_METHODS}
+        for m in PRIOR_METHODS:
+            given = options.get(m, {})
+            options[m] = dict(given, priors=args.priors) if isinstance(given, dict) else given  # else: refused below
+    if options:
+        extra["options"] = options
     return run_experiment(args, run, args.data, args.out, methods=args.methods, matching=args.matching,
                           seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
                           overwrite=args.overwrite, figures=args.figures, command=command, **extra)
