@@ -109,7 +109,7 @@ def test_cli_priors_flag(tmp_path, capsys):
 def test_cli_options_reach_the_preset_beside_the_priors(tmp_path, capsys):
     """``deepgmm brain ibsr --options``: per-method settings on top of the preset's, recorded in the
     record's settings and in the command; with ``--priors`` both reach the fit; bad JSON, a list or an
-    unknown method end with one line naming ``--options``."""
+    unknown method end with one line (the runner's own checks, as for ``myops table1``)."""
     data, folder = tmp_path / "d", tmp_path / "p"
     _, labels = _subject(data)
     _priors(folder, labels)
@@ -127,7 +127,7 @@ def test_cli_options_reach_the_preset_beside_the_priors(tmp_path, capsys):
     assert "--options" in doc["command"]
     base = ["brain", "ibsr", "--data", data, "--methods", "gmm", "--no-figures", "--out"]
     check_error(capsys, base + [tmp_path / "e1", "--options", '{"gmm": '], "--options")
-    check_error(capsys, base + [tmp_path / "e2", "--options", "[1]"], "--options")
+    check_error(capsys, base + [tmp_path / "e2", "--options", "[1]"], "options must map method names")  # as table1
     check_error(capsys, base + [tmp_path / "e3", "--options", '{"nomethod": {}}'], "nomethod")
 
 

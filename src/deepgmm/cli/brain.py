@@ -65,21 +65,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-_NAMES = ["data", "out", "methods", "priors", "options", "matching", "seed", "jobs", "threads", "resume", "overwrite", "figures",
-          *SPLIT_NAMES]
+_NAMES = ["data", "out", "methods", "priors", "options", "matching", "seed", "jobs", "threads", "resume", "overwrite",
+          "figures", *SPLIT_NAMES]
 
 
 def _run(args: argparse.Namespace, run: Any, **extra: Any) -> int:
     command = command_line(["deepgmm", "brain", args.brain_command], args, _NAMES + list(extra.pop("flags", [])))
     options = parse_options_json(args.options, '{"deepgmm_brain_priors": {"smooth_sigma": 0.5}}')
-    if options is not None and not isinstance(options, dict):
-        raise ValueError(f"--options must be a JSON object of per-method settings, got {args.options}")
-    options = dict(options or {})
-    if args.priors:
+    if args.priors and (options is None or isinstance(options, dict)):  # anything else: the runner refuses it
+        options = dict(options or {})
         for m in PRIOR_METHODS:
             given = options.get(m, {})
-            options[m] = dict(given, priors=args.priors) if isinstance(given, dict) else given  # else: refused below
-    if options:
+            options[m] = dict(given, priors=args.priors) if isinstance(given, dict) else given
+    if options is not None:
         extra["options"] = options
     return run_experiment(args, run, args.data, args.out, methods=args.methods, matching=args.matching,
                           seed=args.seed, jobs=args.jobs, threads=args.threads, resume=args.resume,
