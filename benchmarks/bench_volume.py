@@ -2,12 +2,14 @@
 
     python benchmarks/bench_volume.py --subjects 1 3 4 --photo 101085
     python benchmarks/bench_volume.py --subjects 1 --fit-scale 1          # the full-resolution fit (slow)
+    python benchmarks/bench_volume.py --subjects 1 3 4 --deep-options '{"patch_size": 48}'  # on patches
     python benchmarks/bench_volume.py --subjects 1 3 4 --baseline full.json
     python benchmarks/bench_volume.py --subjects 1 3 4 --photo --deep-options '{"fit_loss": "full"}'
 
 Each IBSR subject runs in its own process (so that its peak resident memory, ``ru_maxrss``, is
 its own): the volume cropped to the brain mask's box as ``deepgmm.experiments.brain`` does, then
-``segment(method="gmm")`` and ``segment(method="deepsvg", fit_scale=...)`` with the brain
+``segment(method="gmm")`` and ``segment(method="deepsvg", fit_scale=...)`` (or on patches at full resolution,
+``--deep-options '{"patch_size": 48}'``) with the brain
 settings (K=3, z-score over the mask, ``order="mean"``), both timed in that process; Dice of CSF,
 GM and WM without matching. Seconds are wall-clock, with the process's CPU seconds beside them
 (on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one), and
@@ -68,7 +70,9 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: 
                        "steps": seg.n_iter,
                        "dice": {name: ev.dice[k + 1] for k, name in enumerate(CLASSES)}}
         if method == "deepsvg":
-            rec[method].update(fit_scale=int(seg.model.fit_scale_), precision=seg.model.precision_)
+            patch = getattr(seg.model, "patch_size_", None)
+            rec[method].update(fit_scale=int(seg.model.fit_scale_), precision=seg.model.precision_,
+                               patch_size=None if patch is None else list(patch))
     return rec
 
 
@@ -138,7 +142,7 @@ def _dice(rec: dict) -> str:
 
 
 def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
-    print("\n| subject | window | fit_scale, precision | deepSVG s (CPU s) | steps | peak RSS GiB (estimate) | GMM s (CPU s) "
+    print("\n| subject | window | fit (patches or fit_scale), precision | deepSVG s (CPU s) | steps | peak RSS GiB (estimate) | GMM s (CPU s) "
           "| deepSVG/GMM (CPU) | Dice CSF / GM / WM | full-resolution Dice | difference (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
@@ -149,7 +153,8 @@ def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
             diff = f"{sum(r['deepsvg']['dice'][c] - base['deepsvg']['dice'][c] for c in CLASSES) / 3:+.3f}"
         d = r["deepsvg"]
         g = r["gmm"]
-        print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {d['fit_scale']}, {d.get('precision', '?')} "
+        fit = f"patches {'x'.join(map(str, d['patch_size']))}" if d.get("patch_size") else f"fit_scale {d['fit_scale']}"
+        print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {fit}, {d.get('precision', '?')} "
               f"| {d['seconds']:.1f} "
               f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} ({r['estimate_gib']:.2f}) | "
               f"{g['seconds']:.1f} ({g['cpu_seconds']:.1f}) | {d['seconds'] / g['seconds']:.1f} "

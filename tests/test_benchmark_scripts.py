@@ -59,8 +59,9 @@ def test_bench_volume_runs_a_volume_and_a_photograph(tmp_path):
     doc = json.loads((tmp_path / "v.json").read_text())
     (vol,) = doc["volumes"]
     assert vol["deep_options"]["network"] == "tiny" and vol["deepsvg"]["precision"] == "float32"
+    assert vol["deepsvg"]["patch_size"] is None and vol["deepsvg"]["fit_scale"] == 4  # the default: the grid
     assert set(vol["deepsvg"]["dice"]) == {"CSF", "GM", "WM"} and vol["peak_rss_gib"] > 0
-    assert doc["photos"][0]["deepsvg"]["pri"] > 0 and "| 04 |" in out
+    assert doc["photos"][0]["deepsvg"]["pri"] > 0 and "| 04 |" in out and "fit_scale 4" in out
 
 
 def test_compile_break_even_arithmetic():

@@ -16,7 +16,7 @@ from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS
                        FEATURES, FIT_LOSSES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
-           "parse_fit_scale", "parse_n_components"]
+           "parse_fit_scale", "parse_patch_size", "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
@@ -82,6 +82,19 @@ def _file_list(text: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated file names (one map per class), got {text!r}")
     return names
+
+
+def parse_patch_size(text: str) -> int | None:
+    """``--patch-size``: ``none`` or a patch edge ``p >= 8`` in pixels."""
+    if text == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"expected none or a whole number >= 8, got {text!r}")
+    return value
 
 
 def parse_fit_scale(text: str) -> int | str:
@@ -226,6 +239,11 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "image of up to 160x160 (25600) pixels as it is, a larger one on at most 16384 (128x128) pixels "
                   "(a 481x321 photograph: S=4), a volume on at most 65536 voxels", metavar="S",
                   methods=DEEP_METHODS),
+    SegmentOption("--patch-size", "patch_size", parse_patch_size, "deep: fit at full resolution with every step on "
+                  "one random patch of P pixels per axis (the network's norms with the whole window's statistics, the "
+                  "M-step over the whole window, the read-out tile by tile): memory and time grow with the patch, not "
+                  "the image, e.g. 48 for a brain volume (docs/deep.md); none (default): every step on the whole "
+                  "window, or on its --fit-scale grid", metavar="P", methods=DEEP_METHODS),
     SegmentOption("--fit-loss", "fit_loss", str, "deep, with a --fit-scale above 1: what the NLL steps score, the "
                   "grid's block means (grid, default) or the full-resolution pixels through the interpolated "
                   "network output (full: slower, keeps thin structures that block means blur; docs/deep.md)",

@@ -18,10 +18,18 @@ labels ``w`` as their per-pixel prior. ``fit_scale="auto"`` (default) is :func:`
 volumes on a grid of at most :data:`FIT_VOXELS` voxels; 2D windows of up to :data:`FULL_PIXELS_2D`
 pixels as they are, larger ones on a grid of at most :data:`FIT_PIXELS_2D` pixels. A fit on a coarser
 grid stops after at most :data:`SCALED_MAX_STEPS` NLL steps unless ``max_steps`` is given.
+
+``patch_size`` fits at full resolution on random patches instead (:mod:`deepgmm.deep.patches`): each
+distillation and NLL step runs the network on one patch, its instance norms normalising with
+statistics kept over the patches (the window's, not the patch's); the NLL step's M-step covers the
+whole window (the patch's soft labels live, the other pixels' as last seen), and the read-out runs the
+network tile by tile over the window. Such a fit takes :data:`PATCH_MAX_STEPS` NLL steps unless
+``max_steps`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -36,13 +44,31 @@ from .._em_inputs import weight_map
 from .._params import ParamsMixin, not_fitted
 from .._validation import check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS, FIT_LOSSES, PRECISIONS
-from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
+from ..likelihood import COVARIANCE_TYPES
 from ..mixture import EM_IMAGE_DEFAULTS
 from ..preprocess import box_slices
 from ..progress import Progress
 from ..smoothing import as_sigmas, wants_smoothing
 from .grid import block_means, uncrop, upsample
 from .losses import DeepMixtureLoss
+from .patches import (
+    patch_steps,
+    random_patch,
+    refresh_statistics,
+    tiled_logits,
+    updating_statistics,
+    use_window_statistics,
+)
+from .readout import read_out, readout_em
+from .scale import (
+    FIT_PIXELS_2D,
+    FIT_VOXELS,
+    FULL_PIXELS_2D,
+    MAX_STEPS,
+    PATCH_MAX_STEPS,
+    SCALED_MAX_STEPS,
+    auto_fit_scale,
+)
 from .optim import AdamW
 from .precision import resolve_precision
 from .regularizers import (
@@ -55,43 +81,9 @@ from .regularizers import (
 from .unet import UNet, UNetConfig, network_config
 
 __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D",
-           "MAX_STEPS", "SCALED_MAX_STEPS", "FIT_LOSSES", "auto_fit_scale"]
+           "MAX_STEPS", "SCALED_MAX_STEPS", "PATCH_MAX_STEPS", "FIT_LOSSES", "auto_fit_scale"]
 
 logger = logging.getLogger(__name__)
-
-FIT_VOXELS = 65536
-"""``fit_scale="auto"`` for a volume: the most voxels the network is fitted on (docs/deep.md, "Volumes and
-large images")."""
-FULL_PIXELS_2D = 25600
-"""``fit_scale="auto"`` for a 2D window: up to this many pixels (160x160, the MyoPS slices on which the
-deep defaults were chosen) it is fitted as it is."""
-FIT_PIXELS_2D = 16384
-"""``fit_scale="auto"`` for a 2D window above :data:`FULL_PIXELS_2D` pixels: the most pixels of its grid
-(128x128; a 481x321 photograph is fitted at ``s = 4``, chosen on BSDS500 train: docs/deep.md)."""
-MAX_STEPS = 200
-"""``max_steps=None``: the most NLL steps of a fit at full resolution."""
-SCALED_MAX_STEPS = 40
-"""``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
-
-
-def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:
-    """The block size ``fit_scale="auto"`` picks for a window of spatial ``shape``: the smallest
-    integer ``s >= 1`` whose grid ``ceil(shape / s)`` has at most ``max_voxels`` pixels. ``max_voxels``
-    None: :data:`FIT_VOXELS` for a volume; for a 2D window 1 up to :data:`FULL_PIXELS_2D` pixels, else
-    the smallest ``s`` whose grid has at most :data:`FIT_PIXELS_2D`."""
-    if max_voxels is None:
-        if len(shape) != 2:
-            max_voxels = FIT_VOXELS
-        elif math.prod(int(n) for n in shape) <= FULL_PIXELS_2D:
-            return 1
-        else:
-            max_voxels = FIT_PIXELS_2D
-    s = 1
-    while math.prod(-(-int(n) // s) for n in shape) > max_voxels:
-        s += 1
-    return s
-
-
 
 class DeepGMM(ParamsMixin):
     """Deep Gaussian mixture fitted to one image (use :class:`DeepG` or :class:`DeepSVG`).
@@ -145,6 +137,11 @@ class DeepGMM(ParamsMixin):
         (the read-out's mixture: the network still runs on the grid, the loss and its gradient at full
         resolution). Block means of thin structures are partial volumes, a mode of their own that a
         class can drift to on the grid (docs/deep.md, "Why the deep fit degrades on brain volumes")
+    patch_size : None (default) or an integer >= 8: fit at full resolution with every step on one random
+        patch of this many pixels per axis (the module's docstring): the network's instance norms with the
+        window's statistics, the M-step over the whole window, the read-out tile by tile; the NLL steps
+        run ``max_steps`` (None: :data:`PATCH_MAX_STEPS`), with no ``tol`` test. Memory and time grow with
+        the patch, not the window (docs/deep.md, "Volumes on patches"). Not with ``fit_scale > 1``
     readout_em : with ``fit_scale > 1``, EM iterations of the read-out at full resolution: the
         interpolated soft labels stay the per-pixel weights, the means and covariances are re-estimated
         from the posteriors instead of from the (blurred) soft labels. 0 (default): one M-step from
@@ -170,6 +167,7 @@ class DeepGMM(ParamsMixin):
         before ``readout_em``;
     n_iter_, converged_, fit_seconds_
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
+    patch_size_ : the patch ``(*p)`` of a fit on patches (prediction runs tile by tile at it), else None
     precision_ : the network's arithmetic in the fit, "float32" or "bfloat16"
     """
 
@@ -209,6 +207,7 @@ class DeepGMM(ParamsMixin):
         fit_scale: int | str = "auto",
         fit_loss: str = "grid",
         readout_em: int = 0,
+        patch_size: int | None = None,
         precision: str = "auto",
         random_state: int | None = 0,
         device: str | torch.device | None = "cpu",
@@ -239,6 +238,7 @@ class DeepGMM(ParamsMixin):
         self.fit_scale = fit_scale
         self.fit_loss = fit_loss
         self.readout_em = readout_em
+        self.patch_size = patch_size
         self.precision = precision
         self.random_state = random_state
         self.device = device
@@ -269,6 +269,11 @@ class DeepGMM(ParamsMixin):
             if isinstance(self.fit_scale, str):
                 raise ValueError(f"fit_scale must be 'auto' or an integer >= 1, got {self.fit_scale!r}")
             check_int("fit_scale", self.fit_scale, minimum=1)
+        if self.patch_size is not None:
+            check_int("patch_size", self.patch_size, minimum=8)
+            if not isinstance(self.fit_scale, str) and int(self.fit_scale) > 1:
+                raise ValueError(f"patch_size={self.patch_size} fits at full resolution; it cannot be combined with "
+                                 f"fit_scale={self.fit_scale} (use fit_scale 1 or auto, or no patches)")
         check_choice("fit_loss", self.fit_loss, FIT_LOSSES)
         check_int("readout_em", self.readout_em, minimum=0)
         check_choice("precision", self.precision, PRECISIONS)
@@ -316,12 +321,16 @@ class DeepGMM(ParamsMixin):
         window = box_slices(region, self.crop_margin)
         img, region = img[(slice(None),) + window], region[window]
         weight = None if weight is None else weight[window]
-        scale = self._resolve_scale(tuple(img.shape[1:]))
+        patch = self._resolve_patch(tuple(img.shape[1:]))
+        scale = 1 if patch is not None else self._resolve_scale(tuple(img.shape[1:]))
         img_fit, region_fit = self._downsample(img, region, scale)
         weight_fit = weight if weight is None or scale == 1 else block_means(weight[None], region, scale)[0][0]
         regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
         spatial = tuple(img_fit.shape[1:])
-        if scale > 1:
+        if patch is not None:
+            logger.info("%s: fitting the network on random %s patches of the %s window, read out tile by tile",
+                        type(self).__name__, "x".join(map(str, patch)), "x".join(map(str, spatial)))
+        elif scale > 1:
             logger.info("%s: fitting the network on a %s grid (fit_scale %d) of the %s window, read out at full "
                         "resolution", type(self).__name__, "x".join(map(str, spatial)), scale,
                         "x".join(map(str, img.shape[1:])))
@@ -330,8 +339,10 @@ class DeepGMM(ParamsMixin):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = UNet(cfg)
-        net.check_input((1, C) + spatial)
+        net.check_input((1, C) + (spatial if patch is None else patch))
         net = net.to(dev)
+        if patch is not None:
+            use_window_statistics(net)
         net.compute_dtype = resolve_precision(self.precision, dev)
         self.precision_ = net.precision
         logger.info("%s: the network computes in %s (precision=%r)", type(self).__name__, self.precision_,
@@ -342,7 +353,7 @@ class DeepGMM(ParamsMixin):
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs_fit)
 
-        max_steps = self._resolve_max_steps(scale)
+        max_steps = self._resolve_max_steps(scale, patch)
         bar = Progress(self.pretrain_steps * (self.init == "em") + max_steps, type(self).__name__, logger,
                        bar=bool(self.progress), final=None, leave=False)
         with bar:  # the bar closed, or the last line logged, also on an error
@@ -350,7 +361,7 @@ class DeepGMM(ParamsMixin):
                 prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
                 target = self._em_posteriors(img, region, seed, prior, weight)  # (1, K, *window)
                 target = self._target_to_fit(target, region, scale).to(dev)  # (1, K, *spatial)
-                self._distil(net, x, m if w is None else m * w, target, bar)
+                self._distil(net, x, m if w is None else m * w, target, bar, seed, region, patch)
 
             full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
             full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
@@ -358,34 +369,29 @@ class DeepGMM(ParamsMixin):
             read_loss = loss_fn if scale == 1 else DeepMixtureLoss(  # the full resolution's regularisers
                 mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar,
                 regularizers=regs)
-            full_steps = scale > 1 and self.fit_loss == "full"  # the loss on the window's pixels
             opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            history: list[float] = []
-            converged = False
-            n_iter = 0
-            for step in range(1, max_steps + 1):
-                if full_steps:
-                    out = read_loss(full_x, upsample(net(x), scale, tuple(full_x.shape[2:])), full_m, weight=full_w)
-                else:
-                    out = loss_fn(x, net(x), m, weight=w)
-                opt.zero_grad(set_to_none=True)
-                out.total.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
-                opt.step()
-                nll = float(out.nll.detach()[0])
-                if not math.isfinite(nll):
-                    raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
-                history.append(nll)
-                n_iter = step
-                bar.step(nll=nll)
-                if step >= max(self.min_steps, 2) and abs(history[-2] - nll) < self.tol:
-                    converged = True
-                    break
+            if patch is not None:
+                gen = torch.Generator().manual_seed(seed + 1)
+                history = patch_steps(net, list(net.parameters()), x, m if w is None else m * w, region, loss_fn,
+                                      opt, n_out=self.n_components, size=patch, steps=max_steps,
+                                      grad_clip=self.grad_clip, generator=gen, on_step=lambda v: bar.step(nll=v))
+                n_iter, converged = len(history), False
+            else:
+                steps = self._whole_steps(net, opt, x, m, w, loss_fn, read_loss, full_x, full_m, full_w, scale,
+                                          max_steps, bar)
+                history, n_iter, converged = steps
 
-        logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale, full_w)  # (1, K, *window)
+        if patch is not None:
+            refresh_statistics(net, x, region, patch, gen)
+            with torch.no_grad():
+                logits = tiled_logits(net, x, patch, self.n_components)  # (1, K, *window)
+                out = read_loss(x, logits, m, weight=w)
+        else:
+            logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale, full_w)  # (1, K, *window)
         self.network_ = net.eval()
         self.network_config_ = cfg
         self.fit_scale_ = scale
+        self.patch_size_ = patch
         self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x, full_w)
         self.probabilities_, self.labels_ = uncrop(self.probabilities_, self.labels_, window,
                                                     tuple(full_region.shape))
@@ -394,16 +400,51 @@ class DeepGMM(ParamsMixin):
         logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
         return self
 
+    def _whole_steps(self, net: UNet, opt: Any, x: Tensor, m: Tensor, w: Tensor | None, loss_fn: DeepMixtureLoss,
+                     read_loss: DeepMixtureLoss, full_x: Tensor, full_m: Tensor, full_w: Tensor | None, scale: int,
+                     max_steps: int, bar: Progress) -> tuple[list[float], int, bool]:
+        """NLL steps on the whole fitted grid ``x`` ``(1, C, *grid)`` (the window at ``scale`` 1); with
+        ``fit_loss="full"`` scored on the window ``full_x`` through the upsampled logits. Returns the NLL of
+        every step, the steps taken and whether the ``tol`` rule stopped them."""
+        full_steps = scale > 1 and self.fit_loss == "full"  # the loss on the window's pixels
+        history: list[float] = []
+        for step in range(1, max_steps + 1):
+            if full_steps:
+                out = read_loss(full_x, upsample(net(x), scale, tuple(full_x.shape[2:])), full_m, weight=full_w)
+            else:
+                out = loss_fn(x, net(x), m, weight=w)
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            opt.step()
+            nll = float(out.nll.detach()[0])
+            if not math.isfinite(nll):
+                raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
+            history.append(nll)
+            bar.step(nll=nll)
+            if step >= max(self.min_steps, 2) and abs(history[-2] - nll) < self.tol:
+                return history, step, True
+        return history, len(history), False
+
+    def _resolve_patch(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The patch ``(*p)`` of a window of spatial ``shape`` (``patch_size`` on each axis, at most the
+        window's), or None (``patch_size=None``) for steps on the whole (fitted) grid."""
+        if self.patch_size is None:
+            return None
+        return tuple(min(int(self.patch_size), int(n)) for n in shape)
+
     def _resolve_scale(self, shape: tuple[int, ...]) -> int:
         """The block size ``s`` for a window of spatial ``shape``: ``fit_scale`` or the automatic one."""
         if isinstance(self.fit_scale, str):
             return auto_fit_scale(shape)
         return int(self.fit_scale)
 
-    def _resolve_max_steps(self, scale: int) -> int:
-        """The most NLL steps of a fit at block size ``scale``: ``max_steps`` or its default."""
+    def _resolve_max_steps(self, scale: int, patch: tuple[int, ...] | None = None) -> int:
+        """The most NLL steps of a fit at block size ``scale`` (or on patches): ``max_steps`` or its default."""
         if self.max_steps is not None:
             return int(self.max_steps)
+        if patch is not None:
+            return PATCH_MAX_STEPS
         return MAX_STEPS if scale == 1 else SCALED_MAX_STEPS
 
     def _downsample(self, img: Tensor, region: Tensor, scale: int) -> tuple[Tensor, Tensor]:
@@ -479,14 +520,22 @@ class DeepGMM(ParamsMixin):
         self.em_model_ = est
         return target.unsqueeze(0)
 
-    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress) -> None:
-        """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask."""
+    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress, seed: int,
+                region: Tensor, patch: tuple[int, ...] | None) -> None:
+        """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask ``m`` ``(1, *spatial)``; with
+        ``patch``, each step on a random patch centred on a pixel of ``region`` ``(*spatial)``."""
         if self.pretrain_steps == 0:
             return
         opt = AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
-        denom = m.sum().clamp_min(torch.finfo(m.dtype).tiny)
+        gen = torch.Generator().manual_seed(seed)
+        x_all, m_all, t_all = x, m, target
         for _ in range(self.pretrain_steps):
-            logp = torch.log_softmax(net(x), dim=1)
+            if patch is not None:
+                sl = (slice(None), slice(None)) + random_patch(region, patch, gen)
+                x, m, target = x_all[sl], m_all[(slice(None),) + sl[2:]], t_all[sl]
+            denom = m.sum().clamp_min(torch.finfo(m.dtype).tiny)
+            with updating_statistics(net) if patch is not None else contextlib.nullcontext():
+                logp = torch.log_softmax(net(x), dim=1)
             loss = -((target * logp).sum(1) * m).sum() / denom
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -496,51 +545,8 @@ class DeepGMM(ParamsMixin):
 
     def _read_out(self, logits: Tensor, region: Tensor, x: Tensor | None = None, means: Tensor | None = None,
                   covariances: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Soft labels ``(K, *spatial)`` float32 (zero outside ``region``) and labels ``(*spatial)``
-        (0 outside ``region``, 1..K inside) from the network's ``logits`` ``(K, *spatial)``: their
-        softmax, or with the image ``x`` ``(C, *spatial)`` and the mixture's ``means`` ``(K, C)`` and
-        ``covariances`` given (a fit at ``fit_scale > 1``), the posteriors of ``x`` with the softmax
-        as per-pixel prior."""
-        region_dev = region.to(logits.device)
-        if x is None:
-            probs = torch.softmax(logits, 0)
-        else:
-            K, C = logits.shape[0], x.shape[0]
-            with torch.no_grad():
-                log_post = log_posteriors(x.reshape(C, -1).T, means.to(x), covariances.to(x),
-                                          torch.log_softmax(logits.to(x.dtype), 0).reshape(K, -1).T,
-                                          self.covariance_type_)  # (N, K)
-            probs = log_post.exp().T.reshape(logits.shape)
-        probs = probs * region_dev  # (K, *spatial)
-        labels = torch.where(region_dev, probs.argmax(0) + 1, torch.zeros((), dtype=torch.long, device=logits.device))
-        return (probs.cpu().numpy().astype(np.float32),
-                labels.cpu().numpy().astype(np.uint8 if self.n_components < 255 else np.int32))
-
-    def _readout_em(self, logits: Tensor, region: Tensor, x: Tensor, means: Tensor, covariances: Tensor,
-                    weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor, float]:
-        """``readout_em`` EM iterations at full resolution with the interpolated soft labels as fixed
-        per-pixel weights: E-step ``p_nk ~ w_nk N(x_n | mu_k, Sigma_k)``, M-step from ``p`` (not from
-        ``w``, whose block-level blur pulls the classes' means together). ``logits`` ``(K, *window)``,
-        ``region`` ``(*window)``, ``x`` ``(C, *window)``; returns means, covariances, ``nk`` ``(K,)`` and
-        the mean NLL of the pixels at those parameters (the method's mixture: per-pixel weights ``w``
-        for deepSVG, the global ``nk / N`` for deepG, as the loss has it); ``weight`` ``(*window)``:
-        how many times each pixel counts (None: once)."""
-        K, C = logits.shape[0], x.shape[0]
-        inside = region.to(logits.device).reshape(-1)
-        with torch.no_grad():
-            pixels = x.reshape(C, -1).T[inside].double()  # (N, C)
-            log_w = torch.log_softmax(logits.double(), 0).reshape(K, -1).T[inside]  # (N, K)
-            means, covariances = means.double(), covariances.double()
-            counts = None if weight is None else weight.to(logits.device).reshape(-1)[inside].double()  # (N,)
-            nk = torch.zeros(K, dtype=torch.float64, device=logits.device)
-            for _ in range(self.readout_em):
-                post = log_posteriors(pixels, means, covariances, log_w, self.covariance_type_).exp()
-                post = post if counts is None else post * counts.unsqueeze(1)
-                nk, means, covariances = m_step(pixels, post, self.covariance_type_, self.reg_covar)
-            weights = log_w if self._mixture == "svgmm" else torch.log(nk / nk.sum())
-            nll = float(mixture_nll(log_gaussian(pixels, means, covariances, self.covariance_type_), weights,
-                                    counts))
-        return means.to(x.dtype), covariances.to(x.dtype), nk.to(x.dtype), nll
+        """:func:`deepgmm.deep.readout.read_out` with this estimator's covariance type."""
+        return read_out(logits, region, self.covariance_type_, x, means, covariances)
 
     def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
                      converged: bool, regs: list[Regularizer], x: Tensor, weight: Tensor | None) -> None:
@@ -548,8 +554,10 @@ class DeepGMM(ParamsMixin):
         means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
         nll = float(out.nll[0])
         if self.fit_scale_ > 1 and self.readout_em > 0:
-            means, covariances, nk, nll = self._readout_em(logits, region, x[0], means, covariances,
-                                                           None if weight is None else weight[0])
+            means, covariances, nk, nll = readout_em(logits, region, x[0], means, covariances,
+                                                     None if weight is None else weight[0], iterations=self.readout_em,
+                                                     covariance_type=self.covariance_type_,
+                                                     reg_covar=self.reg_covar, mixture=self._mixture)
         given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
         self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
         self.means_ = means.cpu().numpy()
@@ -598,8 +606,13 @@ class DeepGMM(ParamsMixin):
         x = low.unsqueeze(0)  # (1, C, *grid)
         self.network_.check_input(tuple(x.shape))
         dev = next(self.network_.parameters()).device
+        patch = getattr(self, "patch_size_", None)
         with torch.no_grad():
-            logits = upsample(self.network_(x.to(dev)), scale, tuple(full.shape[1:]))[0]
+            if patch is None:
+                logits = upsample(self.network_(x.to(dev)), scale, tuple(full.shape[1:]))[0]
+            else:  # tile by tile, as the fit read out
+                size = tuple(min(p, int(n)) for p, n in zip(patch, full.shape[1:]))
+                logits = tiled_logits(self.network_, x.to(dev), size, cfg.out_channels)[0]
         given = ()
         if scale > 1:
             given = (full.to(dev), torch.as_tensor(self.means_), torch.as_tensor(self.covariances_))

@@ -21,10 +21,18 @@ import torch
 from torch import Tensor, nn
 
 from ..choices import MIXTURES
-from ..likelihood import COVARIANCE_TYPES, log_gaussian, log_posteriors, m_step, mixture_nll
+from ..likelihood import (
+    COVARIANCE_TYPES,
+    log_gaussian,
+    log_posteriors,
+    m_step,
+    mixture_nll,
+    params_from_moments,
+    weighted_moments,
+)
 from .regularizers import RegContext, Regularizer
 
-__all__ = ["MIXTURES", "MixtureFit", "mixture_fit_from_soft_labels", "DeepMixtureLoss", "LossOutput"]
+__all__ = ["MIXTURES", "MixtureFit", "Rest", "mixture_fit_from_soft_labels", "DeepMixtureLoss", "LossOutput"]
 
 
 
@@ -43,6 +51,20 @@ class MixtureFit:
     nk: Tensor
 
 
+@dataclass
+class Rest:
+    """The pixels of an image outside the batch's patch, for a patch step at full resolution
+    (:mod:`deepgmm.deep.patches`): the sums of their moments about ``shift`` ``(K, C)`` (``nk`` ``(K,)``,
+    ``s1`` ``(K, C)``, ``s2`` ``(K, C)`` or ``(K, C, C)``, no graph) and ``n_region``, the weight of
+    the whole image's mask (patch included), for deepG's ``pi_k = nk / n_region``."""
+
+    nk: Tensor
+    s1: Tensor
+    s2: Tensor
+    shift: Tensor
+    n_region: float
+
+
 def mixture_fit_from_soft_labels(
     x: Tensor,
     log_w: Tensor,
@@ -51,6 +73,7 @@ def mixture_fit_from_soft_labels(
     mixture: str = "svgmm",
     covariance_type: str = "diag",
     reg_covar: float = 1e-6,
+    rest: Rest | None = None,
 ) -> MixtureFit:
     """Closed-form M-step from soft labels, then the NLL of the masked pixels.
 
@@ -61,6 +84,8 @@ def mixture_fit_from_soft_labels(
     mask : ``(B, N)`` 0/1, or weights >= 0 (pixel n counts ``mask[n]`` times in the M-step and the
         NLL), optional (default: all pixels)
     mixture : "gmm" (deepG) or "svgmm" (deepSVG)
+    rest : the moments of the image's other pixels (a patch step, ``B = 1``): the M-step is that of
+        the whole image, with the batch's pixels live in the graph; the NLL is the batch's pixels'
     """
     if mixture not in MIXTURES:
         raise ValueError(f"mixture must be 'gmm' or 'svgmm', got {mixture!r}")
@@ -72,6 +97,18 @@ def mixture_fit_from_soft_labels(
     n_region = mask.sum(-1).clamp_min(torch.finfo(x.dtype).tiny)  # (B,); weights may sum to less than 1
     inside = mask.unsqueeze(-1) > 0
     x = torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))  # no Inf/NaN can leak in
+    if rest is not None:
+        w = log_w.exp() * mask.unsqueeze(-1)
+        shift = rest.shift.to(x.dtype)
+        nk, s1, s2 = weighted_moments(x, w, covariance_type, shift)
+        nk, s1, s2 = nk + rest.nk.to(x.dtype), s1 + rest.s1.to(x.dtype), s2 + rest.s2.to(x.dtype)
+        means, covariances = params_from_moments(nk, s1, s2, covariance_type, reg_covar, shift)
+        if mixture == "gmm":
+            log_weights = torch.log(nk / rest.n_region + torch.finfo(x.dtype).tiny)
+        else:
+            log_weights = log_w
+        nll = mixture_nll(log_gaussian(x, means, covariances, covariance_type), log_weights, mask)
+        return MixtureFit(nll, means, covariances, log_weights, nk)
     # centre on the region's mean (a constant): the moment-based M-step stays accurate far from 0
     centre = ((x * mask.unsqueeze(-1)).sum(-2) / n_region.unsqueeze(-1)).detach()  # (B, C)
     xc = torch.where(inside, x - centre.unsqueeze(-2), torch.zeros((), dtype=x.dtype, device=x.device))
@@ -117,11 +154,13 @@ class DeepMixtureLoss(nn.Module):
         self.regularizers = list(regularizers)
 
     def forward(self, image: Tensor, logits: Tensor, mask: Tensor | None = None,
-                scaling: tuple[Tensor, Tensor] | None = None, weight: Tensor | None = None) -> LossOutput:
+                scaling: tuple[Tensor, Tensor] | None = None, weight: Tensor | None = None,
+                rest: Rest | None = None) -> LossOutput:
         """image ``(B, C, *spatial)``, logits ``(B, K, *spatial)``, mask ``(B, *spatial)`` (optional);
         scaling: each sample's z-score ``(shift, scale)``, both ``(B, C)``, for regularisers given in
         image units (optional); weight ``(B, *spatial)`` >= 0 (optional): pixel n counts ``weight[n]``
-        times in the M-step and the NLL (the regularisers see the mask alone)."""
+        times in the M-step and the NLL (the regularisers see the mask alone); rest: the moments of the
+        image's pixels outside this patch (:class:`Rest`, ``B = 1``)."""
         if image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
             raise ValueError(
                 f"image {tuple(image.shape)} and logits {tuple(logits.shape)} must share batch and spatial sizes"
@@ -136,7 +175,8 @@ class DeepMixtureLoss(nn.Module):
             w = weight.reshape(B, -1).to(image.dtype)
             m = w if m is None else m.to(image.dtype) * w
         fit = mixture_fit_from_soft_labels(x, log_w, m, mixture=self.mixture,
-                                           covariance_type=self.covariance_type, reg_covar=self.reg_covar)
+                                           covariance_type=self.covariance_type, reg_covar=self.reg_covar,
+                                           rest=rest)
         total = fit.nll
         terms: dict[str, Tensor] = {}
         if self.regularizers:

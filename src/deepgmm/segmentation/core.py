@@ -200,8 +200,9 @@ def _check_memory(img: torch.Tensor, region: torch.Tensor, n_pix: int, n_compone
                f"the fitted window)" if extra else "")
         hint = "crop the image, use a smaller mask or fewer classes (n_components)"
         if extra:
-            hint = ("crop the image or use a smaller mask; the network's part shrinks with a larger fit_scale, a "
-                    "smaller crop_margin, a smaller network (network='tiny') or fewer classes (n_components)")
+            hint = ("crop the image or use a smaller mask; the network's part shrinks with a smaller patch_size, a "
+                    "larger fit_scale, a smaller crop_margin, a smaller network (network='tiny') or fewer classes "
+                    "(n_components)")
         raise ValueError(
             f"segment needs about {memory.format_bytes(need + extra)} of memory for this image{own} ({img.shape[0]} "
             f"channel(s) of {shape} pixels, {n_pix} in the mask, n_components={n_components}, method {method!r}) "

@@ -93,7 +93,9 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     ``fit_scale > 1`` the read-out at full resolution comes after the training graph is freed: the
     interpolated logits, the loss without gradients and the posteriors on the window, counted as the
     larger of the two phases; with ``fit_loss="full"`` the steps' loss is at full resolution too (with
-    the upsampled logits and their gradient). Zero on a GPU: the check compares with host memory."""
+    the upsampled logits and their gradient). On patches (``patch_size``): the steps' part on one patch,
+    the read-out's loss on the window, and the window's cached soft labels and tiled logits. Zero on a
+    GPU: the check compares with host memory."""
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
         regs = est._validate()
@@ -107,7 +109,8 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
                              out_channels=est.n_components)
     except (ValueError, TypeError):  # bad settings: fit() reports them by name
         return 0
-    scale = est._resolve_scale(shape)
+    patch = est._resolve_patch(shape)
+    scale = 1 if patch is not None else est._resolve_scale(shape)
     grid = tuple(-(-n // scale) for n in shape)
     K, C, item = est.n_components, image.shape[0], image.element_size()
     smooths = any(isinstance(r, SmoothedPosterior) for r in regs)
@@ -116,6 +119,9 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
         return 12 * (K + C) * n * item + (8 * (K + 1) * n * item if smooths else 0)
 
     n_full = math.prod(shape)
+    if patch is not None:  # the steps on a patch; the read-out's loss on the window, the cached soft labels
+        train = activation_bytes(cfg, patch, itemsize=network_item) + loss_bytes(math.prod(patch))
+        return max(train, loss_bytes(n_full)) + 2 * K * n_full * item + parameter_bytes(cfg)
     if scale > 1 and est.fit_loss == "full":  # the steps' loss at full resolution, through the upsampled logits
         train = activation_bytes(cfg, grid, itemsize=network_item) + loss_bytes(n_full) + 2 * K * n_full * item
     else:

@@ -1,0 +1,45 @@
+"""At what resolution a deep fit runs (:class:`deepgmm.deep.estimator.DeepGMM`): the automatic block size
+of ``fit_scale="auto"`` and the default step limits (docs/deep.md, "Volumes and large images")."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+__all__ = ["FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D", "MAX_STEPS", "SCALED_MAX_STEPS", "PATCH_MAX_STEPS",
+           "auto_fit_scale"]
+
+FIT_VOXELS = 65536
+"""``fit_scale="auto"`` for a volume: the most voxels the network is fitted on (docs/deep.md, "Volumes and
+large images")."""
+FULL_PIXELS_2D = 25600
+"""``fit_scale="auto"`` for a 2D window: up to this many pixels (160x160, the MyoPS slices on which the
+deep defaults were chosen) it is fitted as it is."""
+FIT_PIXELS_2D = 16384
+"""``fit_scale="auto"`` for a 2D window above :data:`FULL_PIXELS_2D` pixels: the most pixels of its grid
+(128x128; a 481x321 photograph is fitted at ``s = 4``, chosen on BSDS500 train: docs/deep.md)."""
+MAX_STEPS = 200
+"""``max_steps=None``: the most NLL steps of a fit at full resolution."""
+SCALED_MAX_STEPS = 40
+"""``max_steps=None``: the most NLL steps of a fit on a coarser grid (``fit_scale_ > 1``)."""
+PATCH_MAX_STEPS = 10
+"""``max_steps=None``: the NLL steps of a fit on patches (``patch_size``; it takes them all: a patch's NLL
+is no convergence test)."""
+
+
+def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:
+    """The block size ``fit_scale="auto"`` picks for a window of spatial ``shape``: the smallest
+    integer ``s >= 1`` whose grid ``ceil(shape / s)`` has at most ``max_voxels`` pixels. ``max_voxels``
+    None: :data:`FIT_VOXELS` for a volume; for a 2D window 1 up to :data:`FULL_PIXELS_2D` pixels, else
+    the smallest ``s`` whose grid has at most :data:`FIT_PIXELS_2D`."""
+    if max_voxels is None:
+        if len(shape) != 2:
+            max_voxels = FIT_VOXELS
+        elif math.prod(int(n) for n in shape) <= FULL_PIXELS_2D:
+            return 1
+        else:
+            max_voxels = FIT_PIXELS_2D
+    s = 1
+    while math.prod(-(-int(n) // s) for n in shape) > max_voxels:
+        s += 1
+    return s
