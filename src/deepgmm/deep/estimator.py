@@ -520,10 +520,11 @@ class DeepGMM(ParamsMixin):
         self.em_model_ = est
         return target.unsqueeze(0)
 
-    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress, seed: int,
-                region: Tensor, patch: tuple[int, ...] | None) -> None:
+    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress, seed: int = 0,
+                region: Tensor | None = None, patch: tuple[int, ...] | None = None) -> None:
         """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask ``m`` ``(1, *spatial)``; with
-        ``patch``, each step on a random patch centred on a pixel of ``region`` ``(*spatial)``."""
+        ``patch``, each step on a random patch (drawn with ``seed``) centred on a pixel of ``region``
+        ``(*spatial)``."""
         if self.pretrain_steps == 0:
             return
         opt = AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
