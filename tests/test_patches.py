@@ -306,3 +306,61 @@ def test_cli_patch_size_reaches_the_fit(tmp_path, capsys):
                 "cannot be combined with --fit-scale 2")
     check_error(capsys, ["segment", str(tmp_path / "x.nii.gz"), "-k", "2", "--method", "gmm", "--patch-size", "16",
                          "--out", str(tmp_path / "e3")], "--patch-size")
+
+
+# ---------------------------------------------------------------- window statistics
+def test_window_statistics_average_the_patches_then_follow_them():
+    from deepgmm.deep.patches import STATS_MOMENTUM, updating_statistics, use_window_statistics
+    from deepgmm.deep.unet import UNet
+
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, features=(8, 16))
+    use_window_statistics(net)
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d))
+    seen = []
+    first.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().double()), prepend=True)
+    gen = torch.Generator().manual_seed(0)
+    n = int(1 / STATS_MOMENTUM) + 5
+    for i in range(n):
+        with updating_statistics(net):
+            net(torch.randn(1, 1, 16, 16, 16, generator=gen) + i)
+    net(torch.randn(1, 1, 16, 16, 16))  # outside the context: no update
+    assert len(seen) == n + 1
+    means = [s.mean((0, 2, 3, 4)) for s in seen[:n]]
+    squares = [(s * s).mean((0, 2, 3, 4)) for s in seen[:n]]
+    k = int(1 / STATS_MOMENTUM)
+    want_mean, want_square = sum(means[:k]) / k, sum(squares[:k]) / k  # the plain average first
+    for mu, sq in zip(means[k:], squares[k:]):  # then exponential
+        want_mean = want_mean + STATS_MOMENTUM * (mu - want_mean)
+        want_square = want_square + STATS_MOMENTUM * (sq - want_square)
+    torch.testing.assert_close(first.running_mean.double(), want_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(first.running_var.double(), want_square - want_mean ** 2, rtol=1e-4, atol=1e-4)
+    # a restart forgets them: one more pass gives that pass's own statistics
+    x = torch.randn(1, 1, 16, 16, 16) * 3 + 7
+    with updating_statistics(net, restart=True):
+        net(x)
+    torch.testing.assert_close(first.running_mean.double(), seen[-1].mean((0, 2, 3, 4)), rtol=1e-5, atol=1e-5)
+
+
+def test_with_window_statistics_a_tile_gives_the_whole_window_s_logits_inside_it():
+    """Normalised with the window's statistics, the network on a tile computes what it computes on the
+    whole window, away from the tile's border (where the convolutions' zero padding differs); with each
+    input's own statistics (plain instance norm) a tile of one level loses that level."""
+    from deepgmm.deep.patches import updating_statistics, use_window_statistics
+    from deepgmm.deep.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, features=(8, 16))
+    x = torch.randn(1, 1, 40, 40, 40)
+    x[:, :, :20] += 4.0
+    tile = (slice(None), slice(None), slice(0, 32), slice(4, 36), slice(8, 40))  # even starts: the pooling's grid
+    level = (slice(None), slice(None), slice(0, 16), slice(0, 16), slice(0, 16))  # inside the +4 level
+    with torch.no_grad():
+        plain_whole, plain_level = net(x), net(x[level])
+        use_window_statistics(net)
+        with updating_statistics(net):
+            net(x)  # the first pass: the window's own statistics
+        whole, part = net(x), net(x[tile])
+    torch.testing.assert_close(whole, plain_whole)  # the whole window: plain instance norm
+    torch.testing.assert_close(part[..., 12:20, 12:20, 12:20], whole[..., 12:20, 16:24, 20:28])
+    inner = (slice(None), slice(None), slice(6, 10), slice(6, 10), slice(6, 10))
+    assert not torch.allclose(plain_level[inner], plain_whole[level][inner], atol=1e-2)
