@@ -84,30 +84,27 @@ def _file_list(text: str) -> list[str]:
     return names
 
 
-def parse_patch_size(text: str) -> int | None:
-    """``--patch-size``: ``none`` or a patch edge ``p >= 8`` in pixels."""
-    if text == "none":
-        return None
+def _word_or_whole(text: str, word: str, word_value: Any, minimum: int) -> Any:
+    """``word`` (giving ``word_value``) or a whole number >= ``minimum``, else an argparse error."""
+    if text == word:
+        return word_value
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 8:
-        raise argparse.ArgumentTypeError(f"expected none or a whole number >= 8, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {word} or a whole number >= {minimum}, got {text!r}")
     return value
+
+
+def parse_patch_size(text: str) -> int | None:
+    """``--patch-size``: ``none`` or a patch edge ``p >= 8`` in pixels."""
+    return _word_or_whole(text, "none", None, 8)
 
 
 def parse_fit_scale(text: str) -> int | str:
     """``--fit-scale``: ``auto`` or a block size ``s >= 1`` (1: fit at full resolution)."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}")
-    return value
+    return _word_or_whole(text, "auto", "auto", 1)
 
 
 def _counts(text: str) -> list[int]:
