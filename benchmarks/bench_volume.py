@@ -142,7 +142,8 @@ def _dice(rec: dict) -> str:
 
 
 def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
-    print("\n| subject | window | fit (patches or fit_scale), precision | deepSVG s (CPU s) | steps | peak RSS GiB (estimate) | GMM s (CPU s) "
+    print("\n| subject | window | fit (patches or fit_scale), precision | deepSVG s (CPU s) | steps "
+          "| peak RSS GiB (estimate) | GMM s (CPU s) "
           "| deepSVG/GMM (CPU) | Dice CSF / GM / WM | full-resolution Dice | difference (mean) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:

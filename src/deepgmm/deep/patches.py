@@ -36,9 +36,10 @@ Moments = tuple[Tensor, Tensor, Tensor]
 
 
 def use_window_statistics(net: nn.Module) -> None:
-    """Make the instance norms of ``net`` normalise with statistics of the whole window instead of their
-    input's: each keeps running means of its input's per-channel mean and mean square over the patches
-    that pass :func:`updating_statistics` (the plain average of the first ``1 / STATS_MOMENTUM``, then an
+    """Make the instance norms of ``net`` (the U-Net's default; other norms are left as they are)
+    normalise with statistics of the whole window instead of their input's: each keeps running means
+    of its input's per-channel mean and mean square over the patches that pass
+    :func:`updating_statistics` (the plain average of the first ``1 / STATS_MOMENTUM``, then an
     exponential one), and normalises with them, in training as in the read-out. A patch that holds one
     tissue only would otherwise be normalised to zero mean, and the network could not tell which."""
     for mod in net.modules():
@@ -209,7 +210,8 @@ def patch_steps(net: Callable[[Tensor], Tensor], params: Any, x: Tensor, weight:
     """``steps`` NLL steps of the network ``net`` (parameters ``params``) on random patches of ``size``
     centred on pixels of ``region`` ``(*S)``: each step's M-step covers the whole window (the patch
     live, the rest from a :class:`MomentCache`), its loss the patch's pixels. ``x`` ``(1, C, *S)``,
-    ``weight`` ``(1, *S)`` each pixel's count (0 outside the mask); ``n_out`` the classes K. Returns the patches' NLLs;
+    ``weight`` ``(1, *S)`` each pixel's count (0 outside the mask); ``n_out`` the classes K. The window
+    statistics are re-estimated first (:func:`refresh_statistics`). Returns the patches' NLLs;
     ``on_step(nll)`` after each step. Raises ``ValueError`` on a non-finite NLL."""
     refresh_statistics(net, x, region, size, generator)
     cache = start_cache(net, x, weight[0], size, n_out, loss_fn.covariance_type, loss_fn.reg_covar)
