@@ -16,7 +16,7 @@ from deepgmm.cli.options import parse_patch_size
 from deepgmm.deep import DeepG, DeepSVG
 from deepgmm.deep.estimator import PATCH_MAX_STEPS
 from deepgmm.deep.losses import DeepMixtureLoss, Rest, mixture_fit_from_soft_labels
-from deepgmm.deep.patches import MomentCache, random_patch, tiled_logits, tiles
+from deepgmm.deep.patches import MomentCache, PatchSampler, tiled_logits, tiles
 from deepgmm.segmentation.methods import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,22 +28,22 @@ FAST = dict(network=TINY, max_steps=4, min_steps=0, pretrain_steps=2)
 # ---------------------------------------------------------------- patches and tiles
 @pytest.mark.parametrize("shape,size", [((30, 20, 25), (16, 16, 16)), ((30, 20, 25), (48, 48, 48)),
                                         ((40, 33), (12, 12))])
-def test_random_patch_lies_in_the_window_and_is_centred_on_the_region_where_it_can_be(shape, size):
+def test_random_patches_lie_in_the_window_and_are_centred_on_the_region_where_they_can_be(shape, size):
     rng = np.random.default_rng(0)
     region = torch.from_numpy(rng.random(shape) < 0.05)
-    gen = torch.Generator().manual_seed(3)
+    patches = PatchSampler(region, size, torch.Generator().manual_seed(3))
     for _ in range(50):
-        patch = random_patch(region, size, gen)
+        patch = patches()
         assert all(0 <= s.start < s.stop <= n for s, n in zip(patch, shape))
         assert tuple(s.stop - s.start for s in patch) == tuple(min(p, n) for p, n in zip(size, shape))
         assert bool(region[patch].any())  # its centre, or the clipped patch, holds a region pixel
 
 
-def test_random_patch_draws_every_region_pixel_as_centre():
+def test_random_patches_draw_every_region_pixel_as_centre():
     region = torch.zeros(9, 9, dtype=torch.bool)
     region[2, 3] = region[6, 7] = True
-    gen = torch.Generator().manual_seed(0)
-    seen = {tuple(s.start for s in random_patch(region, (3, 3), gen)) for _ in range(60)}
+    patches = PatchSampler(region, (3, 3), torch.Generator().manual_seed(0))
+    seen = {tuple(s.start for s in patches()) for _ in range(60)}
     assert seen == {(1, 2), (5, 6)}  # the two pixels, each at its patch's centre
 
 
@@ -98,7 +98,7 @@ def test_moment_cache_keeps_the_sums_of_every_pixel_through_updates(covariance_t
     patch = (slice(1, 4), slice(2, 7), slice(0, 3))
     new = torch.softmax(torch.from_numpy(rng.normal(size=(K, 3, 5, 3))), 0)
     rest = cache.rest(patch)
-    live = cache.live(patch, new)
+    live = MomentCache(x[(slice(None),) + patch], weight[patch], new, shift, covariance_type).totals  # the patch's
     cache.update(patch, new)
     want_probs = probs.clone()
     want_probs[(slice(None),) + patch] = new

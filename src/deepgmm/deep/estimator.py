@@ -52,8 +52,8 @@ from ..smoothing import as_sigmas, wants_smoothing
 from .grid import block_means, uncrop, upsample
 from .losses import DeepMixtureLoss
 from .patches import (
+    PatchSampler,
     patch_steps,
-    random_patch,
     refresh_statistics,
     tiled_logits,
     updating_statistics,
@@ -350,6 +350,10 @@ class DeepGMM(ParamsMixin):
         x = img_fit.to(dev).unsqueeze(0)  # (1, C, *spatial) on the fitted grid
         m = region_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
         w = None if weight is None else weight_fit.to(dev).unsqueeze(0).to(x.dtype)  # (1, *spatial)
+        mw = m if w is None else m * w  # each pixel's count in the M-step and the NLL
+
+        def sampler(stream: int) -> PatchSampler | None:  # the distillation's patches: 0; the NLL steps': 1
+            return None if patch is None else PatchSampler(region, patch, torch.Generator().manual_seed(seed + stream))
         loss_fn = DeepMixtureLoss(mixture=self._mixture, covariance_type=self.covariance_type_,
                                   reg_covar=self.reg_covar, regularizers=regs_fit)
 
@@ -361,7 +365,7 @@ class DeepGMM(ParamsMixin):
                 prior = next((r.mu_data.numpy() for r in regs if isinstance(r, MuPrior)), None)
                 target = self._em_posteriors(img, region, seed, prior, weight)  # (1, K, *window)
                 target = self._target_to_fit(target, region, scale).to(dev)  # (1, K, *spatial)
-                self._distil(net, x, m if w is None else m * w, target, bar, seed, region, patch)
+                self._distil(net, x, mw, target, bar, sampler(0))
 
             full_x = img.to(dev).unsqueeze(0) if scale > 1 else x  # (1, C, *window)
             full_m = region.to(dev).unsqueeze(0).to(x.dtype) if scale > 1 else m
@@ -370,19 +374,18 @@ class DeepGMM(ParamsMixin):
                 mixture=self._mixture, covariance_type=self.covariance_type_, reg_covar=self.reg_covar,
                 regularizers=regs)
             opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            if patch is not None:
-                gen = torch.Generator().manual_seed(seed + 1)
-                history = patch_steps(net, list(net.parameters()), x, m if w is None else m * w, region, loss_fn,
-                                      opt, n_out=self.n_components, size=patch, steps=max_steps,
-                                      grad_clip=self.grad_clip, generator=gen, on_step=lambda v: bar.step(nll=v))
+            patches = sampler(1)
+            if patches is not None:
+                history = patch_steps(net, x, mw, patches, loss_fn, opt, n_out=self.n_components, steps=max_steps,
+                                      grad_clip=self.grad_clip, on_step=lambda v: bar.step(nll=v))
                 n_iter, converged = len(history), False
             else:
                 steps = self._whole_steps(net, opt, x, m, w, loss_fn, read_loss, full_x, full_m, full_w, scale,
                                           max_steps, bar)
                 history, n_iter, converged = steps
 
-        if patch is not None:
-            refresh_statistics(net, x, region, patch, gen)
+        if patches is not None:
+            refresh_statistics(net, x, patches)
             with torch.no_grad():
                 logits = tiled_logits(net, x, patch, self.n_components)  # (1, K, *window)
                 out = read_loss(x, logits, m, weight=w)
@@ -520,22 +523,20 @@ class DeepGMM(ParamsMixin):
         self.em_model_ = est
         return target.unsqueeze(0)
 
-    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress, seed: int = 0,
-                region: Tensor | None = None, patch: tuple[int, ...] | None = None) -> None:
+    def _distil(self, net: UNet, x: Tensor, m: Tensor, target: Tensor, bar: Progress,
+                patches: PatchSampler | None = None) -> None:
         """Soft cross-entropy to ``target`` ``(1, K, *spatial)`` over the mask ``m`` ``(1, *spatial)``; with
-        ``patch``, each step on a random patch (drawn with ``seed``) centred on a pixel of ``region``
-        ``(*spatial)``."""
+        ``patches``, each step on one of its random patches."""
         if self.pretrain_steps == 0:
             return
         opt = AdamW(net.parameters(), lr=self.pretrain_lr, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(seed)
         x_all, m_all, t_all = x, m, target
         for _ in range(self.pretrain_steps):
-            if patch is not None:
-                sl = (slice(None), slice(None)) + random_patch(region, patch, gen)
+            if patches is not None:
+                sl = (slice(None), slice(None)) + patches()
                 x, m, target = x_all[sl], m_all[(slice(None),) + sl[2:]], t_all[sl]
             denom = m.sum().clamp_min(torch.finfo(m.dtype).tiny)
-            with updating_statistics(net) if patch is not None else contextlib.nullcontext():
+            with updating_statistics(net) if patches is not None else contextlib.nullcontext():
                 logp = torch.log_softmax(net(x), dim=1)
             loss = -((target * logp).sum(1) * m).sum() / denom
             opt.zero_grad(set_to_none=True)

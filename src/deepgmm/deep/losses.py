@@ -97,29 +97,23 @@ def mixture_fit_from_soft_labels(
     n_region = mask.sum(-1).clamp_min(torch.finfo(x.dtype).tiny)  # (B,); weights may sum to less than 1
     inside = mask.unsqueeze(-1) > 0
     x = torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device))  # no Inf/NaN can leak in
-    if rest is not None:
-        w = log_w.exp() * mask.unsqueeze(-1)
+    w = log_w.exp() * mask.unsqueeze(-1)
+    if rest is None:
+        # centre on the region's mean (a constant): the moment-based M-step stays accurate far from 0
+        centre = ((x * mask.unsqueeze(-1)).sum(-2) / n_region.unsqueeze(-1)).detach()  # (B, C)
+        x = torch.where(inside, x - centre.unsqueeze(-2), torch.zeros((), dtype=x.dtype, device=x.device))
+        nk, means, covariances = m_step(x, w, covariance_type, reg_covar)
+        n_total = n_region.unsqueeze(-1)
+    else:  # the whole image's moments: the patch's live, the others' from ``rest``; x is not centred
+        centre = None
         shift = rest.shift.to(x.dtype)
         nk, s1, s2 = weighted_moments(x, w, covariance_type, shift)
         nk, s1, s2 = nk + rest.nk.to(x.dtype), s1 + rest.s1.to(x.dtype), s2 + rest.s2.to(x.dtype)
         means, covariances = params_from_moments(nk, s1, s2, covariance_type, reg_covar, shift)
-        if mixture == "gmm":
-            log_weights = torch.log(nk / rest.n_region + torch.finfo(x.dtype).tiny)
-        else:
-            log_weights = log_w
-        nll = mixture_nll(log_gaussian(x, means, covariances, covariance_type), log_weights, mask)
-        return MixtureFit(nll, means, covariances, log_weights, nk)
-    # centre on the region's mean (a constant): the moment-based M-step stays accurate far from 0
-    centre = ((x * mask.unsqueeze(-1)).sum(-2) / n_region.unsqueeze(-1)).detach()  # (B, C)
-    xc = torch.where(inside, x - centre.unsqueeze(-2), torch.zeros((), dtype=x.dtype, device=x.device))
-    w = log_w.exp() * mask.unsqueeze(-1)
-    ms = m_step(xc, w, covariance_type, reg_covar)
-    if mixture == "gmm":
-        log_weights = torch.log(ms.nk / n_region.unsqueeze(-1) + torch.finfo(x.dtype).tiny)
-    else:
-        log_weights = log_w
-    nll = mixture_nll(log_gaussian(xc, ms.means, ms.covariances, covariance_type), log_weights, mask)
-    return MixtureFit(nll, ms.means + centre.unsqueeze(-2), ms.covariances, log_weights, ms.nk)
+        n_total = rest.n_region
+    log_weights = torch.log(nk / n_total + torch.finfo(x.dtype).tiny) if mixture == "gmm" else log_w
+    nll = mixture_nll(log_gaussian(x, means, covariances, covariance_type), log_weights, mask)
+    return MixtureFit(nll, means if centre is None else means + centre.unsqueeze(-2), covariances, log_weights, nk)
 
 
 @dataclass

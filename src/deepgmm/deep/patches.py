@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..likelihood import params_from_moments, weighted_moments
 from .losses import DeepMixtureLoss, Rest
 
-__all__ = ["Moments", "MomentCache", "random_patch", "tiles", "tiled_logits", "start_cache", "patch_steps",
+__all__ = ["Moments", "MomentCache", "PatchSampler", "tiles", "tiled_logits", "start_cache", "patch_steps",
            "STATS_MOMENTUM", "REFRESH_PATCHES", "use_window_statistics", "updating_statistics", "refresh_statistics"]
 
 STATS_MOMENTUM = 0.1
@@ -71,13 +71,12 @@ def updating_statistics(net: nn.Module, restart: bool = False) -> Iterator[None]
             m.updating = False
 
 
-def refresh_statistics(net: nn.Module, x: Tensor, region: Tensor, size: Sequence[int],
-                       generator: torch.Generator) -> None:
+def refresh_statistics(net: nn.Module, x: Tensor, patches: PatchSampler) -> None:
     """Replace the window statistics of ``net`` by the plain average over :data:`REFRESH_PATCHES` random
-    patches of ``x`` ``(1, C, *S)`` centred on pixels of ``region`` ``(*S)`` (the network as it is now)."""
+    patches of ``x`` ``(1, C, *S)`` (the network as it is now)."""
     with torch.no_grad(), updating_statistics(net, restart=True):
         for _ in range(REFRESH_PATCHES):
-            net(x[(slice(None), slice(None)) + random_patch(region, size, generator)])
+            net(x[(slice(None), slice(None)) + patches()])
 
 
 def _update_statistics(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -93,22 +92,22 @@ def _update_statistics(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
         mod.running_var.copy_((mod.running_square - mod.running_mean ** 2).clamp_min(0.0))
 
 
-def random_patch(region: Tensor, size: Sequence[int], generator: torch.Generator) -> tuple[slice, ...]:
-    """A patch of ``size`` (clipped to the window ``region.shape``) centred, as far as the window's
-    borders allow, on a pixel of ``region`` ``(*S)`` drawn uniformly with ``generator``."""
-    inside = region.reshape(-1).nonzero()[:, 0]
-    flat = int(inside[int(torch.randint(len(inside), (1,), generator=generator))])
-    centre = []
-    for n in reversed(region.shape):
-        centre.append(flat % n)
-        flat //= n
-    centre.reverse()
-    out = []
-    for c, n, p in zip(centre, region.shape, size):
-        p = min(int(p), int(n))
-        start = min(max(c - p // 2, 0), n - p)
-        out.append(slice(start, start + p))
-    return tuple(out)
+class PatchSampler:
+    """Random patches of ``size`` (clipped to the window ``region.shape``), each centred, as far as the
+    window's borders allow, on a pixel of ``region`` ``(*S)`` drawn uniformly with ``generator``; the
+    region's pixels are listed once."""
+
+    def __init__(self, region: Tensor, size: Sequence[int], generator: torch.Generator) -> None:
+        self.shape = tuple(int(n) for n in region.shape)
+        self.size = tuple(min(int(p), n) for p, n in zip(size, self.shape))
+        self.generator = generator
+        self._inside = region.reshape(-1).nonzero()[:, 0]  # (N,) flat indices
+
+    def __call__(self) -> tuple[slice, ...]:
+        flat = self._inside[int(torch.randint(len(self._inside), (1,), generator=self.generator))]
+        centre = torch.unravel_index(flat, self.shape)
+        starts = (min(max(int(c) - p // 2, 0), n - p) for c, p, n in zip(centre, self.size, self.shape))
+        return tuple(slice(s, s + p) for s, p in zip(starts, self.size))
 
 
 def tiles(shape: Sequence[int], size: Sequence[int], overlap: float = 0.25) -> list[tuple[slice, ...]]:
@@ -177,11 +176,6 @@ class MomentCache:
             cached = self._moments(patch, self.probs[(slice(None),) + patch])
             return tuple((t - c.double()).to(self.x.dtype) for t, c in zip(self.totals, cached))
 
-    def live(self, patch: tuple[slice, ...], probs: Tensor) -> Moments:
-        """The sums over the pixels of ``patch`` with the soft labels ``probs`` ``(K, *patch)`` (keeps
-        their graph)."""
-        return self._moments(patch, probs)
-
     def update(self, patch: tuple[slice, ...], probs: Tensor) -> None:
         """Store ``probs`` ``(K, *patch)`` as the patch's soft labels and adjust the sums."""
         with torch.no_grad():
@@ -204,21 +198,21 @@ def start_cache(net: Callable[[Tensor], Tensor], x: Tensor, weight: Tensor, size
     return MomentCache(x[0], weight, probs, means.to(x.dtype), covariance_type)
 
 
-def patch_steps(net: Callable[[Tensor], Tensor], params: Any, x: Tensor, weight: Tensor, region: Tensor,
-                loss_fn: DeepMixtureLoss, optimizer: Any, *, n_out: int, size: Sequence[int], steps: int,
-                grad_clip: float, generator: torch.Generator, on_step: Callable[[float], None]) -> list[float]:
-    """``steps`` NLL steps of the network ``net`` (parameters ``params``) on random patches of ``size``
-    centred on pixels of ``region`` ``(*S)``: each step's M-step covers the whole window (the patch
-    live, the rest from a :class:`MomentCache`), its loss the patch's pixels. ``x`` ``(1, C, *S)``,
-    ``weight`` ``(1, *S)`` each pixel's count (0 outside the mask); ``n_out`` the classes K. The window
-    statistics are re-estimated first (:func:`refresh_statistics`). Returns the patches' NLLs;
-    ``on_step(nll)`` after each step. Raises ``ValueError`` on a non-finite NLL."""
-    refresh_statistics(net, x, region, size, generator)
-    cache = start_cache(net, x, weight[0], size, n_out, loss_fn.covariance_type, loss_fn.reg_covar)
+def patch_steps(net: nn.Module, x: Tensor, weight: Tensor, patches: PatchSampler, loss_fn: DeepMixtureLoss,
+                optimizer: Any, *, n_out: int, steps: int, grad_clip: float,
+                on_step: Callable[[float], None]) -> list[float]:
+    """``steps`` NLL steps of the network ``net`` on random patches (``patches``): each step's M-step
+    covers the whole window (the patch live, the rest from a :class:`MomentCache`), its loss the patch's
+    pixels. ``x`` ``(1, C, *S)``, ``weight`` ``(1, *S)`` each pixel's count (0 outside the mask); ``n_out``
+    the classes K. The window statistics are re-estimated first (:func:`refresh_statistics`). Returns
+    the patches' NLLs; ``on_step(nll)`` after each step. Raises ``ValueError`` on a non-finite NLL."""
+    refresh_statistics(net, x, patches)
+    cache = start_cache(net, x, weight[0], patches.size, n_out, loss_fn.covariance_type, loss_fn.reg_covar)
     n_region = float(weight.sum())
+    params = list(net.parameters())
     history: list[float] = []
     for step in range(1, steps + 1):
-        patch = random_patch(region, size, generator)
+        patch = patches()
         sl = (slice(None), slice(None)) + patch
         with updating_statistics(net):
             logits = net(x[sl])  # (1, K, *patch)
