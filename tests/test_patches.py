@@ -4,6 +4,7 @@ whole image's, the estimator's fit and read-out, the ``"auto"`` rule, the memory
 """
 
 import argparse
+import logging
 import math
 
 import numpy as np
@@ -193,6 +194,24 @@ def test_a_fit_on_patches_reads_out_at_full_resolution(cls):
     np.testing.assert_array_equal(est.predict(img, mask), est.labels_)
 
 
+def test_the_tiled_passes_of_a_fit_and_of_predict_log_their_progress(monkeypatch, caplog):
+    """The passes over the window's tiles (the cache's start, the read-out, predict) log lines as the steps do."""
+    monkeypatch.setenv("DEEPGMM_PROGRESS_SECONDS", "0")  # a line at every tile
+    img, mask = two_region_volume()
+    with caplog.at_level(logging.INFO, logger="deepgmm"):
+        est = DeepSVG(n_components=2, patch_size=16, **FAST).fit(img, mask)
+        est.predict(img, mask)
+    n_tiles = len(tiles([s.stop - s.start for s in est.window_], (16, 16, 16)))
+    assert n_tiles > 1
+    lines = [r.getMessage() for r in caplog.records]
+    for what in ("soft labels of the window", "read-out", "predict"):
+        mine = [t for t in lines if t.startswith(f"DeepSVG {what}: ")]
+        assert len(mine) == n_tiles + 1, (what, lines)  # one line a tile, then the last
+        assert mine[0].startswith(f"DeepSVG {what}: tile 1/{n_tiles}") and f"done, tile {n_tiles}/{n_tiles}" in mine[-1]
+    steps = [t for t in lines if t.startswith("DeepSVG: step")]
+    assert steps and lines.index(steps[0]) < lines.index(next(t for t in lines if "read-out: tile 1/" in t))
+
+
 def test_a_fit_on_patches_is_reproducible_and_depends_on_the_seed():
     img, mask = two_region_volume()
     a = DeepSVG(n_components=2, patch_size=16, random_state=5, **FAST).fit(img, mask)
@@ -298,8 +317,12 @@ def test_cli_patch_size_reaches_the_fit(tmp_path, capsys):
     for flag, want in (("16", 16), ("none", None)):
         out = tmp_path / f"r{flag}"
         assert main(base + ["--patch-size", flag, "--out", str(out)]) == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
         summary = json.loads((out / "summary.json").read_text())
         assert summary["settings"]["patch_size"] == want
+        # a fit on patches takes its steps without a convergence test, and says so
+        assert ("fixed steps on patches" in printed) == (want is not None) and ("not converged" in printed) != (
+            want is not None), printed
         assert nib.load(out / "labels.nii.gz").shape == mask.shape
     check_error(capsys, base + ["--patch-size", "4", "--out", str(tmp_path / "e1")], "--patch-size")
     check_error(capsys, base + ["--patch-size", "16", "--fit-scale", "2", "--out", str(tmp_path / "e2")],

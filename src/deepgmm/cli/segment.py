@@ -178,8 +178,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                          spacing=image.voxel_sizes if image.ndim == 3 else None, n_classes=seg.n_components,
                          title=f"{args.method}, K={seg.n_components}: {', '.join(p.name for p in image.paths)}")
         dio.save_json(folder / SUMMARY_FILE, summary)
-    print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), "
-          f"{'converged' if seg.converged else 'not converged'}, {seg.seconds:.2f} s")
+    on_patches = getattr(seg.model, "patch_size_", None) is not None  # a fixed number of steps, no tol test
+    state = "converged" if seg.converged else "fixed steps on patches" if on_patches else "not converged"
+    print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), {state}, "
+          f"{seg.seconds:.2f} s")
     if photo:
         names = ", ".join(seg.settings["features"]["channels"])
         print(f"fitted a photograph's features ({names}); --features channels fits the channels as given")

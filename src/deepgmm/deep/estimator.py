@@ -55,6 +55,8 @@ from .patches import (
     PatchSampler,
     patch_steps,
     refresh_statistics,
+    start_cache,
+    tile_progress,
     tiled_logits,
     updating_statistics,
     use_window_statistics,
@@ -376,7 +378,11 @@ class DeepGMM(ParamsMixin):
             opt = AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             patches = sampler(1)
             if patches is not None:
-                history = patch_steps(net, x, mw, patches, loss_fn, opt, n_out=self.n_components, steps=max_steps,
+                refresh_statistics(net, x, patches)
+                with self._tiles(spatial, patch, "soft labels of the window") as tiles_done:
+                    cache = start_cache(net, x, mw[0], patch, self.n_components, self.covariance_type_, self.reg_covar,
+                                        on_tile=tiles_done.step)
+                history = patch_steps(net, x, mw, patches, cache, loss_fn, opt, steps=max_steps,
                                       grad_clip=self.grad_clip, on_step=lambda v: bar.step(nll=v))
                 n_iter, converged = len(history), False
             else:
@@ -386,8 +392,8 @@ class DeepGMM(ParamsMixin):
 
         if patches is not None:
             refresh_statistics(net, x, patches)
-            with torch.no_grad():
-                logits = tiled_logits(net, x, patch, self.n_components)  # (1, K, *window)
+            with torch.no_grad(), self._tiles(spatial, patch, "read-out") as tiles_done:
+                logits = tiled_logits(net, x, patch, self.n_components, on_tile=tiles_done.step)  # (1, K, *window)
                 out = read_loss(x, logits, m, weight=w)
         else:
             logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale, full_w)  # (1, K, *window)
@@ -402,6 +408,10 @@ class DeepGMM(ParamsMixin):
         self.fit_seconds_ = time.perf_counter() - t0
         logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
         return self
+
+    def _tiles(self, shape: tuple[int, ...], size: tuple[int, ...], what: str) -> Progress:
+        """The progress of a pass over the tiles of a window of ``shape`` (a fit on patches)."""
+        return tile_progress(shape, size, f"{type(self).__name__} {what}", logger, bar=bool(self.progress))
 
     def _whole_steps(self, net: UNet, opt: Any, x: Tensor, m: Tensor, w: Tensor | None, loss_fn: DeepMixtureLoss,
                      read_loss: DeepMixtureLoss, full_x: Tensor, full_m: Tensor, full_w: Tensor | None, scale: int,
@@ -614,7 +624,8 @@ class DeepGMM(ParamsMixin):
                 logits = upsample(self.network_(x.to(dev)), scale, tuple(full.shape[1:]))[0]
             else:  # tile by tile, as the fit read out
                 size = tuple(min(p, int(n)) for p, n in zip(patch, full.shape[1:]))
-                logits = tiled_logits(self.network_, x.to(dev), size, cfg.out_channels)[0]
+                with self._tiles(tuple(full.shape[1:]), size, "predict") as tiles_done:
+                    logits = tiled_logits(self.network_, x.to(dev), size, cfg.out_channels, on_tile=tiles_done.step)[0]
         given = ()
         if scale > 1:
             given = (full.to(dev), torch.as_tensor(self.means_), torch.as_tensor(self.covariances_))

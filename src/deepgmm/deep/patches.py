@@ -13,6 +13,7 @@ a patch is a tuple of slices of ``*S``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Any, Callable, Iterator, Sequence
 
@@ -20,10 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from ..likelihood import params_from_moments, weighted_moments
+from ..progress import Progress
 from .losses import DeepMixtureLoss, Rest
 
-__all__ = ["Moments", "MomentCache", "PatchSampler", "tiles", "tiled_logits", "start_cache", "patch_steps",
-           "STATS_MOMENTUM", "REFRESH_PATCHES", "use_window_statistics", "updating_statistics", "refresh_statistics"]
+__all__ = ["Moments", "MomentCache", "PatchSampler", "tiles", "tiled_logits", "tile_progress", "start_cache",
+           "patch_steps", "STATS_MOMENTUM", "REFRESH_PATCHES", "use_window_statistics", "updating_statistics",
+           "refresh_statistics"]
 
 STATS_MOMENTUM = 0.1
 """How fast the window statistics of :func:`use_window_statistics` follow the patches (after the first
@@ -130,9 +133,9 @@ def tiles(shape: Sequence[int], size: Sequence[int], overlap: float = 0.25) -> l
 
 
 def tiled_logits(net: Callable[[Tensor], Tensor], x: Tensor, size: Sequence[int], n_out: int,
-                 overlap: float = 0.25) -> Tensor:
+                 overlap: float = 0.25, on_tile: Callable[[], None] | None = None) -> Tensor:
     """The network's logits ``(1, K, *S)`` on ``x`` ``(1, C, *S)``, run tile by tile (:func:`tiles`) and
-    averaged where tiles overlap. No gradient is kept."""
+    averaged where tiles overlap. No gradient is kept. ``on_tile()`` after each tile."""
     spatial = tuple(x.shape[2:])
     total = torch.zeros((1, n_out) + spatial, dtype=x.dtype, device=x.device)
     count = torch.zeros(spatial, dtype=x.dtype, device=x.device)
@@ -140,7 +143,17 @@ def tiled_logits(net: Callable[[Tensor], Tensor], x: Tensor, size: Sequence[int]
         for t in tiles(spatial, size, overlap):
             total[(slice(None), slice(None)) + t] += net(x[(slice(None), slice(None)) + t]).to(x.dtype)
             count[t] += 1
+            if on_tile is not None:
+                on_tile()
     return total / count
+
+
+def tile_progress(shape: Sequence[int], size: Sequence[int], desc: str, logger: logging.Logger | None, *,
+                  bar: bool) -> Progress:
+    """The :class:`deepgmm.progress.Progress` of a pass over the tiles of a window of ``shape``
+    (:func:`tiles`; its ``step`` is :func:`tiled_logits`' ``on_tile``): a bar if ``bar``, else a log
+    line every few seconds once the pass takes that long."""
+    return Progress(len(tiles(shape, size)), desc, logger, bar=bar, unit="tile", final=None, leave=False)
 
 
 class MomentCache:
@@ -187,10 +200,11 @@ class MomentCache:
 
 
 def start_cache(net: Callable[[Tensor], Tensor], x: Tensor, weight: Tensor, size: Sequence[int], n_out: int,
-                covariance_type: str, reg_covar: float) -> MomentCache:
+                covariance_type: str, reg_covar: float, on_tile: Callable[[], None] | None = None) -> MomentCache:
     """The :class:`MomentCache` of the network's soft labels on ``x`` ``(1, C, *S)`` (tiled), with the
-    moments taken about the means they imply (``weight`` ``(*S)``: each pixel's count, 0 outside the mask)."""
-    probs = torch.softmax(tiled_logits(net, x, size, n_out), 1)[0]  # (K, *S)
+    moments taken about the means they imply (``weight`` ``(*S)``: each pixel's count, 0 outside the mask).
+    ``on_tile()`` after each tile."""
+    probs = torch.softmax(tiled_logits(net, x, size, n_out, on_tile=on_tile), 1)[0]  # (K, *S)
     inside = weight > 0
     centre = (x[0][:, inside] * weight[inside]).sum(1) / weight[inside].sum()  # (C,)
     cache = MomentCache(x[0], weight, probs, centre.expand(n_out, x.shape[1]), covariance_type)
@@ -198,16 +212,14 @@ def start_cache(net: Callable[[Tensor], Tensor], x: Tensor, weight: Tensor, size
     return MomentCache(x[0], weight, probs, means.to(x.dtype), covariance_type)
 
 
-def patch_steps(net: nn.Module, x: Tensor, weight: Tensor, patches: PatchSampler, loss_fn: DeepMixtureLoss,
-                optimizer: Any, *, n_out: int, steps: int, grad_clip: float,
+def patch_steps(net: nn.Module, x: Tensor, weight: Tensor, patches: PatchSampler, cache: MomentCache,
+                loss_fn: DeepMixtureLoss, optimizer: Any, *, steps: int, grad_clip: float,
                 on_step: Callable[[float], None]) -> list[float]:
     """``steps`` NLL steps of the network ``net`` on random patches (``patches``): each step's M-step
-    covers the whole window (the patch live, the rest from a :class:`MomentCache`), its loss the patch's
-    pixels. ``x`` ``(1, C, *S)``, ``weight`` ``(1, *S)`` each pixel's count (0 outside the mask); ``n_out``
-    the classes K. The window statistics are re-estimated first (:func:`refresh_statistics`). Returns
-    the patches' NLLs; ``on_step(nll)`` after each step. Raises ``ValueError`` on a non-finite NLL."""
-    refresh_statistics(net, x, patches)
-    cache = start_cache(net, x, weight[0], patches.size, n_out, loss_fn.covariance_type, loss_fn.reg_covar)
+    covers the whole window (the patch live, the rest from ``cache``, :func:`start_cache`, which takes
+    each patch's new soft labels), its loss the patch's pixels. ``x`` ``(1, C, *S)``, ``weight``
+    ``(1, *S)`` each pixel's count (0 outside the mask). Returns the patches' NLLs; ``on_step(nll)``
+    after each step. Raises ``ValueError`` on a non-finite NLL."""
     n_region = float(weight.sum())
     params = list(net.parameters())
     history: list[float] = []
