@@ -98,3 +98,17 @@ def test_conv3d_benchmark_prints_both_paths_and_the_kernels():
     assert native > 0 and ours > 0 and ratio == pytest.approx(native / ours, rel=0.05) and diff < 1e-3
     assert "slow_conv3d_forward x17" in cells[5]  # torch's reference kernel for the 3x3x3 convolutions
     assert "mkldnn_convolution x14" in cells[6]  # the U-Net's: oneDNN, by slices
+
+
+def test_bench_volume_step_times_every_row_on_a_small_window(tmp_path):
+    out = _run("bench_volume_step.py", "--shape", "72x40x40", "--steps", "1", "--threads", "1",
+               "--json", str(tmp_path / "s.json")).stdout
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert [r["row"] for r in rows] == ["grid:fast", "patch:fast", "whole 3D:fast", "whole 3D:tiny",
+                                        "slices 2D:fast", "slices 2D:tiny"]
+    grids = {r["row"]: r["grid"] for r in rows}
+    assert grids["grid:fast"] == "36x20x20" and grids["whole 3D:tiny"] == grids["slices 2D:fast"] == "72x40x40"
+    assert all(r["seconds"] > 0 and r["peak_gib"] > 0 for r in rows) and "| grid | fast | 36x20x20 |" in out
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_volume_step.py"), "--rows", "cube:fast"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
+    assert bad.returncode == 2 and "unknown row 'cube:fast'" in bad.stderr
