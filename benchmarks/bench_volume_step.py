@@ -10,7 +10,10 @@ channel, K = 4 (3 classes and the spare one). Rows:
 * ``patch``: one 48^3 patch at full resolution (``patch_size=48``; the loss's patch part only), "fast";
 * ``whole 3D``: the whole window at full resolution (``fit_scale=1``), "fast" and "tiny";
 * ``slices 2D``: the whole window at full resolution through a 2D U-Net applied to its slices as one
-  batch (the logits stacked back into the volume for the loss), "fast" and "tiny".
+  batch (the logits stacked back into the volume for the loss), "fast" and "tiny";
+* ``loss only``: the whole window at full resolution with no network (network "none": the logits
+  themselves are the parameters): what the loss and AdamW cost per voxel, the floor of any fit whose
+  steps cover every voxel.
 
 Each row runs in a fresh process (so that its peak resident memory is its own): one warm-up step, then
 the median of ``--steps``. The last columns: the ratio to the grid's step, and 40 times the step
@@ -33,7 +36,8 @@ import time
 
 import torch
 
-ROWS = ("grid:fast", "patch:fast", "whole 3D:fast", "whole 3D:tiny", "slices 2D:fast", "slices 2D:tiny")
+ROWS = ("grid:fast", "patch:fast", "whole 3D:fast", "whole 3D:tiny", "slices 2D:fast", "slices 2D:tiny",
+        "loss only:none")
 FIT_STEPS = 40  # the pretrain_steps default (30) and the fewest NLL steps of a whole-window fit (10)
 
 
@@ -51,19 +55,25 @@ def run_row(row: str, shape: tuple[int, ...], steps: int) -> dict:
     est = DeepSVG(n_components=K)
     regs = est._validate()
     scale = auto_fit_scale(shape) if kind == "grid" else 1
-    spatial = tuple(-(-n // scale) for n in shape) if kind == "grid" else (
+    spatial = tuple(-(-n // scale) for n in shape) if kind == "grid" else (  # (D, H, W) of what the step covers
         tuple(min(48, n) for n in shape) if kind == "patch" else shape)
     dims = 2 if kind == "slices 2D" else 3
     torch.manual_seed(0)
-    net = UNet(network_config(network, spatial_dims=dims, in_channels=1, out_channels=K))
-    net.compute_dtype = resolve_precision(est.precision, torch.device("cpu"))
     x = torch.randn((1, 1) + spatial, generator=torch.Generator().manual_seed(1))  # (1, 1, D, H, W)
+    if network == "none":  # the logits are the parameters
+        net = torch.nn.ParameterList([torch.nn.Parameter(0.1 * torch.randn((1, K) + spatial))])
+        net.precision = "float32"
+    else:
+        net = UNet(network_config(network, spatial_dims=dims, in_channels=1, out_channels=K))
+        net.compute_dtype = resolve_precision(est.precision, torch.device("cpu"))
     m = torch.ones((1,) + spatial)
     loss = DeepMixtureLoss(mixture="svgmm", covariance_type="full", reg_covar=est.reg_covar,
                            regularizers=est._scaled_regularizers(regs, scale))
     opt = AdamW(net.parameters(), lr=est.lr, weight_decay=est.weight_decay)
 
     def forward() -> torch.Tensor:
+        if network == "none":
+            return net[0]
         if dims == 3:
             return net(x)  # (1, K, D, H, W)
         return net(x[0].transpose(0, 1)).transpose(0, 1)[None]  # slices (D, 1, H, W) -> (1, K, D, H, W)
@@ -98,9 +108,10 @@ def main() -> int:
         ap.error(f"--shape must be DxHxW, got {args.shape!r}")
     for row in args.rows:
         kind, _, network = row.partition(":")
-        if kind not in {r.split(":")[0] for r in ROWS} or network not in ("fast", "tiny", "paper"):
+        if kind not in {r.split(":")[0] for r in ROWS} or network not in ("fast", "tiny", "paper", "none") or (
+                (kind == "loss only") != (network == "none")):
             ap.error(f"unknown row {row!r}: 'kind:network' with kind one of grid, patch, 'whole 3D', 'slices 2D' "
-                     "and network fast, tiny or paper")
+                     "and network fast, tiny or paper, or 'loss only:none'")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -19,6 +19,8 @@ Without CUDA the CUDA rows say "skipped (no CUDA)". Not part of CI.
     python benchmarks/gpu_check.py --quick            # small sizes (a smoke run)
     python benchmarks/gpu_check.py --device cpu --json out.json
     python benchmarks/gpu_check.py --cases volume --volume IBSR_01.nii.gz brain_mask.nii.gz
+    python benchmarks/gpu_check.py --cases volume --device cuda --volume-options '{"fit_scale": 1}'
+                                                      # the whole-window fit at full resolution, on the GPU
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ def case_volume(size: dict[str, Any], files: list[Path] | None = None) -> tuple[
                       precision=size.get("precision", "auto"), **size["options"])
         return dict(labels=np.asarray(seg.labels)[mask], nll=float(seg.nll), precision=seg.settings["precision"])
 
-    return desc + ", deepSVG defaults, K=3", run
+    extra = ", ".join(f"{k}={v}" for k, v in size["options"].items())
+    return desc + ", deepSVG " + (extra or "defaults") + ", K=3", run
 
 
 BUILDERS = {"em": case_em, "deep2d": _deep_case, "deep3d": _deep_case, "predict": case_predict,
@@ -184,7 +187,12 @@ def main() -> int:
                     "with native bfloat16, float32 on CUDA); float32 for label agreement between the devices")
     ap.add_argument("--volume", type=Path, nargs=2, metavar=("IMG", "MASK"),
                     help="the volume case on this image and mask (default: a phantom of a brain window's size)")
+    ap.add_argument("--volume-options", type=json.loads, default=None, metavar="JSON",
+                    help="segment() options of the volume case on top of its size's, e.g. '{\"fit_scale\": 1}' "
+                    "(the full-resolution fit) or '{\"patch_size\": 48}'")
     args = ap.parse_args()
+    if args.volume_options is not None and not isinstance(args.volume_options, dict):
+        ap.error(f"--volume-options must be a JSON object, got {args.volume_options!r}")
     repeats = args.repeats or (1 if args.quick else 3)
     warnings.simplefilter("ignore")
     have_cuda = torch.cuda.is_available()
@@ -196,6 +204,8 @@ def main() -> int:
     rows = []
     for case in args.cases:
         size = dict(SIZES[case][1 if args.quick else 0], precision=args.precision)
+        if case == "volume" and args.volume_options:
+            size["options"] = {**size["options"], **args.volume_options}
         desc, run = case_volume(size, args.volume) if case == "volume" else BUILDERS[case](size)
         results: dict[str, dict[str, Any]] = {}
         for device in args.device:

@@ -105,7 +105,7 @@ def test_bench_volume_step_times_every_row_on_a_small_window(tmp_path):
                "--json", str(tmp_path / "s.json")).stdout
     rows = json.loads((tmp_path / "s.json").read_text())
     assert [r["row"] for r in rows] == ["grid:fast", "patch:fast", "whole 3D:fast", "whole 3D:tiny",
-                                        "slices 2D:fast", "slices 2D:tiny"]
+                                        "slices 2D:fast", "slices 2D:tiny", "loss only:none"]
     grids = {r["row"]: r["grid"] for r in rows}
     assert grids["grid:fast"] == "36x20x20" and grids["whole 3D:tiny"] == grids["slices 2D:fast"] == "72x40x40"
     assert all(r["seconds"] > 0 and r["peak_gib"] > 0 for r in rows) and "| grid | fast | 36x20x20 |" in out

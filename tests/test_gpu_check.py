@@ -44,8 +44,14 @@ def test_gpu_check_volume_case_reads_an_image_and_its_mask(tmp_path):
     nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), CUDA_VISIBLE_DEVICES="")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--cases", "volume",
-                        "--device", "cpu", "--volume", str(tmp_path / "t1.nii.gz"), str(tmp_path / "mask.nii.gz")],
+                        "--device", "cpu", "--volume", str(tmp_path / "t1.nii.gz"), str(tmp_path / "mask.nii.gz"),
+                        "--volume-options", '{"fit_scale": 1, "max_steps": 2}'],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if line.startswith("| volume | cpu |"))
     assert f"t1.nii.gz (20x24x22, {int(mask.sum())} voxels in the mask)" in row, row
+    # --volume-options on top of the size's options (the quick size's 3 steps become 2)
+    assert "max_steps=2," in row and "fit_scale=1," in row and "pretrain_steps=3" in row, row
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--volume-options", "[1]"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--volume-options must be a JSON object" in bad.stderr
