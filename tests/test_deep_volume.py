@@ -2,7 +2,8 @@
 the network) and ``readout_em`` (EM at full resolution under the interpolated soft labels).
 
 Checked against independent references (the NLL of the window's pixels, a numpy M-step of the
-returned posteriors), the unchanged default and full-resolution paths (same bits), and the errors.
+returned posteriors), the defaults' resolution (``readout_em="auto"``: on volumes on a grid only), the
+unchanged full-resolution path (same bits), and the errors.
 """
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from _helpers import two_region_image
 from deepgmm import segment
 from deepgmm.deep import DeepG, DeepSVG
+from deepgmm.deep.scale import READOUT_EM_VOLUME, auto_readout_em
 from deepgmm.choices import FIT_LOSSES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +30,7 @@ def test_full_loss_scores_the_window_pixels(cls):
     too small to move the network, the last step's NLL equals the final (full-resolution) ``nll_``;
     on the grid's block means it does not (their variance is smaller)."""
     img, mask = two_region_image((24, 20, 22))
-    opts = dict(FAST, n_components=2, fit_scale=2, lr=1e-12, max_steps=2)
+    opts = dict(FAST, n_components=2, fit_scale=2, lr=1e-12, max_steps=2, readout_em=0)
     full = cls(fit_loss="full", **opts).fit(img, mask)
     grid = cls(fit_loss="grid", **opts).fit(img, mask)
     assert full.nll_history_[-1] == pytest.approx(full.nll_, abs=1e-4)
@@ -63,7 +65,7 @@ def test_readout_em_undoes_the_blur_of_the_soft_labels():
     """Two classes 3 apart: the M-step from the interpolated (blurred) soft labels of a barely trained
     network pulls the two means together; the read-out EM puts them back near 0 and 3."""
     img, mask = two_region_image((24, 20, 22))
-    plain = DeepSVG(n_components=2, fit_scale=2, **FAST).fit(img, mask)
+    plain = DeepSVG(n_components=2, fit_scale=2, readout_em=0, **FAST).fit(img, mask)
     em = DeepSVG(n_components=2, fit_scale=2, readout_em=5, **FAST).fit(img, mask)
     gap = lambda e: float(np.ptp(e.means_[:, 0]))  # noqa: E731
     assert gap(em) == pytest.approx(3.0, abs=0.3)
@@ -80,13 +82,23 @@ def test_options_are_no_ops_at_full_resolution():
     assert base.nll_history_ == new.nll_history_
 
 
-def test_defaults_keep_the_grid_path():
+def test_defaults_keep_the_grid_loss_and_run_the_read_out_em_on_volumes_only():
+    """``fit_loss="grid"``; ``readout_em="auto"``: READOUT_EM_VOLUME iterations for a volume on a grid,
+    none for a 2D image on a grid nor at full resolution."""
+    assert DeepSVG().fit_loss == FIT_LOSSES[0] == "grid" and DeepSVG().readout_em == "auto" and READOUT_EM_VOLUME == 5
     img, mask = two_region_image((24, 20, 22))
     a = DeepSVG(n_components=2, fit_scale=2, **FAST).fit(img, mask)
-    b = DeepSVG(n_components=2, fit_scale=2, fit_loss="grid", readout_em=0, **FAST).fit(img, mask)
+    b = DeepSVG(n_components=2, fit_scale=2, fit_loss="grid", readout_em=READOUT_EM_VOLUME, **FAST).fit(img, mask)
+    c = DeepSVG(n_components=2, fit_scale=2, readout_em=0, **FAST).fit(img, mask)
     np.testing.assert_array_equal(a.probabilities_, b.probabilities_)
-    assert a.nll_history_ == b.nll_history_
-    assert DeepSVG().fit_loss == FIT_LOSSES[0] == "grid" and DeepSVG().readout_em == 0
+    assert a.nll_history_ == b.nll_history_ == c.nll_history_ and a.readout_em_ == READOUT_EM_VOLUME
+    assert not np.array_equal(a.means_, c.means_) and c.readout_em_ == 0  # the same network, another read-out
+    flat, flat_mask = two_region_image((48, 40))
+    d = DeepSVG(n_components=2, fit_scale=2, **FAST).fit(flat, flat_mask)
+    e = DeepSVG(n_components=2, fit_scale=2, readout_em=0, **FAST).fit(flat, flat_mask)
+    np.testing.assert_array_equal(d.probabilities_, e.probabilities_)
+    assert d.readout_em_ == 0 and DeepSVG(n_components=2, readout_em=5, **FAST).fit(img, mask).readout_em_ == 0
+    assert [auto_readout_em(n, s) for n, s in ((3, 4), (3, 1), (2, 4), (2, 1))] == [READOUT_EM_VOLUME, 0, 0, 0]
 
 
 def test_segment_passes_the_options_through():
@@ -94,12 +106,16 @@ def test_segment_passes_the_options_through():
     seg = segment(img, mask, method="deepsvg", n_components=2, spare_classes=0, fit_scale=2, fit_loss="full",
                   readout_em=3, **FAST)
     assert seg.settings["fit_loss"] == "full" and seg.settings["readout_em"] == 3
+    assert seg.settings["fit_scale_used"] == 2 and seg.settings["readout_em_used"] == 3
+    auto = segment(img, mask, method="deepsvg", n_components=2, spare_classes=0, **FAST)  # the window fits as it is
+    assert "fit_scale" not in auto.settings and "readout_em" not in auto.settings  # not given: "auto"
+    assert auto.settings["fit_scale_used"] == 1 and auto.settings["readout_em_used"] == 0
     assert seg.model.fit_loss == "full"
     np.testing.assert_allclose(seg.probabilities.sum(0)[mask], 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [{"fit_loss": "pixels"}, {"fit_loss": None}, {"readout_em": -1},
-                                 {"readout_em": 1.5}])
+                                 {"readout_em": 1.5}, {"readout_em": "many"}, {"readout_em": None}])
 def test_bad_values_are_errors(bad):
     img, mask = two_region_image((12, 12, 12))
     with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
@@ -128,15 +144,19 @@ def test_cli_flags_reach_the_fit(tmp_path, capsys):
             "--method", "deepsvg", "--spare-classes", "0", "--fit-scale", "2", "--network", "tiny", "--max-steps", "4",
             "--pretrain-steps", "2", "--order", "mean"]
     gaps = {}
-    for n in ("0", "5"):
+    for n, used in (("0", 0), ("5", 5), ("auto", READOUT_EM_VOLUME)):
         out = tmp_path / f"r{n}"
         rc = main(base + ["--fit-loss", "full", "--readout-em", n, "--out", str(out)])
         assert rc == 0, capsys.readouterr().err
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["settings"]["fit_loss"] == "full" and summary["settings"]["readout_em"] == int(n)
+        assert summary["settings"]["fit_loss"] == "full"
+        assert summary["settings"]["readout_em"] == (n if n == "auto" else int(n))
+        assert summary["settings"]["readout_em_used"] == used
         gaps[n] = float(np.ptp(np.asarray(summary["class_means"])[:, 0]))  # image units
     assert gaps["5"] == pytest.approx(3.0, abs=0.3) and gaps["0"] < gaps["5"]  # the read-out EM reached the fit
+    assert gaps["auto"] == gaps["5"]
     check_error(capsys, base + ["--fit-loss", "pixels", "--out", str(tmp_path / "e1")], "--fit-loss")
     check_error(capsys, base + ["--readout-em", "-1", "--out", str(tmp_path / "e2")], "--readout-em")
+    check_error(capsys, base + ["--readout-em", "some", "--out", str(tmp_path / "e4")], "--readout-em")
     check_error(capsys, ["segment", str(tmp_path / "x.nii.gz"), "-k", "2", "--method", "gmm", "--readout-em", "2",
                          "--out", str(tmp_path / "e3")], "--readout-em")

@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "check_int",
+    "check_auto_or_int",
     "check_float",
     "check_choice",
     "resolve_device",
@@ -30,6 +31,15 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_auto_or_int(name: str, value: Any, *, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``"auto"`` or an integer ``>= minimum``."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name} must be 'auto' or an integer >= {minimum}, got {value!r}")
+        return
+    check_int(name, value, minimum=minimum)
 
 
 def check_float(

@@ -16,7 +16,7 @@ from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS
                        FEATURES, FIT_LOSSES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
-           "parse_fit_scale", "parse_patch_size", "parse_n_components"]
+           "parse_fit_scale", "parse_readout_em", "parse_patch_size", "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
@@ -105,6 +105,11 @@ def parse_patch_size(text: str) -> int | None:
 def parse_fit_scale(text: str) -> int | str:
     """``--fit-scale``: ``auto`` or a block size ``s >= 1`` (1: fit at full resolution)."""
     return _word_or_whole(text, "auto", "auto", 1)
+
+
+def parse_readout_em(text: str) -> int | str:
+    """``--readout-em``: ``auto`` or a number of EM iterations ``>= 0``."""
+    return _word_or_whole(text, "auto", "auto", 0)
 
 
 def _counts(text: str) -> list[int]:
@@ -249,9 +254,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "likelihood stays float32); auto (default): bfloat16 on a CPU with native bfloat16 instructions "
                   "(avx512_bf16, amx_bf16, ARM bf16), else float32, or $DEEPGMM_PRECISION where set; recorded in "
                   "summary.json", choices=PRECISIONS, methods=DEEP_METHODS),
-    SegmentOption("--readout-em", "readout_em", int, "deep, with a --fit-scale above 1: EM iterations at full "
-                  "resolution after the fit, the network's soft labels kept as per-pixel weights (default 0)",
-                  minimum=0, metavar="N", methods=DEEP_METHODS),
+    SegmentOption("--readout-em", "readout_em", parse_readout_em, "deep, on a grid coarser than the image "
+                  "(--fit-scale above 1): EM iterations at full resolution after the fit, the network's soft labels "
+                  "kept as per-pixel weights; auto (default): 5 for a volume, 0 for a 2D image", metavar="N|auto",
+                  methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

@@ -42,7 +42,7 @@ from torch import Tensor
 from .. import mixture as em
 from .._em_inputs import weight_map
 from .._params import ParamsMixin, not_fitted
-from .._validation import check_choice, check_float, check_int, resolve_device
+from .._validation import check_auto_or_int, check_choice, check_float, check_int, resolve_device
 from ..choices import DEEP_INITS, FIT_LOSSES, PRECISIONS
 from ..likelihood import COVARIANCE_TYPES
 from ..mixture import EM_IMAGE_DEFAULTS
@@ -70,6 +70,7 @@ from .scale import (
     PATCH_MAX_STEPS,
     SCALED_MAX_STEPS,
     auto_fit_scale,
+    auto_readout_em,
 )
 from .optim import AdamW
 from .precision import resolve_precision
@@ -146,8 +147,9 @@ class DeepGMM(ParamsMixin):
         the patch, not the window (docs/deep.md, "Volumes on patches"). Not with ``fit_scale > 1``
     readout_em : with ``fit_scale > 1``, EM iterations of the read-out at full resolution: the
         interpolated soft labels stay the per-pixel weights, the means and covariances are re-estimated
-        from the posteriors instead of from the (blurred) soft labels. 0 (default): one M-step from
-        the soft labels, as before
+        from the posteriors instead of from the (blurred) soft labels; 0: one M-step from the soft
+        labels. "auto" (default): :data:`READOUT_EM_VOLUME` for a volume on a coarser grid, 0 in 2D
+        (:func:`deepgmm.deep.scale.auto_readout_em`; resolved in ``readout_em_``)
     precision : the network's arithmetic (:mod:`deepgmm.deep.precision`): "auto" (default: bfloat16
         under autocast on a CPU with native bfloat16 instructions, else float32), "float32" or
         "bfloat16". The likelihood, M-step and losses stay in the image's dtype
@@ -169,6 +171,7 @@ class DeepGMM(ParamsMixin):
         before ``readout_em``;
     n_iter_, converged_, fit_seconds_
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
+    readout_em_ : the read-out's EM iterations the fit ran (``readout_em`` resolved; 0 at full resolution)
     patch_size_ : the patch ``(*p)`` of a fit on patches (prediction runs tile by tile at it), else None
     precision_ : the network's arithmetic in the fit, "float32" or "bfloat16"
     """
@@ -208,7 +211,7 @@ class DeepGMM(ParamsMixin):
         crop_margin: int | None = 16,
         fit_scale: int | str = "auto",
         fit_loss: str = "grid",
-        readout_em: int = 0,
+        readout_em: int | str = "auto",
         patch_size: int | None = None,
         precision: str = "auto",
         random_state: int | None = 0,
@@ -267,17 +270,14 @@ class DeepGMM(ParamsMixin):
         check_float("pretrain_lr", self.pretrain_lr, minimum=0.0, strict=True)
         if self.crop_margin is not None:
             check_int("crop_margin", self.crop_margin, minimum=0)
-        if not (isinstance(self.fit_scale, str) and self.fit_scale == "auto"):
-            if isinstance(self.fit_scale, str):
-                raise ValueError(f"fit_scale must be 'auto' or an integer >= 1, got {self.fit_scale!r}")
-            check_int("fit_scale", self.fit_scale, minimum=1)
+        check_auto_or_int("fit_scale", self.fit_scale, minimum=1)
         if self.patch_size is not None:
             check_int("patch_size", self.patch_size, minimum=8)
             if not isinstance(self.fit_scale, str) and int(self.fit_scale) > 1:
                 raise ValueError(f"patch_size={self.patch_size} fits at full resolution; it cannot be combined with "
                                  f"fit_scale={self.fit_scale} (use fit_scale 1 or auto, or no patches)")
         check_choice("fit_loss", self.fit_loss, FIT_LOSSES)
-        check_int("readout_em", self.readout_em, minimum=0)
+        check_auto_or_int("readout_em", self.readout_em, minimum=0)
         check_choice("precision", self.precision, PRECISIONS)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
@@ -565,9 +565,11 @@ class DeepGMM(ParamsMixin):
         fit = out.fit
         means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
         nll = float(out.nll[0])
-        if self.fit_scale_ > 1 and self.readout_em > 0:
+        self.readout_em_ = 0 if self.fit_scale_ == 1 else auto_readout_em(region.ndim, self.fit_scale_) if (
+            self.readout_em == "auto") else int(self.readout_em)  # the iterations run
+        if self.fit_scale_ > 1 and self.readout_em_ > 0:
             means, covariances, nk, nll = readout_em(logits, region, x[0], means, covariances,
-                                                     None if weight is None else weight[0], iterations=self.readout_em,
+                                                     None if weight is None else weight[0], iterations=self.readout_em_,
                                                      covariance_type=self.covariance_type_,
                                                      reg_covar=self.reg_covar, mixture=self._mixture)
         given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
