@@ -71,6 +71,7 @@ CONFIGS: dict[str, dict] = {
                        mm=True),
     "deepg_brain_full": dict(method="deepg", smooth_sigma=4.0, init_smooth_sigma=4.0, bias_field=2, fit_loss="full",
                              mm=True),
+    "deepg": dict(method="deepg"),
     "deepg_full": dict(method="deepg", fit_loss="full"),
     "deepg_s4mm_full": dict(method="deepg", smooth_sigma=4.0, fit_loss="full", mm=True),
     "deepg_default": dict(method="deepg"),
