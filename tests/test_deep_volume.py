@@ -99,6 +99,7 @@ def test_defaults_keep_the_grid_loss_and_run_the_read_out_em_on_volumes_only():
     np.testing.assert_array_equal(d.probabilities_, e.probabilities_)
     assert d.readout_em_ == 0 and DeepSVG(n_components=2, readout_em=5, **FAST).fit(img, mask).readout_em_ == 0
     assert [auto_readout_em(n, s) for n, s in ((3, 4), (3, 1), (2, 4), (2, 1))] == [READOUT_EM_VOLUME, 0, 0, 0]
+    assert [auto_readout_em(n, s, 7) for n, s in ((3, 4), (3, 1), (2, 4), (2, 1))] == [7, 0, 7, 0]
 
 
 def test_segment_passes_the_options_through():

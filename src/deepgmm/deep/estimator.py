@@ -323,8 +323,7 @@ class DeepGMM(ParamsMixin):
         window = box_slices(region, self.crop_margin)
         img, region = img[(slice(None),) + window], region[window]
         weight = None if weight is None else weight[window]
-        patch = self._resolve_patch(tuple(img.shape[1:]))
-        scale = 1 if patch is not None else self._resolve_scale(tuple(img.shape[1:]))
+        patch, scale = self._resolve_patch(tuple(img.shape[1:])), self._resolve_scale(tuple(img.shape[1:]))
         img_fit, region_fit = self._downsample(img, region, scale)
         weight_fit = weight if weight is None or scale == 1 else block_means(weight[None], region, scale)[0][0]
         regs_fit = self._scaled_regularizers(regs, scale)  # regs itself at scale 1
@@ -447,7 +446,10 @@ class DeepGMM(ParamsMixin):
         return tuple(min(int(self.patch_size), int(n)) for n in shape)
 
     def _resolve_scale(self, shape: tuple[int, ...]) -> int:
-        """The block size ``s`` for a window of spatial ``shape``: ``fit_scale`` or the automatic one."""
+        """The block size ``s`` for a window of spatial ``shape``: ``fit_scale`` or the automatic one; 1 on
+        patches (``patch_size``)."""
+        if self.patch_size is not None:
+            return 1
         if isinstance(self.fit_scale, str):
             return auto_fit_scale(shape)
         return int(self.fit_scale)
@@ -565,9 +567,8 @@ class DeepGMM(ParamsMixin):
         fit = out.fit
         means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
         nll = float(out.nll[0])
-        self.readout_em_ = 0 if self.fit_scale_ == 1 else auto_readout_em(region.ndim, self.fit_scale_) if (
-            self.readout_em == "auto") else int(self.readout_em)  # the iterations run
-        if self.fit_scale_ > 1 and self.readout_em_ > 0:
+        self.readout_em_ = auto_readout_em(region.ndim, self.fit_scale_, self.readout_em)  # the iterations run
+        if self.readout_em_ > 0:
             means, covariances, nk, nll = readout_em(logits, region, x[0], means, covariances,
                                                      None if weight is None else weight[0], iterations=self.readout_em_,
                                                      covariance_type=self.covariance_type_,

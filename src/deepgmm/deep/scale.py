@@ -32,10 +32,15 @@ IBSR training subjects; in 2D, where BSDS500 train photographs gained nothing fr
 resolution: none)."""
 
 
-def auto_readout_em(spatial_dims: int, scale: int) -> int:
-    """The read-out EM iterations ``readout_em="auto"`` picks for a fit of ``spatial_dims`` dimensions at
-    block size ``scale``: :data:`READOUT_EM_VOLUME` for a volume on a coarser grid (``scale > 1``), else 0."""
-    return READOUT_EM_VOLUME if spatial_dims == 3 and scale > 1 else 0
+def auto_readout_em(spatial_dims: int, scale: int, readout_em: int | str = "auto") -> int:
+    """The read-out EM iterations a fit of ``spatial_dims`` dimensions at block size ``scale`` runs: none
+    at full resolution (``scale`` 1), else ``readout_em``, where ``"auto"`` is :data:`READOUT_EM_VOLUME`
+    for a volume and 0 in 2D."""
+    if scale == 1:
+        return 0
+    if readout_em == "auto":
+        return READOUT_EM_VOLUME if spatial_dims == 3 else 0
+    return int(readout_em)
 
 
 def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:

@@ -568,8 +568,8 @@ def _settings_record(settings: dict[str, Any], fit: MethodFit, plain: dict[str, 
     if precision is not None:  # the deep network's arithmetic, as resolved on this machine
         record["precision"] = precision
     for name in ("fit_scale", "readout_em"):  # a deep fit's "auto" settings as resolved for this image
-        if getattr(fit.model, name + "_", None) is not None:
-            record[name + "_used"] = int(getattr(fit.model, name + "_"))
+        if (used := getattr(fit.model, name + "_", None)) is not None:
+            record[name + "_used"] = int(used)
     return record
 
 

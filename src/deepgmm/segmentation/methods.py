@@ -109,8 +109,7 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
                              out_channels=est.n_components)
     except (ValueError, TypeError):  # bad settings: fit() reports them by name
         return 0
-    patch = est._resolve_patch(shape)
-    scale = 1 if patch is not None else est._resolve_scale(shape)
+    patch, scale = est._resolve_patch(shape), est._resolve_scale(shape)
     grid = tuple(-(-n // scale) for n in shape)
     K, C, item = est.n_components, image.shape[0], image.element_size()
     smooths = any(isinstance(r, SmoothedPosterior) for r in regs)
