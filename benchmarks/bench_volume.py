@@ -52,14 +52,16 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: 
     from deepgmm.experiments.brain import SEGMENT_OPTIONS, load_ibsr
     from deepgmm.experiments.cases import score_dice
     from deepgmm.segmentation.methods import METHODS
+    from deepgmm.segmentation.spare import resolve_spare_classes
 
     case = load_ibsr(ibsr, [subject])[0]
     rec: dict = {"subject": subject, "window": list(case.image.shape[1:]), "voxels": int(case.mask.sum())}
     image, mask = torch.from_numpy(case.image), torch.from_numpy(case.mask)
-    # what segment() checks before the fit: K = 3 + the spare class
+    # what segment() checks before the fit: K = 3 and the spare classes it resolves on a volume
     deep = {"fit_scale": fit_scale, **(deep_options or {})}
-    own = METHODS["deepsvg"].memory(image, mask, {"n_components": 4, **deep})
-    rec["estimate_gib"] = (memory.estimate_memory(1, tuple(mask.shape), rec["voxels"], 4, "deepsvg") + own) / 2**30
+    k_fit = 3 + resolve_spare_classes(deep.get("spare_classes"), "deepsvg", deep, 3)
+    own = METHODS["deepsvg"].memory(image, mask, {"n_components": k_fit, **deep})
+    rec["estimate_gib"] = (memory.estimate_memory(1, tuple(mask.shape), rec["voxels"], k_fit, "deepsvg") + own) / 2**30
     if deep_options:
         rec["deep_options"] = deep_options
     for method, options in (("gmm", {}), ("deepsvg", deep)):

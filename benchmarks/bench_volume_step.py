@@ -51,9 +51,9 @@ def run_row(row: str, shape: tuple[int, ...], steps: int) -> dict:
     from deepgmm.deep.unet import UNet, network_config
 
     kind, network = row.split(":")
-    K = 4
-    est = DeepSVG(n_components=K)
-    regs = est._validate()
+    K = 4  # K = 3 and the spare class, the 2D rule's, with its width of 8 (as in docs/deep.md's table)
+    est = DeepSVG(n_components=K, smooth_sigma=8.0)
+    regs = est._validate(3)
     scale = auto_fit_scale(shape) if kind == "grid" else 1
     spatial = tuple(-(-n // scale) for n in shape) if kind == "grid" else (  # (D, H, W) of what the step covers
         tuple(min(48, n) for n in shape) if kind == "patch" else shape)

@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         case = load_ibsr(Path(args.data), [args.subject])[0]
         img, _ = _normalize(torch.from_numpy(case.image), torch.from_numpy(case.mask))
         region = torch.from_numpy(case.mask)
-    K = 4  # K=3 plus deepSVG's spare class
-    est = DeepSVG(n_components=K, pretrain_steps=args.pretrain, max_steps=args.steps, fit_scale=args.fit_scale)
-    regs = est._validate()
+    K = 4  # K=3 plus a spare class and the 2D width of 8 (the defaults when docs/deep.md's profile was taken)
+    est = DeepSVG(n_components=K, smooth_sigma=8.0, pretrain_steps=args.pretrain, max_steps=args.steps,
+                  fit_scale=args.fit_scale)
+    regs = est._validate(3)
     est.covariance_type_ = "full"
     window = box_slices(region, est.crop_margin)
     img_w, reg_w = img[(slice(None),) + window], region[window]

@@ -196,7 +196,7 @@ def test_the_defaults_give_the_old_bits_at_full_resolution():
 
 def test_the_smoothed_posterior_width_shrinks_with_the_scale():
     est = DeepSVG(smooth_sigma=(0.0, 6.0, 9.0))
-    regs = est._validate()
+    regs = est._validate(3)
     (low,) = [r for r in est._scaled_regularizers(regs, 3) if isinstance(r, SmoothedPosterior)]
     assert low.sigma == (0.0, 2.0, 3.0)
     assert est._scaled_regularizers(regs, 1) is regs

@@ -151,8 +151,8 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "otherwise)",
                   choices=COVARIANCE_TYPES),
     SegmentOption("--spare-classes", "spare_classes", int, "fit this many extra classes, then drop the smallest "
-                  "ones (their pixels to the likelier class left) so that -k classes remain (default: deepsvg 1, "
-                  "others 0; 0 with --mu-prior)", minimum=0, metavar="N"),
+                  "ones (their pixels to the likelier class left) so that -k classes remain (default: deepsvg 1 on a "
+                  "2D image, 0 on a volume; the other methods 0; 0 with --mu-prior)", minimum=0, metavar="N"),
     SegmentOption("--normalize", "normalize", str,
                   "z-score every channel over the mask or the whole image first (default: mask; none for a "
                   "photograph's features, z-scored over the image already)",
@@ -200,7 +200,7 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "0,6,6 for thick slices; in mm for a NIfTI input, whose header gives the voxel sizes, in pixels "
                   "otherwise: see --sigma-units) of the Gaussian that smooths the posteriors, a spatial prior: svgmm: the "
                   "posteriors that become the per-pixel weights (default 0: the paper's SVGMM); deep: the "
-                  "smoothed-posterior term's (default 8 pixels)", metavar="S", methods=("svgmm",) + DEEP_METHODS),
+                  "smoothed-posterior term's (default 8 pixels on a 2D image, 4 voxels on a volume)", metavar="S", methods=("svgmm",) + DEEP_METHODS),
     SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
                   "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "

@@ -74,13 +74,7 @@ from .scale import (
 )
 from .optim import AdamW
 from .precision import resolve_precision
-from .regularizers import (
-    DEFAULT_SMOOTH_SIGMA,
-    MuPrior,
-    Regularizer,
-    SmoothedPosterior,
-    build_regularizers,
-)
+from .regularizers import MuPrior, Regularizer, SmoothedPosterior, auto_smooth_sigma, build_regularizers
 from .unet import UNet, UNetConfig, network_config
 
 __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D",
@@ -116,8 +110,10 @@ class DeepGMM(ParamsMixin):
         SVGMM's weight update); the posteriors are taken with the soft labels as per-pixel prior
         (for deepSVG these are its mixing weights; for deepG, ``prior="labels"`` instead of its
         global weights, which made the small classes collapse). smooth None: the method's
-        default, 1 for both (docs/deep.md). For a volume of thick slices give the slice axis its
-        own width, e.g. ``(0, 8, 8)``
+        default, 1 for both (docs/deep.md). smooth_sigma "auto" (default): 8 pixels on 2D images,
+        4 voxels on volumes (:func:`deepgmm.deep.regularizers.auto_smooth_sigma`; resolved in
+        ``smooth_sigma_``). For a volume of thick slices give the slice axis its own width, e.g.
+        ``(0, 4, 4)``
     balance : weight of the ``balance`` term against vanishing classes; None: the method's
         default, 1 for deepG (it keeps the smoothed-posterior term from emptying small classes)
         and 0 for deepSVG
@@ -172,6 +168,7 @@ class DeepGMM(ParamsMixin):
     n_iter_, converged_, fit_seconds_
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
     readout_em_ : the read-out's EM iterations the fit ran (``readout_em`` resolved; 0 at full resolution)
+    smooth_sigma_ : the smoothed-posterior term's width (``smooth_sigma`` resolved, full-resolution pixels)
     patch_size_ : the patch ``(*p)`` of a fit on patches (prediction runs tile by tile at it), else None
     precision_ : the network's arithmetic in the fit, "float32" or "bfloat16"
     """
@@ -199,7 +196,7 @@ class DeepGMM(ParamsMixin):
         reg_covar: float = 0.3,
         tv: float | None = None,
         smooth: float | None = None,
-        smooth_sigma: float | Sequence[float] = DEFAULT_SMOOTH_SIGMA,
+        smooth_sigma: float | Sequence[float] | str = "auto",
         balance: float | None = None,
         regularizers: Sequence[Any] | None = None,
         mu_prior: Any = None,
@@ -249,7 +246,7 @@ class DeepGMM(ParamsMixin):
         self.device = device
         self.progress = progress
 
-    def _validate(self) -> list[Regularizer]:
+    def _validate(self, spatial_dims: int) -> list[Regularizer]:
         check_int("n_components", self.n_components, minimum=1)
         if self.covariance_type is not None:
             check_choice("covariance_type", self.covariance_type, COVARIANCE_TYPES)
@@ -288,7 +285,8 @@ class DeepGMM(ParamsMixin):
         tv = self._default_tv if self.tv is None else self.tv
         smooth = self._default_smooth if self.smooth is None else self.smooth
         balance = self._default_balance if self.balance is None else self.balance
-        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma, balance,
+        self.smooth_sigma_ = auto_smooth_sigma(spatial_dims, self.smooth_sigma)
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma_, balance,
                                   self._smooth_prior)
 
     def _init_sigmas_given(self) -> bool:
@@ -304,10 +302,10 @@ class DeepGMM(ParamsMixin):
         the EM start, the distillation, the M-step and the NLL (on a coarser grid, a block counts
         its mean weight); the regularisers and the read-out still cover every pixel of the mask."""
         t0 = time.perf_counter()
-        regs = self._validate()
+        img = _image_tensor(image)
+        regs = self._validate(img.ndim - 1)
         self.covariance_type_ = self.covariance_type or self._default_covariance
         dev = resolve_device(self.device)
-        img = _image_tensor(image)
         C, spatial = img.shape[0], tuple(img.shape[1:])
         region = torch.ones(spatial, dtype=torch.bool) if mask is None else _mask_tensor(mask, spatial)
         n_region = int(region.sum())

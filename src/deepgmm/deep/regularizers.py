@@ -40,9 +40,24 @@ from ..likelihood import log_posteriors
 from ..smoothing import as_sigmas, blur_in_mask
 
 __all__ = ["RegContext", "Regularizer", "MuPrior", "TotalVariation", "Entropy", "Balance", "SmoothedPosterior",
-           "REGULARIZERS", "make_regularizer", "build_regularizers", "DEFAULT_SMOOTH_SIGMA"]
+           "REGULARIZERS", "make_regularizer", "build_regularizers", "DEFAULT_SMOOTH_SIGMA",
+           "DEFAULT_SMOOTH_SIGMA_VOLUME", "auto_smooth_sigma"]
 
-DEFAULT_SMOOTH_SIGMA = 8.0  # pixels; the smoothed-posterior term's width everywhere it is not given (docs/deep.md)
+DEFAULT_SMOOTH_SIGMA = 8.0  # pixels; the smoothed-posterior term's width on 2D images where not given (docs/deep.md)
+DEFAULT_SMOOTH_SIGMA_VOLUME = 4.0  # voxels; the same on volumes, the deep estimators' smooth_sigma="auto"
+
+
+def auto_smooth_sigma(spatial_dims: int, smooth_sigma: Any = "auto") -> Any:
+    """The deep estimators' ``smooth_sigma`` resolved for an image of ``spatial_dims`` axes:
+    ``"auto"`` gives :data:`DEFAULT_SMOOTH_SIGMA` pixels in 2D and :data:`DEFAULT_SMOOTH_SIGMA_VOLUME`
+    voxels on volumes (a 3D Gaussian of the 2D width averages over far more neighbours, and on
+    brain volumes it spreads a cortex a few voxels thick into the tissues beside it); any other
+    value is returned as given."""
+    if isinstance(smooth_sigma, str):
+        if smooth_sigma != "auto":
+            raise ValueError(f"smooth_sigma must be 'auto', a number of pixels or one per axis, got {smooth_sigma!r}")
+        return DEFAULT_SMOOTH_SIGMA_VOLUME if spatial_dims >= 3 else DEFAULT_SMOOTH_SIGMA
+    return smooth_sigma
 
 
 @dataclass

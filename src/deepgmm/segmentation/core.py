@@ -155,7 +155,7 @@ def _widths_to_voxels(settings: dict[str, Any], spacing: tuple[float, ...]) -> t
     (``width / spacing``), and the widths as given (physical units), by setting."""
     out, given = dict(settings), {}
     for key in SPATIAL_WIDTHS:
-        if out.get(key) is not None:
+        if out.get(key) is not None and not isinstance(out[key], str):  # "auto": the estimator's own, in voxels
             given[key] = out[key]
             out[key] = widths_to_voxels(out[key], spacing, key)
     regs = []
@@ -273,10 +273,11 @@ def segment(
         until ``n_components`` remain; a dropped
         class's pixels go to the likelier of the classes left (:func:`drop_spare_classes`). A spare
         class takes up what no class of interest models well, such as the blurred fringe between
-        two structures. None (default): the method's own, :data:`DEFAULT_SPARE_CLASSES` (1 for
-        "deepsvg", docs/deep.md; 0 for the others), and 0 where a class-order prior is given
-        (``mu_prior``, ``means_init``), which fixes ``n_components`` classes; fewer where the pixels
-        take too few distinct values. The result then describes the ``n_components`` kept classes,
+        two structures. None (default): the method's own on 2D images, :data:`DEFAULT_SPARE_CLASSES`
+        (1 for "deepsvg", docs/deep.md; 0 for the others), none on volumes (3D), and 0 where a
+        class-order prior is given (``mu_prior``, ``means_init``), which fixes ``n_components``
+        classes; fewer where the pixels take too few distinct values. The result then describes
+        the ``n_components`` kept classes,
         except ``nll``, ``nll_history`` and ``model``, which are those of the fitted mixture;
         ``settings["dropped_classes"]`` gives the dropped classes' indices in it.
     prior_units : "image" (default) or "normalized": the units of the class statistics given in
@@ -398,7 +399,7 @@ def segment(
         raise ValueError(f"order={order_by[0]!r} cannot be combined with a class-order prior (mu_prior, means_init): "
                          "the prior already fixes which class is which; drop one of the two")
     no_spare = counts is not None or (fields is not None and fields.prior_maps is not None)
-    spare = 0 if no_spare else resolve_spare_classes(spare_classes, method, settings)
+    spare = 0 if no_spare else resolve_spare_classes(spare_classes, method, settings, len(spatial))
     settings["n_components"] = n_fit + spare
     if check_memory:
         _check_memory(img, region, n_pix, n_fit + spare, method, settings)
@@ -570,6 +571,8 @@ def _settings_record(settings: dict[str, Any], fit: MethodFit, plain: dict[str, 
     for name in ("fit_scale", "readout_em"):  # a deep fit's "auto" settings as resolved for this image
         if (used := getattr(fit.model, name + "_", None)) is not None:
             record[name + "_used"] = int(used)
+    if (sigma := getattr(fit.model, "smooth_sigma_", None)) is not None:  # voxels
+        record["smooth_sigma_used"] = [float(v) for v in sigma] if np.ndim(sigma) else float(sigma)
     return record
 
 

@@ -98,7 +98,7 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     GPU: the check compares with host memory."""
     est: DeepGMM = cls(**{k: v for k, v in settings.items() if k in cls._param_names()})
     try:
-        regs = est._validate()
+        regs = est._validate(image.ndim - 1)
         device = resolve_device(est.device)
         if device.type != "cpu":
             return 0

@@ -15,11 +15,21 @@ from .._validation import check_int
 from ..likelihood import log_posteriors
 from .result import MethodFit
 
-__all__ = ["DEFAULT_SPARE_CLASSES", "has_class_order_prior", "resolve_spare_classes", "largest_classes",
+__all__ = ["DEFAULT_SPARE_CLASSES", "DEFAULT_SPARE_CLASSES_VOLUME", "default_spare_classes", "has_class_order_prior", "resolve_spare_classes", "largest_classes",
            "drop_spare_classes"]
 
 
-DEFAULT_SPARE_CLASSES: dict[str, int] = {"deepsvg": 1}  # segment(spare_classes=None) per method; 0 if absent
+DEFAULT_SPARE_CLASSES: dict[str, int] = {"deepsvg": 1}  # segment(spare_classes=None) per method in 2D; 0 if absent
+DEFAULT_SPARE_CLASSES_VOLUME: dict[str, int] = {}  # the same on volumes (3D): none (docs/deep.md)
+
+
+def default_spare_classes(method: str, spatial_dims: int = 2) -> int:
+    """``segment(spare_classes=None)``'s number of spare classes for ``method`` on an image of
+    ``spatial_dims`` axes: :data:`DEFAULT_SPARE_CLASSES` in 2D, :data:`DEFAULT_SPARE_CLASSES_VOLUME`
+    on volumes (on brain volumes the spare class splits a tissue in two and drops the real
+    smallest one)."""
+    table = DEFAULT_SPARE_CLASSES_VOLUME if spatial_dims >= 3 else DEFAULT_SPARE_CLASSES
+    return table.get(method, 0)
 
 
 def has_class_order_prior(settings: dict[str, Any]) -> bool:
@@ -35,9 +45,12 @@ def has_class_order_prior(settings: dict[str, Any]) -> bool:
     return False
 
 
-def resolve_spare_classes(spare_classes: int | None, method: str, settings: dict[str, Any]) -> int:
+def resolve_spare_classes(spare_classes: int | None, method: str, settings: dict[str, Any],
+                          spatial_dims: int = 2) -> int:
+    """The spare classes a fit of ``method`` runs: ``spare_classes`` as given (checked), or for None
+    the default of :func:`default_spare_classes`, 0 where a class-order prior fixes the classes."""
     if spare_classes is None:
-        return 0 if has_class_order_prior(settings) else DEFAULT_SPARE_CLASSES.get(method, 0)
+        return 0 if has_class_order_prior(settings) else default_spare_classes(method, spatial_dims)
     check_int("spare_classes", spare_classes, minimum=0)
     if spare_classes and has_class_order_prior(settings):
         raise ValueError(f"spare_classes={spare_classes} cannot be combined with a class-order prior (mu_prior, "
