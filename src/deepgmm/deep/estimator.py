@@ -285,8 +285,8 @@ class DeepGMM(ParamsMixin):
         tv = self._default_tv if self.tv is None else self.tv
         smooth = self._default_smooth if self.smooth is None else self.smooth
         balance = self._default_balance if self.balance is None else self.balance
-        self.smooth_sigma_ = auto_smooth_sigma(spatial_dims, self.smooth_sigma)
-        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, self.smooth_sigma_, balance,
+        sigma = auto_smooth_sigma(spatial_dims, self.smooth_sigma)
+        return build_regularizers(self.regularizers, self.mu_prior, self.lam, tv, smooth, sigma, balance,
                                   self._smooth_prior)
 
     def _init_sigmas_given(self) -> bool:
@@ -304,6 +304,7 @@ class DeepGMM(ParamsMixin):
         t0 = time.perf_counter()
         img = _image_tensor(image)
         regs = self._validate(img.ndim - 1)
+        self.smooth_sigma_ = auto_smooth_sigma(img.ndim - 1, self.smooth_sigma)
         self.covariance_type_ = self.covariance_type or self._default_covariance
         dev = resolve_device(self.device)
         C, spatial = img.shape[0], tuple(img.shape[1:])
