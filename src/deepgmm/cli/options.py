@@ -200,7 +200,8 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "0,6,6 for thick slices; in mm for a NIfTI input, whose header gives the voxel sizes, in pixels "
                   "otherwise: see --sigma-units) of the Gaussian that smooths the posteriors, a spatial prior: svgmm: the "
                   "posteriors that become the per-pixel weights (default 0: the paper's SVGMM); deep: the "
-                  "smoothed-posterior term's (default 8 pixels on a 2D image, 4 voxels on a volume)", metavar="S", methods=("svgmm",) + DEEP_METHODS),
+                  "smoothed-posterior term's (default 8 pixels on a 2D image, 4 voxels on a volume)", metavar="S",
+                  methods=("svgmm",) + DEEP_METHODS),
     SegmentOption("--balance", "balance", float, "deep: weight of the balance term against vanishing classes "
                   "(default: deepg 1, deepsvg 0)", minimum=0.0, metavar="L", methods=DEEP_METHODS),
     SegmentOption("--mu-prior", "mu_prior", str, "deep: file of class means mu_data (K rows, C columns; .npy, "
