@@ -89,9 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", type=int, nargs="*", default=[0, 5, 10])
     ap.add_argument("--refine", type=int, default=0, help="also read each checkpoint out after this many EM "
                     "iterations at full resolution under the interpolated soft labels (step N rR)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--summarise", type=Path, help="print, for the traced rows of this --out file (--refine R, checkpoints "
+                    "every few steps), the Dice of the stopping rules a read-out check could follow, and exit")
     ap.add_argument("--ibsr", type=Path, default=Path(os.environ.get("DEEPGMM_IBSR", SHARED / "ibsr18")))
     args = ap.parse_args(argv)
+    if args.summarise:
+        summarise(args.summarise)
+        return 0
+    if args.out is None:
+        ap.error("--out is required")
     if not args.ibsr.is_dir():
         print(f"IBSR data not found at {args.ibsr}; pass --ibsr or set DEEPGMM_IBSR", file=sys.stderr)
         return 2
@@ -112,13 +119,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def summarise(path: Path) -> None:
+    """For each traced row (one per line of ``path``, read out with ``--refine R`` at its checkpoints):
+    CSF / GM / WM of the fit as it ended (``final``), of its distilled start (``step 0``), of the
+    checkpoint with the lowest read-out NLL (``lowest``) and of the read-out check's rule (``first``:
+    the lowest up to the first checkpoint whose read-out NLL is not lower); then their means."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    picks: dict[str, list] = {"final": [], "step 0": [], "lowest": [], "first": []}
+    for row in rows:
+        refined = [k for k in row.get("nll_at", {}) if k.endswith(tuple(f" r{i}" for i in range(1, 100)))
+                   and not k.startswith("step end")]
+        if not refined:
+            continue
+        nll = row["nll_at"]
+        first = refined[0]
+        for key in refined[1:]:
+            if not nll[key] < nll[first]:
+                break
+            first = key
+        chosen = {"final": row["dice"], "step 0": row["dice_at"][refined[0]],
+                  "lowest": row["dice_at"][min(refined, key=nll.get)], "first": row["dice_at"][first]}
+        for name, dice in chosen.items():
+            picks[name].append(dice)
+        print(f"{row['subject']:02d} {row['config']:14s} " + "  ".join(
+            f"{name} {'/'.join(f'{v:.3f}' for v in dice)}" for name, dice in chosen.items())
+            + f"  (first: {first.split()[1]})")
+    for name, values in picks.items():
+        if values:
+            print(f"mean of {len(values)}: {name:7s} {'/'.join(f'{v:.3f}' for v in np.mean(values, 0))}")
+
+
 def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict, refine: int = 0) -> dict:
     from deepgmm import segment
     from deepgmm.deep.grid import upsample
     from deepgmm.deep.losses import DeepMixtureLoss
     from deepgmm.experiments.brain import SEGMENT_OPTIONS, load_ibsr
     from deepgmm.experiments.cases import score_dice
-    from deepgmm.likelihood import log_posteriors, m_step
+    from deepgmm.likelihood import log_gaussian, log_mixture, log_posteriors, m_step, mixture_nll
     from deepgmm.segmentation.order import class_permutation
     from deepgmm.segmentation.result import MethodFit
     from deepgmm.segmentation.spare import drop_spare_classes
@@ -129,6 +166,7 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
         opts["spacing"] = case.spacing
     if opts["method"].startswith("deep"):
         opts.update(extra)
+    opts.setdefault("random_state", 0)
 
     def dice(labels: np.ndarray) -> list[float]:
         ev = score_dice(labels, case.truth, CLASSES, "none")
@@ -156,13 +194,13 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
     DeepMixtureLoss.forward = traced
     try:
         c0, t0 = time.process_time(), time.perf_counter()
-        seg = segment(case.image, case.mask, n_components=3, random_state=0, **SEGMENT_OPTIONS, **opts)
+        seg = segment(case.image, case.mask, n_components=3, **SEGMENT_OPTIONS, **opts)
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     finally:
         DeepMixtureLoss.forward = forward
     row = {"subject": subject, "options": {k: v for k, v in opts.items() if k != "spacing"},
            "dice": dice(seg.labels), "cpu_seconds": round(cpu, 1), "wall_seconds": round(wall, 1),
-           "steps": seg.n_iter, "dice_at": {}, "fractions_at": {}}
+           "steps": seg.n_iter, "dice_at": {}, "fractions_at": {}, "nll_at": {}}
     if not opts["method"].startswith("deep"):
         return row
     est = seg.model
@@ -191,11 +229,15 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
     row["dice_at"]["em"], row["fractions_at"]["em"] = dice(lab), frac
     scale = est.fit_scale_
     full_shape = tuple(full_x.shape[2:])
+    with torch.no_grad():  # the kept network (a read-out check may have read out later ones)
+        grid_x = est._downsample(full_x[0], reg_w, scale)[0].unsqueeze(0)
+        trace["final_up"] = upsample(est.network_.train()(grid_x), scale, full_shape)
     ups = [(step, logits if tuple(logits.shape[2:]) == full_shape else upsample(logits, scale, full_shape))
            for step, logits in sorted(trace["logits"].items())]
     for step, up in ups + [("end", trace["final_up"])] * bool(refine):
         with torch.no_grad():
             out = read_loss(full_x, up, full_m)
+        row["nll_at"][f"step {step}"] = round(float(out.nll[0]), 5)
         given = (full_x[0], out.fit.means[0], out.fit.covariances[0]) if scale > 1 else ()
         probs, _ = est._read_out(up[0], reg_w, *given)
         lab, frac = labels_of(probs[:, reg_w.numpy()].T, out.fit.means[0].numpy(), out.fit.covariances[0].numpy())
@@ -209,11 +251,16 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
                 post = log_posteriors(Xd, mu, cov, log_w, est.covariance_type_).exp()
                 ms = m_step(Xd, post, est.covariance_type_, est.reg_covar)
                 mu, cov = ms.means, ms.covariances
-            post = log_posteriors(Xd, mu, cov, log_w, est.covariance_type_).exp()
+            log_dens = log_gaussian(Xd, mu, cov, est.covariance_type_)
+            post = log_mixture(log_dens, log_w)[1].exp()
             lab, frac = labels_of(post.float().numpy(), mu.numpy(), cov.numpy())
-            row["dice_at"][f"step {step} r{refine}"], row["fractions_at"][f"step {step} r{refine}"] = dice(lab), frac
+            key = f"step {step} r{refine}"
+            row["dice_at"][key], row["fractions_at"][key] = dice(lab), frac
+            row["nll_at"][key] = round(float(mixture_nll(log_dens, log_w)), 5)
     row["dice_at"]["final"] = row["dice"]
     row["fit_scale"] = scale
+    row["kept_step"] = getattr(est, "kept_step_", seg.n_iter)
+    row["readout_checks"] = getattr(est, "readout_checks_", [])
     row["grid"] = trace["grid_shape"]
     row["trace_fractions"] = trace["nk"]
     row["trace_means"] = trace["means"]

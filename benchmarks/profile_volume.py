@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepgmm.deep.precision import resolve_precision
     from deepgmm.deep.regularizers import SmoothedPosterior
     from deepgmm.deep.unet import UNet, network_config
+    from deepgmm.deep.steps import FullReadout
     from deepgmm.experiments.brain import load_ibsr
     from deepgmm.preprocess import box_slices
     from deepgmm.progress import Progress
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     with phase("read-out (network, full-resolution M-step, soft labels)", sampler):
         full_x = img_w.unsqueeze(0)
         full_m = reg_w.unsqueeze(0).to(full_x.dtype)
-        logits, out = est._final_logits(net, x, full_x, full_m, read_loss, scale, None)
+        read = FullReadout(x, full_x, full_m, None, read_loss, scale, 0)(net)
+        logits, out = read.logits, read.out
         given = (full_x[0], out.fit.means[0], out.fit.covariances[0]) if scale > 1 else ()
         probs, labels = est._read_out(logits[0], reg_w, *given)
     with phase("spare class (drop the smallest of K+1)", sampler):

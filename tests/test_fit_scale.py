@@ -278,7 +278,8 @@ def test_memory_estimate_counts_the_full_resolution_loss_of_fit_loss_full():
     loss = (12 * (K + 1) + 8 * (K + 1)) * 4  # bytes a pixel: the loss and the smoothed-posterior term, float32
     cfg = network_config(DeepSVG().network, spatial_dims=3, in_channels=1, out_channels=K)
     activations = activation_bytes(cfg, (38, 31, 37))
-    assert grid == max(activations + loss * n_grid, loss * n_full) + parameter_bytes(cfg)
+    kept = 2 * K * n_full * 4  # the read-out check holds the kept read-out's logits and soft labels
+    assert grid == max(activations + loss * n_grid, loss * n_full + kept) + parameter_bytes(cfg)
     assert full == activations + loss * n_full + 2 * K * n_full * 4 + parameter_bytes(cfg)
     same = {"n_components": 4, "crop_margin": None, "fit_scale": 1, "precision": "float32"}
     assert method.memory(image, mask, same) == method.memory(image, mask, {**same, "fit_loss": "full"})

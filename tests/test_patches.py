@@ -264,7 +264,7 @@ def test_the_memory_estimate_of_a_patch_fit_is_far_below_the_whole_window_s():
     grid = deep.memory(image, mask, {"n_components": 4, "precision": "float32"})
     assert 0 < patches < whole / 3
     assert patches < 2 * 2**30  # the bound for a brain window
-    assert grid < patches  # the 4-voxel grid is cheaper still
+    assert grid <= patches  # the 4-voxel grid (its read-out check holding K values a pixel twice) no dearer
     # term by term: the steps on one patch, or the read-out's loss on the window, plus the cached soft
     # labels and the tiled logits (K values a pixel each) and the weights
     from deepgmm.deep.unet import activation_bytes, network_config, parameter_bytes

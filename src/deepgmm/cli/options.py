@@ -16,7 +16,7 @@ from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS
                        FEATURES, FIT_LOSSES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
-           "parse_fit_scale", "parse_readout_em", "parse_patch_size", "parse_n_components"]
+           "parse_fit_scale", "parse_readout_em", "parse_readout_check", "parse_patch_size", "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
@@ -109,6 +109,11 @@ def parse_fit_scale(text: str) -> int | str:
 
 def parse_readout_em(text: str) -> int | str:
     """``--readout-em``: ``auto`` or a number of EM iterations ``>= 0``."""
+    return _word_or_whole(text, "auto", "auto", 0)
+
+
+def parse_readout_check(text: str) -> int | str:
+    """``--readout-check``: ``auto`` or every how many NLL steps ``>= 0`` (0: no check)."""
     return _word_or_whole(text, "auto", "auto", 0)
 
 
@@ -259,6 +264,10 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "(--fit-scale above 1): EM iterations at full resolution after the fit, the network's soft labels "
                   "kept as per-pixel weights; auto (default): 5 for a volume, 0 for a 2D image", metavar="N|auto",
                   methods=DEEP_METHODS),
+    SegmentOption("--readout-check", "readout_check", parse_readout_check, "deep, on a grid coarser than the "
+                  "image: every N NLL steps read the network out at full resolution and keep the steps only while "
+                  "they lower the read-out's NLL (the network of the lowest kept; kept_step in summary.json); 0: no "
+                  "check; auto (default): 2 for a volume, 0 for a 2D image", metavar="N|auto", methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from typing import Any, Sequence
 
@@ -61,7 +60,7 @@ from .patches import (
     updating_statistics,
     use_window_statistics,
 )
-from .readout import read_out, readout_em
+from .readout import read_out
 from .scale import (
     FIT_PIXELS_2D,
     FIT_VOXELS,
@@ -70,11 +69,13 @@ from .scale import (
     PATCH_MAX_STEPS,
     SCALED_MAX_STEPS,
     auto_fit_scale,
+    auto_readout_check,
     auto_readout_em,
 )
 from .optim import AdamW
 from .precision import resolve_precision
 from .regularizers import MuPrior, Regularizer, SmoothedPosterior, auto_smooth_sigma, build_regularizers
+from .steps import FullReadout, ReadOut, ReadoutCheck, whole_steps
 from .unet import UNet, UNetConfig, network_config
 
 __all__ = ["DeepGMM", "DeepG", "DeepSVG", "DEEP_INITS", "FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D",
@@ -146,6 +147,12 @@ class DeepGMM(ParamsMixin):
         from the posteriors instead of from the (blurred) soft labels; 0: one M-step from the soft
         labels. "auto" (default): :data:`READOUT_EM_VOLUME` for a volume on a coarser grid, 0 in 2D
         (:func:`deepgmm.deep.scale.auto_readout_em`; resolved in ``readout_em_``)
+    readout_check : with ``fit_scale > 1``, every how many NLL steps the network is read out at full
+        resolution (read-out EM included) to keep the steps only while they lower the read-out's NLL:
+        the network of the lowest one, from the distilled start (step 0) on, is kept, and the steps stop
+        at the first check that does not lower it (:class:`deepgmm.deep.steps.ReadoutCheck`); 0: no
+        check. "auto" (default): :data:`READOUT_CHECK_VOLUME` for a volume on a coarser grid, 0 in 2D
+        (:func:`deepgmm.deep.scale.auto_readout_check`; resolved in ``readout_check_``)
     precision : the network's arithmetic (:mod:`deepgmm.deep.precision`): "auto" (default: bfloat16
         under autocast on a CPU with native bfloat16 instructions, else float32), "float32" or
         "bfloat16". The likelihood, M-step and losses stay in the image's dtype
@@ -168,6 +175,8 @@ class DeepGMM(ParamsMixin):
     n_iter_, converged_, fit_seconds_
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
     readout_em_ : the read-out's EM iterations the fit ran (``readout_em`` resolved; 0 at full resolution)
+    readout_check_ : ``readout_check`` resolved (0: none ran); readout_checks_ : ``(step, NLL)`` of each
+        check; kept_step_ : the step whose network was kept (``n_iter_`` without a check)
     smooth_sigma_ : the smoothed-posterior term's width (``smooth_sigma`` resolved, full-resolution pixels)
     patch_size_ : the patch ``(*p)`` of a fit on patches (prediction runs tile by tile at it), else None
     precision_ : the network's arithmetic in the fit, "float32" or "bfloat16"
@@ -209,6 +218,7 @@ class DeepGMM(ParamsMixin):
         fit_scale: int | str = "auto",
         fit_loss: str = "grid",
         readout_em: int | str = "auto",
+        readout_check: int | str = "auto",
         patch_size: int | None = None,
         precision: str = "auto",
         random_state: int | None = 0,
@@ -240,6 +250,7 @@ class DeepGMM(ParamsMixin):
         self.fit_scale = fit_scale
         self.fit_loss = fit_loss
         self.readout_em = readout_em
+        self.readout_check = readout_check
         self.patch_size = patch_size
         self.precision = precision
         self.random_state = random_state
@@ -275,6 +286,7 @@ class DeepGMM(ParamsMixin):
                                  f"fit_scale={self.fit_scale} (use fit_scale 1 or auto, or no patches)")
         check_choice("fit_loss", self.fit_loss, FIT_LOSSES)
         check_auto_or_int("readout_em", self.readout_em, minimum=0)
+        check_auto_or_int("readout_check", self.readout_check, minimum=0)
         check_choice("precision", self.precision, PRECISIONS)
         if self.random_state is not None:
             check_int("random_state", self.random_state, minimum=0)
@@ -358,6 +370,7 @@ class DeepGMM(ParamsMixin):
                                   reg_covar=self.reg_covar, regularizers=regs_fit)
 
         max_steps = self._resolve_max_steps(scale, patch)
+        self.readout_em_ = auto_readout_em(len(spatial), scale, self.readout_em)  # the iterations run
         bar = Progress(self.pretrain_steps * (self.init == "em") + max_steps, type(self).__name__, logger,
                        bar=bool(self.progress), final=None, leave=False)
         with bar:  # the bar closed, or the last line logged, also on an error
@@ -384,22 +397,36 @@ class DeepGMM(ParamsMixin):
                                       grad_clip=self.grad_clip, on_step=lambda v: bar.step(nll=v))
                 n_iter, converged = len(history), False
             else:
-                steps = self._whole_steps(net, opt, x, m, w, loss_fn, read_loss, full_x, full_m, full_w, scale,
-                                          max_steps, bar)
-                history, n_iter, converged = steps
+                read = FullReadout(x, full_x, full_m, full_w, read_loss, scale, self.readout_em_)
+                every = auto_readout_check(len(spatial), scale, self.readout_check)
+                check = ReadoutCheck(net, read, every) if every else None
+                if scale > 1 and self.fit_loss == "full":  # the loss on the window's pixels
+                    def step_loss() -> Any:
+                        return read_loss(full_x, upsample(net(x), scale, tuple(full_x.shape[2:])), full_m,
+                                         weight=full_w)
+                else:
+                    def step_loss() -> Any:
+                        return loss_fn(x, net(x), m, weight=w)
+                history, n_iter, converged, kept = whole_steps(
+                    net, opt, step_loss, max_steps=max_steps, tol=self.tol, min_steps=self.min_steps,
+                    grad_clip=self.grad_clip, bar=bar, check=check)
 
         if patches is not None:
             refresh_statistics(net, x, patches)
             with torch.no_grad(), self._tiles(spatial, patch, "read-out") as tiles_done:
                 logits = tiled_logits(net, x, patch, self.n_components, on_tile=tiles_done.step)  # (1, K, *window)
-                out = read_loss(x, logits, m, weight=w)
+                final = ReadOut.of_loss(logits, read_loss(x, logits, m, weight=w))
+            check = None
         else:
-            logits, out = self._final_logits(net, x, full_x, full_m, read_loss, scale, full_w)  # (1, K, *window)
+            final = kept if kept is not None else read(net)  # (1, K, *window) logits
+        self.readout_check_ = 0 if check is None else check.every
+        self.readout_checks_ = [] if check is None else list(check.checks)
+        self.kept_step_ = n_iter if check is None else check.kept_step
         self.network_ = net.eval()
         self.network_config_ = cfg
         self.fit_scale_ = scale
         self.patch_size_ = patch
-        self._set_results(logits[0], out, region, history, n_iter, converged, regs, full_x, full_w)
+        self._set_results(final, region, history, n_iter, converged, regs, full_x)
         self.probabilities_, self.labels_ = uncrop(self.probabilities_, self.labels_, window,
                                                     tuple(full_region.shape))
         self.window_ = window
@@ -410,32 +437,6 @@ class DeepGMM(ParamsMixin):
     def _tiles(self, shape: tuple[int, ...], size: tuple[int, ...], what: str) -> Progress:
         """The progress of a pass over the tiles of a window of ``shape`` (a fit on patches)."""
         return tile_progress(shape, size, f"{type(self).__name__} {what}", logger, bar=bool(self.progress))
-
-    def _whole_steps(self, net: UNet, opt: Any, x: Tensor, m: Tensor, w: Tensor | None, loss_fn: DeepMixtureLoss,
-                     read_loss: DeepMixtureLoss, full_x: Tensor, full_m: Tensor, full_w: Tensor | None, scale: int,
-                     max_steps: int, bar: Progress) -> tuple[list[float], int, bool]:
-        """NLL steps on the whole fitted grid ``x`` ``(1, C, *grid)`` (the window at ``scale`` 1); with
-        ``fit_loss="full"`` scored on the window ``full_x`` through the upsampled logits. Returns the NLL of
-        every step, the steps taken and whether the ``tol`` rule stopped them."""
-        full_steps = scale > 1 and self.fit_loss == "full"  # the loss on the window's pixels
-        history: list[float] = []
-        for step in range(1, max_steps + 1):
-            if full_steps:
-                out = read_loss(full_x, upsample(net(x), scale, tuple(full_x.shape[2:])), full_m, weight=full_w)
-            else:
-                out = loss_fn(x, net(x), m, weight=w)
-            opt.zero_grad(set_to_none=True)
-            out.total.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
-            opt.step()
-            nll = float(out.nll.detach()[0])
-            if not math.isfinite(nll):
-                raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
-            history.append(nll)
-            bar.step(nll=nll)
-            if step >= max(self.min_steps, 2) and abs(history[-2] - nll) < self.tol:
-                return history, step, True
-        return history, len(history), False
 
     def _resolve_patch(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """The patch ``(*p)`` of a window of spatial ``shape`` (``patch_size`` on each axis, at most the
@@ -494,16 +495,6 @@ class DeepGMM(ParamsMixin):
             out.append(r)
         return out
 
-    def _final_logits(self, net: UNet, x: Tensor, full_x: Tensor, full_m: Tensor, loss_fn: DeepMixtureLoss,
-                      scale: int, full_w: Tensor | None) -> tuple[Tensor, Any]:
-        """The network's logits ``(1, K, *window)`` at full resolution (interpolated from the fitted grid
-        ``x`` ``(1, C, *grid)`` for ``scale > 1``) and the loss on ``full_x`` ``(1, C, *window)`` with them
-        (its M-step is the fit's mixture; ``full_w``: the pixels' weights)."""
-        with torch.no_grad():
-            logits = upsample(net(x), scale, tuple(full_x.shape[2:]))
-            out = loss_fn(full_x, logits, full_m, weight=full_w)
-        return logits, out
-
     def _em_posteriors(self, img: Tensor, region: Tensor, seed: int, prior: np.ndarray | None,
                        weight: Tensor | None) -> Tensor:
         """EM soft labels ``(1, K, *spatial)`` for the warm start (prior order if ``mu_prior``; each
@@ -561,24 +552,17 @@ class DeepGMM(ParamsMixin):
         """:func:`deepgmm.deep.readout.read_out` with this estimator's covariance type."""
         return read_out(logits, region, self.covariance_type_, x, means, covariances)
 
-    def _set_results(self, logits: Tensor, out: Any, region: Tensor, history: list[float], n_iter: int,
-                     converged: bool, regs: list[Regularizer], x: Tensor, weight: Tensor | None) -> None:
-        fit = out.fit
-        means, covariances, nk = fit.means[0], fit.covariances[0], fit.nk[0]
-        nll = float(out.nll[0])
-        self.readout_em_ = auto_readout_em(region.ndim, self.fit_scale_, self.readout_em)  # the iterations run
-        if self.readout_em_ > 0:
-            means, covariances, nk, nll = readout_em(logits, region, x[0], means, covariances,
-                                                     None if weight is None else weight[0], iterations=self.readout_em_,
-                                                     covariance_type=self.covariance_type_,
-                                                     reg_covar=self.reg_covar, mixture=self._mixture)
+    def _set_results(self, read: ReadOut, region: Tensor, history: list[float], n_iter: int, converged: bool,
+                     regs: list[Regularizer], x: Tensor) -> None:
+        """The fit's attributes from the kept network's read-out ``read`` on the window ``x`` ``(1, C, *window)``."""
+        logits, means, covariances, nk = read.logits[0], read.means, read.covariances, read.nk
         given = (x[0], means, covariances) if self.fit_scale_ > 1 else ()
         self.probabilities_, self.labels_ = self._read_out(logits, region, *given)
         self.means_ = means.cpu().numpy()
         self.covariances_ = covariances.cpu().numpy()
         self.weights_ = (nk / nk.sum()).cpu().numpy()
-        self.nll_ = nll
-        self.loss_ = float(out.total)
+        self.nll_ = read.nll
+        self.loss_ = float(read.out.total)
         self.nll_history_ = history
         self.n_iter_ = n_iter
         self.converged_ = converged

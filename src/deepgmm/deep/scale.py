@@ -7,7 +7,7 @@ import math
 from typing import Sequence
 
 __all__ = ["FIT_VOXELS", "FIT_PIXELS_2D", "FULL_PIXELS_2D", "MAX_STEPS", "SCALED_MAX_STEPS", "PATCH_MAX_STEPS",
-           "READOUT_EM_VOLUME", "auto_fit_scale", "auto_readout_em"]
+           "READOUT_EM_VOLUME", "READOUT_CHECK_VOLUME", "auto_fit_scale", "auto_readout_em", "auto_readout_check"]
 
 FIT_VOXELS = 65536
 """``fit_scale="auto"`` for a volume: the most voxels the network is fitted on (docs/deep.md, "Volumes and
@@ -41,6 +41,22 @@ def auto_readout_em(spatial_dims: int, scale: int, readout_em: int | str = "auto
     if readout_em == "auto":
         return READOUT_EM_VOLUME if spatial_dims == 3 else 0
     return int(readout_em)
+
+READOUT_CHECK_VOLUME = 2
+"""``readout_check="auto"``: every how many NLL steps a volume fitted on a coarser grid is read out at full
+resolution to keep the steps only while they lower the read-out's NLL (chosen on the IBSR training
+subjects: docs/deep.md, "The read-out check")."""
+
+
+def auto_readout_check(spatial_dims: int, scale: int, readout_check: int | str = "auto") -> int:
+    """Every how many NLL steps a fit of ``spatial_dims`` dimensions at block size ``scale`` checks its
+    read-out (0: never): never at full resolution (``scale`` 1), else ``readout_check``, where ``"auto"``
+    is :data:`READOUT_CHECK_VOLUME` for a volume and 0 in 2D."""
+    if scale == 1:
+        return 0
+    if readout_check == "auto":
+        return READOUT_CHECK_VOLUME if spatial_dims == 3 else 0
+    return int(readout_check)
 
 
 def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:

@@ -568,9 +568,11 @@ def _settings_record(settings: dict[str, Any], fit: MethodFit, plain: dict[str, 
     precision = getattr(fit.model, "precision_", None)
     if precision is not None:  # the deep network's arithmetic, as resolved on this machine
         record["precision"] = precision
-    for name in ("fit_scale", "readout_em"):  # a deep fit's "auto" settings as resolved for this image
+    for name in ("fit_scale", "readout_em", "readout_check"):  # a deep fit's "auto" settings as resolved
         if (used := getattr(fit.model, name + "_", None)) is not None:
             record[name + "_used"] = int(used)
+    if getattr(fit.model, "readout_checks_", None):  # the NLL step whose network a read-out check kept
+        record["kept_step"] = int(fit.model.kept_step_)
     if (sigma := getattr(fit.model, "smooth_sigma_", None)) is not None:  # voxels
         record["smooth_sigma_used"] = [float(v) for v in sigma] if np.ndim(sigma) else float(sigma)
     return record

@@ -19,6 +19,7 @@ from .._validation import resolve_device
 from ..deep.estimator import DeepG, DeepGMM, DeepSVG
 from ..deep.precision import resolve_precision
 from ..deep.regularizers import SmoothedPosterior
+from ..deep.scale import auto_readout_check
 from ..deep.unet import activation_bytes, network_config, parameter_bytes
 from ..mixture import EM_IMAGE_DEFAULTS, GaussianMixture, SpatiallyVariantGMM
 from ..preprocess import bounding_box, box_slices
@@ -126,6 +127,8 @@ def _deep_memory(cls: type, image: torch.Tensor, mask: torch.Tensor, settings: d
     else:
         train = activation_bytes(cfg, grid, itemsize=network_item) + loss_bytes(math.prod(grid))
     read_out = loss_bytes(n_full) if scale > 1 else 0
+    if auto_readout_check(len(shape), scale, est.readout_check):  # a check holds the best read-out meanwhile
+        read_out += 2 * K * n_full * item
     return max(train, read_out) + parameter_bytes(cfg)
 
 
