@@ -42,10 +42,11 @@ def auto_readout_em(spatial_dims: int, scale: int, readout_em: int | str = "auto
         return READOUT_EM_VOLUME if spatial_dims == 3 else 0
     return int(readout_em)
 
+
 READOUT_CHECK_VOLUME = 2
 """``readout_check="auto"``: every how many NLL steps a volume fitted on a coarser grid is read out at full
 resolution to keep the steps only while they lower the read-out's NLL (chosen on the IBSR training
-subjects: docs/deep.md, "The read-out check")."""
+subjects: docs/deep.md, "The read-out check on volumes")."""
 
 
 def auto_readout_check(spatial_dims: int, scale: int, readout_check: int | str = "auto") -> int:
