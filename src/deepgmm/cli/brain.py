@@ -23,7 +23,7 @@ def _add_run_options(p: argparse.ArgumentParser, data_help: str) -> None:
                    help=f"methods to run, from {','.join(METHODS + BRAIN_PRESETS + PEER_METHODS)} (default: "
                         f"{','.join(EM_METHODS)}; deepgmm_brain, deepgmm_brain4: the documented settings for brains, "
                         "docs/brain.md; deepgmm_brain_priors, atropos_priors: with --priors; "
-                        "the deep ones take about a minute per volume on a CPU, fitted on a coarser grid; the peers need "
+                        "the deep ones are fitted on a coarser grid, docs/deep.md has their times; the peers need "
                         "pip install -e '.[peers]' and are skipped without it)")
     p.add_argument("--priors", metavar="DIR",
                    help=f"folder of per-volume tissue prior maps, <name>_priors.nii.gz (the volume's shape, CSF, GM, "

@@ -14,8 +14,8 @@ scored twice: with no matching (``"none"``, the default: label k is the k-th dar
 every subject, which is what an automatic pipeline gets) and after Hungarian matching on the Dice
 matrix (``record["matched"]``, the rows "<method>, matched" of ``table.md``). The EM methods
 (``gmm``, ``svgmm``) run by default; the deep ones (``deepg``, ``deepsvg``) when named (fitted on
-a coarser grid, ``fit_scale="auto"``, read out at full resolution; about a minute per volume on a
-CPU). The peers of :mod:`.peers` (``atropos``, ``atropos_n4``, ``dipy_hmrf``, ``sklearn_gmm``; the
+a coarser grid, ``fit_scale="auto"``, read out at full resolution; their times are in
+docs/deep.md). The peers of :mod:`.peers` (``atropos``, ``atropos_n4``, ``dipy_hmrf``, ``sklearn_gmm``; the
 extra ``peers``) run when named, on the same cropped volumes and masks, their classes numbered by
 mean T1 too; a peer whose package is missing is skipped.
 ``deepgmm_brain4`` is deepgmm's documented setting for brains: several Gaussians per tissue, merged
