@@ -101,7 +101,7 @@ def test_whole_steps_stop_when_the_check_says_so():
     check = ReadoutCheck(net, read, every=1)
     with Progress(10, "t", None, bar=False) as bar:
         res = whole_steps(net, opt, step_loss, max_steps=10, tol=0.0, min_steps=0, grad_clip=1.0, bar=bar, check=check)
-    assert res.n_iter == 2 and len(res.history) == 2 and not res.converged and res.read.nll == 4.0
+    assert res.n_iter == 2 and len(res.history) == 2 and res.converged and res.read.nll == 4.0  # the check ended them
     assert float(net.weight.detach()) == pytest.approx(read.seen[1])  # step 1's weights back in place
     with pytest.raises(ValueError, match="every must be >= 1"):
         ReadoutCheck(net, read, every=0)
@@ -136,7 +136,7 @@ def test_a_fit_that_stops_keeps_an_earlier_network():
     network is kept (the scripted rule on a real fit)."""
     img, mask = two_region_image((24, 20, 22))
     est = DeepG(readout_check=1, **GRID).fit(img, mask)
-    assert est.n_iter_ < GRID["max_steps"] and est.kept_step_ < est.n_iter_
+    assert est.n_iter_ < GRID["max_steps"] and est.kept_step_ < est.n_iter_ and est.converged_  # the check ended it
     nlls = [v for _, v in est.readout_checks_]
     assert nlls[-1] >= nlls[est.kept_step_] and all(a > b for a, b in zip(nlls[:-2], nlls[1:-1]))
 
@@ -217,7 +217,9 @@ def test_segment_and_the_cli_record_the_check(tmp_path, capsys):
     assert main(base + ["--readout-check", "0", "--out", str(tmp_path / "a")]) == 0, capsys.readouterr().err
     settings = json.loads((tmp_path / "a" / "summary.json").read_text())["settings"]
     assert settings["readout_check_used"] == 0 and "kept_step" not in settings
+    capsys.readouterr()
     assert main(base + ["--readout-check", "1", "--out", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    assert "kept by the read-out check" in capsys.readouterr().out
     settings = json.loads((tmp_path / "b" / "summary.json").read_text())["settings"]
     assert settings["readout_check_used"] == 1 and 0 <= settings["kept_step"] <= 4
     check_error(capsys, base + ["--readout-check", "often", "--out", str(tmp_path / "c")], "--readout-check")

@@ -180,6 +180,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         dio.save_json(folder / SUMMARY_FILE, summary)
     on_patches = getattr(seg.model, "patch_size_", None) is not None  # a fixed number of steps, no tol test
     state = "converged" if seg.converged else "fixed steps on patches" if on_patches else "not converged"
+    if getattr(seg.model, "readout_checks_", None):  # a deep fit on a volume's grid
+        state += f", the network of step {seg.model.kept_step_} kept by the read-out check"
     print(f"{args.method}: K={seg.n_components}, NLL {seg.nll:.5f}, {seg.n_iter} iteration(s), {state}, "
           f"{seg.seconds:.2f} s")
     if photo:

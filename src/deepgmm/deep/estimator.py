@@ -172,7 +172,7 @@ class DeepGMM(ParamsMixin):
     nll_ : final NLL (at full resolution; with ``readout_em``, at the read-out's parameters);
         nll_history_ : NLL at every step (on the fitted grid); loss_ : the loss of the last read-out
         before ``readout_em``;
-    n_iter_, converged_, fit_seconds_
+    n_iter_, fit_seconds_; converged_ : whether the ``tol`` rule or the read-out check ended the steps
     fit_scale_ : the block size ``s`` the network was fitted at (1: full resolution)
     readout_em_ : the read-out's EM iterations the fit ran (``readout_em`` resolved; 0 at full resolution)
     readout_check_ : ``readout_check`` resolved (0: none ran); readout_checks_ : ``(step, NLL)`` of each
@@ -431,7 +431,9 @@ class DeepGMM(ParamsMixin):
                                                     tuple(full_region.shape))
         self.window_ = window
         self.fit_seconds_ = time.perf_counter() - t0
-        logger.info("%s: NLL %.5f after %d steps in %.2f s", type(self).__name__, self.nll_, n_iter, self.fit_seconds_)
+        kept = f" (the network of step {self.kept_step_} kept by the read-out check)" if check is not None else ""
+        logger.info("%s: NLL %.5f after %d steps%s in %.2f s", type(self).__name__, self.nll_, n_iter, kept,
+                    self.fit_seconds_)
         return self
 
     def _tiles(self, shape: tuple[int, ...], size: tuple[int, ...], what: str) -> Progress:

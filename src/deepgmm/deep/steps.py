@@ -135,8 +135,9 @@ class ReadoutCheck:
 
 
 class StepsResult(NamedTuple):
-    """The grid's NLL at every step taken, the steps taken, whether the ``tol`` rule stopped them,
-    and the read-out of the kept network when a :class:`ReadoutCheck` ran (else None)."""
+    """The grid's NLL at every step taken, the steps taken, whether a stopping rule (``tol`` or the
+    check) ended them before ``max_steps``, and the read-out of the kept network when a
+    :class:`ReadoutCheck` ran (else None)."""
 
     history: list[float]
     n_iter: int
@@ -163,7 +164,7 @@ def whole_steps(net: nn.Module, opt: object, step_loss: Callable[[], LossOutput]
         history.append(nll)
         bar.step(nll=nll)
         if check is not None and check.after_step(step):
-            return StepsResult(history, step, False, check.best)
+            return StepsResult(history, step, True, check.best)
         if step >= max(min_steps, 2) and abs(history[-2] - nll) < tol:
             converged = True
             break
