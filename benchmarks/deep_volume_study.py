@@ -123,7 +123,11 @@ def summarise(path: Path) -> None:
     """For each traced row (one per line of ``path``, read out with ``--refine R`` at its checkpoints):
     CSF / GM / WM of the fit as it ended (``final``), of its distilled start (``step 0``), of the
     checkpoint with the lowest read-out NLL (``lowest``) and of the read-out check's rule (``first``:
-    the lowest up to the first checkpoint whose read-out NLL is not lower); then their means."""
+    the lowest up to the first checkpoint whose read-out NLL is not lower by more than the estimators'
+    default ``tol``); then their means."""
+    from deepgmm.deep import DeepSVG
+
+    tol = DeepSVG().tol
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     picks: dict[str, list] = {"final": [], "step 0": [], "lowest": [], "first": []}
     for row in rows:
@@ -134,7 +138,7 @@ def summarise(path: Path) -> None:
         nll = row["nll_at"]
         first = refined[0]
         for key in refined[1:]:
-            if not nll[key] < nll[first]:
+            if not nll[key] < nll[first] - tol:
                 break
             first = key
         chosen = {"final": row["dice"], "step 0": row["dice_at"][refined[0]],

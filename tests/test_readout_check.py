@@ -76,6 +76,23 @@ def test_an_equal_read_out_does_not_count_as_lower():
     assert check.after_step(1) is True and check.kept_step == 0 and float(net.weight.detach()) == 0.0
 
 
+def test_a_check_must_lower_the_nll_by_more_than_tol():
+    net, read = _net(), Scripted([5.0, 4.9995, 4.0])
+    check = ReadoutCheck(net, read, every=1, tol=1e-3)
+    _step(net, 1.0)
+    assert check.after_step(1) is True and check.kept_step == 0 and float(net.weight.detach()) == 0.0
+    net, read = _net(), Scripted([5.0, 4.9995, 4.0])
+    check = ReadoutCheck(net, read, every=1)  # tol 0: any lower NLL counts
+    _step(net, 1.0)
+    assert check.after_step(1) is False and check.kept_step == 1
+
+
+def test_the_estimator_passes_its_tol_to_the_check():
+    img, mask = two_region_image((24, 20, 22))
+    est = DeepSVG(readout_check=1, **dict(GRID, tol=10.0)).fit(img, mask)  # no check can lower the NLL by 10
+    assert est.n_iter_ == 1 and est.kept_step_ == 0 and len(est.readout_checks_) == 2
+
+
 @pytest.mark.parametrize("last, kept, weight", [(1.0, 5, 5.0), (9.0, 4, 4.0)])
 def test_finish_reads_an_unchecked_last_step_and_keeps_the_better(last, kept, weight):
     net, read = _net(), Scripted([5.0, 4.0, 3.0, last])

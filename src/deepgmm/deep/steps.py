@@ -7,7 +7,7 @@ M-step (and the read-out EM) on the window's pixels. The two NLLs need not fall 
 mean of a thin structure is a partial volume, a mode of its own on the grid: docs/deep.md, "Why the
 deep fit degrades on brain volumes"). :class:`ReadoutCheck` reads the network out every ``every``
 steps, keeps the network with the lowest read-out NLL and stops the steps at the first check that
-does not lower it.
+does not lower it by more than ``tol``.
 
 Shapes: the grid's image ``x`` ``(1, C, *grid)``; the window ``full_x`` ``(1, C, *window)``, its mask
 ``full_m`` and pixel weights ``full_w`` ``(1, *window)``; logits ``(1, K, *window)``.
@@ -86,15 +86,16 @@ class FullReadout:
 class ReadoutCheck:
     """Every ``every`` NLL steps, ``read`` the network ``net`` out; keep the network (its weights and
     its :class:`ReadOut`) with the lowest read-out NLL, from the one the steps start with (step 0) on;
-    at the first check without a lower NLL, put the kept weights back and stop the steps.
+    at the first check whose NLL is not below the kept one's by more than ``tol`` (the steps' own
+    convergence threshold), put the kept weights back and stop the steps.
 
     ``checks`` lists ``(step, nll)`` of every read-out; ``kept_step`` is the step of the kept network.
     """
 
-    def __init__(self, net: nn.Module, read: Callable[[nn.Module], ReadOut], every: int) -> None:
+    def __init__(self, net: nn.Module, read: Callable[[nn.Module], ReadOut], every: int, tol: float = 0.0) -> None:
         if every < 1:
             raise ValueError(f"ReadoutCheck's every must be >= 1, got {every}")
-        self.net, self.read, self.every = net, read, int(every)
+        self.net, self.read, self.every, self.tol = net, read, int(every), float(tol)
         self.checks: list[tuple[int, float]] = []
         self.best: ReadOut | None = None
         self.kept_step = 0
@@ -102,10 +103,10 @@ class ReadoutCheck:
         self._check(0)
 
     def _check(self, step: int) -> bool:
-        """Read the network out at ``step``; True when it lowered the best read-out NLL."""
+        """Read the network out at ``step``; True when it lowered the kept read-out NLL by more than ``tol``."""
         read = self.read(self.net)
         self.checks.append((step, read.nll))
-        if self.best is not None and not read.nll < self.best.nll:
+        if self.best is not None and not read.nll < self.best.nll - self.tol:
             return False
         self.best, self.kept_step = read, step
         self._state = copy.deepcopy(self.net.state_dict())
