@@ -87,6 +87,36 @@ def test_a_check_must_lower_the_nll_by_more_than_tol():
     assert check.after_step(1) is False and check.kept_step == 1
 
 
+def test_a_later_start_reads_nothing_before_it():
+    net, read = _net(), Scripted([5.0, 4.0, 4.5])
+    check = ReadoutCheck(net, read, every=2, start=3)
+    assert check.checks == [] and check.kept_step == 3
+    for step in (1, 2):
+        _step(net, float(step))
+        assert check.after_step(step) is False
+    assert read.seen == []
+    for step, stop in ((3, False), (4, False), (5, False), (6, False), (7, True)):
+        _step(net, float(step))
+        assert check.after_step(step) is stop
+    assert check.checks == [(3, 5.0), (5, 4.0), (7, 4.5)] and check.kept_step == 5
+    assert float(net.weight.detach()) == 5.0
+    early, read = _net(), Scripted([3.0])
+    check = ReadoutCheck(early, read, every=2, start=10)
+    _step(early, 4.0)
+    assert check.finish(4).nll == 3.0 and check.kept_step == 4 and check.checks == [(4, 3.0)]
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        ReadoutCheck(early, read, every=1, start=-1)
+
+
+@pytest.mark.parametrize("kw", [dict(init="random"), dict(pretrain_steps=0)])
+def test_a_random_start_is_checked_from_min_steps_on(kw):
+    """Without a distilled start, step 0 is a random network: the checks begin at ``min_steps``."""
+    img, mask = two_region_image((24, 20, 22))
+    est = DeepSVG(readout_check=1, **dict(GRID, min_steps=3, **kw)).fit(img, mask)
+    steps = [s for s, _ in est.readout_checks_]
+    assert steps[0] == 3 and est.kept_step_ >= 3 and est.n_iter_ >= 3
+
+
 def test_the_estimator_passes_its_tol_to_the_check():
     img, mask = two_region_image((24, 20, 22))
     est = DeepSVG(readout_check=1, **dict(GRID, tol=10.0)).fit(img, mask)  # no check can lower the NLL by 10

@@ -148,10 +148,11 @@ class DeepGMM(ParamsMixin):
         labels. "auto" (default): :data:`READOUT_EM_VOLUME` for a volume on a coarser grid, 0 in 2D
         (:func:`deepgmm.deep.scale.auto_readout_em`; resolved in ``readout_em_``)
     readout_check : with ``fit_scale > 1``, every how many NLL steps the network is read out at full
-        resolution (read-out EM included) to keep the steps only while they lower the read-out's NLL:
-        the network of the lowest one, from the distilled start (step 0) on, is kept, and the steps stop
-        at the first check that does not lower it by more than ``tol``
-        (:class:`deepgmm.deep.steps.ReadoutCheck`); 0: no check. "auto" (default): :data:`READOUT_CHECK_VOLUME` for a volume on a coarser grid, 0 in 2D
+        resolution (read-out EM included) to keep the steps only while they lower the read-out's NLL
+        by more than ``tol``: the network of the lowest one, from the distilled start on (step 0; from
+        a random start, step ``min_steps`` on), is kept and the steps stop at the first check that does
+        not lower it (:class:`deepgmm.deep.steps.ReadoutCheck`); 0: no check. "auto" (default):
+        :data:`READOUT_CHECK_VOLUME` for a volume on a coarser grid, 0 in 2D
         (:func:`deepgmm.deep.scale.auto_readout_check`; resolved in ``readout_check_``)
     precision : the network's arithmetic (:mod:`deepgmm.deep.precision`): "auto" (default: bfloat16
         under autocast on a CPU with native bfloat16 instructions, else float32), "float32" or
@@ -399,7 +400,8 @@ class DeepGMM(ParamsMixin):
             else:
                 read = FullReadout(x, full_x, full_m, full_w, read_loss, scale, self.readout_em_)
                 every = auto_readout_check(len(spatial), scale, self.readout_check)
-                check = ReadoutCheck(net, read, every, self.tol) if every else None
+                distilled = self.init == "em" and self.pretrain_steps > 0  # else step 0 is a random network
+                check = ReadoutCheck(net, read, every, self.tol, 0 if distilled else self.min_steps) if every else None
                 if scale > 1 and self.fit_loss == "full":  # the loss on the window's pixels
                     def step_loss() -> Any:
                         return read_loss(full_x, upsample(net(x), scale, tuple(full_x.shape[2:])), full_m,

@@ -84,23 +84,28 @@ class FullReadout:
 
 
 class ReadoutCheck:
-    """Every ``every`` NLL steps, ``read`` the network ``net`` out; keep the network (its weights and
-    its :class:`ReadOut`) with the lowest read-out NLL, from the one the steps start with (step 0) on;
-    at the first check whose NLL is not below the kept one's by more than ``tol`` (the steps' own
-    convergence threshold), put the kept weights back and stop the steps.
+    """Every ``every`` NLL steps from step ``start`` on, ``read`` the network ``net`` out; keep the
+    network (its weights and its :class:`ReadOut`) with the lowest read-out NLL, from the one of step
+    ``start`` on; at the first check whose NLL is not below the kept one's by more than ``tol`` (the
+    steps' own convergence threshold), put the kept weights back and stop the steps. ``start`` 0 (a
+    distilled start, read out at once) or later (a random start, no network worth keeping yet).
 
     ``checks`` lists ``(step, nll)`` of every read-out; ``kept_step`` is the step of the kept network.
     """
 
-    def __init__(self, net: nn.Module, read: Callable[[nn.Module], ReadOut], every: int, tol: float = 0.0) -> None:
+    def __init__(self, net: nn.Module, read: Callable[[nn.Module], ReadOut], every: int, tol: float = 0.0,
+                 start: int = 0) -> None:
         if every < 1:
             raise ValueError(f"ReadoutCheck's every must be >= 1, got {every}")
-        self.net, self.read, self.every, self.tol = net, read, int(every), float(tol)
+        if start < 0:
+            raise ValueError(f"ReadoutCheck's start must be >= 0, got {start}")
+        self.net, self.read, self.every, self.tol, self.start = net, read, int(every), float(tol), int(start)
         self.checks: list[tuple[int, float]] = []
         self.best: ReadOut | None = None
-        self.kept_step = 0
+        self.kept_step = self.start
         self._state: dict[str, Tensor] | None = None
-        self._check(0)
+        if self.start == 0:
+            self._check(0)
 
     def _check(self, step: int) -> bool:
         """Read the network out at ``step``; True when it lowered the kept read-out NLL by more than ``tol``."""
@@ -114,7 +119,7 @@ class ReadoutCheck:
 
     def after_step(self, step: int) -> bool:
         """Called after NLL step ``step`` (from 1); True: stop the steps (the kept network is back in place)."""
-        if step % self.every or self._check(step):
+        if step < self.start or (step - self.start) % self.every or self._check(step):
             return False
         self._restore(step)
         return True
@@ -122,7 +127,7 @@ class ReadoutCheck:
     def finish(self, step: int) -> ReadOut:
         """The read-out of the kept network once the steps ended at ``step`` (read out here unless the
         last step was checked; the better of it and the best so far, whose weights are put back)."""
-        if self.checks[-1][0] != step:
+        if not self.checks or self.checks[-1][0] != step:
             self._check(step)
         self._restore(step)
         return self.best
