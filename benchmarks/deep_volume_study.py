@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -131,8 +132,7 @@ def summarise(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     picks: dict[str, list] = {"final": [], "step 0": [], "lowest": [], "first": []}
     for row in rows:
-        refined = [k for k in row.get("nll_at", {}) if k.endswith(tuple(f" r{i}" for i in range(1, 100)))
-                   and not k.startswith("step end")]
+        refined = [k for k in row.get("nll_at", {}) if re.fullmatch(r"step \d+ r\d+", k)]
         if not refined:
             continue
         nll = row["nll_at"]
@@ -159,7 +159,7 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
     from deepgmm.deep.losses import DeepMixtureLoss
     from deepgmm.experiments.brain import SEGMENT_OPTIONS, load_ibsr
     from deepgmm.experiments.cases import score_dice
-    from deepgmm.likelihood import log_gaussian, log_mixture, log_posteriors, m_step, mixture_nll
+    from deepgmm.deep.readout import readout_em
     from deepgmm.segmentation.order import class_permutation
     from deepgmm.segmentation.result import MethodFit
     from deepgmm.segmentation.spare import drop_spare_classes
@@ -246,21 +246,15 @@ def run(data: Path, subject: int, name: str, checkpoints: list[int], extra: dict
         probs, _ = est._read_out(up[0], reg_w, *given)
         lab, frac = labels_of(probs[:, reg_w.numpy()].T, out.fit.means[0].numpy(), out.fit.covariances[0].numpy())
         row["dice_at"][f"step {step}"], row["fractions_at"][f"step {step}"] = dice(lab), frac
-        if refine:  # EM at full resolution with the interpolated soft labels as fixed per-pixel prior
-            K = up.shape[1]
-            log_w = torch.log_softmax(up[0].double(), 0).reshape(K, -1).T[reg_w.reshape(-1)]  # (N, K)
-            Xd = X.double()
-            mu, cov = out.fit.means[0].double(), out.fit.covariances[0].double()
-            for _ in range(refine):
-                post = log_posteriors(Xd, mu, cov, log_w, est.covariance_type_).exp()
-                ms = m_step(Xd, post, est.covariance_type_, est.reg_covar)
-                mu, cov = ms.means, ms.covariances
-            log_dens = log_gaussian(Xd, mu, cov, est.covariance_type_)
-            post = log_mixture(log_dens, log_w)[1].exp()
-            lab, frac = labels_of(post.float().numpy(), mu.numpy(), cov.numpy())
+        if refine:  # the estimator's read-out EM at full resolution, the interpolated soft labels fixed
+            mu, cov, _, nll = readout_em(up[0], reg_w, full_x[0], out.fit.means[0], out.fit.covariances[0], None,
+                                         iterations=refine, covariance_type=est.covariance_type_,
+                                         reg_covar=est.reg_covar, mixture=read_loss.mixture)
+            probs, _ = est._read_out(up[0], reg_w, full_x[0], mu, cov)
+            lab, frac = labels_of(probs[:, reg_w.numpy()].T, mu.numpy(), cov.numpy())
             key = f"step {step} r{refine}"
             row["dice_at"][key], row["fractions_at"][key] = dice(lab), frac
-            row["nll_at"][key] = round(float(mixture_nll(log_dens, log_w)), 5)
+            row["nll_at"][key] = round(nll, 5)
     row["dice_at"]["final"] = row["dice"]
     row["fit_scale"] = scale
     row["kept_step"] = getattr(est, "kept_step_", seg.n_iter)

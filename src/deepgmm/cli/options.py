@@ -267,8 +267,8 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
     SegmentOption("--readout-check", "readout_check", parse_readout_check, "deep, on a grid coarser than the "
                   "image: every N NLL steps read the network out at full resolution and keep the steps only while "
                   "they lower the read-out's NLL by more than --tol (the network of the lowest kept; kept_step in "
-                  "summary.json); 0: no "
-                  "check; auto (default): 2 for a volume, 0 for a 2D image", metavar="N|auto", methods=DEEP_METHODS),
+                  "summary.json); 0: no check; auto (default): 2 for a volume, 0 for a 2D image", metavar="N|auto",
+                  methods=DEEP_METHODS),
     SegmentOption("--lam", "lam", float, "deep: weight of the --mu-prior term (default 1)", minimum=0.0,
                   metavar="L", methods=DEEP_METHODS),
 ]
