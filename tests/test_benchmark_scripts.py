@@ -43,10 +43,26 @@ def test_profile_volume_runs_every_phase():
 @needs_ibsr
 def test_deep_volume_study_traces_a_fit(tmp_path):
     _run("deep_volume_study.py", "--ibsr", str(IBSR), "--subjects", "4", "--configs", "default", "--checkpoints", "0",
-         "--options", json.dumps(dict(TINY, precision="float32")), "--out", str(tmp_path / "s.jsonl"))
+         "--refine", "5", "--options", json.dumps(dict(TINY, precision="float32", readout_check=0)),
+         "--out", str(tmp_path / "s.jsonl"))
     (row,) = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert row["config"] == "default" and len(row["dice"]) == 3 and {"em", "final"} <= set(row["dice_at"])
     assert 1 <= len(row["trace_fractions"]) <= 2  # the traced NLL steps
+    assert {"step 0 r5", "step end r5"} <= set(row["dice_at"]) and row["nll_at"]["step 0 r5"] > 0
+    assert row["dice_at"]["step end r5"] == row["dice"]  # the last network, read out as the estimator does
+    out = _run("deep_volume_study.py", "--summarise", str(tmp_path / "s.jsonl")).stdout
+    assert "mean of 1: first" in out
+
+
+def test_deep_volume_study_summarises_the_stopping_rules(tmp_path):
+    """``--summarise``: ``first`` stops at the first checkpoint not lower by more than tol (1e-3),
+    ``lowest`` takes the lowest read-out NLL of all."""
+    d = {f"step {s} r5": [0.0, float(s), 0.0] for s in (0, 2, 4, 6)}
+    row = {"subject": 1, "config": "c", "dice": [0.0, 9.0, 0.0], "dice_at": d,
+           "nll_at": {"step 0 r5": 1.0, "step 2 r5": 0.9, "step 4 r5": 0.8995, "step 6 r5": 0.5, "step 0": 2.0}}
+    (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")
+    out = _run("deep_volume_study.py", "--summarise", str(tmp_path / "t.jsonl")).stdout
+    assert "first 0.000/2.000/0.000" in out and "lowest 0.000/6.000/0.000" in out and "(first: 2)" in out
 
 
 @pytest.mark.slow
