@@ -94,3 +94,41 @@ def test_runner_skips_a_peer_that_is_not_installed(tmp_path, monkeypatch, caplog
     assert doc["method_settings"]["sklearn_gmm"]["covariance_type"] == "full"
     assert "atropos: skipped: not installed" in res.table
     assert sum("atropos skipped: not installed" in m for m in caplog.messages) == 1
+
+
+@pytest.mark.parametrize("method", ["atropos", "atropos_n4"])
+def test_atropos_leaves_no_files_in_the_temporary_folder(method, tmp_path, monkeypatch):
+    """antspyx writes Atropos' probability maps to tempfile names and keeps them; the peer runs it in a
+    scratch folder of its own, removed afterwards, and puts tempfile's default back."""
+    ants = pytest.importorskip("ants")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    seen: list[str] = []
+    atropos = ants.atropos
+
+    def spy(*args, **kwargs):  # where antspyx puts its maps while it runs
+        import tempfile
+        seen.append(tempfile.gettempdir())
+        return atropos(*args, **kwargs)
+
+    monkeypatch.setattr(ants, "atropos", spy)
+    case, ds = _case_and_dataset()
+    fit = peers.PEER_FITS[method](ds, case, method, 0, {})
+    assert set(np.unique(fit.labels[case.mask])) == {1, 2, 3}
+    assert seen and Path(seen[0]).parent == tmp and Path(seen[0]).name.startswith("deepgmm-ants-")
+    assert not Path(seen[0]).exists()
+    assert list(tmp.iterdir()) == []
+    import tempfile
+    assert tempfile.tempdir == str(tmp)
+
+
+def test_scratch_tempdir_is_put_back_after_an_error(tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError, match="boom"):
+        with peers._scratch_tempdir() as folder:
+            Path(folder, "antsrXprob01.nii.gz").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert tempfile.tempdir == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []

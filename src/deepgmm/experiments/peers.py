@@ -18,10 +18,12 @@ packages (the extra ``peers``: ``pip install -e '.[peers]'``) are imported insid
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import tempfile
 import time
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -77,6 +79,22 @@ def _parts(case: Case) -> tuple[np.ndarray, np.ndarray]:
     return t1, mask
 
 
+@contextlib.contextmanager
+def _scratch_tempdir() -> Iterator[str]:
+    """A private temporary folder as :mod:`tempfile`'s default for the block, removed after it.
+
+    antspyx's ``atropos`` writes its probability maps to ``tempfile.mktemp`` names (``antsr*prob0K.nii.gz``)
+    and never removes them; one fit of a volume would leave K maps in the user's temporary folder. The
+    default is process-wide, so this is for the fit runner's one-fit-at-a-time use."""
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="deepgmm-ants-") as folder:
+        tempfile.tempdir = folder
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = previous
+
+
 def _fit(labels: np.ndarray, seconds: float, settings: Mapping[str, Any], caught: list) -> Fit:
     msgs = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     return Fit(labels, None, float(seconds), None, None, dict(settings), msgs)  # type: ignore[arg-type]
@@ -106,7 +124,7 @@ def atropos_fit(dataset: DataSet, case: Case, method: str, seed: int, options: M
                 **options}
     if priors is not None:
         settings["priors"] = str(folder)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _scratch_tempdir():
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         img = ants.from_numpy(t1, spacing=spacing)
