@@ -11,7 +11,9 @@ its own): the volume cropped to the brain mask's box as ``deepgmm.experiments.br
 ``segment(method="gmm")`` and ``segment(method="deepsvg", fit_scale=...)`` (or on patches at full resolution,
 ``--deep-options '{"patch_size": 48}'``) with the brain
 settings (K=3, z-score over the mask, ``order="mean"``), both timed in that process; Dice of CSF,
-GM and WM without matching. Seconds are wall-clock, with the process's CPU seconds beside them
+GM and WM without matching; ``--json`` keeps each fit's mean NLL (``nll``, under the method's own
+mixture: deepSVG's per-voxel weights, so it compares deepSVG fits with each other, not with the
+GMM's). Seconds are wall-clock, with the process's CPU seconds beside them
 (on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one), and
 the memory estimate ``segment()`` checks before the fit beside the peak. The
 photograph (a BSDS500 image, K=4, no mask) likewise, in seconds, with its Probabilistic Rand Index and
@@ -69,7 +71,7 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: 
         seg = segment(case.image, case.mask, method=method, n_components=3, **SEGMENT_OPTIONS, **options)
         ev = score_dice(seg.labels, case.truth, CLASSES, "none")
         rec[method] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-                       "steps": seg.n_iter,
+                       "steps": seg.n_iter, "nll": float(seg.nll),
                        "dice": {name: ev.dice[k + 1] for k, name in enumerate(CLASSES)}}
         if method == "deepsvg":
             patch = getattr(seg.model, "patch_size_", None)

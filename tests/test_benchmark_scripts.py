@@ -5,6 +5,7 @@ the IBSR18 or BSDS500 data are absent ($DEEPGMM_IBSR, $DEEPGMM_BSDS)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -77,6 +78,7 @@ def test_bench_volume_runs_a_volume_and_a_photograph(tmp_path):
     assert vol["deep_options"]["network"] == "tiny" and vol["deepsvg"]["precision"] == "float32"
     assert vol["deepsvg"]["patch_size"] is None and vol["deepsvg"]["fit_scale"] == 4  # the default: the grid
     assert set(vol["deepsvg"]["dice"]) == {"CSF", "GM", "WM"} and vol["peak_rss_gib"] > 0
+    assert math.isfinite(vol["deepsvg"]["nll"]) and math.isfinite(vol["gmm"]["nll"])  # the fits' mean NLL
     assert doc["photos"][0]["deepsvg"]["pri"] > 0 and "| 04 |" in out and "fit_scale 4" in out
 
 
