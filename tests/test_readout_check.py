@@ -9,6 +9,7 @@ memory estimate's extra term, ``segment()``'s record and the CLI, and the errors
 """
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -230,6 +231,22 @@ def test_defaults_check_volumes_on_a_grid_only():
     assert full.readout_check_ == 0 and full.readout_checks_ == []
     patches = DeepSVG(**dict(fast, fit_scale="auto", patch_size=8, readout_check=1)).fit(vol, vmask)
     assert patches.readout_check_ == 0
+
+
+@pytest.mark.parametrize("options, name", [(dict(fit_scale=2), "grid nll"), (dict(fit_scale=2, fit_loss="full"), "nll"),
+                                           (dict(fit_scale=1), "nll")])
+def test_the_progress_names_the_grid_s_nll(options, name, monkeypatch, caplog):
+    """On a grid the steps' NLL is the block means', not the read-out's the fit reports: the progress
+    lines call it "grid nll" there, "nll" where the steps score the window's pixels."""
+    monkeypatch.setenv("DEEPGMM_PROGRESS_SECONDS", "0")  # a line at every step
+    img, mask = two_region_image((24, 20, 22))
+    with caplog.at_level(logging.INFO, logger="deepgmm"):
+        est = DeepSVG(**dict(GRID, max_steps=3, readout_check=0, **options)).fit(img, mask)
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DeepSVG: step ")]
+    nll_steps = steps[GRID["pretrain_steps"]:]  # after the distillation's lines
+    assert len(nll_steps) == est.n_iter_ == 3
+    for line, value in zip(nll_steps, est.nll_history_):
+        assert line.endswith(f", {name} {value:.5g}"), line
 
 
 @pytest.mark.parametrize("bad", [-1, "often", 1.5])

@@ -411,7 +411,8 @@ class DeepGMM(ParamsMixin):
                         return loss_fn(x, net(x), m, weight=w)
                 history, n_iter, converged, kept = whole_steps(
                     net, opt, step_loss, max_steps=max_steps, tol=self.tol, min_steps=self.min_steps,
-                    grad_clip=self.grad_clip, bar=bar, check=check)
+                    grad_clip=self.grad_clip, bar=bar, check=check,
+                    nll_name="grid nll" if scale > 1 and self.fit_loss != "full" else "nll")
 
         if patches is not None:
             refresh_statistics(net, x, patches)

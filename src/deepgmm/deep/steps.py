@@ -152,10 +152,12 @@ class StepsResult(NamedTuple):
 
 
 def whole_steps(net: nn.Module, opt: object, step_loss: Callable[[], LossOutput], *, max_steps: int, tol: float,
-                min_steps: int, grad_clip: float, bar: Progress, check: ReadoutCheck | None = None) -> StepsResult:
+                min_steps: int, grad_clip: float, bar: Progress, check: ReadoutCheck | None = None,
+                nll_name: str = "nll") -> StepsResult:
     """Up to ``max_steps`` AdamW steps on ``step_loss()`` (the loss of the network's current output),
     stopping when the NLL changes by less than ``tol`` (after ``max(min_steps, 2)`` steps) or when
-    ``check`` stops them."""
+    ``check`` stops them. ``nll_name``: the step's NLL as the progress shows it (e.g. "grid nll", where
+    it is not the NLL the fit reports)."""
     history: list[float] = []
     converged = False
     for step in range(1, max_steps + 1):
@@ -168,7 +170,7 @@ def whole_steps(net: nn.Module, opt: object, step_loss: Callable[[], LossOutput]
         if not math.isfinite(nll):
             raise ValueError(f"the deep fit diverged: NLL {nll} at step {step}; lower lr or raise reg_covar")
         history.append(nll)
-        bar.step(nll=nll)
+        bar.step(**{nll_name: nll})
         if check is not None and check.after_step(step):
             return StepsResult(history, step, True, check.best)
         if step >= max(min_steps, 2) and abs(history[-2] - nll) < tol:
