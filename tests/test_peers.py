@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -108,7 +109,6 @@ def test_atropos_leaves_no_files_in_the_temporary_folder(method, tmp_path, monke
     atropos = ants.atropos
 
     def spy(*args, **kwargs):  # where antspyx puts its maps while it runs
-        import tempfile
         seen.append(tempfile.gettempdir())
         return atropos(*args, **kwargs)
 
@@ -119,12 +119,10 @@ def test_atropos_leaves_no_files_in_the_temporary_folder(method, tmp_path, monke
     assert seen and Path(seen[0]).parent == tmp and Path(seen[0]).name.startswith("deepgmm-ants-")
     assert not Path(seen[0]).exists()
     assert list(tmp.iterdir()) == []
-    import tempfile
     assert tempfile.tempdir == str(tmp)
 
 
 def test_scratch_tempdir_is_put_back_after_an_error(tmp_path, monkeypatch):
-    import tempfile
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     with pytest.raises(RuntimeError, match="boom"):
         with peers._scratch_tempdir() as folder:
