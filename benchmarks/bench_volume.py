@@ -17,8 +17,10 @@ GMM's). Seconds are wall-clock, with the process's CPU seconds beside them
 (on a busy machine the CPU seconds of a one-thread run are the better guide to a quiet one), and
 the memory estimate ``segment()`` checks before the fit beside the peak. The
 photograph (a BSDS500 image, K=4, no mask) likewise, in seconds, with its Probabilistic Rand Index and
-Variation of Information against all of its human segmentations; ``--repeat R`` fits it R times
-(GMM and deepSVG in turn) and reports the median seconds and the median of the R ratios.
+Variation of Information against all of its human segmentations. ``--repeat R`` fits each volume
+and photograph R times (GMM and deepSVG in turn, in the same process) and reports the median
+seconds and the median of the R ratios (``same_labels`` in the records: whether every repeat gave
+the labels of the first).
 ``--baseline`` reads the records of an earlier run (``--json``) of the full-resolution fit
 (``--fit-scale 1``) and prints the Dice differences against it; ``--full`` runs it here instead.
 Data: ``--ibsr`` (default $DEEPGMM_IBSR or ../shared/data/ibsr18), ``--bsds`` (default
@@ -28,6 +30,7 @@ $DEEPGMM_BSDS or ../shared/data/bsds500).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -47,7 +51,37 @@ def _scale(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
-def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: dict | None = None) -> dict:
+def _timed_pairs(rec: dict, fit: Callable[[str, dict], Any], deep: dict, repeat: int) -> dict[str, Any]:
+    """``repeat`` times the GMM, then deepSVG with the options ``deep`` (in turn, so that both see the same
+    moments of a busy machine): ``rec[method]`` gets the median seconds and CPU seconds, every run's
+    seconds and the steps, ``rec["ratios"]`` deepSVG's seconds over the GMM's of each turn and
+    ``rec["same_labels"]`` whether every repeat gave each method the labels of its first run. Returns
+    each method's last Segmentation."""
+    times: dict = {"gmm": [], "deepsvg": []}
+    segs: dict[str, Any] = {}
+    first: dict[str, str] = {}  # a digest of each method's first labels (a copy would raise the peak)
+    same = True
+    for _ in range(repeat):
+        for method, options in (("gmm", {}), ("deepsvg", deep)):
+            segs.pop(method, None)  # the previous run's arrays are not held through this one
+            t0, c0 = time.perf_counter(), time.process_time()
+            seg = fit(method, options)
+            times[method].append((time.perf_counter() - t0, time.process_time() - c0))
+            digest = hashlib.sha256(np.ascontiguousarray(seg.labels).tobytes()).hexdigest()
+            same = same and first.setdefault(method, digest) == digest
+            segs[method] = seg
+    for method, runs in times.items():
+        rec[method] = {"seconds": float(np.median([t for t, _ in runs])),
+                       "cpu_seconds": float(np.median([c for _, c in runs])),
+                       "all_seconds": [t for t, _ in runs], "steps": segs[method].n_iter}
+    rec["repeat"] = repeat
+    rec["ratios"] = [d / g for (d, _), (g, _) in zip(times["deepsvg"], times["gmm"])]
+    rec["same_labels"] = same
+    return segs
+
+
+def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: dict | None = None,
+                  repeat: int = 1) -> dict:
     import torch
 
     from deepgmm import memory, segment
@@ -66,13 +100,11 @@ def _child_volume(ibsr: Path, subject: int, fit_scale: int | str, deep_options: 
     rec["estimate_gib"] = (memory.estimate_memory(1, tuple(mask.shape), rec["voxels"], k_fit, "deepsvg") + own) / 2**30
     if deep_options:
         rec["deep_options"] = deep_options
-    for method, options in (("gmm", {}), ("deepsvg", deep)):
-        t0, c0 = time.perf_counter(), time.process_time()
-        seg = segment(case.image, case.mask, method=method, n_components=3, **SEGMENT_OPTIONS, **options)
+    segs = _timed_pairs(rec, lambda method, options: segment(case.image, case.mask, method=method, n_components=3,
+                                                             **SEGMENT_OPTIONS, **options), deep, repeat)
+    for method, seg in segs.items():
         ev = score_dice(seg.labels, case.truth, CLASSES, "none")
-        rec[method] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-                       "steps": seg.n_iter, "nll": float(seg.nll),
-                       "dice": {name: ev.dice[k + 1] for k, name in enumerate(CLASSES)}}
+        rec[method].update(nll=float(seg.nll), dice={name: ev.dice[k + 1] for k, name in enumerate(CLASSES)})
         if method == "deepsvg":
             patch = getattr(seg.model, "patch_size_", None)
             rec[method].update(fit_scale=int(seg.model.fit_scale_), precision=seg.model.precision_,
@@ -92,19 +124,11 @@ def _child_photo(bsds: Path, photo: str, fit_scale: int | str, repeat: int = 1) 
     image = load_image(found[0]).data
     truth_file = bsds / "groundTruth" / found[0].parent.name / f"{photo}.mat"
     truths = load_bsds_ground_truth(truth_file) if truth_file.is_file() else None
-    rec: dict = {"photo": photo, "shape": list(image.shape), "repeat": repeat}
-    times: dict = {"gmm": [], "deepsvg": []}
-    for _ in range(repeat):  # the two methods in turn, so that both see the same moments of a busy machine
-        for method, options in (("gmm", {}), ("deepsvg", {"fit_scale": fit_scale})):
-            t0, c0 = time.perf_counter(), time.process_time()
-            seg = segment(image, method=method, n_components=4, **options)
-            times[method].append((time.perf_counter() - t0, time.process_time() - c0))
-            rec[method] = {"seconds": float(np.median([t for t, _ in times[method]])),
-                           "cpu_seconds": float(np.median([c for _, c in times[method]])),
-                           "all_seconds": [t for t, _ in times[method]], "steps": seg.n_iter, "seg": seg}
-    rec["ratios"] = [d / g for (d, _), (g, _) in zip(times["deepsvg"], times["gmm"])]
+    rec: dict = {"photo": photo, "shape": list(image.shape)}
+    segs = _timed_pairs(rec, lambda method, options: segment(image, method=method, n_components=4, **options),
+                        {"fit_scale": fit_scale}, repeat)
     for method in ("gmm", "deepsvg"):
-        seg = rec[method].pop("seg")
+        seg = segs[method]
         if truths is not None:  # the image is read (x, y), the human segmentations (row, column)
             labels = seg.labels if seg.labels.shape == truths[0].shape else seg.labels.T
             rec[method].update(pri=probabilistic_rand_index(labels, truths),
@@ -134,11 +158,19 @@ def _child(args: argparse.Namespace) -> int:
         import torch
         torch.set_num_threads(args.threads)
     kind, what = args.child
-    rec = (_child_volume(args.ibsr, int(what), args.fit_scale, args.deep_options) if kind == "volume"
+    rec = (_child_volume(args.ibsr, int(what), args.fit_scale, args.deep_options, args.repeat) if kind == "volume"
            else _child_photo(args.bsds, what, args.fit_scale, args.repeat))
     rec["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(rec))
     return 0
+
+
+def _ratio(rec: dict) -> float:
+    """deepSVG's wall-clock seconds over the GMM's: the median of the per-repeat ratios (records of
+    earlier runs without them: the ratio of the two times)."""
+    if "ratios" in rec:
+        return float(np.median(rec["ratios"]))
+    return rec["deepsvg"]["seconds"] / rec["gmm"]["seconds"]
 
 
 def _dice(rec: dict) -> str:
@@ -162,7 +194,7 @@ def _print_volumes(records: list[dict], baseline: dict[int, dict]) -> None:
         print(f"| {r['subject']:02d} | {'x'.join(map(str, r['window']))} | {fit}, {d.get('precision', '?')} "
               f"| {d['seconds']:.1f} "
               f"({d['cpu_seconds']:.1f}) | {d['steps']} | {r['peak_rss_gib']:.2f} ({r['estimate_gib']:.2f}) | "
-              f"{g['seconds']:.1f} ({g['cpu_seconds']:.1f}) | {d['seconds'] / g['seconds']:.1f} "
+              f"{g['seconds']:.1f} ({g['cpu_seconds']:.1f}) | {_ratio(r):.1f} "
               f"({d['cpu_seconds'] / g['cpu_seconds']:.0f}) | {_dice(r)} | {full} "
               f"| {diff} |")
 
@@ -178,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='more segment() options for deepSVG on the volumes, as JSON, e.g. \'{"fit_loss": "full"}\'')
     ap.add_argument("--baseline", type=Path, help="records of an earlier --fit-scale 1 run (--json)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
-    ap.add_argument("--repeat", type=int, default=1, help="fit each photograph this many times (GMM and deepSVG "
-                    "in turn) and report the median seconds and the median per-repeat ratio")
+    ap.add_argument("--repeat", type=int, default=1, help="fit each volume and photograph this many times (GMM "
+                    "and deepSVG in turn) and report the median seconds and the median per-repeat ratio")
     ap.add_argument("--json", type=Path, help="write the records here")
     ap.add_argument("--ibsr", type=Path, default=Path(os.environ.get("DEEPGMM_IBSR", SHARED / "ibsr18")))
     ap.add_argument("--bsds", type=Path, default=Path(os.environ.get("DEEPGMM_BSDS", SHARED / "bsds500")))
@@ -215,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
               f"PRI {d.get('pri', 0):.3f} VoI {d.get('voi', 0):.3f}; GMM {r['gmm']['seconds']:.1f} s "
               f"({r['gmm']['cpu_seconds']:.1f} CPU s), "
               f"PRI {r['gmm'].get('pri', 0):.3f} VoI {r['gmm'].get('voi', 0):.3f}; "
-              f"ratio {float(np.median(r['ratios'])) if 'ratios' in r else d['seconds'] / r['gmm']['seconds']:.1f}"
-              f"{' (median of %d)' % r['repeat'] if r.get('repeat', 1) > 1 else ''}")
+              f"ratio {_ratio(r):.1f}{' (median of %d)' % r['repeat'] if r.get('repeat', 1) > 1 else ''}")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
     return 0

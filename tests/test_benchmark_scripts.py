@@ -71,7 +71,7 @@ def test_deep_volume_study_summarises_the_stopping_rules(tmp_path):
 @needs_bsds
 def test_bench_volume_runs_a_volume_and_a_photograph(tmp_path):
     out = _run("bench_volume.py", "--ibsr", str(IBSR), "--bsds", str(BSDS), "--subjects", "4", "--photo", "101085",
-               "--threads", "1", "--deep-options", json.dumps(dict(TINY, precision="float32")),
+               "--threads", "1", "--deep-options", json.dumps(dict(TINY, precision="float32")), "--repeat", "2",
                "--json", str(tmp_path / "v.json")).stdout
     doc = json.loads((tmp_path / "v.json").read_text())
     (vol,) = doc["volumes"]
@@ -79,6 +79,14 @@ def test_bench_volume_runs_a_volume_and_a_photograph(tmp_path):
     assert vol["deepsvg"]["patch_size"] is None and vol["deepsvg"]["fit_scale"] == 4  # the default: the grid
     assert set(vol["deepsvg"]["dice"]) == {"CSF", "GM", "WM"} and vol["peak_rss_gib"] > 0
     assert math.isfinite(vol["deepsvg"]["nll"]) and math.isfinite(vol["gmm"]["nll"])  # the fits' mean NLL
+    for rec in (vol, doc["photos"][0]):  # two fits of each method, in turn; medians and per-turn ratios
+        assert rec["repeat"] == 2 and len(rec["ratios"]) == 2 and rec["same_labels"] is True
+        for method in ("gmm", "deepsvg"):
+            runs = rec[method]["all_seconds"]
+            assert len(runs) == 2 and rec[method]["seconds"] == pytest.approx(sum(runs) / 2)
+        ratios = [d / g for d, g in zip(rec["deepsvg"]["all_seconds"], rec["gmm"]["all_seconds"])]
+        assert rec["ratios"] == pytest.approx(ratios)
+    assert f"| {sum(vol['ratios']) / 2:.1f} (" in out  # the table's ratio: their median
     assert doc["photos"][0]["deepsvg"]["pri"] > 0 and "| 04 |" in out and "fit_scale 4" in out
 
 
