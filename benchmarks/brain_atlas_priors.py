@@ -53,7 +53,7 @@ import numpy as np
 from deepgmm.datasets import ibsr
 from deepgmm.experiments import brain
 from deepgmm.experiments.cases import segment_fit
-from deepgmm.experiments.peers import atropos_fit
+from deepgmm.experiments.peers import atropos_fit, scratch_tempdir
 from deepgmm.experiments.priors import PRIORS_SUFFIX, case_priors
 from deepgmm.metrics import dice
 
@@ -92,11 +92,13 @@ def atlas_priors(ants, target: ibsr.BrainVolume, atlases: list[ibsr.BrainVolume]
     for atlas in atlases:
         moving = ants.resample_image(_ants_image(ants, atlas, atlas.image[0] * atlas.mask),
                                      (REGISTRATION_SPACING,) * 3, use_voxels=False, interp_type=0)
-        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
-        for k in range(3):
-            warped = ants.apply_transforms(fixed=fixed_full, moving=_ants_image(ants, atlas, atlas.labels == k + 1),
-                                           transformlist=reg["fwdtransforms"], interpolator="linear")
-            total[k] += warped.numpy()
+        with scratch_tempdir():  # the transforms' files, removed once the maps are warped
+            reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
+            for k in range(3):
+                warped = ants.apply_transforms(fixed=fixed_full,
+                                               moving=_ants_image(ants, atlas, atlas.labels == k + 1),
+                                               transformlist=reg["fwdtransforms"], interpolator="linear")
+                total[k] += warped.numpy()
     p = np.clip(total / len(atlases), 0.0, 1.0) + floor
     p = p / p.sum(0, keepdims=True)
     p[:, ~target.mask] = 0.0
@@ -124,13 +126,14 @@ def brainweb_priors(ants, target: ibsr.BrainVolume, brainweb: Path, floor: float
     moving = _nifti_ants(ants, bw.image[0] * bw.mask, bw.affine)
     fixed_full = _nifti_ants(ants, target.image[0] * target.mask, target.affine)
     fixed = ants.resample_image(fixed_full, (REGISTRATION_SPACING,) * 3, use_voxels=False, interp_type=0)
-    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
     voxel = np.sqrt((np.asarray(target.affine)[:3, :3] ** 2).sum(0))
     warped = []
-    for k in range(3):
-        w = ants.apply_transforms(fixed=fixed_full, moving=_nifti_ants(ants, maps[..., k], fractions.affine),
-                                  transformlist=reg["fwdtransforms"], interpolator="linear").numpy()
-        warped.append(gaussian_filter(w, smooth_mm / voxel) if smooth_mm > 0 else w)
+    with scratch_tempdir():  # the transforms' files, removed once the maps are warped
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
+        for k in range(3):
+            w = ants.apply_transforms(fixed=fixed_full, moving=_nifti_ants(ants, maps[..., k], fractions.affine),
+                                      transformlist=reg["fwdtransforms"], interpolator="linear").numpy()
+            warped.append(gaussian_filter(w, smooth_mm / voxel) if smooth_mm > 0 else w)
     p = np.clip(np.stack(warped).astype(np.float64), 0.0, 1.0) + floor
     p = p / p.sum(0, keepdims=True)
     p[:, ~target.mask] = 0.0

@@ -125,8 +125,47 @@ def test_atropos_leaves_no_files_in_the_temporary_folder(method, tmp_path, monke
 def test_scratch_tempdir_is_put_back_after_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     with pytest.raises(RuntimeError, match="boom"):
-        with peers._scratch_tempdir() as folder:
+        with peers.scratch_tempdir() as folder:
             Path(folder, "antsrXprob01.nii.gz").write_bytes(b"x")
             raise RuntimeError("boom")
     assert tempfile.tempdir == str(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_atlas_benchmark_registers_without_leaving_transforms(tmp_path, monkeypatch):
+    """benchmarks/brain_atlas_priors.py's multi-atlas priors: antspyx's registration writes its
+    transforms to tempfile names; they are removed once the atlas' maps are warped. The priors of a
+    target that is a shifted copy of its atlases sum to 1 in the mask and put most of each tissue's
+    voxels into that tissue."""
+    ants = pytest.importorskip("ants")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import brain_atlas_priors as bench
+    finally:
+        sys.path.pop(0)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    made: list[list[str]] = []
+    registration = ants.registration
+
+    def spy(*args, **kwargs):
+        out = registration(*args, **kwargs)
+        made.append(list(out["fwdtransforms"]))
+        return out
+
+    monkeypatch.setattr(ants, "registration", spy)
+    vols = []
+    for shift in (0, 1, -1):
+        t1, labels = _phantom()
+        t1, labels = np.roll(t1, shift, 0), np.roll(labels, shift, 0)
+        vols.append(ibsr.BrainVolume(f"IBSR_0{shift + 2}", shift + 2, t1[None].astype(np.float32), labels,
+                                     labels > 0, AFFINE * np.array([4, 4, 4, 1])[:, None], ()))
+    p = bench.atlas_priors(ants, vols[0], vols[1:], floor=0.01)
+    assert len(made) == 2 and all(made) and not any(Path(f).exists() for fs in made for f in fs)
+    assert list(tmp.iterdir()) == []
+    mask = vols[0].mask
+    np.testing.assert_allclose(p[:, mask].sum(0), 1.0, rtol=1e-5)
+    assert not p[:, ~mask].any()
+    for k in range(3):
+        assert np.mean(p[:, vols[0].labels == k + 1].argmax(0) == k) > 0.6

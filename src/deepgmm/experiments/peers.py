@@ -31,7 +31,7 @@ from ..choices import PEER_METHODS
 from .cases import Case, DataSet, Fit
 
 __all__ = ["PEER_METHODS", "PEER_PACKAGES", "PEER_FITS", "NOT_INSTALLED", "unavailable", "rank_by_mean",
-           "atropos_fit", "dipy_hmrf_fit", "sklearn_gmm_fit"]
+           "atropos_fit", "dipy_hmrf_fit", "sklearn_gmm_fit", "scratch_tempdir"]
 
 PEER_PACKAGES: dict[str, str] = {"atropos": "ants", "atropos_n4": "ants", "atropos_priors": "ants",
                                  "dipy_hmrf": "dipy", "sklearn_gmm": "sklearn"}
@@ -80,12 +80,13 @@ def _parts(case: Case) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def _scratch_tempdir() -> Iterator[str]:
+def scratch_tempdir() -> Iterator[str]:
     """A private temporary folder as :mod:`tempfile`'s default for the block, removed after it.
 
-    antspyx's ``atropos`` writes its probability maps to ``tempfile.mktemp`` names (``antsr*prob0K.nii.gz``)
-    and never removes them; one fit of a volume would leave K maps in the user's temporary folder. The
-    default is process-wide, so this is for the fit runner's one-fit-at-a-time use."""
+    antspyx writes to ``tempfile`` names and never removes them: ``atropos`` its probability maps
+    (``antsr*prob0K.nii.gz``, K per fitted volume), ``registration`` its transforms (an affine, a warp
+    field and its inverse per registration, which ``apply_transforms`` reads: keep it inside the block).
+    The default is process-wide, so this is for one fit at a time in a process."""
     previous = tempfile.tempdir
     with tempfile.TemporaryDirectory(prefix="deepgmm-ants-") as folder:
         tempfile.tempdir = folder
@@ -124,7 +125,7 @@ def atropos_fit(dataset: DataSet, case: Case, method: str, seed: int, options: M
                 **options}
     if priors is not None:
         settings["priors"] = str(folder)
-    with warnings.catch_warnings(record=True) as caught, _scratch_tempdir():
+    with warnings.catch_warnings(record=True) as caught, scratch_tempdir():
         warnings.simplefilter("always")
         t0 = time.perf_counter()
         img = ants.from_numpy(t1, spacing=spacing)
