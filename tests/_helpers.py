@@ -149,21 +149,33 @@ TORCH_TEARDOWN_ABORT = "terminate called without an active exception"
 """What torch's C++ runtime prints when a process aborts in its teardown (see :func:`torchrun_deepgmm`)."""
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun_env(src: Path, cwd: Path) -> dict[str, str]:
+    """The environment of a torchrun job of the tests: the parent's without its torchrun variables,
+    ``src`` on the path, one thread per process, and ``cwd/torchrun-tmp`` as the temporary folder
+    (torchrun's elastic agent leaves a ``torchelastic_*`` folder in it at every launch)."""
+    import os
+
+    scratch = Path(cwd) / "torchrun-tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
+    env.update(PYTHONPATH=str(src), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(scratch))
+    return env
+
+
 def torchrun_deepgmm(args: Sequence[Any], cwd: Path, src: Path, *, timeout: float) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2 --standalone -m deepgmm ARGS`` with ``src`` on the path, one
-    thread per process, the parent's torchrun variables removed.
+    """``torchrun --nproc-per-node 2 --standalone -m deepgmm ARGS`` in :func:`torchrun_env`.
 
     A job that fails only because a process aborted inside torch's C++ runtime
     (:data:`TORCH_TEARDOWN_ABORT`, SIGABRT: seen once in CI, in no run here) is run once more, its
     ``--out`` folder cleared first, with a warning: the tests check deepgmm's sharding, which that
     abort does not touch; a second failure fails the test as any other."""
-    import os
     import shutil
     import warnings
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env.update(PYTHONPATH=str(src), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = torchrun_env(src, cwd)
     argv = [str(a) for a in args]
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", "2", "--standalone", "-m", "deepgmm",
            *argv]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import make_cohort, rank_pid, torchrun_deepgmm
+from _helpers import make_cohort, rank_pid, torchrun_deepgmm, torchrun_env
 from deepgmm.cli import main
 from deepgmm.training import load_checkpoint
 from deepgmm.training.distributed import DistInfo, in_torchrun, shard
@@ -154,13 +154,6 @@ def test_segment_data_errors(tmp_path, capsys):
 RANK_EPOCHS = 100  # a tiny network: ~0.05 s per epoch, so the job is still running well after its first checkpoint
 
 
-def _torchrun_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
 @pytest.fixture(scope="module")
 def rank_case(tmp_path_factory):
     """The argv of a 2-process training run, and the weights and log of that run uninterrupted."""
@@ -173,7 +166,7 @@ def rank_case(tmp_path_factory):
                 str(RANK_EPOCHS), "--batch-size", "2", "--tol", "0", "--out", str(out), "--threads", "1",
                 "--deterministic", "--no-progress", *extra]
 
-    run = subprocess.run(argv(root / "reference"), env=_torchrun_env(), capture_output=True, text=True,
+    run = subprocess.run(argv(root / "reference"), env=torchrun_env(SRC, root), capture_output=True, text=True,
                          timeout=600, cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
     reference = load_checkpoint(root / "reference" / "model.pt")["model"]
@@ -192,7 +185,7 @@ def test_signal_to_one_rank_stops_the_job_cleanly_then_resume_finishes_it(rank_c
     nothing temporary, and ``--resume`` under torchrun finishes with the uninterrupted run's weights."""
     argv, reference, ref_log = rank_case
     out = tmp_path / "model"
-    proc = subprocess.Popen(argv(out), env=_torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(argv(out), env=torchrun_env(SRC, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path, start_new_session=True)
     workers: list[int] = []
     try:
@@ -226,7 +219,7 @@ def test_signal_to_one_rank_stops_the_job_cleanly_then_resume_finishes_it(rank_c
     ckpt = load_checkpoint(out / "checkpoint.pt")  # complete: its checksum is verified
     assert 1 <= int(ckpt["epoch"]) < RANK_EPOCHS and not ckpt["finished"]
 
-    run = subprocess.run(argv(out, "--resume"), env=_torchrun_env(), capture_output=True, text=True, timeout=600,
+    run = subprocess.run(argv(out, "--resume"), env=torchrun_env(SRC, tmp_path), capture_output=True, text=True, timeout=600,
                          cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     final = load_checkpoint(out / "model.pt")["model"]

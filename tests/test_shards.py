@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import check_error, count_segment_fits, torchrun_deepgmm
+from _helpers import check_error, count_segment_fits, torchrun_deepgmm, torchrun_env
 from deepgmm.experiments import _shards, brain
 from deepgmm.training.distributed import DistInfo
 from test_brain import _write_ibsr
@@ -273,9 +272,7 @@ def test_a_rank_that_fails_loses_nothing_finished_and_resume_completes_the_run(t
     script = tmp_path / "hook.py"
     script.write_text(_HOOK)
     args = ["brain", "ibsr", "--data", data, "--threads", "1", "--out", tmp_path / "ddp"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = torchrun_env(SRC, tmp_path)
 
     def torchrun(log: str, fail_at: int, *extra: str) -> subprocess.CompletedProcess:
         cmd = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", str(script), str(tmp_path / log),
