@@ -127,6 +127,7 @@ def summarise(path: Path) -> None:
     the lowest up to the first checkpoint whose read-out NLL is not lower by more than the estimators'
     default ``tol``); then their means."""
     from deepgmm.deep import DeepSVG
+    from deepgmm.deep.steps import ReadOut, ReadoutCheck
 
     tol = DeepSVG().tol
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -136,11 +137,15 @@ def summarise(path: Path) -> None:
         if not refined:
             continue
         nll = row["nll_at"]
-        first = refined[0]
-        for key in refined[1:]:
-            if not nll[key] < nll[first] - tol:
+        at = {int(key.split()[1]): key for key in refined}  # checkpoint step -> its key
+        values = iter(nll[at[step]] for step in sorted(at))
+        # the estimators' own rule, fed the traced read-out NLLs of the checkpoints in turn
+        check = ReadoutCheck(torch.nn.Identity(), lambda net: ReadOut(None, None, None, None, None, next(values)),
+                             1, tol, start=min(at))
+        for step in sorted(at)[min(at) == 0:]:  # step 0 was read when the check was made
+            if check.after_step(step):
                 break
-            first = key
+        first = at[check.kept_step]
         chosen = {"final": row["dice"], "step 0": row["dice_at"][refined[0]],
                   "lowest": row["dice_at"][min(refined, key=nll.get)], "first": row["dice_at"][first]}
         for name, dice in chosen.items():

@@ -16,7 +16,7 @@ from ..choices import (CLASS_ORDERS, COLOUR_SPACES, COVARIANCE_TYPES, DEEP_INITS
                        FEATURES, FIT_LOSSES, INIT_METHODS, NAN_POLICIES, NORMALIZATIONS, PRECISIONS, PRIOR_UNITS)
 
 __all__ = ["SegmentOption", "SEGMENT_OPTIONS", "TrainOption", "TRAIN_OPTIONS", "INIT_CHOICES", "parse_order",
-           "parse_fit_scale", "parse_readout_em", "parse_readout_check", "parse_patch_size", "parse_n_components"]
+           "parse_fit_scale", "parse_auto_count", "parse_patch_size", "parse_n_components"]
 
 INIT_CHOICES = tuple(m for m in INIT_METHODS if m != "means")  # "means" needs an array: not offered here
 
@@ -107,13 +107,9 @@ def parse_fit_scale(text: str) -> int | str:
     return _word_or_whole(text, "auto", "auto", 1)
 
 
-def parse_readout_em(text: str) -> int | str:
-    """``--readout-em``: ``auto`` or a number of EM iterations ``>= 0``."""
-    return _word_or_whole(text, "auto", "auto", 0)
-
-
-def parse_readout_check(text: str) -> int | str:
-    """``--readout-check``: ``auto`` or every how many NLL steps ``>= 0`` (0: no check)."""
+def parse_auto_count(text: str) -> int | str:
+    """``--readout-em`` (EM iterations), ``--readout-check`` (every how many NLL steps; 0: none):
+    ``auto`` or a whole number ``>= 0``."""
     return _word_or_whole(text, "auto", "auto", 0)
 
 
@@ -260,11 +256,11 @@ SEGMENT_OPTIONS: list[SegmentOption] = [
                   "likelihood stays float32); auto (default): bfloat16 on a CPU with native bfloat16 instructions "
                   "(avx512_bf16, amx_bf16, ARM bf16), else float32, or $DEEPGMM_PRECISION where set; recorded in "
                   "summary.json", choices=PRECISIONS, methods=DEEP_METHODS),
-    SegmentOption("--readout-em", "readout_em", parse_readout_em, "deep, on a grid coarser than the image "
+    SegmentOption("--readout-em", "readout_em", parse_auto_count, "deep, on a grid coarser than the image "
                   "(--fit-scale above 1): EM iterations at full resolution after the fit, the network's soft labels "
                   "kept as per-pixel weights; auto (default): 5 for a volume, 0 for a 2D image", metavar="N|auto",
                   methods=DEEP_METHODS),
-    SegmentOption("--readout-check", "readout_check", parse_readout_check, "deep, on a grid coarser than the "
+    SegmentOption("--readout-check", "readout_check", parse_auto_count, "deep, on a grid coarser than the "
                   "image: every N NLL steps read the network out at full resolution and keep the steps only while "
                   "they lower the read-out's NLL by more than --tol (the network of the lowest kept; kept_step in "
                   "summary.json); 0: no check; auto (default): 2 for a volume, 0 for a 2D image", metavar="N|auto",

@@ -434,8 +434,8 @@ class DeepGMM(ParamsMixin):
                                                     tuple(full_region.shape))
         self.window_ = window
         self.fit_seconds_ = time.perf_counter() - t0
-        kept = f" (the network of step {self.kept_step_} kept by the read-out check)" if check is not None else ""
-        logger.info("%s: NLL %.5f after %d steps%s in %.2f s", type(self).__name__, self.nll_, n_iter, kept,
+        note = f" (the network of step {self.kept_step_} kept by the read-out check)" if check is not None else ""
+        logger.info("%s: NLL %.5f after %d steps%s in %.2f s", type(self).__name__, self.nll_, n_iter, note,
                     self.fit_seconds_)
         return self
 

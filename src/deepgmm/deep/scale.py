@@ -32,15 +32,21 @@ IBSR training subjects; in 2D, where BSDS500 train photographs gained nothing fr
 resolution: none)."""
 
 
+def _volume_grid_rule(spatial_dims: int, scale: int, value: int | str, volume: int) -> int:
+    """A read-out setting of a fit on a coarser grid: 0 at full resolution (``scale`` 1), else ``value``,
+    where ``"auto"`` is ``volume`` for a volume and 0 in 2D."""
+    if scale == 1:
+        return 0
+    if value == "auto":
+        return volume if spatial_dims == 3 else 0
+    return int(value)
+
+
 def auto_readout_em(spatial_dims: int, scale: int, readout_em: int | str = "auto") -> int:
     """The read-out EM iterations a fit of ``spatial_dims`` dimensions at block size ``scale`` runs: none
     at full resolution (``scale`` 1), else ``readout_em``, where ``"auto"`` is :data:`READOUT_EM_VOLUME`
     for a volume and 0 in 2D."""
-    if scale == 1:
-        return 0
-    if readout_em == "auto":
-        return READOUT_EM_VOLUME if spatial_dims == 3 else 0
-    return int(readout_em)
+    return _volume_grid_rule(spatial_dims, scale, readout_em, READOUT_EM_VOLUME)
 
 
 READOUT_CHECK_VOLUME = 2
@@ -53,11 +59,7 @@ def auto_readout_check(spatial_dims: int, scale: int, readout_check: int | str =
     """Every how many NLL steps a fit of ``spatial_dims`` dimensions at block size ``scale`` checks its
     read-out (0: never): never at full resolution (``scale`` 1), else ``readout_check``, where ``"auto"``
     is :data:`READOUT_CHECK_VOLUME` for a volume and 0 in 2D."""
-    if scale == 1:
-        return 0
-    if readout_check == "auto":
-        return READOUT_CHECK_VOLUME if spatial_dims == 3 else 0
-    return int(readout_check)
+    return _volume_grid_rule(spatial_dims, scale, readout_check, READOUT_CHECK_VOLUME)
 
 
 def auto_fit_scale(shape: Sequence[int], max_voxels: int | None = None) -> int:
